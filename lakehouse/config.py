@@ -1,0 +1,106 @@
+"""One settings object for the whole project: `LAKEHOUSE_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("landing", "bronze", "silver", "gold", "quarantine")
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URL (`gs://...`) without touching the filesystem."""
+    base = base.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts if p)])
+
+
+class Settings(BaseSettings):
+    """Effective configuration; see `.env.example` for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAKEHOUSE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(PROJECT_ROOT / "data", description="project data folder (sample, lake, managed PostgreSQL)")
+    source: str | None = Field(None, description="raw deliveries: local path, file://, gs://bucket/prefix, gdrive://<folder-id>")
+    lake: str | None = Field(None, description="lake root: local path or gs://bucket/prefix")
+    pg_dsn: SecretStr | None = Field(None, description="PostgreSQL DSN of the warehouse; unset: a project-managed local cluster")
+    spark_master: str = Field("local[*]", description="local[*], spark://host:port or sc://host:port")
+    shuffle_partitions: int = Field(0, description="spark.sql.shuffle.partitions; 0: twice the local core count")
+    spark_driver_memory: str = Field("4g", description="driver memory for a local Spark session")
+    bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
+    gdrive_credentials: SecretStr | None = Field(
+        None, description="Google Drive credentials: service-account JSON or OAuth token JSON (content or file path)"
+    )
+    gdrive_api_url: str | None = Field(None, description="Drive API root override (tests use a local fake)")
+    gcs_token: str | None = Field(None, description="gcsfs token: 'anon', 'google_default', or a JSON key path")
+
+    @property
+    def source_url(self) -> str:
+        return self.source or str(self.data_dir / "sample")
+
+    @property
+    def lake_url(self) -> str:
+        lake = self.lake or str(self.data_dir / "lake")
+        if lake.startswith("file://"):
+            lake = lake[len("file://"):]
+        return lake if _is_url(lake) else str(Path(lake).resolve())
+
+    @property
+    def lake_is_local(self) -> bool:
+        return not _is_url(self.lake_url)
+
+    def table_path(self, layer: str, table: str) -> str:
+        """Location of a Delta table `<layer>.<table>` in the lake."""
+        if layer not in LAYERS and not layer.startswith("_"):
+            raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(LAYERS)}")
+        return join(self.lake_url, layer, table)
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.duckdb"
+
+    def effective_shuffle_partitions(self) -> int:
+        return self.shuffle_partitions or max(2, 2 * (os.cpu_count() or 1))
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as text, secrets masked, derived locations included."""
+        out: dict[str, str] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = "********" if value.get_secret_value() else ""
+            else:
+                out[name] = "" if value is None else str(value)
+        if self.pg_dsn is not None:
+            out["pg_dsn"] = mask_dsn(self.pg_dsn.get_secret_value())
+        out["source"] = self.source_url
+        out["lake"] = self.lake_url
+        out["catalog"] = str(self.catalog_path)
+        return out
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide the password of a libpq DSN (URL or key=value form)."""
+    import re
+
+    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1********", dsn)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()
