@@ -1,0 +1,41 @@
+# The project's entry points: `make demo`, `make test`, `make up`, `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := data/sample
+
+.PHONY: setup system demo test up bench clean-data
+
+setup: system $(VENV)/.synced
+
+system:
+	@bash scripts/system-deps.sh
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(PYTHON) -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || $(PYTHON) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv sync --frozen --all-groups --quiet
+	@touch $@
+
+$(SAMPLE)/.complete: | setup
+	$(BIN)/lakehouse generate --out $(SAMPLE)
+	@touch $@
+
+demo: setup $(SAMPLE)/.complete
+	$(BIN)/lakehouse run
+	$(BIN)/lakehouse summary
+
+test: setup
+	@bash scripts/system-deps.sh --test
+	$(BIN)/pytest
+
+up: setup
+	$(BIN)/lakehouse up
+
+bench: setup
+	$(BIN)/python -m bench.run $(if $(EVENTS),--events $(EVENTS),)
+
+clean-data:
+	-$(BIN)/lakehouse pg stop
+	rm -rf data

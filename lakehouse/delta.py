@@ -1,0 +1,73 @@
+"""Reading and writing the lake's Delta tables; layer-wide write policy is declared here once."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from lakehouse.config import Settings, get_settings
+
+# Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel.
+TABLE_PROPERTIES = {
+    "delta.enableDeletionVectors": "false",
+    "delta.logRetentionDuration": "interval 30 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+}
+
+
+def table_path(layer: str, name: str, settings: Settings | None = None) -> str:
+    return (settings or get_settings()).table_path(layer, name)
+
+
+def table_exists(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, table_path(layer, name, settings))
+
+
+def read_table(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> DataFrame:
+    return spark.read.format("delta").load(table_path(layer, name, settings))
+
+
+def _writer(df: DataFrame, partition_by: list[str] | None):
+    writer = df.write.format("delta")
+    for key, value in TABLE_PROPERTIES.items():
+        writer = writer.option(key, value)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    return writer
+
+
+def append_once(
+    df: DataFrame, layer: str, name: str, app_id: str, version: int,
+    partition_by: list[str] | None = None, settings: Settings | None = None,
+) -> None:
+    """Append `df` unless this (app_id, version) was already committed: a crash-safe, retryable append."""
+    (
+        _writer(df, partition_by)
+        .mode("append")
+        .option("txnAppId", app_id)
+        .option("txnVersion", version)
+        .save(table_path(layer, name, settings))
+    )
+
+
+def overwrite(
+    df: DataFrame, layer: str, name: str, partition_by: list[str] | None = None,
+    settings: Settings | None = None, app_id: str | None = None, version: int | None = None,
+) -> None:
+    """Replace the table's content in one commit (schema too); idempotent when app_id/version are given."""
+    writer = _writer(df, partition_by).mode("overwrite").option("overwriteSchema", "true")
+    if app_id is not None:
+        writer = writer.option("txnAppId", app_id).option("txnVersion", version)
+    writer.save(table_path(layer, name, settings))
+
+
+def last_txn_version(spark: SparkSession, path: str, app_id: str) -> int | None:
+    """The highest txnVersion committed to the table at `path` by `app_id` (None: never, or no table)."""
+    jvm = spark._jvm
+    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    snapshot = delta_log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    if snapshot.version() < 0:
+        return None
+    found = snapshot.transactions().get(app_id)
+    return int(found.get()) if found.isDefined() else None

@@ -1,0 +1,90 @@
+"""The process-wide Spark session, configured for Delta Lake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from lakehouse.config import Settings, get_settings
+
+_lock = threading.Lock()
+_LOG4J = Path(__file__).with_name("log4j2.properties")
+
+# Table features every reader of the lake (Spark, DuckDB's delta extension, delta-rs) understands.
+DELTA_DEFAULTS = {
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    "spark.databricks.delta.properties.defaults.columnMapping.mode": "none",
+    "spark.databricks.delta.properties.defaults.enableRowTracking": "false",
+    "spark.databricks.delta.properties.defaults.checkpointPolicy": "classic",
+}
+
+
+class JavaMissing(RuntimeError):
+    """Java 17+ is not installed."""
+
+
+def check_java() -> str:
+    """Return the Java version line, or raise JavaMissing with the command that installs it."""
+    java = shutil.which("java") or (os.environ.get("JAVA_HOME") and str(Path(os.environ["JAVA_HOME"], "bin", "java")))
+    hint = "Java 17+ is required by Spark: install it with `apt-get install -y openjdk-17-jre-headless`"
+    if not java:
+        raise JavaMissing(hint)
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    line = out.splitlines()[0] if out else ""
+    try:
+        major = int(line.split('"')[1].split(".")[0])
+    except (IndexError, ValueError):
+        raise JavaMissing(f"cannot read the Java version ({line!r}); {hint}") from None
+    if major < 17:
+        raise JavaMissing(f"found Java {major}; {hint}")
+    return line
+
+
+def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSession:
+    """Create (or return Spark's active) session for these settings."""
+    master = settings.spark_master
+    if master.startswith("sc://"):
+        return SparkSession.builder.remote(master).appName(app_name).getOrCreate()
+
+    check_java()
+    from delta import configure_spark_with_delta_pip
+
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(settings.effective_shuffle_partitions()))
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.warehouse.dir", str(settings.data_dir / "spark-warehouse"))
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+    )
+    if master.startswith("local"):
+        builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
+    for key, value in DELTA_DEFAULTS.items():
+        builder = builder.config(key, value)
+    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def get_spark(settings: Settings | None = None) -> SparkSession:
+    """The one Spark session of this process (created on first use)."""
+    with _lock:
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            return active
+        return build_session(settings or get_settings())

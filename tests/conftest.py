@@ -1,0 +1,74 @@
+"""Shared fixtures: one Spark session per test process, a temporary lake per test, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """Settings pointing at a fresh lake and data folder for this test (environment too, for subprocesses)."""
+    from lakehouse import config
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("LAKEHOUSE_DATA_DIR", str(data))
+    monkeypatch.setenv("LAKEHOUSE_LAKE", str(tmp_path / "lake"))
+    monkeypatch.setenv("LAKEHOUSE_SOURCE", str(tmp_path / "source"))
+    monkeypatch.setenv("LAKEHOUSE_SHUFFLE_PARTITIONS", "2")
+    config.get_settings.cache_clear()
+    yield config.get_settings()
+    config.get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one local Spark session of the test process (2 cores, UI off, 2 shuffle partitions)."""
+    from lakehouse.config import Settings
+    from lakehouse.spark import build_session
+
+    session = build_session(Settings(spark_master="local[2]", shuffle_partitions=2, spark_driver_memory="2g"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL cluster for the test session (project-managed code path, temp folder)."""
+    from lakehouse.pgserver import ManagedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))
+    root.chmod(0o755)  # the server runs as the postgres user when tests run as root
+    server = ManagedPostgres(root)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server, settings, monkeypatch):
+    """DSN of a fresh database on the session's PostgreSQL; also set as LAKEHOUSE_PG_DSN."""
+    import uuid
+
+    import psycopg2
+
+    from lakehouse import config
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(server_dsn := pg_server.dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"create database {name}")
+    admin.close()
+    dsn = server_dsn.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("LAKEHOUSE_PG_DSN", dsn)
+    config.get_settings.cache_clear()
+    yield dsn
+    config.get_settings.cache_clear()
