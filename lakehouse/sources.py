@@ -41,7 +41,7 @@ class SourceFile:
     as_of: datetime  # tz-aware UTC
     size: int
     fingerprint: str  # change marker from the listing alone (see each backend)
-    ref: str = field(default="", repr=False, compare=False)  # backend handle (Drive file id); '' = resolve by path
+    ref: str = field(default="", repr=False, compare=False)  # Drive file id / GCS object; '' = resolve by path
 
 
 @runtime_checkable
@@ -106,7 +106,9 @@ class _Layout:
             return False
         return True
 
-    def file(self, parts: tuple[str, ...], size: int, modified: datetime, fingerprint: str, ref: str = "") -> SourceFile | None:
+    def file(
+        self, parts: tuple[str, ...], size: int, modified: datetime, fingerprint: str, ref: str = ""
+    ) -> SourceFile | None:
         """The SourceFile for a file at `parts`, or None when the layout does not count it."""
         if len(parts) < 2 or parts[0] not in KINDS or any(p.startswith(".") or not p for p in parts):
             return None
@@ -154,7 +156,8 @@ class LocalSource:
 
         def walk(folder: str, parts: tuple[str, ...]) -> None:
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
             except (FileNotFoundError, NotADirectoryError):
                 return
             for entry in entries:
@@ -179,13 +182,14 @@ class LocalSource:
 
 
 def _gcs_filesystem(token: str | None) -> Any:
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The emulator can't answer gcsfs's experimental HNS bucket lookup (60 s stall): use the plain JSON-API class.
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem(token=token or None)
     import gcsfs
 
-    cls = gcsfs.GCSFileSystem
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        # The emulator cannot answer the experimental HNS/zonal bucket-type lookup (60 s stall): use the plain JSON-API client.
-        from gcsfs.core import GCSFileSystem as cls  # noqa: N813
-    return cls(token=token or None)
+    return gcsfs.GCSFileSystem(token=token or None)
 
 
 class GCSSource:
@@ -209,7 +213,11 @@ class GCSSource:
         for kind in KINDS:  # one recursive listing per kind folder, not one per delivery
             top = f"{self.root}/{kind}"
             self.fs.invalidate_cache(top)
-            for name, info in self.fs.find(top, detail=True).items():
+            try:
+                listing = self.fs.find(top, detail=True)
+            except FileNotFoundError:  # a missing prefix lists empty; only a missing bucket raises
+                raise SourceError(f"{self.url}: bucket does not exist") from None
+            for name, info in listing.items():
                 if info.get("type") != "file" or name.endswith("/"):
                     continue
                 parts = tuple(name[len(self.root) + 1:].split("/"))
@@ -298,7 +306,7 @@ class _Sink:
 
 
 class DriveSource:
-    """`gdrive://<folder-id>` through Drive v3; fingerprint = `md5Checksum`, or `f"{modifiedTime}:{size}"` when absent."""
+    """`gdrive://<folder-id>` through Drive v3; fingerprint `md5Checksum`, else `f"{modifiedTime}:{size}"`."""
 
     def __init__(self, url: str, settings: Settings, chunksize: int = DRIVE_CHUNK_SIZE) -> None:
         self.url = url
@@ -331,7 +339,22 @@ class DriveSource:
             if not token:
                 return
 
+    def _check_root(self) -> None:
+        from googleapiclient.errors import HttpError
+
+        try:
+            root = self.service.files().get(
+                fileId=self.folder_id, fields="id,mimeType", supportsAllDrives=True
+            ).execute(num_retries=3)
+        except HttpError as e:
+            if e.resp.status == 404:
+                raise SourceError(f"{self.url}: no such Drive folder, or not shared with these credentials") from None
+            raise
+        if root.get("mimeType") != DRIVE_FOLDER:
+            raise SourceError(f"{self.url}: not a Drive folder ({root.get('mimeType')})")
+
     def list_files(self) -> Iterator[SourceFile]:
+        self._check_root()
         layout = _Layout(self.url)
         found: list[SourceFile] = []
         seen = {self.folder_id}
@@ -372,7 +395,8 @@ class DriveSource:
             raise FileNotFoundError(f"{self.url}: no file {f.path!r}")
         request = self.service.files().get_media(fileId=file_id, supportsAllDrives=True)
         request.http = AuthorizedHttp(self._credentials, http=build_http())  # own connection: safe across threads
-        return io.BufferedReader(_DriveReader(request, self.chunksize), buffer_size=1024 * 1024)  # type: ignore[return-value]
+        reader = io.BufferedReader(_DriveReader(request, self.chunksize), buffer_size=1024 * 1024)
+        return reader  # type: ignore[return-value]
 
 
 def open_source(url: str, settings: Settings | None = None) -> Source:

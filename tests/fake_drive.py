@@ -19,6 +19,7 @@ import pytest
 
 FOLDER = "application/vnd.google-apps.folder"
 DRIVE_SCOPE_PREFIX = "https://www.googleapis.com/auth/drive"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEFAULT_FIELDS = ("kind", "id", "name", "mimeType")
 
@@ -51,14 +52,13 @@ class Item:
 
 
 class FakeDrive:
-    """Thread-served fake: `GET /drive/v3/files` (q on parents/trashed/name, paging), `GET /drive/v3/files/<id>[?alt=media]`
-    with Range support, and `POST /token` (service-account JWT grant, refresh-token grant); checks bearer tokens."""
+    """Thread-served fake of `GET /drive/v3/files` (q on parents/trashed/name, paging), `GET /drive/v3/files/<id>`
+    (metadata, or `?alt=media` with Range support) and `POST /token` (service-account JWT grant); checks bearers."""
 
     def __init__(self, page_size_cap: int = 1000) -> None:
         self.page_size_cap = page_size_cap
         self.items: dict[str, Item] = {}
         self.tokens: set[str] = set()
-        self.refresh_tokens: set[str] = set()
         self.public_keys: dict[str, bytes] = {}  # service-account email -> PEM public key
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path?query, headers)
         self.lock = threading.RLock()
@@ -174,19 +174,15 @@ class FakeDrive:
             "auth_uri": self.url + "auth", "token_uri": self.url + "token",
         }
 
-    def authorized_user_info(self, with_valid_token: bool = True) -> dict[str, Any]:
-        """An OAuth authorized-user token JSON; with a far-future `expiry` (no refresh) or only a refresh token."""
-        refresh = "1//fake-refresh-" + secrets.token_urlsafe(8)
-        self.refresh_tokens.add(refresh)
-        info: dict[str, Any] = {
+    def authorized_user_info(self) -> dict[str, Any]:
+        """An OAuth authorized-user token JSON with a far-future `expiry`, so the client never refreshes it
+        (google-auth always refreshes authorized users at Google's own token endpoint, not at `token_uri`)."""
+        return {
             "type": "authorized_user", "client_id": "fake-client.apps.googleusercontent.com",
-            "client_secret": "fake-secret", "refresh_token": refresh, "token_uri": self.url + "token",
+            "client_secret": "fake-secret", "refresh_token": "1//fake-refresh-" + secrets.token_urlsafe(8),
+            "token": self.issue_token(), "expiry": "2099-01-01T00:00:00Z",
             "scopes": [DRIVE_SCOPE_PREFIX + ".readonly"],
         }
-        if with_valid_token:
-            info["token"] = self.issue_token()
-            info["expiry"] = "2099-01-01T00:00:00Z"
-        return info
 
     def count(self, method: str, path_prefix: str) -> int:
         with self.lock:
@@ -273,13 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
                 claims = _jwt_claims(assertion, self.drive.public_keys.get(unverified.get("iss", "")))
             except Exception as e:  # noqa: BLE001
                 return self._json(400, {"error": "invalid_grant", "error_description": f"bad assertion: {e}"})
-            if claims.get("aud") != self.drive.url + "token":
+            if claims.get("aud") not in (GOOGLE_TOKEN_URI, self.drive.url + "token"):  # google-auth signs for Google's
                 return self._json(400, {"error": "invalid_grant", "error_description": "wrong audience"})
             if not any(s.startswith(DRIVE_SCOPE_PREFIX) for s in str(claims.get("scope", "")).split()):
                 return self._json(400, {"error": "invalid_scope", "error_description": "no Drive scope"})
-        elif grant == "refresh_token":
-            if form.get("refresh_token", [""])[0] not in self.drive.refresh_tokens:
-                return self._json(400, {"error": "invalid_grant", "error_description": "unknown refresh token"})
         else:
             return self._json(400, {"error": "unsupported_grant_type"})
         self._json(200, {"access_token": self.drive.issue_token(), "expires_in": 3600, "token_type": "Bearer"})
