@@ -86,6 +86,8 @@ class Settings(BaseSettings):
                 out[name] = "" if value is None else str(value)
         if self.pg_dsn is not None:
             out["pg_dsn"] = mask_dsn(self.pg_dsn.get_secret_value())
+        else:
+            out["pg_dsn"] = f"(project-managed cluster in {self.pg_dir})"
         out["source"] = self.source_url
         out["lake"] = self.lake_url
         out["catalog"] = str(self.catalog_path)
