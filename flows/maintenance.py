@@ -1,0 +1,114 @@
+"""Weekly Delta maintenance: compaction, then a vacuum dry run reported before the vacuum itself."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow, get_run_logger, task
+
+from flows.common import TASK_OPTIONS, settings_for, spark_session, writer_lock
+from lakehouse.config import LAYERS, Settings, join
+
+DELTA_LAYERS = [layer for layer in LAYERS if layer != "landing"]
+_UNITS = {"hour": 1, "hours": 1, "day": 24, "days": 24, "week": 168, "weeks": 168}
+
+
+def _hours(interval: str) -> float:
+    """Hours in a Delta interval such as `interval 7 days`."""
+    match = re.fullmatch(r"\s*(?:interval\s+)?(\d+)\s+(\w+)\s*", interval.lower())
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"cannot read the Delta interval {interval!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def min_retain_hours() -> float:
+    """The shortest vacuum retention that keeps time travel whole: the lake's deleted-file retention."""
+    from lakehouse.delta import TABLE_PROPERTIES
+
+    return _hours(TABLE_PROPERTIES["delta.deletedFileRetentionDuration"])
+
+
+def lake_tables(settings: Settings, layers: list[str]) -> list[tuple[str, str]]:
+    """Every Delta table `(layer, name)` found under the given layers of the lake."""
+    import fsspec
+
+    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
+    fs, root = fsspec.core.url_to_fs(settings.lake_url, **options)
+    found = []
+    for layer in layers:
+        base = join(root, layer)
+        if not fs.isdir(base):
+            continue
+        for entry in sorted(fs.ls(base, detail=False)):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith(("_", ".")) and fs.isdir(join(entry, "_delta_log")):
+                found.append((layer, name))
+    return found
+
+
+def _table(settings: Settings, layer: str, name: str):
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark_session(settings), settings.table_path(layer, name))
+
+
+@task(name="compact", task_run_name="compact {layer}.{name}", **TASK_OPTIONS)
+def compact(layer: str, name: str) -> dict:
+    """OPTIMIZE one table: bin-pack small files."""
+    metrics = _table(settings_for(), layer, name).optimize().executeCompaction().first()["metrics"]
+    return {"table": f"{layer}.{name}", "files removed": metrics["numFilesRemoved"],
+            "files added": metrics["numFilesAdded"]}
+
+
+@task(name="vacuum-dry-run", task_run_name="vacuum dry run {layer}.{name}", **TASK_OPTIONS)
+def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
+    """List the files a vacuum with this retention would delete (nothing is deleted)."""
+    settings = settings_for()
+    path = settings.table_path(layer, name).replace("`", "``")
+    files = spark_session(settings).sql(f"VACUUM delta.`{path}` RETAIN {retain_hours} HOURS DRY RUN")
+    sample = [row[0].rsplit("/", 1)[-1] for row in files.limit(5).collect()]
+    return {"table": f"{layer}.{name}", "would delete": files.count(), "sample": ", ".join(sample)}
+
+
+@task(name="vacuum", task_run_name="vacuum {layer}.{name}", **TASK_OPTIONS)
+def vacuum(layer: str, name: str, retain_hours: float) -> dict:
+    """VACUUM one table with a retention that keeps every version the query layer can travel to."""
+    table = _table(settings_for(), layer, name)
+    declared = _properties(table).get("delta.deletedFileRetentionDuration")
+    retention = max(retain_hours, _hours(declared) if declared else 0)
+    table.vacuum(retention)
+    return {"table": f"{layer}.{name}", "retain hours": retention}
+
+
+def _properties(table) -> dict[str, str]:
+    return dict(table.detail().select("properties").first()["properties"] or {})
+
+
+@flow(name="maintenance", log_prints=True)
+def maintenance(layers: list[str] = DELTA_LAYERS, retain_hours: float | None = None,
+                compaction: bool = True, dry_run: bool = False) -> dict:
+    """Compact every Delta table, report what a vacuum would delete, then vacuum (unless dry_run)."""
+    from prefect.artifacts import create_table_artifact
+
+    floor = min_retain_hours()
+    retain = floor if retain_hours is None else retain_hours
+    if retain < floor:
+        raise ValueError(f"retain_hours={retain_hours} would break time travel: at least {floor:g} hours")
+    unknown = sorted(set(layers) - set(DELTA_LAYERS))
+    if unknown:
+        raise ValueError(f"unknown layer(s) {', '.join(unknown)}; expected some of {', '.join(DELTA_LAYERS)}")
+    settings = settings_for()
+    log = get_run_logger()
+    with writer_lock(settings) as lock:
+        tables = lake_tables(settings, layers)
+        log.info("%d Delta tables under %s", len(tables), ", ".join(layers))
+        compacted = [compact(layer, name) for layer, name in tables] if compaction else []
+        planned = [vacuum_dry_run(layer, name, retain) for layer, name in tables]
+        if planned:
+            create_table_artifact(table=planned, key="maintenance-vacuum-dry-run",
+                                  description=f"files a vacuum retaining {retain:g} h would delete")
+        vacuumed = [] if dry_run else [vacuum(layer, name, retain) for layer, name in tables]
+    if compacted:
+        create_table_artifact(table=compacted, key="maintenance-compaction", description="OPTIMIZE per table")
+    return {"flow": "maintenance", "retain_hours": retain, "tables": len(tables), "compacted": compacted,
+            "vacuum_dry_run": planned, "vacuumed": vacuumed, "lock": lock}

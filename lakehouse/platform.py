@@ -1,0 +1,299 @@
+"""`lakehouse up`: a local Prefect server, a worker serving `prefect.yaml`, and the dashboard, as one supervised group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lakehouse.config import PROJECT_ROOT, Settings
+
+WORK_POOL = "lakehouse"
+WRITER_LIMIT = "lakehouse-writer"
+HOST = "127.0.0.1"
+
+
+def prefect_home(settings: Settings) -> Path:
+    return Path(settings.data_dir).resolve() / "prefect"
+
+
+def _state_file(settings: Settings) -> Path:
+    return prefect_home(settings) / "up.json"
+
+
+def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
+    """Prefect settings that keep its state in the project's data folder (and talk to our server when `port`)."""
+    home = prefect_home(settings)
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
+    }
+    if port is not None:
+        api = f"http://{HOST}:{port}/api"
+        env.update({
+            "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api, "PREFECT_UI_URL": f"http://{HOST}:{port}",
+            "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_WORKER_QUERY_SECONDS": "5", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        })
+    return env
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def running_platform(settings: Settings) -> dict | None:
+    """The state of a `lakehouse up` serving this data folder, if one answers."""
+    path = _state_file(settings)
+    try:
+        state = json.loads(path.read_text())
+        os.kill(state["pid"], 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return state if _healthy(state["api_url"]) else None
+
+
+def client_env(settings: Settings) -> dict[str, str]:
+    """Environment for a local flow run: the running platform's API, else Prefect's temporary server on our database."""
+    if os.environ.get("PREFECT_API_URL"):
+        return {}
+    state = running_platform(settings)
+    if state:
+        return {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"]}
+    return prefect_env(settings)
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Child:
+    """One supervised process (its own process group), logging to a file."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    essential: bool = True
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Platform:
+    """Starts and stops the platform's processes; `stop()` ends every process it started and their children."""
+
+    settings: Settings
+    prefect_port: int = 4200
+    dashboard_port: int = 5006
+    dashboard: bool = True
+    say: Callable[[str], None] = print
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.settings.data_dir).resolve() / "logs"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in ("PREFECT_API_URL", "PREFECT_PROFILE"):
+            env.pop(key, None)
+        env.update(prefect_env(self.settings, self.prefect_port))
+        env["LAKEHOUSE_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=PROJECT_ROOT, env=self.env(),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def spawn(self, name: str, args: list[str], essential: bool = True) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        child = Child(name, proc, log, essential)
+        self.children.append(child)
+        return child
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Server, work pool, writer limit, deployments, worker, dashboard; raises RuntimeError with one reason."""
+        ports = [self.prefect_port] + ([self.dashboard_port] if self.dashboard else [])
+        busy = [str(p) for p in ports if not port_free(p)]
+        if busy:
+            raise RuntimeError(f"port {', '.join(busy)} already in use: stop what listens there (another `lakehouse up`?)")
+        prefect_home(self.settings).mkdir(parents=True, exist_ok=True)
+        self.say(f"starting the Prefect server on {self.ui_url} (database in {prefect_home(self.settings)})")
+        server = self.spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start",
+                                               "--host", HOST, "--port", str(self.prefect_port)])
+        self._wait_healthy(server)
+        self._ensure_pool_and_limit()
+        self.say("registering the deployments of prefect.yaml")
+        deployed = self._prefect("--no-prompt", "deploy", "--all")
+        if deployed.returncode != 0:
+            raise RuntimeError(f"prefect deploy failed: {_last_line(deployed)}")
+        self.spawn("prefect-worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL,
+                                      "--type", "process", "--name", "lakehouse-worker"])
+        if self.dashboard:
+            self.spawn("dashboard", [sys.executable, "-m", "lakehouse.cli", "dashboard",
+                                     "--port", str(self.dashboard_port)], essential=False)
+        self._write_state()
+
+    def _wait_healthy(self, server: Child, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not _healthy(self.api_url):
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited ({server.proc.returncode}): {server.tail(1)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; see {server.log}")
+            time.sleep(0.5)
+
+    def _ensure_pool_and_limit(self) -> None:
+        import httpx
+
+        pools = httpx.post(f"{self.api_url}/work_pools/filter", json={}, timeout=30).json()
+        if not any(p["name"] == WORK_POOL for p in pools):
+            made = self._prefect("work-pool", "create", WORK_POOL, "--type", "process")
+            if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
+                raise RuntimeError(f"cannot create the work pool: {_last_line(made)}")
+        got = httpx.post(f"{self.api_url}/v2/concurrency_limits/", json={"name": WRITER_LIMIT, "limit": 1}, timeout=30)
+        if got.status_code not in (200, 201, 409):
+            raise RuntimeError(f"cannot create the {WRITER_LIMIT} concurrency limit: HTTP {got.status_code}")
+
+    def _write_state(self) -> None:
+        state = {"pid": os.getpid(), "api_url": self.api_url, "ui_url": self.ui_url,
+                 "dashboard_url": self.dashboard_url if self.dashboard else None,
+                 "children": {c.name: c.proc.pid for c in self.children}}
+        _state_file(self.settings).write_text(json.dumps(state, indent=2))
+
+    # -- supervise and stop ------------------------------------------------------------------
+    def watch(self, poll: float = 1.0) -> int:
+        """Block until Ctrl-C/SIGTERM (0) or until an essential process dies (1)."""
+        reported: set[str] = set()
+        while True:
+            for child in self.children:
+                if child.proc.poll() is None or child.name in reported:
+                    continue
+                reported.add(child.name)
+                self.say(f"{child.name} exited ({child.proc.returncode}); log {child.log}:\n{child.tail()}")
+                if child.essential:
+                    return 1
+            time.sleep(poll)
+
+    def stop(self, grace: float = 15) -> None:
+        """Stop every started process group, then any of their descendants that left the group."""
+        import psutil
+
+        descendants: list[psutil.Process] = []
+        for child in reversed(self.children):
+            try:
+                descendants += psutil.Process(child.proc.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+            _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in reversed(self.children):
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait()
+        gone, alive = psutil.wait_procs(descendants, timeout=0)
+        for proc in alive:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=5)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        _state_file(self.settings).unlink(missing_ok=True)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit code {proc.returncode}"
+
+
+def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006, dashboard: bool = True,
+       say: Callable[[str], None] = print) -> int:
+    """Run the platform until Ctrl-C; every process started here is stopped on the way out."""
+    platform = Platform(settings, prefect_port, dashboard_port, dashboard, say)
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    code = 0
+    try:
+        platform.start()
+        say(f"Prefect UI      {platform.ui_url}  (deployments: {platform.ui_url}/deployments)")
+        say(f"Prefect API     {platform.api_url}")
+        if dashboard:
+            say(f"Dashboard       {platform.dashboard_url}")
+        say(f"Logs            {platform.logs}")
+        say("Ctrl-C stops everything.")
+        code = platform.watch()
+    except KeyboardInterrupt:
+        code = 0
+    except RuntimeError as exc:
+        say(f"error: {exc}")
+        code = 1
+    finally:
+        say("stopping: " + ", ".join(c.name for c in reversed(platform.children)) if platform.children else "stopping")
+        try:
+            platform.stop()
+        except KeyboardInterrupt:
+            platform.stop(grace=0)
+        signal.signal(signal.SIGTERM, previous)
+    return code
