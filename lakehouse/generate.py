@@ -13,7 +13,7 @@ import os
 import random
 from bisect import bisect_right
 from collections import deque
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
 
@@ -285,7 +285,7 @@ class _World:
         self._student_quirks(ids)
         self._facts(ids, window_start, window_end, sessions=1.5, subs=0.08, follows=2.0,
                     history_start=datetime(2017, 3, 1))
-        return {"new_students": ids}
+        return {"initial_students": len(ids)}
 
     def _student_quirks(self, ids: list[str]):
         self._quirk(ids, 0.01, "missing_city")
@@ -300,18 +300,24 @@ class _World:
         rng = self.rng
         for sid in returning:
             self.present.add(sid)
-        stable = [i for i in self.present_ids() if i not in set(returning)]
+        back = set(returning)
+        stable = [i for i in self.present_ids() if i not in back]
         changes: dict = {}
+        # students with quirks stay, so every export keeps every quirk
+        plain = [i for i in stable if not self.students[i]["quirks"]]
         # permanently deleted students
-        deleted = sorted(rng.sample(stable, min(len(stable) // 4, _n(self.size, 0.005))), key=int)
+        deleted = sorted(rng.sample(plain, min(len(plain) // 4, _n(self.size, 0.005))), key=int)
+        gone = set(deleted)
+        plain = [i for i in plain if i not in gone]
         # temporarily absent (back in k + 1): only when a later delivery exists
-        rest = [i for i in stable if i not in set(deleted)]
         absent = []
         if k + 1 < deliveries:
-            absent = sorted(rng.sample(rest, min(len(rest) // 4, _n(self.size, 0.01))), key=int)
+            absent = sorted(rng.sample(plain, min(len(plain) // 4, _n(self.size, 0.01))), key=int)
+        rest = [i for i in stable if i not in gone]
         for sid in deleted + absent:
             self.present.discard(sid)
-        staying = [i for i in rest if i not in set(absent)]
+        away = set(absent)
+        staying = [i for i in rest if i not in away]
         movers = sorted(rng.sample(staying, min(len(staying) // 4, _n(self.size, 0.02, 2))), key=int)
         moved_state = []
         for n, sid in enumerate(movers):
@@ -327,7 +333,8 @@ class _World:
                 options = [c for c in s["state"][3] if c != s["city"]] or [
                     c for st in STATES for c in st[3] if c != s["city"]]
                 s["city"] = rng.choice(options)
-        others = [i for i in staying if i not in set(movers)]
+        moving = set(movers)
+        others = [i for i in staying if i not in moving]
         course_changed = sorted(rng.sample(others, min(len(others) // 4, _n(self.size, 0.015))), key=int)
         for sid in course_changed:
             s = self.students[sid]
@@ -405,11 +412,9 @@ class _World:
         dups = {}
         for entity in ("students", "sessions", "subscriptions", "student_follow_subject"):
             rows = out[entity]
-            picks = sorted(rng.sample(range(len(rows)), min(len(rows), _n(len(rows), 0.002))))
-            for offset, p in enumerate(picks):
-                at = rng.randrange(p + offset + 1, len(rows) + 1)
-                rows.insert(at, rows[p + offset] if at > p + offset else rows[p])
-            out[entity] = rows
+            picks = sorted(rng.sample(range(len(rows)), min(len(rows), _n(len(rows), 0.002))), reverse=True)
+            for p in picks:  # descending, so earlier picks keep their index
+                rows.insert(rng.randrange(p + 1, min(len(rows), p + 50) + 1), rows[p])
             dups[entity] = len(picks)
         return out, dups
 
@@ -486,8 +491,9 @@ class _EventFactory:
         n = self.sessions_started
         self.sessions_started += 1
         late = n == 1 or r() < 0.01
-        anonymous = n == 3 or r() < 0.12
-        orphan = n == 5 or (not anonymous and r() < 0.004)
+        orphan = n == 5
+        anonymous = n == 3 or (not orphan and r() < 0.12)
+        orphan = orphan or (not anonymous and r() < 0.004)
         if late:
             start = rng.randrange(self.ws - 5 * 86400, self.ws - 3 * 3600)
         else:
@@ -498,7 +504,7 @@ class _EventFactory:
         student = None
         if not anonymous:
             if orphan:
-                student = (str(self.max_id + 1000 + rng.randrange(100000)), None, None, None, None, "CasualUser")
+                student = (str(self.max_id + 1_000_000 + rng.randrange(1_000_000)), None, None, None, None, "CasualUser")
             else:
                 student = self.students[int(len(self.students) * r() ** 1.7)]
         if country == "br":
@@ -578,13 +584,14 @@ class _EventFactory:
     def _page(self) -> int:
         return bisect_right(self.page_cum, self.rng.random() * self.page_total)
 
-    def next_event(self) -> tuple[str, str]:
-        """One fresh event: returns (at, rest) where the line is '{"at":"' + at + '",' + rest."""
+    def next_event(self) -> tuple:
+        """One event: (at, rest, late, anonymous, country, epoch); the line is '{"at":"' + at + '",' + rest."""
         rng = self.rng
         active = self.active
         while len(active) < self.POOL:
             active.append(self._session())
-        i = rng.randrange(self.POOL)
+        r = rng.random
+        i = int(r() * self.POOL)
         s = active[i]
         page = s[8]
         if page < 0:
@@ -592,7 +599,7 @@ class _EventFactory:
         else:
             s[8] = -1
         t = s[0]
-        x = rng.random()
+        x = r()
         if self.first_format is not None:
             mode, self.first_format = self.first_format, None
         else:
@@ -602,7 +609,7 @@ class _EventFactory:
         rest = s[2] + str(s[6]) + s[3] + (p[1] if s[4] else p[0]) + s[5] + s[7] + "}"
         s[7] = p[2]
         s[6] += 1
-        s[0] = t + rng.randrange(5, 300)
+        s[0] = t + 5 + int(r() * 295)
         s[1] -= 1
         if s[1] <= 0:
             active[i] = active[-1]
@@ -702,7 +709,7 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
                     if len(sample) < 64:
                         sample.append(line)
                     else:
-                        j = rng.randrange(seen)
+                        j = int(rng.random() * seen)
                         if j < 64:
                             sample[j] = line
                 elif kind == "within_file":
@@ -732,11 +739,13 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
                         else:  # bad_at
                             line = '{"at":' + _j(BAD_AT[c % len(BAD_AT)]) + "," + rest
                 buf.append(line)
-                if len(buf) >= 4096:
-                    f.write(eol.join(buf) + eol)
+                if len(buf) >= 256:
+                    f.write(eol.join(buf))
+                    f.write(eol)
                     buf.clear()
             if buf:
-                f.write(eol.join(buf) + eol)
+                f.write(eol.join(buf))
+                f.write(eol)
         os.replace(tmp, path)
         lines_total += total
         delivery_pool.extend(sample)
@@ -788,7 +797,6 @@ def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_0
         we = _midnight(day)
         if k == 0:
             changes = world.initial(ws, we)
-            changes = {"new_students": changes["new_students"][:0] or [], "initial_students": len(changes["new_students"])}
         else:
             changes = world.advance(k, deliveries, ws, we, returning)
             returning = changes["absent"]
