@@ -834,4 +834,5 @@ def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_0
         "late_events": sum(i["late_events"] for i in ev),
         "anonymous_events": sum(i["anonymous_events"] for i in ev),
     }
+    summary["event_lines"] = summary["totals"]["event_lines"]
     return summary
