@@ -1,0 +1,143 @@
+"""The dashboard's SQL: fixed statements over gold, every filter value a bound parameter."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import pandas as pd
+
+from lakehouse import catalog
+from lakehouse.config import Settings, get_settings
+
+FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
+# one filter clause for fact_page_view; $client / $country null means "all"
+PV_FILTER = (
+    "f.event_date between $start and $end"
+    " and ($client::varchar is null or f.client_type = $client)"
+    " and ($country::varchar is null or f.country = $country)"
+)
+# ranked breakdowns over fact_page_view joined to dim_student: name -> column (allow-list)
+BREAKDOWNS = {"state": "d.state", "university": "d.university_name", "course": "d.course_name"}
+
+SQL = {
+    "bounds": "select min(event_date) as first, max(event_date) as last from gold.mart_daily_activity",
+    "client_types": "select distinct client_type from gold.mart_daily_activity where client_type is not null order by 1",
+    "countries": "select distinct country from gold.mart_country_access where country is not null order by 1",
+    "months": "select distinct month from gold.mart_country_access where month is not null order by 1",
+    "headline": f"select count(*) as page_views, count(distinct f.student_id) as active_students "
+                f"from gold.fact_page_view f where {PV_FILTER}",
+    "sessions": "select count(*) as sessions from gold.fact_session "
+                "where cast(session_start_at as date) between $start and $end "
+                "and ($client::varchar is null or client_type = $client)",
+    "paying": "select count(distinct student_id) as paying_students from gold.fact_subscription "
+              "where cast(payment_at as date) between $start and $end",
+    "user_type": f"select coalesce(f.user_type, '(anonymous)') as user_type, count(*) as page_views, "
+                 f"count(distinct f.student_id) as students from gold.fact_page_view f where {PV_FILTER} "
+                 f"group by 1 order by page_views desc",
+    "daily": f"select f.event_date, f.client_type, count(*) as page_views from gold.fact_page_view f "
+             f"where {PV_FILTER} group by 1, 2 order by 1, 2",
+    "foreign": f"select country, page_views, students from gold.mart_country_access "
+               f"where month = $month and {FOREIGN} and page_views > $min_views order by page_views desc, country",
+    "as_of": "select (select max(as_of) from gold.dim_student) as gold_as_of, "
+             "(select max(as_of) from bronze.events) as bronze_as_of",
+    "quarantine": "select 'events' as source, reason, count(*) as rows from quarantine.events group by 1, 2 "
+                  "union all select 'transactional', reason, count(*) from quarantine.transactional group by 1, 2 "
+                  "order by rows desc",
+}
+for _name, _column in BREAKDOWNS.items():
+    SQL[f"by_{_name}"] = (
+        f"select coalesce({_column}, '(unknown)') as {_name}, count(distinct f.student_id) as students, "
+        f"count(*) as page_views from gold.fact_page_view f join gold.dim_student d on f.student_id = d.student_id "
+        f"where {PV_FILTER} group by 1 order by {'students' if _name == 'state' else 'page_views'} desc, 1"
+        + ("" if _name == "state" else " limit $top")
+    )
+
+
+@dataclass(frozen=True)
+class Filters:
+    start: date
+    end: date
+    client_type: str | None = None
+    country: str | None = None
+
+    def params(self) -> dict:
+        return {"start": self.start, "end": self.end, "client": self.client_type, "country": self.country}
+
+
+class Gold:
+    """The dashboard's read-only view of the lake, rebuilt when tables appear or vanish."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self._lock = threading.Lock()
+        self._lake: catalog.LakeConnection | None = None
+        self._keys: set[str] = set()
+        self._checked = 0.0
+
+    @property
+    def lake(self) -> catalog.LakeConnection:
+        with self._lock:
+            if self._lake is None or time.monotonic() - self._checked > 5:
+                tables = catalog.discover(self.settings)
+                keys = {t.key for t in tables}
+                if self._lake is None or keys != self._keys:
+                    old, self._lake = self._lake, catalog.connect(self.settings, read_only=True, tables=tables)
+                    self._keys = keys
+                    if old is not None:
+                        old.close()
+                self._checked = time.monotonic()
+            return self._lake
+
+    def has(self, *keys: str) -> bool:
+        lake = self.lake
+        return all(k in self._keys and not any(s.startswith(k + ":") for s in lake.skipped) for k in keys)
+
+    def frame(self, name: str, params: dict | None = None) -> pd.DataFrame:
+        """Run the named statement with bound parameters (only the ones it uses)."""
+        sql = SQL[name]
+        used = {k: v for k, v in (params or {}).items() if f"${k}" in sql}
+        return self.lake.frame(sql, used or None)
+
+    def bounds(self) -> tuple[date, date]:
+        row = self.frame("bounds").iloc[0]
+        if pd.isna(row["first"]):
+            today = date.today()
+            return today, today
+        return pd.Timestamp(row["first"]).date(), pd.Timestamp(row["last"]).date()
+
+    def options(self, name: str) -> list:
+        return list(self.frame(name).iloc[:, 0])
+
+    def headline(self, filters: Filters) -> dict[str, int]:
+        params = filters.params()
+        out = self.frame("headline", params).iloc[0].to_dict()
+        out.update(self.frame("sessions", params).iloc[0].to_dict())
+        out.update(self.frame("paying", params).iloc[0].to_dict())
+        return {k: int(v or 0) for k, v in out.items()}
+
+    def breakdown(self, name: str, filters: Filters, top: int = 10) -> pd.DataFrame:
+        if name not in BREAKDOWNS:
+            raise ValueError(f"unknown breakdown {name!r}")
+        return self.frame(f"by_{name}", {**filters.params(), "top": int(top)})
+
+    def foreign(self, month: date, min_views: int) -> pd.DataFrame:
+        return self.frame("foreign", {"month": month, "min_views": int(min_views)})
+
+    def freshness(self) -> dict:
+        """Latest delivery as-of (gold, bronze), last gold commit, rows quarantined by source and reason."""
+        out: dict = {"gold_as_of": None, "bronze_as_of": None, "last_run": None, "quarantine": pd.DataFrame()}
+        if self.has("gold.dim_student", "bronze.events"):
+            out.update(self.frame("as_of").iloc[0].to_dict())
+        if self.has("quarantine.events", "quarantine.transactional"):
+            out["quarantine"] = self.frame("quarantine")
+        commits = [catalog.last_commit(t, self.settings) for t in self.lake.tables if t.layer == "gold"]
+        times = [c[1] for c in commits if c]
+        out["last_run"] = max(times) if times else None
+        return out
+
+
+def to_datetime(value) -> datetime | None:
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()

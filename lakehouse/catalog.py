@@ -1,0 +1,290 @@
+"""DuckDB over the lake: every Delta table `<lake>/<layer>/<table>` is a view `<layer>.<table>`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from lakehouse.config import Settings, get_settings, join
+
+DELTA_LAYERS = ("bronze", "silver", "gold", "quarantine")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+READ_STATEMENTS = {duckdb.StatementType.SELECT}
+ALIAS = "lake"  # the attached database holding the views
+
+
+class CatalogError(RuntimeError):
+    """A one-line, user-facing failure of the query layer."""
+
+
+@dataclass(frozen=True)
+class Table:
+    layer: str
+    name: str
+    location: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+
+def extension_path() -> str:
+    """Absolute path of the delta extension shipped by the pinned `duckdb-extension-delta` wheel."""
+    import duckdb_extension_delta
+
+    root = Path(duckdb_extension_delta.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    found = root / "delta.duckdb_extension"
+    if not found.is_file():
+        raise CatalogError(f"delta extension for DuckDB {duckdb.__version__} not found under {root}")
+    return str(found)
+
+
+def _fs(settings: Settings):
+    from fsspec.core import url_to_fs
+
+    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
+    return url_to_fs(settings.lake_url, **options)
+
+
+def discover(settings: Settings | None = None) -> list[Table]:
+    """Every `<layer>/<table>` folder of the lake that holds a `_delta_log`, sorted by key."""
+    settings = settings or get_settings()
+    fs, _ = _fs(settings)
+    found = []
+    for layer in DELTA_LAYERS:
+        base = settings.table_path(layer, "")
+        try:
+            entries = fs.ls(base, detail=True)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry.get("type") != "directory" or not NAME.match(name):
+                continue
+            location = settings.table_path(layer, name)
+            if fs.exists(join(location, "_delta_log")):
+                found.append(Table(layer, name, location))
+    return sorted(found, key=lambda t: t.key)
+
+
+def last_commit(table: Table, settings: Settings | None = None) -> tuple[int, datetime] | None:
+    """(version, commit time) of a table's latest Delta commit, from its `_delta_log`."""
+    fs, _ = _fs(settings or get_settings())
+    log = join(table.location, "_delta_log")
+    commits = sorted(p for p in fs.ls(log, detail=False) if re.search(r"/\d{20}\.json$", p))
+    if not commits:
+        return None
+    with fs.open(commits[-1], "r") as fh:
+        for line in fh:
+            info = json.loads(line).get("commitInfo")
+            if info and "timestamp" in info:
+                version = int(commits[-1].rsplit("/", 1)[-1][:20])
+                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc)
+    return None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _scan(table: Table, version: int | None = None) -> str:
+    location = table.location if "://" in table.location else str(Path(table.location).resolve())
+    at = "" if version is None else f", version => {int(version)}"
+    return f"delta_scan({_literal(location)}{at})"
+
+
+def _open(settings: Settings) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"LOAD {_literal(extension_path())}")
+    if not settings.lake_is_local:
+        try:  # gs:// needs httpfs (package duckdb-extension-httpfs) and a GCS secret
+            import duckdb_extension_httpfs  # type: ignore[import-not-found]
+
+            ext = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+            con.execute(f"LOAD {_literal(str(ext / 'httpfs.duckdb_extension'))}")
+        except ImportError:
+            raise CatalogError("a gs:// lake needs the duckdb-extension-httpfs package (same version as duckdb)") from None
+    return con
+
+
+def _create_views(con, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
+    """Create `<database>.<layer>.<table>` views; returns the keys that could not be read."""
+    versions = versions or {}
+    skipped = []
+    for layer in DELTA_LAYERS:
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{database}"."{layer}"')
+    for table in tables:
+        version = versions.get(table.key)
+        sql = f'CREATE OR REPLACE VIEW "{database}"."{table.layer}"."{table.name}" AS SELECT * FROM {_scan(table, version)}'
+        try:
+            con.execute(sql)
+        except duckdb.Error as exc:
+            if version is not None:
+                raise CatalogError(f"{table.key} has no Delta version {version}") from None
+            skipped.append(f"{table.key}: {_first_line(exc)}")
+    return skipped
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None, con=None) -> bool:
+    """Rewrite the views of the persistent catalog file (Settings.catalog_path); False when it is locked by another process."""
+    settings = settings or get_settings()
+    tables = discover(settings) if tables is None else tables
+    path = settings.catalog_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = con is None
+    con = con or _open(settings)
+    try:
+        try:
+            con.execute(f"ATTACH {_literal(str(path))} AS catalog_file")
+        except duckdb.Error:
+            return False
+        try:
+            _create_views(con, "catalog_file", tables)
+            keys = {t.key for t in tables}
+            stale = con.execute(
+                "select schema_name, view_name from duckdb_views() where database_name = 'catalog_file' and not internal"
+            ).fetchall()
+            for schema, view in stale:
+                if f"{schema}.{view}" not in keys:
+                    con.execute(f'DROP VIEW "catalog_file"."{schema}"."{view}"')
+        finally:
+            con.execute("DETACH catalog_file")
+        _install_extension(con)
+        return True
+    finally:
+        if own:
+            con.close()
+
+
+def _install_extension(con) -> None:
+    """Copy the delta extension into DuckDB's extension folder so `LOAD delta` works offline in other DuckDB 1.x clients."""
+    try:
+        con.execute(f"INSTALL {_literal(extension_path())}")
+    except duckdb.Error:
+        pass
+
+
+class LakeConnection:
+    """A locked-down DuckDB connection: views read-only, file access limited to the lake, configuration locked."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str]):
+        self.con = con
+        self.tables = tables
+        self.skipped = skipped
+        self._lock = threading.Lock()
+
+    def execute(self, sql: str, params: list | dict | None = None) -> duckdb.DuckDBPyConnection:
+        """Run one read statement with bound parameters; fetch from the returned DuckDB result."""
+        check_read_only(sql)
+        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+
+    def rows(self, sql: str, params: list | dict | None = None) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of one read statement."""
+        with self._lock:
+            result = self.execute(sql, params)
+            return [d[0] for d in result.description or []], result.fetchall()
+
+    def frame(self, sql: str, params: list | dict | None = None):
+        """One read statement as a pandas DataFrame."""
+        with self._lock:
+            return self.execute(sql, params).df()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN of one SELECT) before DuckDB runs it."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise CatalogError(_first_line(exc)) from None
+    if len(statements) != 1:
+        raise CatalogError(f"expected exactly one SQL statement, got {len(statements)}")
+    statement = statements[0]
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        inner = re.sub(r"^\s*explain\s+(analyze\s+)?", "", statement.query, flags=re.I)
+        if inner != statement.query:
+            return check_read_only(inner)
+    if statement.type not in READ_STATEMENTS:
+        raise CatalogError(f"only read-only queries are allowed (SELECT, WITH, SHOW, DESCRIBE); got {statement.type.name}")
+
+
+def connect(
+    settings: Settings | None = None, read_only: bool = True, versions: dict[str, int] | None = None,
+    tables: list[Table] | None = None, refresh: bool = False,
+) -> LakeConnection:
+    """Open DuckDB with every lake table as a view `<layer>.<table>`; `versions` pins tables to a Delta version."""
+    settings = settings or get_settings()
+    tables = discover(settings) if tables is None else tables
+    con = _open(settings)
+    if refresh:
+        refresh_catalog(settings, tables, con=con)
+    if not read_only:
+        return _lock_down(LakeConnection(con, tables, _create_views(con, "memory", tables, versions)), settings)
+    workdir = tempfile.mkdtemp(prefix="lakehouse-catalog-")
+    views = str(Path(workdir, "views.duckdb"))
+    try:
+        con.execute(f"ATTACH {_literal(views)} AS {ALIAS}")
+        skipped = _create_views(con, ALIAS, tables, versions)
+        con.execute(f"DETACH {ALIAS}")
+        con.execute(f"ATTACH {_literal(views)} AS {ALIAS} (READ_ONLY)")
+        con.execute(f"USE {ALIAS}")
+    except BaseException:
+        con.close()
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the attached file stays readable through its open handle
+    return _lock_down(LakeConnection(con, tables, skipped), settings)
+
+
+def _lock_down(lake: LakeConnection, settings: Settings) -> LakeConnection:
+    """Limit file access to the lake and lock the configuration."""
+    root = settings.lake_url.rstrip("/") + "/"
+    lake.con.execute("SET TimeZone = 'UTC'")
+    lake.con.execute(f"SET allowed_directories = [{_literal(root)}]")
+    lake.con.execute("SET enable_external_access = false")
+    lake.con.execute("SET lock_configuration = true")
+    return lake
+
+
+def query(
+    sql: str, settings: Settings | None = None, version: int | None = None, params: list | dict | None = None,
+    refresh: bool = True,
+) -> tuple[list[str], list[tuple], list[str]]:
+    """Run one read-only query over the lake; `version` reads the lake tables it names as of that Delta version.
+
+    Returns (column names, rows, warnings). Raises CatalogError with a one-line reason.
+    """
+    settings = settings or get_settings()
+    check_read_only(sql)
+    tables = discover(settings)
+    versions = None
+    if version is not None:
+        if version < 0:
+            raise CatalogError("--version must be 0 or more")
+        named = {n.lower() for n in duckdb.get_table_names(sql, qualified=True)}
+        keys = {t.key for t in tables if t.key in named or f"{ALIAS}.{t.key}" in named}
+        if not keys:
+            raise CatalogError("--version needs the SQL to name a lake table as <layer>.<table>")
+        versions = {key: version for key in keys}
+    lake = connect(settings, read_only=True, versions=versions, tables=tables, refresh=refresh)
+    try:
+        names, rows = lake.rows(sql, params)
+    except duckdb.Error as exc:
+        raise CatalogError(_first_line(exc)) from None
+    finally:
+        lake.close()
+    return names, rows, lake.skipped
