@@ -55,6 +55,67 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+def _json_value(value):
+    """JSON form of a DuckDB value (timestamps and dates as ISO 8601, decimals as numbers)."""
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="one read-only statement, e.g. \"select * from gold.mart_users_by_type\""),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json (one array)"),
+    version: int | None = typer.Option(
+        None, "--version", "-v", help="read the lake tables the SQL names as they were at this Delta version"),
+) -> None:
+    """DuckDB over the lake: every Delta table is a view <layer>.<table> (bronze, silver, gold, quarantine).
+
+    Also refreshes the catalog file shown by `lakehouse config` (catalog), which the DuckDB CLI, DBeaver or a
+    notebook can open: run `LOAD delta;` first there (this command installs the extension for DuckDB 1.5.5).
+    """
+    import csv
+    import json
+    import sys
+
+    from lakehouse import catalog
+    from lakehouse.config import get_settings
+
+    try:
+        names, rows, warnings = catalog.query(sql, get_settings(), version=version)
+    except catalog.CatalogError as exc:
+        fail(str(exc))
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] unreadable table skipped: {warning}", highlight=False, soft_wrap=True)
+    if output is OutputFormat.json:
+        sys.stdout.write(json.dumps([dict(zip(names, row)) for row in rows], default=_json_value) + "\n")
+    elif output is OutputFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(rows)
+    else:
+        table = Table(*names, title=f"{len(rows):,} rows")
+        for row in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in row))
+        console.print(table)
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(5006, help="port to serve on"),
+    address: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
+    show: bool = typer.Option(False, help="open a browser tab"),
+) -> None:
+    """Serve the Panel dashboard over gold (works with no internet access); Ctrl-C stops it."""
+    from apps.dashboard import serve
+
+    serve(port, show=show, address=address)
+
+
 @pg_app.command("start")
 def pg_start() -> None:
     """Start the managed cluster (created on first use) and print its DSN, password masked."""
