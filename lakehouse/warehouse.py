@@ -1,0 +1,446 @@
+"""The PostgreSQL warehouse: migrations, the read-only BI role, and the gold → dw mirror (COPY + SCD2)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import psycopg2
+import psycopg2.errors
+
+from lakehouse import faults
+from lakehouse.config import PROJECT_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = PROJECT_ROOT / "warehouse_sql"
+LOAD_DIR = SQL_DIR / "load"
+MIRROR_LOCK = 0x6C616B65_6D697272  # pg advisory lock key of the mirror ("lakemirr")
+MIGRATE_LOCK = 0x6C616B65_6D696772  # ... and of the migrations runner ("lakemigr")
+BATCH_ROWS = 50_000
+BI_GROUP, BI_LOGIN = "bi_reader", "bi_user"
+
+
+@dataclass(frozen=True)
+class Load:
+    """One dw target table: the gold table it reads, the DuckDB select that stages it, what it depends on."""
+
+    target: str
+    gold: str
+    columns: tuple[str, ...]
+    select: str  # DuckDB select over `{src}` giving `columns` in order
+    key: str | None = None  # business key, for dimensions
+    depends: tuple[str, ...] = ()
+
+    @property
+    def is_dimension(self) -> bool:
+        return self.key is not None
+
+
+def _dimension(entity: str, attributes: tuple[str, ...]) -> Load:
+    key = f"{entity}_id"
+    key_sql = f"cast({key} as varchar)" if entity == "student" else f"cast({key} as integer)"
+    columns = (key, *attributes, "is_deleted", "as_of", "delivery")
+    attrs = [f"cast({a} as timestamptz) as {a}" if a.endswith("_at") else a for a in attributes]
+    select = ", ".join([f"{key_sql} as {key}", *attrs, "cast(is_deleted as boolean) as is_deleted",
+                        "cast(as_of as timestamptz) as as_of", "cast(delivery as varchar) as delivery"])
+    return Load(f"dim_{entity}", f"dim_{entity}_history", columns, f"select {select} from {{src}}", key=key)
+
+
+LOADS: tuple[Load, ...] = (
+    _dimension("student", ("registered_at", "state", "city", "university_id", "university_name",
+                           "course_id", "course_name", "signup_source")),
+    _dimension("course", ("course_name",)),
+    _dimension("university", ("university_name",)),
+    _dimension("subject", ("subject_name",)),
+    Load("fact_session", "fact_session", ("student_id", "session_start_at", "client_type"),
+         "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
+         depends=("dim_student",)),
+    Load("fact_subscription", "fact_subscription", ("student_id", "payment_at", "plan_type"),
+         "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
+         depends=("dim_student",)),
+    Load("fact_subject_follow", "fact_subject_follow", ("student_id", "subject_id", "followed_at"),
+         "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
+         depends=("dim_student", "dim_subject")),
+    Load("fact_page_view_daily", "fact_page_view",
+         ("event_date", "student_id", "client_type", "country", "page_views", "first_event_at", "last_event_at"),
+         "select cast(event_date as date) as event_date, cast(student_id as varchar) as student_id, client_type,"
+         " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
+         " cast(max(event_at) as timestamptz) as last_event_at"
+         " from {src} group by all",
+         depends=("dim_student",)),
+)
+
+
+# -- gold sources: where the mirror reads gold -------------------------------------------------
+
+class GoldSource(Protocol):
+    """Gold tables as DuckDB relations, each with a version number."""
+
+    def version(self, table: str) -> int | None:
+        """The table's current version (None: no such table)."""
+
+    def relation(self, con, table: str, version: int) -> str:
+        """SQL text of a relation reading `table` at `version` in DuckDB connection `con`."""
+
+
+def delta_extension() -> str:
+    """Path of the DuckDB delta extension shipped in the `duckdb-extension-delta` wheel."""
+    import duckdb
+    import duckdb_extension_delta
+
+    root = Path(duckdb_extension_delta.__file__).parent / "extensions"
+    wanted = root / f"v{duckdb.__version__}" / "delta.duckdb_extension"
+    found = wanted if wanted.exists() else next(iter(sorted(root.glob("v*/delta.duckdb_extension"))), None)
+    if found is None:
+        raise RuntimeError(f"DuckDB delta extension not found under {root}: reinstall duckdb-extension-delta")
+    return str(found)
+
+
+class DeltaGold:
+    """Gold tables read from the lake's Delta tables (version = latest commit in `_delta_log`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def path(self, table: str) -> str:
+        return self.settings.table_path("gold", table)
+
+    def version(self, table: str) -> int | None:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.path(table) + "/_delta_log")
+        try:
+            names = fs.ls(root, detail=False)
+        except FileNotFoundError:
+            return None
+        versions = [int(m.group(1)) for n in names if (m := re.fullmatch(r"(\d{20})\.json", n.rsplit("/", 1)[-1]))]
+        return max(versions) if versions else None
+
+    def relation(self, con, table: str, version: int) -> str:
+        path = self.path(table).replace("'", "''")
+        return f"delta_scan('{path}', version => {int(version)})"
+
+
+class ArrowGold:
+    """Gold tables given in memory as Arrow tables (tests, benchmarks), each with a version."""
+
+    def __init__(self, tables: dict[str, Any], versions: dict[str, int] | None = None):
+        self.tables = tables
+        self.versions = versions or {name: 0 for name in tables}
+
+    def version(self, table: str) -> int | None:
+        return self.versions.get(table) if table in self.tables else None
+
+    def relation(self, con, table: str, version: int) -> str:
+        name = f"gold_{table}_v{int(version)}"
+        con.register(name, self.tables[table])
+        return name
+
+
+def duckdb_connection():
+    """An in-memory DuckDB connection with the delta extension loaded and UTC as time zone."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    con.execute(f"load '{delta_extension()}'")
+    return con
+
+
+# -- streaming rows into PostgreSQL with COPY -------------------------------------------------
+
+class CsvStream(io.RawIOBase):
+    """A read-only file over Arrow record batches rendered as CSV, for `copy_expert` (bounded memory)."""
+
+    def __init__(self, batches: Iterable, on_batch: Callable[[int], None] | None = None):
+        import pyarrow.csv as pacsv
+
+        self._batches = iter(batches)
+        self._options = pacsv.WriteOptions(include_header=False)
+        self._write = pacsv.write_csv
+        self._chunk = memoryview(b"")
+        self._on_batch = on_batch
+        self.rows = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bool:
+        for batch in self._batches:
+            if batch.num_rows == 0:
+                continue
+            sink = io.BytesIO()
+            self._write(batch, sink, self._options)
+            self._chunk = memoryview(sink.getvalue())
+            self.rows += batch.num_rows
+            if self._on_batch:
+                self._on_batch(self.rows)
+            return True
+        return False
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._chunk and not self._next_chunk():
+            return b""
+        size = len(self._chunk) if size is None or size < 0 else size
+        out, self._chunk = self._chunk[:size], self._chunk[size:]
+        return out.tobytes()
+
+
+def copy_batches(cur, table: str, columns: Iterable[str], batches: Iterable,
+                 on_batch: Callable[[int], None] | None = None) -> int:
+    """COPY Arrow record batches into `table` (CSV over the wire); returns the rows sent."""
+    stream = CsvStream(batches, on_batch)
+    cur.copy_expert(f"copy {table} ({', '.join(columns)}) from stdin with (format csv)", stream, size=1 << 20)
+    return stream.rows
+
+
+# -- SQL files -------------------------------------------------------------------------------
+
+def migrations() -> list[tuple[int, str, Path]]:
+    """The migration files `warehouse_sql/NNN_name.sql`, in order."""
+    found = []
+    for path in SQL_DIR.glob("*.sql"):
+        m = re.fullmatch(r"(\d{3})_(\w+)\.sql", path.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), path))
+    return sorted(found)
+
+
+def load_statements(target: str) -> list[tuple[str, str]]:
+    """The statements of `warehouse_sql/load/<target>.sql` as (name, sql); a name is its leading `-- name:`."""
+    text = (LOAD_DIR / f"{target}.sql").read_text()
+    statements = []
+    for chunk in re.split(r";[ \t]*(?:\n|$)", text):
+        lines = chunk.strip().splitlines()
+        body = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("--")]
+        if not body:
+            continue
+        names = [m.group(1) for ln in lines if (m := re.match(r"--\s*(\w+):", ln))]
+        statements.append((names[-1] if names else f"statement{len(statements) + 1}", chunk.strip()))
+    return statements
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply the pending warehouse migrations in order, each once (recorded in dw.schema_version)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    applied: list[str] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            cur.execute("create schema if not exists dw")
+            cur.execute("create table if not exists dw.schema_version (version integer primary key, name text not null,"
+                        " checksum text not null, applied_at timestamptz not null default now())")
+            cur.execute("select version, checksum from dw.schema_version")
+            done = dict(cur.fetchall())
+        for version, name, path in migrations():
+            sql = path.read_text()
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in done:
+                if done[version] != checksum:
+                    log.warning("migration %s changed after it was applied; not re-applied", path.name)
+                continue
+            conn.autocommit = False
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                cur.execute("insert into dw.schema_version (version, name, checksum) values (%s, %s, %s)",
+                            (version, name, checksum))
+            conn.commit()
+            conn.autocommit = True
+            applied.append(path.name)
+            log.info("applied migration %s", path.name)
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+    finally:
+        conn.close()
+    return applied
+
+
+def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
+    """Create or update the BI login `bi_user` (member of bi_reader) with the password from the environment."""
+    settings = settings or get_settings()
+    password = settings.bi_password.get_secret_value() if settings.bi_password else ""
+    if not password:
+        log.warning("LAKEHOUSE_BI_PASSWORD is unset: role %s exists, no BI login (%s) was created", BI_GROUP, BI_LOGIN)
+        return False
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        for attempt in range(5):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("select 1 from pg_roles where rolname = %s", (BI_LOGIN,))
+                    if cur.fetchone() is None:
+                        cur.execute(f"create role {BI_LOGIN} login in role {BI_GROUP}")
+                    cur.execute(f"alter role {BI_LOGIN} with login nosuperuser nocreatedb nocreaterole"
+                                f" noreplication password %s", (password,))
+                    cur.execute(f"grant {BI_GROUP} to {BI_LOGIN}")
+                return True
+            except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation, psycopg2.errors.InternalError):
+                if attempt == 4:  # roles are cluster-wide: another database's mirror may be doing the same
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+    finally:
+        conn.close()
+    return True
+
+
+# -- the mirror ------------------------------------------------------------------------------
+
+def _applied_deliveries(cur, target: str) -> set[tuple[str, datetime]]:
+    cur.execute("select delivery, as_of from dw.load_delivery where table_name = %s", (target,))
+    return set(cur.fetchall())
+
+
+def _last_gold_version(cur, target: str) -> int | None:
+    cur.execute("select gold_version from dw.load_audit where table_name = %s order by load_id desc limit 1", (target,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _stage(cur, duck, load: Load, relation: str, where: str = "", params: list | None = None) -> int:
+    """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history)."""
+    stage = f"stage.{load.target}_history" if load.is_dimension else f"stage.{load.target}"
+    extra = f", stage.{load.target}_version" if load.is_dimension else ""
+    cur.execute(f"truncate {stage}{extra}")
+    query = load.select.format(src=relation)
+    if where:
+        query = f"select * from ({query}) as gold where {where}"
+    reader = duck.execute(query, params or []).to_arrow_reader(BATCH_ROWS)
+    point = f"mirror.{load.target}.copying"
+    return copy_batches(cur, stage, load.columns, reader, on_batch=lambda _: faults.point(point))
+
+
+def _apply(cur, target: str) -> dict[str, int]:
+    counts = {}
+    for name, sql in load_statements(target):
+        cur.execute(sql)
+        counts[name] = max(cur.rowcount, 0)
+    return counts
+
+
+def _load_dimension(cur, duck, load: Load, source: GoldSource, version: int, load_id: Callable[[], int]) -> dict:
+    relation = source.relation(duck, load.gold, version)
+    in_gold = {(d, a) for d, a in duck.execute(f"select distinct cast(delivery as varchar), cast(as_of as timestamptz)"
+                                                 f" from {relation} where as_of is not null").fetchall()}
+    new = sorted(in_gold - _applied_deliveries(cur, load.target), key=lambda x: (x[1], x[0]))
+    report: dict[str, Any] = {"status": "applied", "gold_version": version, "deliveries": [d for d, _ in new]}
+    counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
+    if new:
+        replay_from = new[0][1]
+        replayed = sorted(d for d, a in in_gold if a >= replay_from and (d, a) not in new)
+        counts["rows_staged"] = _stage(cur, duck, load, relation, "as_of >= ?", [replay_from])
+        faults.point(f"mirror.{load.target}.staged")
+        steps = _apply(cur, load.target)
+        counts.update(rows_inserted=steps.get("inserted", 0), rows_closed=steps.get("closed", 0),
+                      rows_removed=steps.get("rewound", 0))
+        cur.executemany("insert into dw.load_delivery (table_name, delivery, as_of, load_id) values (%s, %s, %s, %s)"
+                        " on conflict do nothing", [(load.target, d, a, load_id()) for d, a in new])
+        if replayed:
+            report["replayed"] = replayed
+    _audit(cur, load_id(), load, version, [d for d, _ in new], counts)
+    report.update(counts)
+    return report
+
+
+def _load_fact(cur, duck, load: Load, source: GoldSource, version: int | None, load_id: Callable[[], int]) -> dict:
+    counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
+    if version is None:  # gold table gone while its dimensions changed: the fact is empty
+        cur.execute(f"truncate stage.{load.target}")
+    else:
+        counts["rows_staged"] = _stage(cur, duck, load, source.relation(duck, load.gold, version))
+    faults.point(f"mirror.{load.target}.staged")
+    steps = _apply(cur, load.target)
+    counts.update(rows_inserted=steps.get("inserted", 0), rows_removed=steps.get("removed", 0))
+    _audit(cur, load_id(), load, -1 if version is None else version, [], counts)
+    return {"status": "applied", "gold_version": version, **counts}
+
+
+def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], counts: dict[str, int]) -> None:
+    cur.execute(
+        "insert into dw.load_audit (load_id, table_name, gold_table, gold_version, deliveries, rows_staged,"
+        " rows_inserted, rows_closed, rows_removed) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (load_id, load.target, load.gold, version, deliveries, counts["rows_staged"], counts["rows_inserted"],
+         counts["rows_closed"], counts["rows_removed"]),
+    )
+
+
+def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> dict:
+    """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
+    from lakehouse.pgserver import warehouse_dsn
+
+    settings = settings or get_settings()
+    dsn = dsn or warehouse_dsn(settings)
+    source = source or DeltaGold(settings)
+    started = time.perf_counter()
+    migrate(dsn)
+    ensure_bi_login(dsn, settings)
+
+    duck = duckdb_connection()
+    conn = psycopg2.connect(dsn)
+    tables: dict[str, dict] = {}
+    load_ids: list[int] = []
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("set local timezone = 'UTC'")
+            cur.execute("select pg_advisory_xact_lock(%s)", (MIRROR_LOCK,))
+            faults.point("mirror.locked")
+
+            def load_id() -> int:
+                if not load_ids:
+                    cur.execute("select nextval('dw.load_id_seq')")
+                    load_ids.append(cur.fetchone()[0])
+                return load_ids[0]
+
+            changed: set[str] = set()
+            for load in LOADS:
+                version = source.version(load.gold)
+                last = _last_gold_version(cur, load.target)
+                if load.is_dimension:
+                    if version is None or version == last:
+                        tables[load.target] = {"status": "missing" if version is None else "skipped",
+                                               "gold_version": version}
+                        continue
+                    report = _load_dimension(cur, duck, load, source, version, load_id)
+                    if report["deliveries"]:
+                        changed.add(load.target)
+                else:
+                    depends_changed = bool(changed.intersection(load.depends))
+                    if version is None and not (depends_changed and last is not None):
+                        tables[load.target] = {"status": "missing", "gold_version": None}
+                        continue
+                    if version == last and not depends_changed:
+                        tables[load.target] = {"status": "skipped", "gold_version": version}
+                        continue
+                    report = _load_fact(cur, duck, load, source, version, load_id)
+                tables[load.target] = report
+                faults.point(f"mirror.{load.target}.applied")
+            faults.point("mirror.before_commit")
+        faults.point("mirror.committed")
+    finally:
+        conn.close()
+        duck.close()
+
+    applied = [t for t, r in tables.items() if r["status"] == "applied"]
+    seconds = time.perf_counter() - started
+    staged = sum(r.get("rows_staged", 0) for r in tables.values())
+    return {
+        "load_id": load_ids[0] if load_ids else None,
+        "loads_applied": len(applied),
+        "applied": applied,
+        "rows_in": staged,
+        "rows_out": sum(r.get("rows_inserted", 0) for r in tables.values()),
+        "deliveries": sorted({d for r in tables.values() for d in r.get("deliveries", [])}),
+        "skipped": not applied,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(staged / seconds) if seconds and staged else 0,
+        "tables": tables,
+    }
