@@ -108,7 +108,7 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None 
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ {' '.join(map(str, cmd))}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n")
-    out = {"cmd": " ".join(str(c) for c in cmd), "returncode": proc.returncode, "wall_s": round(wall, 3),
+    out = {"cmd": mask(" ".join(str(c) for c in cmd)), "returncode": proc.returncode, "wall_s": round(wall, 3),
            **sampler.figures(), "ok": proc.returncode == 0 and not timed_out}
     result = read_result(stdout)
     if result is not None:
@@ -116,10 +116,17 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None 
     if timed_out:
         out["error"] = f"timed out after {timeout:.0f} s"
     elif proc.returncode != 0:
-        out["error"] = last_error(stderr or stdout)
+        out["error"] = mask(last_error(stderr or stdout))
     if log is not None:
         out["log"] = str(log.relative_to(ROOT)) if log.is_relative_to(ROOT) else str(log)
     return out
+
+
+def mask(text: str) -> str:
+    """Hide DSN passwords in text that goes into results."""
+    from lakehouse.config import mask_dsn
+
+    return mask_dsn(text)
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

@@ -8,6 +8,7 @@ Usage: python -m bench.duckdb_pipeline --source DIR --dsn DSN --workdir DIR
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -286,7 +287,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument("--dsn", default=None, help="PostgreSQL DSN; omitted: no load")
+    parser.add_argument("--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()

@@ -1,0 +1,87 @@
+"""Our pipeline stage by stage in one process and one Spark session: wall time and peak memory of each stage.
+
+Configuration comes from the `LAKEHOUSE_*` environment the harness sets (source, lake, data dir, PostgreSQL DSN).
+Usage: python -m bench.pipeline_stages   (prints one BENCH_RESULT JSON line)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+import traceback
+from datetime import datetime, timezone
+
+from bench.common import PeakSampler, emit, mask
+
+STAGES = (  # name, module, function, needs spark
+    ("land", "lakehouse.landing", "land", False),
+    ("bronze", "lakehouse.bronze", "ingest", True),
+    ("silver", "lakehouse.silver", "refresh", True),
+    ("gold", "lakehouse.gold", "refresh", True),
+    ("mirror", "lakehouse.warehouse", "mirror", False),
+)
+MAX_REPORT_CHARS = 20_000
+
+
+def _short(report) -> object:
+    text = json.dumps(report, default=str)
+    return report if len(text) <= MAX_REPORT_CHARS else {"truncated": text[:MAX_REPORT_CHARS]}
+
+
+def _error(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return mask(f"{type(exc).__name__}: {first}")[:600]
+
+
+def run() -> dict:
+    """Every stage in order; a stage that cannot run is recorded and the ones after it are skipped."""
+    from lakehouse.config import Settings
+
+    settings = Settings()
+    run_id = "bench-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    sampler = PeakSampler().start()
+    stages: dict[str, dict] = {}
+    spark = None
+    failed = None
+    start = time.perf_counter()
+    for name, module_name, function, needs_spark in (("spark_start", None, None, False), *STAGES):
+        if failed:
+            stages[name] = {"ok": False, "skipped": True, "error": f"not run: {failed} failed"}
+            continue
+        sampler.reset()
+        sampler.sample()
+        t = time.perf_counter()
+        entry: dict = {}
+        try:
+            if name == "spark_start":
+                from lakehouse.spark import get_spark
+
+                spark = get_spark(settings)
+                report = {"master": settings.spark_master}
+            else:
+                fn = getattr(importlib.import_module(module_name), function)
+                args = (spark, settings, run_id) if needs_spark else (settings,)
+                report = fn(*args)
+            entry.update(ok=True, report=_short(report))
+        except ModuleNotFoundError as exc:
+            entry.update(ok=False, missing=True, error=f"{module_name} does not exist yet ({exc.name})")
+        except AttributeError as exc:
+            entry.update(ok=False, missing=True, error=f"{module_name}.{function} missing: {exc}")
+        except Exception as exc:  # noqa: BLE001 - recorded, the harness goes on
+            entry.update(ok=False, error=_error(exc), traceback=mask(traceback.format_exc()[-2000:]))
+        entry["wall_s"] = round(time.perf_counter() - t, 3)
+        sampler.sample()
+        entry.update(sampler.figures())
+        stages[name] = entry
+        if not entry["ok"]:
+            failed = name
+    total = round(time.perf_counter() - start, 3)
+    sampler.stop()
+    if spark is not None:
+        spark.stop()
+    return {"run_id": run_id, "ok": failed is None, "failed_stage": failed, "stages": stages, "total_s": total}
+
+
+if __name__ == "__main__":
+    emit(run())

@@ -1,0 +1,318 @@
+"""`make bench`: the pipeline against the alternatives, on the same generated source, one process per contender.
+
+Usage: python -m bench.run [--events 100000,1000000] [--quick] [--only duckdb,casestudy,...]
+Writes bench/results/<UTC timestamp>.json, regenerates docs/benchmarks.md and docs/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.common import LAKEHOUSE, PYTHON, ROOT, fresh_database, machine, mask, run_measured, server_dsn
+
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_EVENTS = (100_000, 1_000_000)
+QUICK_EVENTS = (20_000,)
+CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard")
+SEED = 7
+DELIVERIES = 3
+EXTRA_DELIVERY = "2017-11-19T06:00:00"
+EXTRA_SHARE = 10  # the new delivery holds events // EXTRA_SHARE events
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def students_for(events: int) -> int:
+    return max(2000, events // 50)
+
+
+# -- the sources: generated once per scale, cached by their arguments -------------------------------------
+
+
+def _generator_digest() -> str:
+    return hashlib.sha256((ROOT / "lakehouse" / "generate.py").read_bytes()).hexdigest()[:16]
+
+
+def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
+    marker = folder / ".bench-source.json"
+    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        return folder, {**json.loads(marker.read_text()), "cached": True}
+    if folder.exists():
+        shutil.rmtree(folder)
+    start = time.perf_counter()
+    summary = make(folder)
+    info = {"key": key, "seconds": round(time.perf_counter() - start, 3), **summary}
+    marker.write_text(json.dumps(info, default=str))
+    return folder, {**info, "cached": False}
+
+
+def ensure_source(scale_dir: Path, events: int) -> tuple[Path, dict]:
+    """The scale's source (`deliveries` daily deliveries), generated unless an identical one is cached."""
+    from lakehouse.generate import generate
+
+    key = {"seed": SEED, "students": students_for(events), "events": events, "deliveries": DELIVERIES,
+           "generator": _generator_digest()}
+
+    def make(folder: Path) -> dict:
+        summary = generate(folder, seed=SEED, students=key["students"], events=events, deliveries=DELIVERIES)
+        return {"event_lines": summary["totals"]["event_lines"], "events": summary["totals"]["events"],
+                "deliveries": summary["deliveries"]}
+
+    return _cached(scale_dir / "source", key, make)
+
+
+def ensure_source_plus(scale_dir: Path, source: Path, events: int) -> tuple[Path, dict]:
+    """The source plus one new delivery of about 10% more events (and that day's transactional exports)."""
+    from lakehouse.generate import generate
+
+    key = {"base": json.loads((source / ".bench-source.json").read_text())["key"], "extra_share": EXTRA_SHARE,
+           "delivery": EXTRA_DELIVERY}
+
+    def make(folder: Path) -> dict:
+        shutil.copytree(source, folder, copy_function=os.link, ignore=shutil.ignore_patterns(".bench-source.json"))
+        scratch = scale_dir / "extra-scratch"
+        shutil.rmtree(scratch, ignore_errors=True)
+        # transactional: the 4th export of the same world (same seed and size, one delivery more)
+        world = generate(scratch / "world", seed=SEED, students=students_for(events), events=1000,
+                         deliveries=DELIVERIES + 1)
+        shutil.copytree(scratch / "world" / "transactional" / world["deliveries"][-1],
+                        folder / "transactional" / EXTRA_DELIVERY)
+        # events: a new day's traffic, another seed so that no event repeats the base source
+        extra = generate(scratch / "events", seed=SEED + 1, students=students_for(events),
+                         events=max(1000, events // EXTRA_SHARE), deliveries=1)
+        shutil.copytree(scratch / "events" / "events" / extra["deliveries"][0], folder / "events" / EXTRA_DELIVERY)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"extra_events": extra["totals"]["events"], "extra_event_lines": extra["totals"]["event_lines"],
+                "delivery": EXTRA_DELIVERY}
+
+    return _cached(scale_dir / "source_plus", key, make)
+
+
+# -- contenders ------------------------------------------------------------------------------------------
+
+
+class Scale:
+    """One scale's folders, database server and timeout."""
+
+    def __init__(self, events: int, bench_dir: Path, server: str | None, server_error: str | None, timeout: float):
+        self.events = events
+        self.dir = bench_dir / str(events)
+        self.logs = self.dir / "logs"
+        self.server = server
+        self.server_error = server_error
+        self.timeout = timeout
+
+    def database(self, name: str) -> tuple[str | None, str | None]:
+        if self.server is None:
+            return None, self.server_error or "no PostgreSQL server"
+        try:
+            return fresh_database(self.server, f"bench_{name}_{self.events}"), None
+        except Exception as exc:  # noqa: BLE001
+            return None, mask(f"cannot create database bench_{name}_{self.events}: {exc}".strip())
+
+    def workspace(self, name: str, keep: bool = False) -> Path:
+        folder = self.dir / "runs" / name
+        if folder.exists() and not keep:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def lakehouse_env(self, source: Path, folder: Path, dsn: str | None) -> dict:
+        env = {"LAKEHOUSE_SOURCE": str(source), "LAKEHOUSE_LAKE": str(folder / "lake"),
+               "LAKEHOUSE_DATA_DIR": str(folder / "data"), "PREFECT_HOME": str(self.dir.parent / "prefect"),
+               "BENCH_EVENTS": str(self.events)}
+        if dsn:
+            env["LAKEHOUSE_PG_DSN"] = dsn
+        return env
+
+
+def _with_db_error(result: dict, db_error: str | None) -> dict:
+    if db_error:
+        result["database_error"] = db_error
+    return result
+
+
+def pipeline_stages(scale: Scale, source: Path) -> dict:
+    folder = scale.workspace("pipeline_stages")
+    dsn, db_error = scale.database("stages")
+    result = run_measured([str(PYTHON), "-m", "bench.pipeline_stages"], env=scale.lakehouse_env(source, folder, dsn),
+                          timeout=scale.timeout, log=scale.logs / "pipeline_stages.log")
+    report = result.get("report") or {}
+    if report:
+        result["ok"] = result["ok"] and report.get("ok", False)
+        if not report.get("ok") and report.get("failed_stage"):
+            stage = report["stages"][report["failed_stage"]]
+            result["error"] = f"stage {report['failed_stage']}: {stage.get('error')}"
+    return _with_db_error(result, db_error)
+
+
+def lakehouse_run(scale: Scale, source: Path, name: str = "lakehouse_run", keep: bool = False,
+                  dsn: str | None = None) -> dict:
+    folder = scale.workspace(name, keep=keep)
+    db_error = None
+    if dsn is None:
+        dsn, db_error = scale.database(name)
+    result = run_measured([str(LAKEHOUSE), "run"], env=scale.lakehouse_env(source, folder, dsn),
+                          timeout=scale.timeout, log=scale.logs / f"{name}{'-again' if keep else ''}.log")
+    result["_dsn"] = dsn
+    return _with_db_error(result, db_error)
+
+
+def duckdb_script(scale: Scale, source: Path) -> dict:
+    folder = scale.workspace("duckdb")
+    dsn, db_error = scale.database("duckdb")
+    env = {"BENCH_PG_DSN": dsn} if dsn else {}
+    result = run_measured([str(PYTHON), "-m", "bench.duckdb_pipeline", "--source", str(source),
+                           "--workdir", str(folder)], env=env, timeout=scale.timeout, log=scale.logs / "duckdb.log")
+    return _with_db_error(result, db_error)
+
+
+def casestudy(scale: Scale, source: Path) -> dict:
+    folder = scale.workspace("casestudy")
+    dsn, db_error = scale.database("casestudy")
+    env = {"BENCH_PG_DSN": dsn} if dsn else {}
+    result = run_measured([str(PYTHON), "-m", "bench.casestudy", "--source", str(source), "--workdir", str(folder)],
+                          env=env, timeout=scale.timeout, log=scale.logs / "casestudy.log")
+    return _with_db_error(result, db_error)
+
+
+def incremental(scale: Scale, source: Path, first_run: dict | None) -> dict:
+    """Re-run with nothing new; then one new delivery, incrementally and as a full rebuild on a fresh lake."""
+    out: dict = {}
+    if not first_run or not first_run.get("ok"):
+        return {"ok": False, "error": "needs a completed `lakehouse run` first (the lakehouse_run contender failed)"}
+    dsn = first_run.get("_dsn")
+    out["rerun_nothing_new"] = lakehouse_run(scale, source, keep=True, dsn=dsn)
+    plus, plus_info = ensure_source_plus(scale.dir, source, scale.events)
+    out["source_plus"] = plus_info
+    inc = lakehouse_run(scale, plus, keep=True, dsn=dsn)
+    out["new_delivery"] = inc
+    out["full_rebuild"] = lakehouse_run(scale, plus, name="full_rebuild")
+    for part in ("rerun_nothing_new", "new_delivery", "full_rebuild"):
+        out[part].pop("_dsn", None)
+    out["ok"] = all(out[p]["ok"] for p in ("rerun_nothing_new", "new_delivery", "full_rebuild"))
+    if out["new_delivery"]["ok"] and out["full_rebuild"]["ok"]:
+        out["new_delivery_vs_full"] = round(out["new_delivery"]["wall_s"] / out["full_rebuild"]["wall_s"], 3)
+    errors = [f"{p}: {out[p]['error']}" for p in ("rerun_nothing_new", "new_delivery", "full_rebuild")
+              if out[p].get("error")]
+    if errors:
+        out["error"] = " ; ".join(errors)
+    return out
+
+
+def external(scale: Scale, module: str, source: Path, lake_folder: Path, quick: bool) -> dict:
+    dsn, db_error = (None, None)
+    if module == "mirror":
+        dsn, db_error = scale.database("mirror")
+    context = {"lake": str(lake_folder / "lake"), "source": str(source), "data_dir": str(lake_folder / "data"),
+               "dsn": dsn, "events": scale.events, "workdir": str(scale.workspace(module)), "quick": quick,
+               "repeat": 5 if quick else 30}
+    env = scale.lakehouse_env(source, lake_folder, dsn)
+    result = run_measured([str(PYTHON), "-m", "bench.external", module, json.dumps(context)], env=env,
+                          timeout=scale.timeout, log=scale.logs / f"{module}.log")
+    result["cmd"] = f"python -m bench.external {module} <context>"
+    report = result.pop("report", None) or {}
+    result["ok"] = result["ok"] and report.get("ok", False)
+    for key in ("missing", "error", "function", "traceback"):
+        if key in report:
+            result[key] = report[key]
+    if "report" in report:
+        result["report"] = report["report"]
+    return _with_db_error(result, db_error)
+
+
+def bench_scale(events: int, bench_dir: Path, wanted: set[str], server: str | None, server_error: str | None,
+                timeout: float, quick: bool) -> dict:
+    scale = Scale(events, bench_dir, server, server_error, timeout)
+    log(f"{events:,} events: source")
+    source, info = ensure_source(scale.dir, events)
+    out: dict = {"events": events, "source": info, "contenders": {}}
+    c = out["contenders"]
+
+    def step(name: str, fn, *args):
+        if name not in wanted:
+            return None
+        log(f"{events:,} events: {name}")
+        try:
+            c[name] = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others
+            c[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
+        status = "ok" if c[name].get("ok") else f"FAILED: {c[name].get('error', '')[:200]}"
+        log(f"{events:,} events: {name} {c[name].get('wall_s', '-')} s, {status}")
+        return c[name]
+
+    step("pipeline_stages", pipeline_stages, scale, source)
+    first = step("lakehouse_run", lakehouse_run, scale, source)
+    step("duckdb", duckdb_script, scale, source)
+    step("casestudy", casestudy, scale, source)
+    step("incremental", incremental, scale, source, first)
+    if first is not None:
+        first.pop("_dsn", None)
+    lake_folder = scale.dir / "runs" / "lakehouse_run"
+    step("mirror", external, scale, "mirror", source, lake_folder, quick)
+    step("dashboard", external, scale, "dashboard", source, lake_folder, quick)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmarks of the lakehouse against the alternatives.")
+    parser.add_argument("--events", default=None,
+                        help="comma-separated scales (default 100000,1000000; --quick: 20000); 10000000 on request")
+    parser.add_argument("--quick", action="store_true", help="a small scale and fewer query repetitions")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    parser.add_argument("--skip", default="", help="comma-separated contenders to leave out")
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed to each contender process")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
+    parser.add_argument("--no-docs", action="store_true", help="do not regenerate docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    scales = [int(x.replace("_", "")) for x in args.events.split(",")] if args.events else \
+        list(QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
+    wanted = set(args.only.split(",")) if args.only else set(CONTENDERS)
+    wanted -= set(filter(None, args.skip.split(",")))
+    unknown = wanted - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
+
+    started = datetime.now(timezone.utc)
+    result: dict = {"started_at": started.isoformat(timespec="seconds"), "machine": machine(),
+                    "args": {"events": scales, "quick": args.quick, "contenders": sorted(wanted)}, "scales": {}}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    server, server_error = None, None
+    if wanted & {"pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror"}:
+        try:
+            server = server_dsn(args.workdir.resolve())
+        except Exception as exc:  # noqa: BLE001
+            server_error = mask(f"PostgreSQL unavailable: {exc}")
+            log(server_error)
+    for events in scales:
+        result["scales"][str(events)] = bench_scale(events, args.workdir.resolve(), wanted, server, server_error,
+                                                    args.timeout, args.quick)
+    from bench import report
+
+    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["targets"] = report.targets(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(path)
+    log(f"results: {path.relative_to(ROOT)}")
+    if not args.no_docs:
+        report.write_docs(result, path)
+    report.print_tables(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
