@@ -144,5 +144,174 @@ def pg_status() -> None:
     console.print("running" if managed().running() else "stopped")
 
 
+PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
+
+
+class RefreshLayer(str, Enum):
+    silver = "silver"
+    gold = "gold"
+
+
+def _stage_note(report: dict) -> str:
+    from flows.common import summary_rows
+
+    row = summary_rows({"stage": report})[0]
+    parts = [f"{row[k]} {k}" for k in ("files", "rows in", "rows out", "quarantined", "warehouse loads") if row[k] != ""]
+    return ", ".join(str(p) for p in parts)
+
+
+@app.command()
+def run(
+    source: str = typer.Option(None, help="override LAKEHOUSE_SOURCE for this run"),
+    delivery: str = typer.Option(None, help="land only this delivery folder"),
+    full_refresh: RefreshLayer = typer.Option(None, help="rebuild this layer and the layers after it"),
+    report: Path = typer.Option(None, help="also write the run's JSON report to this file"),
+) -> None:
+    """Land → bronze → silver → gold → warehouse for everything new (the `full-pipeline` flow, run here)."""
+    import json
+    import os
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from lakehouse.config import get_settings
+    from lakehouse.platform import client_env
+
+    settings = get_settings()
+    os.environ.update(client_env(settings))
+    from flows.common import add_listener
+    from flows.pipeline import full_pipeline
+
+    failed: dict[str, str] = {}
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<8}"), BarColumn(bar_width=24),
+                        TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console, transient=False)
+    ids = {name: progress.add_task(name, total=1, start=False, note="") for name in PIPELINE_STAGES}
+
+    def draw(stage: str, event: str, out: dict) -> None:
+        if stage not in ids:
+            return
+        if event == "start":
+            progress.start_task(ids[stage])
+            progress.update(ids[stage], note="running")
+        elif event == "failed":
+            error = (out.get("error") or "").strip().splitlines()
+            failed.update(stage=stage, error=error[0] if error else "")
+            progress.update(ids[stage], note=f"[red]failed[/]: {failed['error'][:80]} (retried if transient)")
+        else:
+            if failed.get("stage") == stage:
+                failed.clear()
+            note = "[dim]skipped: nothing new[/]" if event == "skipped" else _stage_note(out)
+            progress.update(ids[stage], completed=1, note=note)
+            progress.stop_task(ids[stage])
+
+    remove = add_listener(draw)
+    try:
+        with progress:
+            state = full_pipeline(source=source, delivery=delivery,
+                                  full_refresh=full_refresh.value if full_refresh else None, return_state=True)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:  # the orchestration itself failed (e.g. Prefect's API did not start)
+        fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+    finally:
+        remove()
+    result = state.result(raise_on_failure=False)
+    if not state.is_completed() or isinstance(result, BaseException):
+        reason = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else str(state.message)
+        where = failed.get("stage")
+        fail(f"{where} failed: {failed.get('error') or reason}" if where else reason.splitlines()[0][:300])
+    payload = json.dumps(result, indent=2, default=str)
+    (settings.data_dir / "last-run.json").parent.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "last-run.json").write_text(payload)
+    if report:
+        report.write_text(payload)
+    quarantined = sum(r["quarantined"] for r in result["summary"] if isinstance(r["quarantined"], (int, float)))
+    console.print(f"[green]run completed[/] ({quarantined} quarantined records); `lakehouse summary` shows the lake")
+
+
+@app.command()
+def up(
+    prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
+    dashboard_port: int = typer.Option(5006, help="dashboard port"),
+    dashboard: bool = typer.Option(True, help="also serve the dashboard"),
+) -> None:
+    """Start the Prefect server, a worker serving prefect.yaml and the dashboard; Ctrl-C stops them all."""
+    from lakehouse.config import get_settings
+    from lakehouse.platform import up as run_up
+
+    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard, say=lambda m: console.print(m, highlight=False))
+    raise typer.Exit(code)
+
+
+def _row_counts(settings) -> list[tuple[str, str, int]]:
+    """(layer, table, rows) for every view of the DuckDB catalog."""
+    from lakehouse import catalog
+
+    con = catalog.connect(settings, read_only=True)
+    try:
+        names = con.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema in ('bronze', 'silver', 'gold', 'quarantine') order by 1, 2").fetchall()
+        return [(s, t, con.execute(f'select count(*) from "{s}"."{t}"').fetchone()[0]) for s, t in names]
+    finally:
+        con.close()
+
+
+def _warehouse_location(settings) -> str:
+    from lakehouse.config import mask_dsn
+    from lakehouse.pgserver import managed
+
+    if settings.pg_dsn is not None:
+        return mask_dsn(settings.pg_dsn.get_secret_value()) + " (schema dw)"
+    cluster = managed(settings)
+    if not cluster.initialized():
+        return f"project-managed PostgreSQL in {settings.pg_dir} (not created yet)"
+    status = "running" if cluster.running() else "stopped: `lakehouse pg start`"
+    return f"{mask_dsn(cluster.dsn)} (schema dw; project-managed, {status})"
+
+
+@app.command()
+def summary() -> None:
+    """A short summary of the lake: rows per layer, quarantined records, locations, how to open the UIs."""
+    import json
+
+    from lakehouse.config import get_settings
+    from lakehouse.platform import running_platform
+
+    settings = get_settings()
+    last_path = settings.data_dir / "last-run.json"
+    last = json.loads(last_path.read_text()) if last_path.exists() else None
+    table = Table("layer", "table", "rows", title="lakehouse: rows per table")
+    quarantined = 0
+    try:
+        counts = _row_counts(settings)
+    except ImportError:
+        counts = None
+    if counts is not None:
+        for layer, name, rows in counts:
+            table.add_row(layer, name, f"{rows:,}")
+            quarantined += rows if layer == "quarantine" else 0
+        console.print(table)
+    else:
+        console.print("[yellow]row counts need lakehouse.catalog (not available)[/]")
+    if last:
+        stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
+                       title="last run")
+        for row in last.get("summary", []):
+            stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
+                                                            "warehouse loads", "status")))
+        console.print(stages)
+    console.print(f"quarantined records  {quarantined:,}" if counts is not None else "quarantined records  n/a")
+    console.print(f"lake                 {settings.lake_url}", highlight=False)
+    console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
+    state = running_platform(settings)
+    if state:
+        console.print(f"Prefect UI           {state['ui_url']} (running)", highlight=False)
+        console.print(f"dashboard            {state.get('dashboard_url') or 'not started'}", highlight=False)
+    else:
+        console.print("Prefect UI           `make up` (or `lakehouse up`), then http://127.0.0.1:4200", highlight=False)
+        console.print("dashboard            `make up`, then http://127.0.0.1:5006 "
+                      "(or `lakehouse dashboard` alone)", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -31,6 +31,7 @@ def _state_file(settings: Settings) -> Path:
 def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     """Prefect settings that keep its state in the project's data folder (and talk to our server when `port`)."""
     home = prefect_home(settings)
+    home.mkdir(parents=True, exist_ok=True)
     env = {
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
