@@ -252,38 +252,36 @@ def spark_session(settings: Settings):
 # -- reports ----------------------------------------------------------------------------------
 
 _FIELDS = {
-    "rows in": ("rows_in", "records_in", "lines_in"),
-    "rows out": ("rows_out", "rows_written", "records_out", "rows"),
-    "quarantined": ("quarantined", "rows_quarantined", "quarantine_rows"),
+    "files": ("files_new", "new_files", "files"),
+    "rows in": ("rows_in", "lines_read", "records_in"),
+    "rows out": ("rows_out", "bronze_rows", "rows_written"),
+    "quarantined": ("quarantined", "rows_quarantined"),
     "deliveries": ("deliveries", "deliveries_processed"),
-    "files": ("new_files", "files_landed", "files"),
-    "warehouse loads": ("loads_applied", "applied", "loads"),
+    "warehouse loads": ("loads_applied",),
 }
 
 
-def _number(value: Any) -> int | float | None:
-    if isinstance(value, bool):
+def _total(value: Any) -> int | float | None:
+    if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
         return value
-    if isinstance(value, (list, tuple, set, dict)):
+    if isinstance(value, (list, tuple, set)):
         return len(value)
+    if isinstance(value, dict):
+        return sum(v for v in (_total(x) for x in value.values()) if v is not None)
     return None
 
 
-def _pick(report: dict, keys: tuple[str, ...]) -> int | float | None:
+def _pick(report: Any, keys: tuple[str, ...]) -> int | float | None:
+    """The first of `keys` found at this level, else the sum found in nested reports (tables, groups)."""
+    if not isinstance(report, dict):
+        return None
     for key in keys:
-        if key in report:
-            got = _number(report[key])
-            if got is not None:
-                return got
-    tables = report.get("tables")
-    if isinstance(tables, dict):
-        values = [_pick(t, keys) for t in tables.values() if isinstance(t, dict)]
-        values = [v for v in values if v is not None]
-        if values:
-            return sum(values)
-    return None
+        if key in report and _total(report[key]) is not None:
+            return _total(report[key])
+    found = [v for v in (_pick(child, keys) for child in report.values()) if v is not None]
+    return sum(found) if found else None
 
 
 def summary_rows(reports: dict[str, dict]) -> list[dict]:

@@ -24,12 +24,30 @@ def _run_id() -> str:
 def land(source: str | None = None, delivery: str | None = None) -> dict:
     """Copy new source files into the lake's landing zone."""
     from lakehouse import landing
+    from lakehouse.sources import open_source
 
     settings = settings_for(source)
     with announce("land") as out:
         inject_transient("land", settings)
-        out.update(call_stage(landing.land, settings, delivery=delivery))
+        files = open_source(settings.source_url, settings)
+        out.update(call_stage(landing.land, settings, source=OneDelivery(files, delivery) if delivery else None))
     return out
+
+
+class OneDelivery:
+    """A source narrowed to one delivery folder."""
+
+    def __init__(self, source, delivery: str) -> None:
+        self.source, self.delivery, self.url = source, delivery, source.url
+
+    def list_files(self):
+        found = [f for f in self.source.list_files() if f.delivery == self.delivery]
+        if not found:
+            raise ValueError(f"no file of delivery {self.delivery!r} in {self.url}")
+        return iter(found)
+
+    def open(self, f):
+        return self.source.open(f)
 
 
 @task(name="bronze", **TASK_OPTIONS)
@@ -90,7 +108,7 @@ def _skipped(name: str, reason: str) -> dict:
 
 def _spark_work_pending(landed: dict, source: str | None) -> bool:
     """False only when landing found nothing and every Spark stage says it has nothing pending."""
-    new = next((landed[k] for k in ("new_files", "files_landed", "landed") if k in landed), None)
+    new = next((landed[k] for k in ("files_new", "new_files") if k in landed), None)
     if new is None or (len(new) if isinstance(new, (list, dict)) else new):
         return True
     settings = settings_for(source)

@@ -220,7 +220,7 @@ class Platform:
                     return 1
             time.sleep(poll)
 
-    def stop(self, grace: float = 15) -> None:
+    def stop(self, grace: float = 10) -> None:
         """Stop every started process group, then any of their descendants that left the group."""
         import psutil
 
@@ -274,7 +274,7 @@ def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006,
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     code = 0
     try:
         platform.start()
@@ -296,5 +296,6 @@ def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006,
             platform.stop()
         except KeyboardInterrupt:
             platform.stop(grace=0)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
