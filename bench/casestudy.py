@@ -57,7 +57,7 @@ def transform(spark, source: Path, timings: dict):
         present = [F.col(f"`{n}`") for n in names if n in cols]
         return F.coalesce(*present) if present else F.lit(None).cast("string")
 
-    at = F.coalesce(*(F.to_timestamp(F.col("at"), fmt) for fmt in FORMATS))
+    at = F.coalesce(*(F.try_to_timestamp(F.col("at"), F.lit(fmt)) for fmt in FORMATS))
     events = (raw.where(~bad).withColumn("event_at", at).where(F.col("event_at").isNotNull())
               .withColumn("sc", split_student(F.col("studentId_clientType")))
               .select("event_at", F.to_date("event_at").alias("event_date"),

@@ -141,7 +141,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def last_error(text: str, lines: int = 3) -> str:
     """The most telling lines of a failed process's output."""
-    rows = [r.rstrip() for r in text.strip().splitlines() if r.strip()]
+    rows = [r.rstrip() for r in text.strip().splitlines() if r.strip() and not r.strip().startswith("at ")]
     errors = [r for r in rows if re.search(r"(Error|Exception|error:|No such|not found)", r)]
     picked = errors[-lines:] if errors else rows[-lines:]
     return " | ".join(p.strip() for p in picked)[:600]

@@ -16,6 +16,8 @@ CHART = ROOT / "docs" / "benchmarks.png"
 GIB = 1024
 TARGET_SCALE = 1_000_000
 BIG_SCALE = 10_000_000
+# dashboard figures that are not one chart's query: the sum of all charts, the browser's end-to-end redraw
+NOT_A_CHART_QUERY = ("all filtered charts", "filter redraw")
 STAGES = ("spark_start", "land", "bronze", "silver", "gold", "mirror")
 
 
@@ -122,13 +124,15 @@ def targets(result: dict) -> list[dict]:
     add("mirror_vs_insert", "mirror at least 10x row-by-row INSERT",
         f"{m['speedup']:.1f}x" if m["speedup"] else None, bool(m["speedup"] and m["speedup"] >= 10),
         "" if m["speedup"] else mirror_note)
-    d = dashboard_figures(c.get("dashboard"))
+    d = {k: v for k, v in dashboard_figures(c.get("dashboard")).items() if not k.startswith(NOT_A_CHART_QUERY)}
     if d:
         worst = max(d.items(), key=lambda kv: kv[1]["p95_ms"])
-        add("dashboard_p95", "dashboard queries p95 under 300 ms",
-            f"worst p95 {worst[1]['p95_ms']:.0f} ms ({worst[0]})", worst[1]["p95_ms"] < 300)
+        synthetic = ((c.get("dashboard") or {}).get("report") or {}).get("synthetic_gold")
+        add("dashboard_p95", "dashboard queries p95 under 300 ms (each chart's query)",
+            f"worst p95 {worst[1]['p95_ms']:.0f} ms ({worst[0]})", worst[1]["p95_ms"] < 300,
+            "on a synthetic gold-shaped lake (the pipeline's gold was missing)" if synthetic else "")
     else:
-        add("dashboard_p95", "dashboard queries p95 under 300 ms", None, None,
+        add("dashboard_p95", "dashboard queries p95 under 300 ms (each chart's query)", None, None,
             _why(c.get("dashboard")) if not _ok(c.get("dashboard")) else "report has no p95_ms figure")
     if _ok(run):
         peak = run["peak_rss_mib"]
@@ -232,7 +236,7 @@ def _met(t: dict) -> str:
     return "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
 
 
-def chart(result: dict, path: Path = CHART) -> bool:
+def chart(result: dict, path: Path | None = None) -> bool:
     """Wall time per contender per scale as a PNG; False when nothing completed."""
     import altair as alt
     import pandas as pd
@@ -254,8 +258,10 @@ def chart(result: dict, path: Path = CHART) -> bool:
     )
     text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("seconds:Q", format=".1f"), color=alt.value("black"))
     layered = alt.layer(bars, text, data=frame).properties(width=420, height=24 * len(order))
-    final = layered.facet(row=alt.Row("scale:N", title=None)).resolve_scale(x="independent").properties(
+    scales = [f"{int(ev):,} events" for ev in sorted(int(e) for e in result.get("scales", {}))]
+    final = layered.facet(row=alt.Row("scale:N", title=None, sort=scales)).resolve_scale(x="independent").properties(
         title=f"Wall time per contender ({result['machine'].get('cpu_count')} cores, {result['started_at']})")
+    path = path or CHART
     path.parent.mkdir(parents=True, exist_ok=True)
     final.save(str(path), format="png", scale_factor=1.5)
     return True

@@ -162,8 +162,13 @@ def lakehouse_run(scale: Scale, source: Path, name: str = "lakehouse_run", keep:
     db_error = None
     if dsn is None:
         dsn, db_error = scale.database(name)
-    result = run_measured([str(LAKEHOUSE), "run"], env=scale.lakehouse_env(source, folder, dsn),
-                          timeout=scale.timeout, log=scale.logs / f"{name}{'-again' if keep else ''}.log")
+    tag = f"{name}-{len(list(folder.glob('run-report*.json')))}"
+    report_file = folder / f"run-report-{tag}.json"
+    result = run_measured([str(LAKEHOUSE), "run", "--report", str(report_file)],
+                          env=scale.lakehouse_env(source, folder, dsn), timeout=scale.timeout,
+                          log=scale.logs / f"{tag}.log")
+    if report_file.exists():
+        result["run_report"] = str(report_file.relative_to(ROOT))
     result["_dsn"] = dsn
     return _with_db_error(result, db_error)
 
@@ -232,11 +237,11 @@ def external(scale: Scale, module: str, source: Path, lake_folder: Path, quick: 
 
 
 def bench_scale(events: int, bench_dir: Path, wanted: set[str], server: str | None, server_error: str | None,
-                timeout: float, quick: bool) -> dict:
+                timeout: float, quick: bool, out: dict, save) -> dict:
     scale = Scale(events, bench_dir, server, server_error, timeout)
     log(f"{events:,} events: source")
     source, info = ensure_source(scale.dir, events)
-    out: dict = {"events": events, "source": info, "contenders": {}}
+    out.update({"events": events, "source": info, "contenders": {}})
     c = out["contenders"]
 
     def step(name: str, fn, *args):
@@ -249,6 +254,7 @@ def bench_scale(events: int, bench_dir: Path, wanted: set[str], server: str | No
             c[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
         status = "ok" if c[name].get("ok") else f"FAILED: {c[name].get('error', '')[:200]}"
         log(f"{events:,} events: {name} {c[name].get('wall_s', '-')} s, {status}")
+        save()
         return c[name]
 
     step("pipeline_stages", pipeline_stages, scale, source)
@@ -295,18 +301,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             server_error = mask(f"PostgreSQL unavailable: {exc}")
             log(server_error)
-    for events in scales:
-        result["scales"][str(events)] = bench_scale(events, args.workdir.resolve(), wanted, server, server_error,
-                                                    args.timeout, args.quick)
     from bench import report
 
-    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result["targets"] = report.targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    tmp.replace(path)
+
+    def save() -> None:
+        """Write the results so far (a run cut short still leaves its figures)."""
+        result["targets"] = report.targets(result)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp.replace(path)
+
+    for events in scales:
+        result["scales"][str(events)] = {}
+        bench_scale(events, args.workdir.resolve(), wanted, server, server_error, args.timeout, args.quick,
+                    result["scales"][str(events)], save)
+    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save()
     log(f"results: {path.relative_to(ROOT)}")
     if not args.no_docs:
         report.write_docs(result, path)
