@@ -1,0 +1,169 @@
+"""Landing from a local folder, the GCS emulator (real gcsfs) and the Drive v3 fake; ledger, duplicates, crash, speed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from lakehouse.config import Settings
+from lakehouse.landing import land, lake_fs, read_ledger
+from tests.fake_drive import FakeDrive, fake_drive  # noqa: F401  (fixture)
+from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
+
+LINE = b'{"at":"2017-11-16 02:10:20","n":1}\n'
+
+
+def put(root: Path, path: str, data: bytes) -> None:
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+def landed(settings: Settings) -> dict[str, bytes]:
+    """Every landed file of the lake: lake-relative path -> bytes."""
+    fs, root = lake_fs(settings)
+    fs.invalidate_cache()
+    base = f"{root.rstrip('/')}/landing"
+    return {p[len(root.rstrip("/")) + 1:]: fs.cat_file(p) for p in fs.find(base)} if fs.exists(base) else {}
+
+
+def statuses(settings: Settings) -> list[tuple[int, str, str]]:
+    return [(m["batch_id"], e["path"], e["status"]) for m in read_ledger(settings) for e in m["files"]]
+
+
+def test_lands_once_keeps_folders_and_ledgers_by_content(settings):
+    src = Path(settings.source_url)
+    put(src, "events/2017-11-16/a/part-0.json", LINE)
+    put(src, "transactional/2017-11-16T06:00:00/students.json", b"[]")
+    put(src, "transactional/2017-11-16T06:00:00/courses.json", b"[]")  # same bytes, other entity: not a duplicate
+    report = land(settings)
+    assert (report["batch_id"], report["files_new"], report["files_duplicate"]) == (1, 3, 0)
+    sha = hashlib.sha256(LINE).hexdigest()
+    empty = hashlib.sha256(b"[]").hexdigest()[:16]
+    assert landed(settings) == {
+        f"landing/events/2017-11-16/{sha[:16]}/part-0.json": LINE,
+        f"landing/transactional/2017-11-16T06_00_00/{empty}/students.json": b"[]",
+        f"landing/transactional/2017-11-16T06_00_00/{empty}/courses.json": b"[]",
+    }
+    entry = read_ledger(settings)[0]["files"][0]
+    assert {k: entry[k] for k in ("path", "kind", "delivery", "sha256", "status", "bytes")} == {
+        "path": "events/2017-11-16/a/part-0.json", "kind": "events", "delivery": "2017-11-16",
+        "sha256": sha, "status": "new", "bytes": len(LINE),
+    }
+
+    again = land(settings)
+    assert (again["batch_id"], again["files_new"], again["files_seen"], again["files_known"]) == (None, 0, 3, 3)
+    assert len(read_ledger(settings)) == 1  # nothing new: no manifest
+
+    put(src, "events/2017-11-17/copy.json", LINE)  # same bytes under another name
+    put(src, "events/2017-11-16/a/part-0.json", LINE + LINE)  # new bytes under a known name
+    os.utime(src / "transactional/2017-11-16T06:00:00/students.json", ns=(1, 10**18))  # touched, same bytes
+    report = land(settings)
+    assert (report["batch_id"], report["files_new"], report["files_duplicate"]) == (2, 1, 2)
+    assert statuses(settings)[3:] == [
+        (2, "events/2017-11-16/a/part-0.json", "new"),
+        (2, "transactional/2017-11-16T06:00:00/students.json", "duplicate"),
+        (2, "events/2017-11-17/copy.json", "duplicate"),
+    ]
+    assert len(landed(settings)) == 4
+    assert (land(settings)["files_known"], land(settings)["batch_id"]) == (4, None)  # nothing downloaded again
+
+
+def test_full_exports_repeat_only_when_they_add_nothing(settings):
+    src = Path(settings.source_url)
+    a, b = b'[{"Id":1}]', b'[{"Id":2}]'
+    put(src, "transactional/2017-11-16/courses.json", a)
+    put(src, "transactional/2017-11-17/courses.json", a)  # same state again: a duplicate
+    put(src, "transactional/2017-11-18/courses.json", b)
+    put(src, "transactional/2017-11-19/courses.json", a)  # back to A after B: new information
+    land(settings)
+    assert [s for _, _, s in statuses(settings)] == ["new", "duplicate", "new", "new"]
+
+
+def test_killed_mid_landing_rerun_gives_the_clean_ledger(settings, tmp_path):
+    from lakehouse.generate import generate
+
+    generate(Path(settings.source_url), seed=2, students=20, events=200, deliveries=2)
+    env = {**os.environ, "LAKEHOUSE_FAULT": "mid_landing"}
+    code = "from lakehouse.config import get_settings; from lakehouse.landing import land; land(get_settings())"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1], timeout=120)
+    assert proc.returncode == -9
+    assert read_ledger(settings) == [] and len(landed(settings)) == 1
+    land(settings)
+
+    clean = Settings(_env_file=None, source=settings.source, lake=str(tmp_path / "clean"), data_dir=settings.data_dir)
+    land(clean)
+    keys = ("path", "sha256", "status", "landed_path", "batch_id")
+    assert [{k: e[k] for k in keys} for e in read_ledger(settings)[0]["files"]] == [
+        {k: e[k] for k in keys} for e in read_ledger(clean)[0]["files"]
+    ]
+    assert landed(settings) == landed(clean)
+
+
+def test_rerun_on_a_landed_source_is_fast(settings):
+    from lakehouse.generate import generate
+
+    generate(Path(settings.source_url), seed=1, students=200, events=20_000, deliveries=5)
+    first = land(settings)
+    started = time.monotonic()
+    again = land(settings)
+    elapsed = time.monotonic() - started
+    print(f"\nlanded {first['files_new']} files ({first['bytes_landed']} bytes) in {first['seconds']} s; "
+          f"re-run: {again['files_new']} new of {again['files_seen']} in {elapsed:.3f} s")
+    assert again["files_new"] == 0 and again["files_seen"] == first["files_seen"]
+    assert elapsed < 20
+
+
+# --- remote sources and a remote lake ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # noqa: F811
+    """A gcsfs client on the emulator, with `STORAGE_EMULATOR_HOST` set and a fresh bucket."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    fs = emulator_fs(gcs_emulator)
+    bucket = f"landing-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    fs.bucket = bucket
+    yield fs
+
+
+def test_gcs_source_into_a_gcs_lake(gcs, settings):
+    source = f"{gcs.bucket}/raw"
+    gcs.pipe(f"{source}/events/2017-11-16/part-0.json", LINE)
+    gcs.pipe(f"{source}/events/2017-11-16/part-1.json", LINE)  # same bytes
+    gcs.pipe(f"{source}/transactional/2017-11-16/courses.json", b'[{"Id":1}]')
+    remote = Settings(_env_file=None, source=f"gs://{source}", lake=f"gs://{gcs.bucket}/lake", gcs_token="anon")
+    report = land(remote)
+    assert (report["files_new"], report["files_duplicate"]) == (2, 1)
+    assert sorted(landed(remote).values()) == [b'[{"Id":1}]', LINE]
+    assert land(remote)["files_known"] == 3 and len(read_ledger(remote)) == 1
+
+    gcs.pipe(f"{source}/events/2017-11-16/part-0.json", LINE + LINE)  # new generation, new bytes
+    assert land(remote)["files_new"] == 1
+
+
+def test_drive_source(fake_drive: FakeDrive, settings):  # noqa: F811
+    folder = fake_drive.new_root()
+    fake_drive.put(folder, "events/2017-11-16/part-0.json", LINE)
+    fake_drive.put(folder, "events/2017-11-17/copy.json", LINE)
+    fake_drive.put(folder, "transactional/2017-11-16/students.json", b'[{"Id":"1"}]')
+    drive = Settings(
+        _env_file=None, source=f"gdrive://{folder}", lake=settings.lake, gdrive_api_url=fake_drive.url,
+        gdrive_credentials=json.dumps(fake_drive.service_account_info()),
+    )
+    report = land(drive)
+    assert (report["files_new"], report["files_duplicate"]) == (2, 1)
+    assert sorted(landed(drive).values()) == sorted([LINE, b'[{"Id":"1"}]'])
+    downloads = fake_drive.count("GET", "/drive/v3/files/")
+    assert land(drive)["files_new"] == 0
+    assert fake_drive.count("GET", "/drive/v3/files/") - downloads <= 1  # the root check only, no download
