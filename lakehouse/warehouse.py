@@ -125,6 +125,7 @@ class DeltaGold:
         return max(versions) if versions else None
 
     def relation(self, con, table: str, version: int) -> str:
+        con.execute(f"load '{delta_extension()}'")  # a no-op once loaded
         path = self.path(table).replace("'", "''")
         return f"delta_scan('{path}', version => {int(version)})"
 
@@ -146,12 +147,11 @@ class ArrowGold:
 
 
 def duckdb_connection():
-    """An in-memory DuckDB connection with the delta extension loaded and UTC as time zone."""
+    """An in-memory DuckDB connection with UTC as its time zone."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
-    con.execute(f"load '{delta_extension()}'")
     return con
 
 
