@@ -15,7 +15,7 @@ import pandas as pd
 import panel as pn
 
 from apps.queries import Filters, Gold, to_datetime
-from lakehouse.config import Settings, get_settings
+from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 
 ALL = "All"
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
@@ -35,30 +35,72 @@ def shared_gold(settings: Settings | None = None) -> Gold:
         return _gold
 
 
-def _bar(df: pd.DataFrame, category: str, measure: str, title: str, color: str = "#4c78a8") -> alt.Chart:
+def _bar(category: str, measure: str, color: str) -> alt.Chart:
     """A horizontal bar chart sorted by `measure`, labelled with its values."""
-    base = alt.Chart(df, title=title).encode(
+    base = alt.Chart(pd.DataFrame({category: ["a"], measure: [1]})).encode(
         y=alt.Y(f"{category}:N", sort="-x", title=None),
-        x=alt.X(f"{measure}:Q", title=measure.replace("_", " ")),
-        tooltip=list(df.columns),
+        x=alt.X(f"{measure}:Q", title=measure.replace("_", " "), axis=alt.Axis(format="~s")),
+        tooltip=[f"{category}:N", alt.Tooltip(f"{measure}:Q", format=",")],
     )
-    bars = base.mark_bar(color=color)
     labels = base.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text(f"{measure}:Q", format=","))
-    return (bars + labels).properties(width="container", height=max(60, 18 * len(df)))
+    return (base.mark_bar(color=color) + labels).properties(width="container", title="")
 
 
-def _daily(df: pd.DataFrame) -> alt.Chart:
-    return alt.Chart(df, title="Daily page views by client type").mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=alt.X("event_date:T", title=None),
+def _daily() -> alt.Chart:
+    return alt.Chart(pd.DataFrame({"event_date": ["2017-11-01"], "client_type": ["a"], "page_views": [1]})).mark_line(
+        point=alt.OverlayMarkDef(size=18)).encode(
+        x=alt.X("event_date:T", title=None, axis=alt.Axis(format="%b %d")),
         y=alt.Y("page_views:Q", title="page views"),
         color=alt.Color("client_type:N", title="client type"),
         tooltip=["event_date:T", "client_type:N", alt.Tooltip("page_views:Q", format=",")],
-    ).properties(width="container", height=260)
+    ).properties(width="container", height=260, title="")
 
 
-def _empty(title: str) -> alt.Chart:
-    return alt.Chart(pd.DataFrame({"x": [0]}), title=title).mark_text(text="no data for this selection").encode(
-    ).properties(width="container", height=60)
+def _empty() -> alt.Chart:
+    return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no data for this selection", fontSize=13).properties(
+        width="container", height=60, title="")
+
+
+class Spec:
+    """An Altair chart compiled once to Vega-Lite; a redraw only swaps its data, title and height (fast)."""
+
+    def __init__(self, chart: alt.Chart):
+        self.spec = chart.to_dict()
+        self.dataset = next(iter(self.spec["datasets"]))
+
+    def render(self, df: pd.DataFrame, title: str, height: int | None = None) -> dict:
+        spec = {**self.spec, "title": title, "datasets": {self.dataset: _records(df)}}
+        if height is not None:
+            spec["height"] = height
+        return spec
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    df = df.copy()
+    for column in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[column]):
+            df[column] = df[column].map(lambda v: v.isoformat() if hasattr(v, "isoformat") else v)
+    return df.to_dict("records")
+
+
+_specs: dict[str, Spec] = {}
+
+
+def spec(name: str) -> Spec:
+    """The compiled chart `name` (built on first use, shared by every session)."""
+    if name not in _specs:
+        bars = {"states": ("state", "students", "#4c78a8"), "universities": ("university", "page_views", "#f58518"),
+                "courses": ("course", "page_views", "#54a24b"), "user_types": ("user_type", "page_views", "#b279a2"),
+                "foreign": ("country", "page_views", "#e45756")}
+        _specs[name] = Spec(_daily() if name == "daily" else _empty() if name == "empty" else _bar(*bars[name]))
+    return _specs[name]
+
+
+def draw(name: str, df: pd.DataFrame, title: str) -> dict:
+    """The Vega-Lite spec of chart `name` over `df` (an empty-state spec when there are no rows)."""
+    if df.empty:
+        return spec("empty").render(pd.DataFrame({"x": [0]}), title)
+    return spec(name).render(df, title, None if name == "daily" else max(60, 18 * len(df)))
 
 
 def _when(value) -> str:
@@ -123,18 +165,18 @@ class Dashboard:
         courses = self.gold.breakdown("course", filters)
         user_types = self.gold.frame("user_type", filters.params())
         daily = self.gold.frame("daily", filters.params())
+        charts = {
+            self.states: draw("states", states, "Active students per state"),
+            self.universities: draw("universities", universities, "Top universities by page views"),
+            self.courses: draw("courses", courses, "Top courses by page views"),
+            self.user_types: draw("user_types", user_types, "Page views per user type"),
+            self.daily: draw("daily", daily, "Daily page views by client type"),
+        }
         with pn.io.hold():
             for key, indicator in self.kpis.items():
                 indicator.value = headline[key]
-            self.states.object = _bar(states, "state", "students", "Active students per state") if len(states) \
-                else _empty("Active students per state")
-            self.universities.object = _bar(universities, "university", "page_views", "Top universities by page views",
-                                            "#f58518") if len(universities) else _empty("Top universities")
-            self.courses.object = _bar(courses, "course", "page_views", "Top courses by page views", "#54a24b") \
-                if len(courses) else _empty("Top courses")
-            self.user_types.object = _bar(user_types, "user_type", "page_views", "Page views per user type",
-                                          "#b279a2") if len(user_types) else _empty("Page views per user type")
-            self.daily.object = _daily(daily) if len(daily) else _empty("Daily page views by client type")
+            for pane, chart in charts.items():
+                pane.object = chart
             self.timing.object = f"queried and drawn in {1000 * (time.perf_counter() - started):.0f} ms"
 
     def update_foreign(self, *_events) -> None:
@@ -142,7 +184,7 @@ class Dashboard:
         month, n = self.month.value, int(self.min_views.value or 0)
         df = self.gold.foreign(month, n)
         title = f"Foreign countries with more than {n:,} page views in {month.strftime('%B %Y')}"
-        self.foreign.object = _bar(df, "country", "page_views", title, "#e45756") if len(df) else _empty(title)
+        self.foreign.object = draw("foreign", df, title)
 
     def update_freshness(self) -> None:
         info = self.gold.freshness()
@@ -187,15 +229,19 @@ def create_app(settings: Settings | None = None) -> pn.viewable.Viewable:
 
 def serve(port: int = 5006, show: bool = False, address: str = "127.0.0.1", settings: Settings | None = None) -> None:
     """Serve the dashboard on `port` until interrupted (blocks)."""
-    shared_gold(settings)  # open DuckDB before the first browser arrives
+    gold = shared_gold(settings)  # open DuckDB and compile the charts before the first browser arrives
+    gold.has(*REQUIRED)
+    for name in ("daily", "states", "universities", "courses", "user_types", "foreign", "empty"):
+        spec(name)
     origins = ["*"] if address in ("0.0.0.0", "::") else [f"localhost:{port}", f"127.0.0.1:{port}"]
     pn.serve({"/": lambda: create_app(settings)}, port=port, address=address, show=show, title="Lakehouse dashboard",
              websocket_origin=origins, verbose=False)
 
 
-def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1") -> subprocess.Popen:
-    """Start `serve` in a child process (same environment) and return it once the port accepts connections."""
-    process = subprocess.Popen([sys.executable, "-m", "apps.dashboard", "--port", str(port), "--address", address])
+def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
+    """Start `serve` in a child process and return it once the port accepts connections."""
+    command = [sys.executable, "-m", "apps.dashboard", "--port", str(port), "--address", address]
+    process = subprocess.Popen(command, env=env, cwd=str(PROJECT_ROOT))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

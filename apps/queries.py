@@ -13,32 +13,43 @@ from lakehouse import catalog
 from lakehouse.config import Settings, get_settings
 
 FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
-# one filter clause for fact_page_view; $client / $country null means "all"
+# gold read once into DuckDB temp tables (rebuilt when a source table gets a new Delta commit): filters then
+# scan in-memory columns instead of Parquet, and the student attributes are joined once
+CACHE = {
+    "gold.fact_page_view": "create or replace temp table pv as "
+        "select f.event_date, f.client_type, f.country, coalesce(f.user_type, '(anonymous)') as user_type, "
+        "case when f.student_id is not null then hash(f.student_id) end as student_key, d.state, d.university_name as university, d.course_name as course "
+        "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id",
+    "gold.fact_session": "create or replace temp table sessions_daily as "
+        "select cast(session_start_at as date) as session_date, client_type, count(*) as sessions "
+        "from gold.fact_session group by all",
+    "gold.fact_subscription": "create or replace temp table payments as "
+        "select distinct cast(payment_at as date) as payment_date, student_id from gold.fact_subscription",
+}
+CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription")
+# one filter clause for page views; $client / $country null means "all"
 PV_FILTER = (
-    "f.event_date between $start and $end"
-    " and ($client::varchar is null or f.client_type = $client)"
-    " and ($country::varchar is null or f.country = $country)"
+    "event_date between $start and $end"
+    " and ($client::varchar is null or client_type = $client)"
+    " and ($country::varchar is null or country = $country)"
 )
-# ranked breakdowns over fact_page_view joined to dim_student: name -> column (allow-list)
-BREAKDOWNS = {"state": "d.state", "university": "d.university_name", "course": "d.course_name"}
+# ranked breakdowns of page views: name -> column of `pv` (allow-list)
+BREAKDOWNS = {"state": "state", "university": "university", "course": "course"}
 
 SQL = {
     "bounds": "select min(event_date) as first, max(event_date) as last from gold.mart_daily_activity",
     "client_types": "select distinct client_type from gold.mart_daily_activity where client_type is not null order by 1",
     "countries": "select distinct country from gold.mart_country_access where country is not null order by 1",
     "months": "select distinct month from gold.mart_country_access where month is not null order by 1",
-    "headline": f"select count(*) as page_views, count(distinct f.student_id) as active_students "
-                f"from gold.fact_page_view f where {PV_FILTER}",
-    "sessions": "select count(*) as sessions from gold.fact_session "
-                "where cast(session_start_at as date) between $start and $end "
-                "and ($client::varchar is null or client_type = $client)",
-    "paying": "select count(distinct student_id) as paying_students from gold.fact_subscription "
-              "where cast(payment_at as date) between $start and $end",
-    "user_type": f"select coalesce(f.user_type, '(anonymous)') as user_type, count(*) as page_views, "
-                 f"count(distinct f.student_id) as students from gold.fact_page_view f where {PV_FILTER} "
-                 f"group by 1 order by page_views desc",
-    "daily": f"select f.event_date, f.client_type, count(*) as page_views from gold.fact_page_view f "
-             f"where {PV_FILTER} group by 1, 2 order by 1, 2",
+    "headline": f"select count(*) as page_views, count(distinct student_key) as active_students "
+                f"from pv where {PV_FILTER}",
+    "sessions": "select coalesce(sum(sessions), 0) as sessions from sessions_daily "
+                "where session_date between $start and $end and ($client::varchar is null or client_type = $client)",
+    "paying": "select count(distinct student_id) as paying_students from payments "
+              "where payment_date between $start and $end",
+    "user_type": f"select user_type, count(*) as page_views, count(distinct student_key) as students "
+                 f"from pv where {PV_FILTER} group by 1 order by page_views desc",
+    "daily": f"select event_date, client_type, count(*) as page_views from pv where {PV_FILTER} group by 1, 2 order by 1, 2",
     "foreign": f"select country, page_views, students from gold.mart_country_access "
                f"where month = $month and {FOREIGN} and page_views > $min_views order by page_views desc, country",
     "as_of": "select (select max(as_of) from gold.dim_student) as gold_as_of, "
@@ -49,9 +60,9 @@ SQL = {
 }
 for _name, _column in BREAKDOWNS.items():
     SQL[f"by_{_name}"] = (
-        f"select coalesce({_column}, '(unknown)') as {_name}, count(distinct f.student_id) as students, "
-        f"count(*) as page_views from gold.fact_page_view f join gold.dim_student d on f.student_id = d.student_id "
-        f"where {PV_FILTER} group by 1 order by {'students' if _name == 'state' else 'page_views'} desc, 1"
+        f"select coalesce({_column}, '(unknown)') as {_name}, count(distinct student_key) as students, "
+        f"count(*) as page_views from pv where {PV_FILTER} and student_key is not null "
+        f"group by 1 order by {'students' if _name == 'state' else 'page_views'} desc, 1"
         + ("" if _name == "state" else " limit $top")
     )
 
@@ -76,6 +87,7 @@ class Gold:
         self._lake: catalog.LakeConnection | None = None
         self._keys: set[str] = set()
         self._checked = 0.0
+        self._versions: dict[str, int | None] = {}
 
     @property
     def lake(self) -> catalog.LakeConnection:
@@ -85,11 +97,26 @@ class Gold:
                 keys = {t.key for t in tables}
                 if self._lake is None or keys != self._keys:
                     old, self._lake = self._lake, catalog.connect(self.settings, read_only=True, tables=tables)
-                    self._keys = keys
+                    self._keys, self._versions = keys, {}
                     if old is not None:
                         old.close()
+                self._refresh_cache(tables)
                 self._checked = time.monotonic()
             return self._lake
+
+    def _refresh_cache(self, tables: list[catalog.Table]) -> None:
+        """Rebuild the temp tables whose gold sources got a new Delta commit."""
+        by_key = {t.key: t for t in tables}
+        if not all(k in by_key for k in CACHE_SOURCES):
+            return
+        versions = {k: catalog.last_commit(by_key[k], self.settings) for k in CACHE_SOURCES}
+        versions = {k: v[0] if v else None for k, v in versions.items()}
+        if versions == self._versions:
+            return
+        with self._lake._lock:
+            for sql in CACHE.values():
+                self._lake.con.execute(sql)  # fixed DDL on the connection's private temp schema
+        self._versions = versions
 
     def has(self, *keys: str) -> bool:
         lake = self.lake

@@ -139,3 +139,17 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
     fact.unpersist()
     dim.unpersist()
     return counts
+
+
+_shared: dict[str, str] = {}
+
+
+def shared_lake(spark: SparkSession) -> str:
+    """One small lake per test process (written on first use, read-only for tests afterwards)."""
+    if "lake" not in _shared:
+        import tempfile
+
+        lake = tempfile.mkdtemp(prefix="lakehouse-gold-") + "/lake"
+        write_lake(spark, lake, events=3000, students=200)
+        _shared["lake"] = lake
+    return _shared["lake"]
