@@ -243,17 +243,17 @@ def up(
 
 
 def _row_counts(settings) -> list[tuple[str, str, int]]:
-    """(layer, table, rows) for every view of the DuckDB catalog."""
+    """(layer, table, rows) for every lake table, counted by DuckDB through the catalog."""
     from lakehouse import catalog
 
-    con = catalog.connect(settings, read_only=True)
+    lake = catalog.connect(settings, read_only=True)
+    unreadable = {entry.split(":", 1)[0] for entry in lake.skipped}
     try:
-        names = con.execute(
-            "select table_schema, table_name from information_schema.tables "
-            "where table_schema in ('bronze', 'silver', 'gold', 'quarantine') order by 1, 2").fetchall()
-        return [(s, t, con.execute(f'select count(*) from "{s}"."{t}"').fetchone()[0]) for s, t in names]
+        return [(t.layer, t.name, lake.rows(f"select count(*) from {t.key}")[1][0][0])
+                for t in sorted(lake.tables, key=lambda t: (catalog.DELTA_LAYERS.index(t.layer), t.name))
+                if t.key not in unreadable]
     finally:
-        con.close()
+        lake.close()
 
 
 def _warehouse_location(settings) -> str:
