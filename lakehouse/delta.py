@@ -71,3 +71,42 @@ def last_txn_version(spark: SparkSession, path: str, app_id: str) -> int | None:
         return None
     found = snapshot.transactions().get(app_id)
     return int(found.get()) if found.isDefined() else None
+
+
+def merge_once(
+    spark: SparkSession, source: DataFrame, layer: str, name: str, on: str, app_id: str, version: int,
+    update_when: str | None = None, update_set: dict[str, str] | None = None,
+    partition_by: list[str] | None = None, settings: Settings | None = None,
+) -> None:
+    """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows, optionally update matched
+    ones; committed at most once per (app_id, version). A missing table is created by an idempotent append."""
+    from delta.tables import DeltaTable
+
+    path = table_path(layer, name, settings)
+    if not DeltaTable.isDeltaTable(spark, path):
+        append_once(source, layer, name, app_id, version, partition_by, settings)
+        return
+    done = last_txn_version(spark, path, app_id)
+    if done is not None and done >= version:
+        return
+    merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on)
+    if update_set:
+        merge = merge.whenMatchedUpdate(condition=update_when, set=update_set)
+    merge = merge.whenNotMatchedInsertAll()
+    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
+    spark.conf.set("spark.databricks.delta.write.txnVersion", str(version))
+    try:
+        merge.execute()
+    finally:
+        spark.conf.unset("spark.databricks.delta.write.txnAppId")
+        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+def last_operation_metrics(spark: SparkSession, path: str) -> dict[str, str]:
+    """Delta's operationMetrics of the table's latest commit (empty when there is no table)."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return {}
+    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
+    return dict(row[0] or {}) if row else {}

@@ -1,0 +1,311 @@
+"""Silver: typed, conformed, deduplicated page views and the snapshot history of the transactional exports."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import MapType, StringType
+
+from lakehouse import delta
+from lakehouse.config import Settings
+from lakehouse.parsing import parse_at, parse_export_time
+from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
+
+SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities": "university_id",
+                 "subjects": "subject_id"}
+RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
+# Layer policy (bench/partitioning.py): see bench/README.md for the measurement behind it.
+PARTITION_BY: dict[str, list[str]] = {}
+PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
+
+# silver column <- raw field, for the fields that keep their meaning under a new name or as is
+_RENAMED = {"first_accessed_page": "first-accessed-page", "user_type": "custom_4", "visitor_type": "user_type",
+            "event_name": "name", "event_type": "type", "is_device_new": "device_new"}
+_PLAIN = ("browser", "carrier", "city_name", "clv_total", "country", "custom_1", "custom_2", "custom_3",
+          "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
+          "model", "nth", "os_ver", "platform", "region", "session_uuid", "uuid", "studentId_clientType")
+_TYPES = {"clv_total": "bigint", "nth": "bigint", "is_device_new": "boolean"}
+PAGE_VIEW_COLUMNS = (
+    "event_id", "event_at", "event_date", "student_id", "client_type", "user_type", "visitor_type", "country",
+    "region", "city_name", "browser", "platform", "page_name", "page_category", "page_category_1",
+    "page_category_2", "page_category_3", "last_accessed_url", "first_accessed_page", "session_uuid",
+    "event_name", "event_type", "carrier", "clv_total", "custom_1", "custom_2", "custom_3", "is_device_new",
+    "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
+    "model", "nth", "os_ver", "uuid", "extra_fields", *PROVENANCE,
+)
+
+
+def _blank_to_null(c: Column) -> Column:
+    return F.nullif(F.trim(c), F.lit(""))
+
+
+_ACCENTED, _PLAIN_CHARS = "áàâãäéèêëíìîïóòôõöúùûüç", "aaaaaeeeeiiiiooooouuuuc"
+
+
+def _unaccent(c: Column) -> Column:
+    return F.translate(F.lower(F.trim(c)), _ACCENTED, _PLAIN_CHARS)
+
+
+def conform_state(raw: Column) -> Column:
+    """A Brazilian state as its two-letter code when given as code or name (any case, accents); else trimmed text."""
+    plain = str.maketrans(_ACCENTED, _PLAIN_CHARS)
+    lookup = {name.lower().translate(plain): code for code, name in BR_STATES.items()}
+    lookup.update({code.lower(): code for code in BR_STATES})
+    states = F.create_map(*(F.lit(x) for item in sorted(lookup.items()) for x in item))
+    return F.coalesce(F.try_element_at(states, _unaccent(raw)), _blank_to_null(raw))
+
+
+# --------------------------------------------------------------------------------------------------
+# page views
+# --------------------------------------------------------------------------------------------------
+
+
+def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
+    """Typed page views from bronze event rows, one row per event_id (its earliest delivered occurrence)."""
+    r = F.col("r")
+    folded: dict[str, Column] = {
+        name: F.coalesce(*(r.getField(s) for s in spellings)) for name, spellings in PAGE_VIEW_SPELLINGS.items()
+    }
+    folded.update({name: r.getField(raw) for name, raw in _RENAMED.items()})
+    folded.update({name: r.getField(name) for name in _PLAIN})
+    known = F.array(*(F.lit(f) for f in PAGE_VIEW_FIELDS))
+    extra = F.map_from_entries(F.array_sort(F.map_entries(
+        F.map_filter(F.col("m"), lambda k, _v: ~F.array_contains(known, k)))))
+    event_at = parse_at(r.getField("at"))
+    canonical = F.struct(
+        F.unix_micros(event_at).alias("at"), *(folded[k].alias(k) for k in sorted(folded)), extra.alias("extra"),
+    )
+    sc = _blank_to_null(folded["studentId_clientType"])
+    typed = {k: (v.try_cast(_TYPES[k]) if k in _TYPES else v) for k, v in folded.items()}
+    rows = bronze_events.select(
+        F.from_json("value", PAGE_VIEW_RAW).alias("r"),
+        F.from_json("value", MapType(StringType(), StringType())).alias("m"),
+        "source_file", "line_number", "delivery", "as_of", "batch_id",
+    ).select(
+        F.sha2(F.to_json(canonical), 256).alias("event_id"),
+        event_at.alias("event_at"),
+        F.to_date(event_at).alias("event_date"),
+        _blank_to_null(F.substring_index(sc, "@", 1)).alias("student_id"),
+        F.when(sc.contains("@"), _blank_to_null(F.substring_index(sc, "@", -1))).alias("client_type"),
+        *(c.alias(k) for k, c in typed.items() if k != "studentId_clientType"),
+        extra.alias("extra_fields"),
+        r.getField("at").alias("at_raw"),
+        "source_file", "line_number", "delivery", "as_of", "batch_id",
+        F.lit(run_id).alias("run_id"), F.current_timestamp().alias("loaded_at"),
+    )
+    first = Window.partitionBy("event_id").orderBy("as_of", "delivery", "source_file", "line_number")
+    return (rows.withColumn("_n", F.row_number().over(first)).where("_n = 1")
+            .select(*PAGE_VIEW_COLUMNS))
+
+
+# An occurrence replaces the stored provenance only when it was delivered earlier: history is order-free.
+_EARLIER = ("struct(s.as_of, s.delivery, s.source_file, s.line_number) "
+            "< struct(t.as_of, t.delivery, t.source_file, t.line_number)")
+
+
+# --------------------------------------------------------------------------------------------------
+# transactional entities
+# --------------------------------------------------------------------------------------------------
+
+
+def _records(bronze: DataFrame, entity: str) -> DataFrame:
+    """Parsed export records; a delivery landed again (changed content) counts only in its latest batch."""
+    latest = Window.partitionBy("delivery")
+    return (bronze.withColumn("_latest", F.max("batch_id").over(latest)).where("batch_id = _latest")
+            .select(F.from_json("record", ENTITY_RAW[entity]).alias("r"), "delivery", "as_of", "line_number"))
+
+
+def _int(c: Column) -> Column:
+    return _blank_to_null(c).try_cast("int")
+
+
+_SNAPSHOT_ATTRS = {
+    "students": lambda r: {
+        "registered_at": parse_export_time(r.RegisteredDate), "state": conform_state(r.State),
+        "city": _blank_to_null(r.City), "university_id": _int(r.UniversityId), "course_id": _int(r.CourseId),
+        "signup_source": _blank_to_null(r.SignupSource),
+    },
+    "courses": lambda r: {"course_name": _blank_to_null(r.Name)},
+    "universities": lambda r: {"university_name": _blank_to_null(r.Name)},
+    "subjects": lambda r: {"subject_name": _blank_to_null(r.Name)},
+}
+
+
+def _present(bronze: DataFrame, entity: str) -> DataFrame:
+    """One row per (key, delivery) the key appears in; duplicates in an export collapse (last line wins)."""
+    key = SNAPSHOT_KEYS[entity]
+    r = F.col("r")
+    key_col = _blank_to_null(r.Id) if entity == "students" else _int(r.Id)
+    attrs = _SNAPSHOT_ATTRS[entity](r)
+    rows = _records(bronze, entity).select(
+        key_col.alias(key), *(c.alias(k) for k, c in attrs.items()), "delivery", "as_of", "line_number",
+    ).where(F.col(key).isNotNull())
+    last = Window.partitionBy(key, "delivery").orderBy(F.desc("line_number"))
+    return rows.withColumn("_n", F.row_number().over(last)).where("_n = 1").drop("_n", "line_number")
+
+
+def snapshot_history(present: DataFrame, key: str) -> DataFrame:
+    """Every key at every delivery from its first one: present rows, or deletion markers carrying the last state."""
+    attrs = [c for c in present.columns if c not in (key, "delivery", "as_of")]
+    deliveries = present.select("delivery", "as_of").distinct()
+    first = present.groupBy(key).agg(F.min("as_of").alias("_first"))
+    grid = first.join(F.broadcast(deliveries), F.col("as_of") >= F.col("_first")).drop("_first")
+    seen = present.withColumn("_state", F.struct(*attrs)).select(key, "delivery", "as_of", "_state")
+    upto = (Window.partitionBy(key).orderBy("as_of", "delivery")
+            .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    return (
+        grid.join(seen, [key, "delivery", "as_of"], "left")
+        .withColumn("is_deleted", F.col("_state").isNull())
+        .withColumn("_state", F.last("_state", ignorenulls=True).over(upto))
+        .where(F.col("_state").isNotNull())
+        .select(key, *(F.col("_state").getField(a).alias(a) for a in attrs), "is_deleted", "delivery", "as_of")
+    )
+
+
+def _snapshot_table(entity: str, bronze: DataFrame, history: DataFrame | None) -> DataFrame:
+    new = _present(bronze, entity)
+    if history is not None:
+        replaced = new.select("delivery").distinct()
+        kept = history.where(~F.col("is_deleted")).drop("is_deleted").join(replaced, "delivery", "left_anti")
+        new = new.unionByName(kept)
+    return snapshot_history(new, SNAPSHOT_KEYS[entity])
+
+
+def students(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+    """silver.students: one row per student per students delivery from its first, with deletion markers."""
+    return _snapshot_table("students", bronze, history)
+
+
+def courses(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+    """silver.courses: one row per course per courses delivery from its first, with deletion markers."""
+    return _snapshot_table("courses", bronze, history)
+
+
+def universities(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+    """silver.universities: one row per university per delivery from its first, with deletion markers."""
+    return _snapshot_table("universities", bronze, history)
+
+
+def subjects(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+    """silver.subjects: one row per subject per subjects delivery from its first, with deletion markers."""
+    return _snapshot_table("subjects", bronze, history)
+
+
+_RECORD_COLUMNS = {
+    "sessions": lambda r: {"student_id": _blank_to_null(r.StudentId),
+                           "session_start_at": parse_export_time(r.SessionStartTime),
+                           "client_type": _blank_to_null(r.StudentClient)},
+    "subscriptions": lambda r: {"student_id": _blank_to_null(r.StudentId),
+                                "payment_at": parse_export_time(r.PaymentDate),
+                                "plan_type": _blank_to_null(r.PlanType)},
+    "student_follow_subject": lambda r: {"student_id": _blank_to_null(r.StudentId), "subject_id": _int(r.SubjectId),
+                                         "followed_at": parse_export_time(r.FollowDate)},
+}
+
+
+def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> DataFrame:
+    cols = _RECORD_COLUMNS[entity](F.col("r"))
+    seen = _records(bronze, entity).select(
+        F.sha2(F.to_json(F.struct(*(c.alias(k) for k, c in cols.items()))), 256).alias("record_id"),
+        *(c.alias(k) for k, c in cols.items()),
+        F.struct("as_of", "delivery").alias("_first"), F.struct("as_of", "delivery").alias("_last"),
+    )
+    if current is not None:
+        seen = seen.unionByName(current.select(
+            "record_id", *cols, F.struct(F.col("first_as_of").alias("as_of"), F.col("first_delivery").alias("delivery")).alias("_first"),
+            F.struct(F.col("last_as_of").alias("as_of"), F.col("last_delivery").alias("delivery")).alias("_last"),
+        ))
+    merged = seen.groupBy("record_id", *cols).agg(F.min("_first").alias("_first"), F.max("_last").alias("_last"))
+    latest = merged.agg(F.max("_last.as_of").alias("_latest"))
+    return merged.crossJoin(F.broadcast(latest)).select(
+        "record_id", *cols,
+        F.col("_first.delivery").alias("first_delivery"), F.col("_first.as_of").alias("first_as_of"),
+        F.col("_last.delivery").alias("last_delivery"), F.col("_last.as_of").alias("last_as_of"),
+        (F.col("_last.as_of") < F.col("_latest")).alias("is_deleted"),
+    )
+
+
+def sessions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
+    """silver.sessions: one row per distinct session record over all deliveries, first/last seen, is_deleted."""
+    return _record_table("sessions", bronze, current)
+
+
+def subscriptions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
+    """silver.subscriptions: one row per distinct payment record over all deliveries, first/last seen."""
+    return _record_table("subscriptions", bronze, current)
+
+
+def student_follow_subject(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
+    """silver.student_follow_subject: one row per distinct follow record over all deliveries, first/last seen."""
+    return _record_table("student_follow_subject", bronze, current)
+
+
+TRANSFORMS = {"students": students, "courses": courses, "universities": universities, "subjects": subjects,
+              "sessions": sessions, "subscriptions": subscriptions,
+              "student_follow_subject": student_follow_subject}
+
+
+# --------------------------------------------------------------------------------------------------
+# refresh (the I/O edge)
+# --------------------------------------------------------------------------------------------------
+
+
+_BRONZE_EVENTS = ("value string, at_raw string, source_file string, line_number bigint, delivery string, "
+                  "as_of timestamp, batch_id bigint")
+_BRONZE_ENTITY = "record string, source_file string, line_number bigint, delivery string, as_of timestamp, batch_id bigint"
+
+
+def empty(spark: SparkSession, table: str) -> DataFrame:
+    """An empty silver.<table> with its columns (for a table no delivery has fed yet)."""
+    if table == "page_views":
+        return page_views(spark.createDataFrame([], _BRONZE_EVENTS), "")
+    return TRANSFORMS[table](spark.createDataFrame([], _BRONZE_ENTITY))
+
+
+def _pending(spark: SparkSession, settings: Settings, table: str) -> tuple[DataFrame, int] | None:
+    """Bronze rows silver.<table> has not consumed yet, and the bronze batch they run up to (None: nothing new)."""
+    source = "events" if table == "page_views" else table
+    target = delta.last_txn_version(spark, settings.table_path("bronze", source), f"bronze.{source}")
+    if target is None:
+        return None
+    done = delta.last_txn_version(spark, settings.table_path("silver", table), f"silver.{table}")
+    if done is not None and done >= target:
+        return None
+    rows = delta.read_table(spark, "bronze", source, settings).where(
+        (F.col("batch_id") > F.lit(-1 if done is None else done)) & (F.col("batch_id") <= F.lit(target)))
+    return rows, target
+
+
+def _out_rows(spark: SparkSession, path: str) -> int:
+    m = delta.last_operation_metrics(spark, path)
+    return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
+
+
+def refresh(spark: SparkSession, settings: Settings, run_id: str) -> dict:
+    """Bring every silver table up to date with bronze; no commit for a table that has nothing new."""
+    report: dict = {"layer": "silver", "run_id": run_id, "tables": {}}
+    for table in ("page_views", *TRANSFORMS):
+        pending = _pending(spark, settings, table)
+        if pending is None:
+            report["tables"][table] = {"skipped": True, "rows_in": 0, "rows_out": 0}
+            continue
+        rows, target = pending
+        path = settings.table_path("silver", table)
+        if table == "page_views":
+            delta.merge_once(
+                spark, page_views(rows, run_id), "silver", table, on="t.event_id = s.event_id",
+                app_id=f"silver.{table}", version=target, update_when=_EARLIER,
+                update_set={c: f"s.{c}" for c in PROVENANCE}, partition_by=PARTITION_BY.get(table),
+                settings=settings,
+            )
+        else:
+            current = delta.read_table(spark, "silver", table, settings) \
+                if delta.table_exists(spark, "silver", table, settings) else None
+            delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
+                            app_id=f"silver.{table}", version=target)
+        report["tables"][table] = {"skipped": False, "batch": target, "rows_in": rows.count(),
+                                   "rows_out": _out_rows(spark, path)}
+    report["rows_in"] = sum(t["rows_in"] for t in report["tables"].values())
+    return report
+
+

@@ -1,0 +1,130 @@
+"""Silver and gold on a standalone Spark cluster (master + one worker from pyspark's own spark-class) equal the
+local result."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lakehouse import delta, gold, silver
+from lakehouse.config import Settings
+from tests.test_silver import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows
+
+SCRIPT = """
+import json, sys
+from lakehouse import gold, silver
+from lakehouse.config import get_settings
+from lakehouse.spark import get_spark
+settings = get_settings()
+spark = get_spark(settings)
+assert spark.sparkContext.master.startswith("spark://"), spark.sparkContext.master
+report = {"silver": silver.refresh(spark, settings, "cluster"), "gold": gold.refresh(spark, settings, "cluster")}
+report["executors"] = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
+print("REPORT " + json.dumps(report, default=str))
+spark.stop()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited early: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"port {port} not open: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """spark://127.0.0.1:<port> of a running master with one 1-core, 1 GB worker."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = str(home / "bin" / "spark-class")
+    root = tmp_path_factory.mktemp("standalone")
+    env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               SPARK_WORKER_DIR=str(root / "work"), SPARK_LOG_DIR=str(root / "logs"))
+    port, ui, worker_ui = _free_port(), _free_port(), _free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
+        log = root / f"{name}.log"
+        proc = subprocess.Popen([spark_class, *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc, log
+
+    try:
+        master, log = start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                             "--webui-port", str(ui)], "master")
+        _wait_port(port, master, log)
+        worker, wlog = start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host",
+                              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui)], "worker")
+        _wait_port(worker_ui, worker, wlog)
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _bronze(spark, settings: Settings) -> None:
+    events = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 1),
+                                (CAMEL_GLUED, "2017-11-16", "p0.json", 2), (ISO_ANON, "2017-11-17", "p1.json", 1)])
+    delta.append_once(events, "bronze", "events", "bronze.events", 1, settings=settings)
+    courses = {"2017-11-16": [{"Id": 20, "Name": "Direito"}, {"Id": "21", "Name": "Medicina"}]}
+    for entity, recs in {"students": STUDENTS, "courses": courses}.items():
+        delta.append_once(entity_rows(spark, entity, recs), "bronze", entity, f"bronze.{entity}", 1, settings=settings)
+
+
+@pytest.mark.slow
+def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path):
+    local = Settings(lake=str(tmp_path / "local-lake"), data_dir=str(tmp_path / "data"), shuffle_partitions=2)
+    remote = Settings(lake=str(tmp_path / "cluster-lake"), data_dir=str(tmp_path / "data"), shuffle_partitions=2)
+    _bronze(spark, local)
+    _bronze(spark, remote)
+    silver.refresh(spark, local, "local")
+    gold.refresh(spark, local, "local")
+
+    env = dict(os.environ, LAKEHOUSE_SPARK_MASTER=standalone, LAKEHOUSE_LAKE=remote.lake_url,
+               LAKEHOUSE_DATA_DIR=str(tmp_path / "data"), LAKEHOUSE_SHUFFLE_PARTITIONS="2",
+               SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=800,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("REPORT ")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["executors"] >= 2  # the driver plus the worker's executor
+    assert not report["gold"]["tables"]["fact_page_view"]["skipped"]
+
+    tables = [("silver", t) for t in ("page_views", *silver.TRANSFORMS)] + [("gold", t) for t, _, _ in gold.PLAN]
+    for layer, table in tables:
+        if not delta.table_exists(spark, layer, table, local):
+            assert not delta.table_exists(spark, layer, table, remote), table
+            continue
+        a, b = (delta.read_table(spark, layer, table, s) for s in (local, remote))
+        cols = sorted(c for c in a.columns if c not in ("run_id", "loaded_at"))
+        a, b = a.select(cols), b.select(cols)
+        assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, (layer, table)
