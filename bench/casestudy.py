@@ -21,9 +21,13 @@ FORMATS = ("yyyy-MM-dd HH:mm:ss", "yyyy-MM-ddHH:mm:ss", "yyyy-MM-dd'T'HH:mm:ssXX
 
 
 def spark_session(master: str):
+    import sys
+
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the UDF's workers run this environment's Python
     return (SparkSession.builder.master(master).appName("casestudy")
+            .config("spark.sql.execution.pythonUDF.arrow.enabled", "false")
             .config("spark.sql.shuffle.partitions", "200")
             .config("spark.sql.adaptive.enabled", "false")
             .config("spark.sql.session.timeZone", "UTC")

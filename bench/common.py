@@ -103,6 +103,10 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None 
         _kill_tree(proc)
         stdout, stderr = proc.communicate()
         timed_out = True
+    except BaseException:  # interrupted: leave no JVM behind
+        _kill_tree(proc)
+        sampler.stop()
+        raise
     wall = time.perf_counter() - start
     sampler.stop()
     if log is not None:
