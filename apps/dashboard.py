@@ -159,25 +159,21 @@ class Dashboard:
         """Redraw everything that depends on the period, client type and country."""
         started = time.perf_counter()
         filters = self.filters()
-        headline = self.gold.headline(filters)
-        states = self.gold.breakdown("state", filters)
-        universities = self.gold.breakdown("university", filters)
-        courses = self.gold.breakdown("course", filters)
-        user_types = self.gold.frame("user_type", filters.params())
-        daily = self.gold.frame("daily", filters.params())
+        data = self.gold.overview(filters)
+        headline = data["headline"]
         charts = {
-            self.states: draw("states", states, "Active students per state"),
-            self.universities: draw("universities", universities, "Top universities by page views"),
-            self.courses: draw("courses", courses, "Top courses by page views"),
-            self.user_types: draw("user_types", user_types, "Page views per user type"),
-            self.daily: draw("daily", daily, "Daily page views by client type"),
+            self.states: draw("states", data["states"], "Active students per state"),
+            self.universities: draw("universities", data["universities"], "Top universities by page views"),
+            self.courses: draw("courses", data["courses"], "Top courses by page views"),
+            self.user_types: draw("user_types", data["user_types"], "Page views per user type"),
+            self.daily: draw("daily", data["daily"], "Daily page views by client type"),
         }
         with pn.io.hold():
             for key, indicator in self.kpis.items():
                 indicator.value = headline[key]
             for pane, chart in charts.items():
                 pane.object = chart
-            self.timing.object = f"queried and drawn in {1000 * (time.perf_counter() - started):.0f} ms"
+            self.timing.object = f"updated in {1000 * (time.perf_counter() - started):.0f} ms"
 
     def update_foreign(self, *_events) -> None:
         """Redraw the foreign-countries chart for the chosen month and threshold."""

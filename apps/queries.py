@@ -13,19 +13,28 @@ from lakehouse import catalog
 from lakehouse.config import Settings, get_settings
 
 FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
-# gold read once into DuckDB temp tables (rebuilt when a source table gets a new Delta commit): filters then
-# scan in-memory columns instead of Parquet, and the student attributes are joined once
-CACHE = {
-    "gold.fact_page_view": "create or replace temp table pv as "
-        "select f.event_date, f.client_type, f.country, coalesce(f.user_type, '(anonymous)') as user_type, "
-        "case when f.student_id is not null then hash(f.student_id) end as student_key, d.state, d.university_name as university, d.course_name as course "
-        "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id",
-    "gold.fact_session": "create or replace temp table sessions_daily as "
-        "select cast(session_start_at as date) as session_date, client_type, count(*) as sessions "
-        "from gold.fact_session group by all",
-    "gold.fact_subscription": "create or replace temp table payments as "
-        "select distinct cast(payment_at as date) as payment_date, student_id from gold.fact_subscription",
-}
+# gold read once into small DuckDB temp tables, rebuilt when a source gets a new Delta commit: a filter change
+# then scans per-day aggregates in memory; only distinct students need the (day, student) grain
+PAGE_VIEWS = ("select f.event_date, f.client_type, f.country, coalesce(f.user_type, '(anonymous)') as user_type, "
+              "f.student_id, d.state, d.university_name as university, d.course_name as course "
+              "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id")
+# dimension of the `cube` temp table -> its value expression (allow-list)
+DIMENSIONS = {"user_type": "user_type", "state": "coalesce(state, '(unknown)')",
+              "university": "coalesce(university, '(unknown)')", "course": "coalesce(course, '(unknown)')"}
+CACHE = [
+    f"create or replace temp table pv as {PAGE_VIEWS}",
+    "create or replace temp table cube as " + " union all ".join(
+        f"select '{dim}' as dim, {expr} as value, event_date, client_type, country, count(*) as page_views "
+        f"from pv {'' if dim == 'user_type' else 'where student_id is not null '}group by all"
+        for dim, expr in DIMENSIONS.items()),
+    "create or replace temp table student_days as select distinct event_date, client_type, country, "
+    "hash(student_id) as student_key, coalesce(state, '(unknown)') as state from pv where student_id is not null",
+    "drop table pv",
+    "create or replace temp table sessions_daily as select cast(session_start_at as date) as session_date, "
+    "client_type, count(*) as sessions from gold.fact_session group by all",
+    "create or replace temp table payments as select distinct cast(payment_at as date) as payment_date, student_id "
+    "from gold.fact_subscription",
+]
 CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription")
 # one filter clause for page views; $client / $country null means "all"
 PV_FILTER = (
@@ -33,23 +42,27 @@ PV_FILTER = (
     " and ($client::varchar is null or client_type = $client)"
     " and ($country::varchar is null or country = $country)"
 )
-# ranked breakdowns of page views: name -> column of `pv` (allow-list)
-BREAKDOWNS = {"state": "state", "university": "university", "course": "course"}
+BREAKDOWNS = ("state", "university", "course")
 
 SQL = {
     "bounds": "select min(event_date) as first, max(event_date) as last from gold.mart_daily_activity",
     "client_types": "select distinct client_type from gold.mart_daily_activity where client_type is not null order by 1",
     "countries": "select distinct country from gold.mart_country_access where country is not null order by 1",
     "months": "select distinct month from gold.mart_country_access where month is not null order by 1",
-    "headline": f"select count(*) as page_views, count(distinct student_key) as active_students "
-                f"from pv where {PV_FILTER}",
+    "page_views": f"select coalesce(sum(page_views), 0) as page_views from cube where dim = 'user_type' and {PV_FILTER}",
     "sessions": "select coalesce(sum(sessions), 0) as sessions from sessions_daily "
                 "where session_date between $start and $end and ($client::varchar is null or client_type = $client)",
     "paying": "select count(distinct student_id) as paying_students from payments "
               "where payment_date between $start and $end",
-    "user_type": f"select user_type, count(*) as page_views, count(distinct student_key) as students "
-                 f"from pv where {PV_FILTER} group by 1 order by page_views desc",
-    "daily": f"select event_date, client_type, count(*) as page_views from pv where {PV_FILTER} group by 1, 2 order by 1, 2",
+    "user_type": f"select value as user_type, sum(page_views) as page_views from cube "
+                 f"where dim = 'user_type' and {PV_FILTER} group by 1 order by 2 desc, 1",
+    "daily": f"select event_date, client_type, sum(page_views) as page_views from cube "
+             f"where dim = 'user_type' and {PV_FILTER} group by 1, 2 order by 1, 2",
+    "by_state": f"select s.state, s.students, coalesce(v.page_views, 0) as page_views from "
+                f"(select state, count(distinct student_key) as students from student_days where {PV_FILTER} group by 1) s "
+                f"left join (select value as state, sum(page_views) as page_views from cube "
+                f"where dim = 'state' and {PV_FILTER} group by 1) v on s.state = v.state "
+                f"order by students desc, state",
     "foreign": f"select country, page_views, students from gold.mart_country_access "
                f"where month = $month and {FOREIGN} and page_views > $min_views order by page_views desc, country",
     "as_of": "select (select max(as_of) from gold.dim_student) as gold_as_of, "
@@ -58,13 +71,9 @@ SQL = {
                   "union all select 'transactional', reason, count(*) from quarantine.transactional group by 1, 2 "
                   "order by rows desc",
 }
-for _name, _column in BREAKDOWNS.items():
-    SQL[f"by_{_name}"] = (
-        f"select coalesce({_column}, '(unknown)') as {_name}, count(distinct student_key) as students, "
-        f"count(*) as page_views from pv where {PV_FILTER} and student_key is not null "
-        f"group by 1 order by {'students' if _name == 'state' else 'page_views'} desc, 1"
-        + ("" if _name == "state" else " limit $top")
-    )
+for _name in ("university", "course"):
+    SQL[f"by_{_name}"] = (f"select value as {_name}, sum(page_views) as page_views from cube "
+                          f"where dim = '{_name}' and {PV_FILTER} group by 1 order by 2 desc, 1 limit $top")
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class Gold:
         if versions == self._versions:
             return
         with self._lake._lock:
-            for sql in CACHE.values():
+            for sql in CACHE:
                 self._lake.con.execute(sql)  # fixed DDL on the connection's private temp schema
         self._versions = versions
 
@@ -138,17 +147,28 @@ class Gold:
     def options(self, name: str) -> list:
         return list(self.frame(name).iloc[:, 0])
 
-    def headline(self, filters: Filters) -> dict[str, int]:
+    def headline(self, filters: Filters, states: pd.DataFrame | None = None) -> dict[str, int]:
+        """Page views, active students, sessions, paying students in the filters' period."""
         params = filters.params()
-        out = self.frame("headline", params).iloc[0].to_dict()
-        out.update(self.frame("sessions", params).iloc[0].to_dict())
-        out.update(self.frame("paying", params).iloc[0].to_dict())
+        states = self.breakdown("state", filters) if states is None else states
+        out = {"page_views": self.frame("page_views", params).iloc[0, 0],
+               "active_students": states["students"].sum(),  # one state per student: the per-state sum is exact
+               "sessions": self.frame("sessions", params).iloc[0, 0],
+               "paying_students": self.frame("paying", params).iloc[0, 0]}
         return {k: int(v or 0) for k, v in out.items()}
 
     def breakdown(self, name: str, filters: Filters, top: int = 10) -> pd.DataFrame:
         if name not in BREAKDOWNS:
             raise ValueError(f"unknown breakdown {name!r}")
         return self.frame(f"by_{name}", {**filters.params(), "top": int(top)})
+
+    def overview(self, filters: Filters) -> dict:
+        """Everything the period, client type and country filters drive: headline numbers and five charts' data."""
+        params = filters.params()
+        states = self.breakdown("state", filters)
+        return {"headline": self.headline(filters, states), "states": states,
+                "universities": self.breakdown("university", filters), "courses": self.breakdown("course", filters),
+                "user_types": self.frame("user_type", params), "daily": self.frame("daily", params)}
 
     def foreign(self, month: date, min_views: int) -> pd.DataFrame:
         return self.frame("foreign", {"month": month, "min_views": int(min_views)})

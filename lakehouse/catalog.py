@@ -254,6 +254,7 @@ def _lock_down(lake: LakeConnection, settings: Settings) -> LakeConnection:
     """Limit file access to the lake and lock the configuration."""
     root = settings.lake_url.rstrip("/") + "/"
     lake.con.execute("SET TimeZone = 'UTC'")
+    lake.con.execute("SET enable_progress_bar = false")
     lake.con.execute(f"SET allowed_directories = [{_literal(root)}]")
     lake.con.execute("SET enable_external_access = false")
     lake.con.execute("SET lock_configuration = true")

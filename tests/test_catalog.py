@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -166,11 +168,15 @@ def test_catalog_file_follows_the_lake(lake_settings, lake):
 
 def test_catalog_file_locked_elsewhere_still_answers(lake_settings):
     lake_settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
-    holder = duckdb.connect(str(lake_settings.catalog_path))  # e.g. a DBeaver session holding the file
+    holder = subprocess.Popen(  # another process (a DBeaver session, say) holds the catalog file open for writing
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(120)", str(lake_settings.catalog_path)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
         assert catalog.query("select count(*) from gold.dim_date", lake_settings)[1] == [(46,)]
     finally:
-        holder.close()
+        holder.kill()
+        holder.wait()
 
 
 def test_dashboard_queries_bind_every_filter(lake_settings):
