@@ -1,0 +1,141 @@
+"""Benchmark: the mirror's COPY load of dim_student history versus a row-by-row INSERT load of the same rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import psycopg2
+import pyarrow as pa
+
+from lakehouse import warehouse
+from lakehouse.config import get_settings
+from lakehouse.pgserver import warehouse_dsn
+
+COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
+           "course_name", "signup_source", "is_deleted", "as_of", "delivery")
+
+
+def history(students: int, deliveries: int, seed: int = 7) -> pa.Table:
+    """Gold-shaped dim_student history: every student in every delivery, ~5% changed, ~2% absent per delivery."""
+    rnd = random.Random(seed)
+    start = datetime(2017, 11, 16, 6, tzinfo=timezone.utc)
+    state = {s: ["SP", "RJ", "MG", "BA"][s % 4] for s in range(students)}
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for d in range(deliveries):
+        as_of = start + timedelta(days=d)
+        for s in range(students):
+            if d and rnd.random() < 0.05:
+                state[s] = rnd.choice(["SP", "RJ", "MG", "BA"])
+            row = (str(s), start - timedelta(minutes=s), state[s], f"city {s % 97}", s % 50, f"University {s % 50}",
+                   s % 300, f"Course {s % 300}", "web" if s % 3 else "app", d > 0 and rnd.random() < 0.02, as_of,
+                   as_of.date().isoformat())
+            for c, v in zip(COLUMNS, row):
+                cols[c].append(v)
+    ts = pa.timestamp("us", tz="UTC")
+    types = {"registered_at": ts, "as_of": ts, "university_id": pa.int32(), "course_id": pa.int32(),
+             "is_deleted": pa.bool_()}
+    return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
+
+
+def _database(admin_dsn: str, name: str, drop: bool = False) -> str:
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"drop database if exists {name}" if drop else f"create database {name}")
+    conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def load_with_copy(dsn: str, table: pa.Table) -> dict:
+    """Stage with COPY (the mirror's path) and apply the SCD2 SQL, in one transaction."""
+    duck = warehouse.duckdb_connection()
+    source = warehouse.ArrowGold({"dim_student_history": table})
+    load = next(ld for ld in warehouse.LOADS if ld.target == "dim_student")
+    conn = psycopg2.connect(dsn)
+    started = time.perf_counter()
+    with conn, conn.cursor() as cur:
+        rows = warehouse._stage(cur, duck, load, source.relation(duck, load.gold, 0))
+        staged = time.perf_counter()
+        warehouse._apply(cur, "dim_student")
+    done = time.perf_counter()
+    conn.close()
+    return _figures(rows, started, staged, done)
+
+
+def load_with_inserts(dsn: str, table: pa.Table) -> dict:
+    """Stage with one INSERT per row and apply the same SCD2 SQL, in one transaction."""
+    conn = psycopg2.connect(dsn)
+    sql = f"insert into stage.dim_student_history ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))})"
+    started = time.perf_counter()
+    rows = 0
+    with conn, conn.cursor() as cur:
+        cur.execute("truncate stage.dim_student_history, stage.dim_student_version")
+        for batch in table.to_batches(10_000):
+            for row in zip(*(batch.column(c).to_pylist() for c in COLUMNS)):
+                cur.execute(sql, row)
+                rows += 1
+        staged = time.perf_counter()
+        warehouse._apply(cur, "dim_student")
+    done = time.perf_counter()
+    conn.close()
+    return _figures(rows, started, staged, done)
+
+
+def _figures(rows: int, started: float, staged: float, done: float) -> dict:
+    return {"rows": rows, "stage_seconds": round(staged - started, 3), "seconds": round(done - started, 3),
+            "stage_rows_per_second": round(rows / (staged - started)), "rows_per_second": round(rows / (done - started))}
+
+
+def _versions(dsn: str) -> int:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("select count(*) from dw.dim_student")
+        n = cur.fetchone()[0]
+    conn.close()
+    return n
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run both loads side by side on fresh databases and print a JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--students", type=int, default=20_000)
+    parser.add_argument("--deliveries", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    admin = warehouse_dsn(settings)
+    table = history(args.students, args.deliveries)
+    result: dict = {"benchmark": "mirror", "table": "dim_student", "students": args.students,
+                    "deliveries": args.deliveries, "history_rows": table.num_rows}
+    suffix = uuid.uuid4().hex[:8]
+    for method, loader in (("copy", load_with_copy), ("insert", load_with_inserts)):
+        name = f"bench_mirror_{method}_{suffix}"
+        dsn = _database(admin, name)
+        try:
+            warehouse.migrate(dsn)
+            result[method] = loader(dsn, table)
+            result[method]["versions"] = _versions(dsn)
+        finally:
+            _database(admin, name, drop=True)
+    name = f"bench_mirror_full_{suffix}"
+    dsn = _database(admin, name)
+    try:
+        report = warehouse.mirror(settings, warehouse.ArrowGold({"dim_student_history": table}), dsn=dsn)
+        result["mirror"] = {"rows": report["rows_in"], "seconds": report["seconds"],
+                            "rows_per_second": report["rows_per_second"]}
+    finally:
+        _database(admin, name, drop=True)
+    assert result["copy"]["versions"] == result["insert"]["versions"], "both loads must give the same history"
+    result["speedup_stage"] = round(result["copy"]["stage_rows_per_second"] / result["insert"]["stage_rows_per_second"], 1)
+    result["speedup_load"] = round(result["copy"]["rows_per_second"] / result["insert"]["rows_per_second"], 1)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
