@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -34,6 +35,15 @@ def _error(exc: BaseException) -> str:
     return mask(f"{type(exc).__name__}: {first}")[:600]
 
 
+def _progress(stages: dict, running: str | None = None) -> None:
+    """Stage figures so far, to `$BENCH_PROGRESS`: what the harness keeps when it has to stop this process."""
+    path = os.environ.get("BENCH_PROGRESS")
+    if path:
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"stages": stages, "running": running, "at": time.time()}, handle, default=str)
+        os.replace(path + ".tmp", path)
+
+
 def run() -> dict:
     """Every stage in order; a stage that cannot run is recorded and the ones after it are skipped."""
     from lakehouse.config import Settings
@@ -53,6 +63,7 @@ def run() -> dict:
         sampler.sample()
         t = time.perf_counter()
         entry: dict = {}
+        _progress(stages, running=name)
         try:
             if name == "spark_start":
                 from lakehouse.spark import get_spark
@@ -76,6 +87,7 @@ def run() -> dict:
         stages[name] = entry
         if not entry["ok"]:
             failed = name
+        _progress(stages)
     total = round(time.perf_counter() - start, 3)
     sampler.stop()
     if spark is not None:

@@ -146,8 +146,17 @@ def _with_db_error(result: dict, db_error: str | None) -> dict:
 def pipeline_stages(scale: Scale, source: Path) -> dict:
     folder = scale.workspace("pipeline_stages")
     dsn, db_error = scale.database("stages")
-    result = run_measured([str(PYTHON), "-m", "bench.pipeline_stages"], env=scale.lakehouse_env(source, folder, dsn),
+    progress = folder / "progress.json"
+    env = {**scale.lakehouse_env(source, folder, dsn), "BENCH_PROGRESS": str(progress)}
+    result = run_measured([str(PYTHON), "-m", "bench.pipeline_stages"], env=env,
                           timeout=scale.timeout, log=scale.logs / "pipeline_stages.log")
+    if "report" not in result and progress.exists():  # stopped (timeout, crash): keep the stages it finished
+        partial = json.loads(progress.read_text())
+        running = partial.get("running")
+        if running:
+            partial["stages"][running] = {"ok": False, "error": f"still running when the process ended "
+                                                                f"({result.get('error', 'exit ' + str(result['returncode']))})"}
+        result["report"] = {"ok": False, "partial": True, "failed_stage": running, "stages": partial["stages"]}
     report = result.get("report") or {}
     if report:
         result["ok"] = result["ok"] and report.get("ok", False)
