@@ -57,6 +57,7 @@ def _screenshot(url: str, out: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tmp_path):
     from lakehouse.generate import generate
 
@@ -82,6 +83,11 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         limit = httpx.get(f"{api}/v2/concurrency_limits/lakehouse-writer")
         assert limit.status_code == 200 and limit.json()["limit"] == 1
 
+        def ready():
+            listed = httpx.post(f"{api}/deployments/filter", json={}).json()
+            return all(d["status"] == "READY" for d in listed)
+
+        _wait(ready, 120, "the worker to serve every deployment", up, log)
         shot = tmp_path / "prefect-ui.png"
         _screenshot(f"http://127.0.0.1:{prefect_port}/deployments", shot)
         assert shot.stat().st_size > 10_000
@@ -99,7 +105,7 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
             flow_run = httpx.get(f"{api}/flow_runs/{run_id}").json()
             return flow_run if flow_run["state_type"] in TERMINAL else None
 
-        flow_run = _wait(finished, 600, "the full-pipeline run", up, log)
+        flow_run = _wait(finished, 1200, "the full-pipeline run", up, log)
         assert flow_run["state_type"] == "COMPLETED", (flow_run["state"], log.read_text()[-2000:])
         artifacts = httpx.post(f"{api}/artifacts/filter",
                                json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
