@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ DEFAULT_MONTH = date(2017, 11, 1)
 DEFAULT_MIN_VIEWS = 100
 _gold: Gold | None = None
 _gold_lock = threading.Lock()
+_serial = itertools.count()
 
 
 def shared_gold(settings: Settings | None = None) -> Gold:
@@ -66,10 +68,12 @@ class Spec:
 
     def __init__(self, chart: alt.Chart):
         self.spec = chart.to_dict()
-        self.dataset = next(iter(self.spec["datasets"]))
+        if set(self.spec.get("data", {})) != {"name"}:
+            raise ValueError("chart data must be a top-level named dataset")
 
     def render(self, df: pd.DataFrame, title: str, height: int | None = None) -> dict:
-        spec = {**self.spec, "title": title, "datasets": {self.dataset: _records(df)}}
+        name = f"data-{next(_serial)}"  # a new name makes the browser redraw, not just patch the old dataset
+        spec = {**self.spec, "title": title, "data": {"name": name}, "datasets": {name: _records(df)}}
         if height is not None:
             spec["height"] = height
         return spec

@@ -70,10 +70,14 @@ def dim_student(spark: SparkSession, students: int) -> DataFrame:
     )
 
 
-def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int = 300) -> dict[str, int]:
-    """Write the whole lake under `lake`; returns {table: rows}. `gold.mart_users_by_type` gets two versions."""
+OPTIONAL = {("gold", "dim_course"), ("gold", "dim_university"), ("gold", "dim_subject"), ("gold", "fact_subject_follow"),
+            ("gold", "mart_state_activity"), ("bronze", "students")}
+
+
+def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int = 300, full: bool = True) -> list[str]:
+    """Write the lake under `lake` (without OPTIONAL tables unless `full`); `gold.mart_users_by_type` gets two versions."""
     lake = lake.rstrip("/")
-    fact = page_views(spark, events, students).cache()
+    fact = page_views(spark, events, students).repartition(1).cache()
     dim = dim_student(spark, students).cache()
     fact.createOrReplaceTempView("f")
     dim.createOrReplaceTempView("d")
@@ -132,24 +136,30 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
            lake, "gold", "mart_users_by_type")
     tables["gold", "mart_users_by_type"] = spark.sql(
         "select user_type, count(*) as page_views, count(distinct student_id) as students from f group by 1")
-    counts = {}
+    written = []
     for (layer, name), df in tables.items():
-        _write(df, lake, layer, name)
-        counts[f"{layer}.{name}"] = spark.read.format("delta").load(f"{lake}/{layer}/{name}").count()
+        if full or (layer, name) not in OPTIONAL:
+            _write(df, lake, layer, name)
+            written.append(f"{layer}.{name}")
     fact.unpersist()
     dim.unpersist()
-    return counts
+    return written
 
 
 _shared: dict[str, str] = {}
 
 
-def shared_lake(spark: SparkSession) -> str:
-    """One small lake per test process (written on first use, read-only for tests afterwards)."""
+def shared_lake(spark: SparkSession | None) -> str:
+    """One small lake per test process (written on first use); LAKEHOUSE_TEST_LAKE names one written before."""
+    import os
+
+    prebuilt = os.environ.get("LAKEHOUSE_TEST_LAKE")
+    if prebuilt and os.path.isdir(prebuilt):
+        return prebuilt
     if "lake" not in _shared:
         import tempfile
 
         lake = tempfile.mkdtemp(prefix="lakehouse-gold-") + "/lake"
-        write_lake(spark, lake, events=3000, students=200)
+        write_lake(spark, lake, events=3000, students=200, full=False)
         _shared["lake"] = lake
     return _shared["lake"]

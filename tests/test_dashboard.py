@@ -16,7 +16,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHARTS = "svg.marks, canvas.marks"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")
+pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
+              pytest.mark.timeout(1800)]  # the shared lake is written by Spark on first use
 
 
 def free_port() -> int:
@@ -26,11 +27,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(spark, tmp_path_factory):
+def server(request, tmp_path_factory):
     """The dashboard served by a child process over the shared gold-shaped lake."""
     from apps.dashboard import spawn
 
-    lake = shared_lake(spark)
+    lake = shared_lake(None if os.environ.get("LAKEHOUSE_TEST_LAKE") else request.getfixturevalue("spark"))
     env = {**os.environ, "LAKEHOUSE_LAKE": lake, "LAKEHOUSE_DATA_DIR": str(tmp_path_factory.mktemp("dash-data"))}
     port = free_port()
     process = spawn(port, timeout=120, env=env)
@@ -75,7 +76,8 @@ def test_dashboard_draws_filters_and_stays_local(server, browser):
     page.goto(server, wait_until="domcontentloaded", timeout=60_000)
     page.locator(CHARTS).nth(5).wait_for(state="attached", timeout=60_000)
     assert page.locator(CHARTS).count() >= 6, "expected the daily, state, user type, foreign, university, course charts"
-    assert "Active students" in page.locator("body").inner_text()
+    for headline in ("Page views", "Active students", "Sessions", "Paying students"):
+        assert page.get_by_text(headline, exact=True).count() >= 1, headline
 
     before = charts_html(page, within(".chart-daily"))
     states_before = charts_html(page, within(".chart-states"))
