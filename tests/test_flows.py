@@ -124,6 +124,7 @@ def test_maintenance_refuses_a_retention_that_breaks_time_travel(harness, settin
 
 # -- the real pipeline --------------------------------------------------------------------------
 
+@pytest.mark.timeout(1800)
 def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, settings, pg_dsn, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -150,13 +151,20 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     assert _delta_commits(settings.lake_url) == before, "a run with nothing new made a Delta commit"
 
 
+@pytest.mark.timeout(1800)
 def test_two_concurrent_runs_serialize(settings, pg_dsn, tmp_path):
     _source(settings, deliveries=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     runs = [subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "run", "--report", str(tmp_path / f"r{i}.json")],
                              cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for i in range(2)]
-    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    try:
+        outputs = [run.communicate(timeout=1500)[0] for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     for run, output in zip(runs, outputs):
         assert run.returncode == 0, output[-2000:]
     locks = sorted((json.loads((tmp_path / f"r{i}.json").read_text())["lock"] for i in range(2)),
