@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
 
     check_java()
     from delta import configure_spark_with_delta_pip
+
+    # Any Python worker Spark starts runs this environment's interpreter, not whatever `python3` is on the PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     builder = (
         SparkSession.builder.master(master)
