@@ -22,19 +22,25 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FILTERED_CHARTS = (".chart-daily", ".chart-states", ".chart-user-types", ".chart-universities", ".chart-courses")
-# deep (shadow-root piercing) snapshot of the drawn marks under each host element matching `css`
-SNAPSHOT_JS = """(css) => {
-  const hosts = [], marks = [];
-  const walk = (root, into) => root.querySelectorAll('*').forEach(el => {
-    if (into === hosts && el.matches(css)) hosts.push(el);
-    if (into === marks && el.matches('svg.marks, canvas.marks')) marks.push(el.outerHTML);
-    if (el.shadowRoot) walk(el.shadowRoot, into);
+# the drawn marks (svg.marks / canvas.marks) inside each chart host matching `css`, searched through shadow roots
+MARKS_JS = """(css) => {
+  const hosts = [];
+  const walk = (root) => root.querySelectorAll('*').forEach(el => {
+    if (el.matches(css)) hosts.push(el);
+    if (el.shadowRoot) walk(el.shadowRoot);
   });
-  walk(document, hosts);
-  return hosts.map(h => { marks.length = 0; if (h.shadowRoot) walk(h.shadowRoot, marks); walk(h, marks); return marks.join(''); });
+  walk(document);
+  const marks = (host) => { const found = [];
+    const inner = (root) => root.querySelectorAll('*').forEach(el => {
+      if (el.matches('svg.marks, canvas.marks')) found.push(el);
+      if (el.shadowRoot) inner(el.shadowRoot); });
+    if (host.shadowRoot) inner(host.shadowRoot); inner(host); return found; };
+  return hosts.map(marks);
 }"""
-CHANGED_JS = """([css, before]) => { const now = (%s)(css); return now.length === before.length &&
-  now.every((html, i) => html !== '' && html !== before[i]); }""" % SNAPSHOT_JS
+# tag what is drawn now; a redraw is done when every chart shows a mark element without the tag
+STALE_JS = "(css) => { (%s)(css).forEach(ms => ms.forEach(m => m.dataset.stale = '1')); }" % MARKS_JS
+REDRAWN_JS = "(css) => { const all = (%s)(css); return all.length > 0 && " \
+             "all.every(ms => ms.some(m => !m.dataset.stale)); }" % MARKS_JS
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -141,10 +147,10 @@ def browser_latency(lake: str, data_dir: str, repeat: int, screenshot: str | Non
             redraws = []
             css = ", ".join(FILTERED_CHARTS)
             for i in range(repeat):
-                before = page.evaluate(SNAPSHOT_JS, css)
+                page.evaluate(STALE_JS, css)
                 t = time.perf_counter()
                 page.locator(".filter-client select").select_option(cycle[i % len(cycle)])
-                page.wait_for_function(CHANGED_JS, arg=[css, before], polling=5, timeout=30_000)
+                page.wait_for_function(REDRAWN_JS, arg=css, polling=10, timeout=30_000)
                 redraws.append(1000 * (time.perf_counter() - t))
             browser.close()
     finally:
