@@ -72,9 +72,15 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     extra = F.map_from_entries(F.array_sort(F.map_entries(
         F.map_filter(F.col("m"), lambda k, _v: ~F.array_contains(known, k)))))
     event_at = parse_at(r.getField("at"))
-    canonical = F.struct(
-        F.unix_micros(event_at).alias("at"), *(folded[k].alias(k) for k in sorted(folded)), extra.alias("extra"),
-    )
+    # Hashed from the map of all fields (spellings folded, nulls dropped), not from the folded columns: a hash over
+    # the columns that are also aliased one by one makes Catalyst's constraint propagation grow exponentially.
+    spelling = F.create_map(*(F.lit(x) for name, spellings in sorted(PAGE_VIEW_SPELLINGS.items())
+                              for raw in spellings for x in (raw, name)))
+    fields = F.array_sort(F.transform(
+        F.filter(F.map_entries(F.col("m")), lambda e: e["value"].isNotNull() & (e["key"] != "at")),
+        lambda e: F.struct(F.coalesce(F.try_element_at(spelling, e["key"]), e["key"]).alias("k"),
+                           e["value"].alias("v"))))
+    canonical = F.struct(F.unix_micros(event_at).alias("at"), fields.alias("fields"))
     sc = _blank_to_null(folded["studentId_clientType"])
     typed = {k: (v.try_cast(_TYPES[k]) if k in _TYPES else v) for k, v in folded.items()}
     rows = bronze_events.select(
