@@ -391,6 +391,7 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
     try:
         with conn, conn.cursor() as cur:
             cur.execute("set local timezone = 'UTC'")
+            cur.execute("set local work_mem = '64MB'")
             cur.execute("select pg_advisory_xact_lock(%s)", (MIRROR_LOCK,))
             faults.point("mirror.locked")
 

@@ -244,14 +244,14 @@ def test_no_bi_password_creates_no_login(pg_dsn, settings, caplog):
 def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
     lake = settings.lake_url
     write_delta(spark, lake, sample_gold(upto=2))
-    first = mirror(settings)
+    first = mirror(settings, dsn=pg_dsn)
     assert first["loads_applied"] == 8
     assert first["tables"]["dim_student"]["deliveries"] == ["2017-11-16", "2017-11-17"]
     write_delta(spark, lake, sample_gold(upto=3))
-    second = mirror(settings)
+    second = mirror(settings, dsn=pg_dsn)
     assert second["tables"]["dim_student"]["deliveries"] == ["2017-11-18"]
     assert second["tables"]["dim_student"]["gold_version"] == 1
-    assert mirror(settings)["skipped"]
+    assert mirror(settings, dsn=pg_dsn)["skipped"]
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
