@@ -39,7 +39,7 @@ with staged as (
         as_of
     from stage.dim_course_history
     where course_id is not null and as_of is not null
-    order by course_id, as_of, is_deleted, delivery, md5(row(course_name, is_deleted)::text)
+    order by course_id, as_of, is_deleted, delivery, course_name
 ),
 
 current_versions as (
@@ -63,15 +63,23 @@ timeline as (
 compared as (
     select
         timeline.*,
-        md5(row(course_name, is_deleted)::text) as state_hash,
-        lag(md5(row(course_name, is_deleted)::text)) over (partition by course_id order by as_of) as previous_state_hash
+        lag(as_of) over by_key as previous_as_of,
+        lag(course_name) over by_key as previous_course_name,
+        lag(is_deleted) over by_key as previous_is_deleted
     from timeline
+    window by_key as (partition by course_id order by as_of)
 ),
 
 changes as (
     select *
     from compared
-    where not is_stored and previous_state_hash is distinct from state_hash
+    where
+        not is_stored
+        and (
+            previous_as_of is null
+            or (course_name, is_deleted)
+            is distinct from (previous_course_name, previous_is_deleted)
+        )
 )
 
 select

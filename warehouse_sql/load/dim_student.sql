@@ -53,7 +53,7 @@ with staged as (
         as_of
     from stage.dim_student_history
     where student_id is not null and as_of is not null
-    order by student_id, as_of, is_deleted, delivery, md5(row(registered_at, state, city, university_id, university_name, course_id, course_name, signup_source, is_deleted)::text)
+    order by student_id, as_of, is_deleted, delivery, registered_at, state, city, university_id, university_name, course_id, course_name, signup_source
 ),
 
 current_versions as (
@@ -84,15 +84,30 @@ timeline as (
 compared as (
     select
         timeline.*,
-        md5(row(registered_at, state, city, university_id, university_name, course_id, course_name, signup_source, is_deleted)::text) as state_hash,
-        lag(md5(row(registered_at, state, city, university_id, university_name, course_id, course_name, signup_source, is_deleted)::text)) over (partition by student_id order by as_of) as previous_state_hash
+        lag(as_of) over by_key as previous_as_of,
+        lag(registered_at) over by_key as previous_registered_at,
+        lag(state) over by_key as previous_state,
+        lag(city) over by_key as previous_city,
+        lag(university_id) over by_key as previous_university_id,
+        lag(university_name) over by_key as previous_university_name,
+        lag(course_id) over by_key as previous_course_id,
+        lag(course_name) over by_key as previous_course_name,
+        lag(signup_source) over by_key as previous_signup_source,
+        lag(is_deleted) over by_key as previous_is_deleted
     from timeline
+    window by_key as (partition by student_id order by as_of)
 ),
 
 changes as (
     select *
     from compared
-    where not is_stored and previous_state_hash is distinct from state_hash
+    where
+        not is_stored
+        and (
+            previous_as_of is null
+            or (registered_at, state, city, university_id, university_name, course_id, course_name, signup_source, is_deleted)
+            is distinct from (previous_registered_at, previous_state, previous_city, previous_university_id, previous_university_name, previous_course_id, previous_course_name, previous_signup_source, previous_is_deleted)
+        )
 )
 
 select

@@ -39,7 +39,7 @@ with staged as (
         as_of
     from stage.dim_subject_history
     where subject_id is not null and as_of is not null
-    order by subject_id, as_of, is_deleted, delivery, md5(row(subject_name, is_deleted)::text)
+    order by subject_id, as_of, is_deleted, delivery, subject_name
 ),
 
 current_versions as (
@@ -63,15 +63,23 @@ timeline as (
 compared as (
     select
         timeline.*,
-        md5(row(subject_name, is_deleted)::text) as state_hash,
-        lag(md5(row(subject_name, is_deleted)::text)) over (partition by subject_id order by as_of) as previous_state_hash
+        lag(as_of) over by_key as previous_as_of,
+        lag(subject_name) over by_key as previous_subject_name,
+        lag(is_deleted) over by_key as previous_is_deleted
     from timeline
+    window by_key as (partition by subject_id order by as_of)
 ),
 
 changes as (
     select *
     from compared
-    where not is_stored and previous_state_hash is distinct from state_hash
+    where
+        not is_stored
+        and (
+            previous_as_of is null
+            or (subject_name, is_deleted)
+            is distinct from (previous_subject_name, previous_is_deleted)
+        )
 )
 
 select
