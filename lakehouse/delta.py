@@ -62,15 +62,42 @@ def overwrite(
     writer.save(table_path(layer, name, settings))
 
 
-def last_txn_version(spark: SparkSession, path: str, app_id: str) -> int | None:
+def txn_versions(path: str) -> dict[str, int]:
+    """Every app's latest committed txnVersion in the Delta table at `path`, read from its log without Spark."""
+    import json
+    import re
+
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(path)
+    log = root.rstrip("/") + "/_delta_log"
+    try:
+        names = fs.ls(log, detail=False)
+    except FileNotFoundError:
+        return {}
+    versions: dict[str, int] = {}
+    checkpoint = -1
+    if any(n.endswith("/_last_checkpoint") for n in names):
+        checkpoint = json.loads(fs.cat_file(log + "/_last_checkpoint"))["version"]
+        for part in sorted(n for n in names if re.search(rf"/{checkpoint:020d}\.checkpoint(\.\d+\.\d+)?\.parquet$", n)):
+            with fs.open(part, "rb") as f:
+                for txn in pq.read_table(f, columns=["txn"]).column("txn").to_pylist():
+                    if txn:
+                        versions[txn["appId"]] = int(txn["version"])
+    commits = sorted((int(m.group(1)), n) for n in names if (m := re.search(r"/(\d{20})\.json$", n)))
+    for version, name in commits:
+        if version <= checkpoint:
+            continue
+        for line in fs.cat_file(name).splitlines():
+            if b'"txn"' in line and (txn := json.loads(line).get("txn")):
+                versions[txn["appId"]] = int(txn["version"])
+    return versions
+
+
+def last_txn_version(spark: SparkSession | None, path: str, app_id: str) -> int | None:
     """The highest txnVersion committed to the table at `path` by `app_id` (None: never, or no table)."""
-    jvm = spark._jvm
-    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-    snapshot = delta_log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
-    if snapshot.version() < 0:
-        return None
-    found = snapshot.transactions().get(app_id)
-    return int(found.get()) if found.isDefined() else None
+    return txn_versions(path).get(app_id)
 
 
 def merge_once(

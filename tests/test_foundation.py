@@ -74,6 +74,20 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
     assert [(r[0], r[1], r[3]) for r in got] == [(1, "Curso1", True), (1, "Curso1", True), (2, None, False), (2, None, False)]
 
 
+def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
+    from lakehouse import delta
+
+    df = spark.createDataFrame([(1,)], "x int")
+    for version in range(1, 13):  # Delta writes a checkpoint every 10 commits
+        delta.append_once(df, "bronze", "t_txn", app_id="a", version=version, settings=settings)
+    delta.append_once(df, "bronze", "t_txn", app_id="b", version=7, settings=settings)
+    path = settings.table_path("bronze", "t_txn")
+    assert Path(path, "_delta_log", "_last_checkpoint").exists()
+    assert delta.txn_versions(path) == {"a": 12, "b": 7}
+    assert delta.last_txn_version(None, path, "c") is None
+    assert delta.txn_versions(settings.table_path("bronze", "missing")) == {}
+
+
 @pytest.fixture
 def pg_root():
     root = Path(tempfile.mkdtemp(prefix="lakehouse-pgtest-"))
