@@ -110,7 +110,7 @@ class _Index:
             return first
         # A full export equal to the entity's latest earlier export adds nothing; equal to an older one (A, B, A) it does.
         earlier = [e for e in self.exports.get(f.entity or "", []) if datetime.fromisoformat(e["as_of"]) <= f.as_of]
-        latest = max(earlier, key=lambda e: datetime.fromisoformat(e["as_of"]), default=None)
+        latest = max(reversed(earlier), key=lambda e: datetime.fromisoformat(e["as_of"]), default=None)
         return latest if latest is not None and latest["sha256"] == sha256 else None
 
 
