@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -236,6 +237,35 @@ def _write_group(
     finally:
         frame.unpersist()
     return {"version": version, "files": len(entries), "counts": counts, "committed": written}
+
+
+def _logged_txn_version(settings: Settings, path: str, app: str, depth: int = 20) -> int | None:
+    """`app`'s txnVersion from the newest JSON commits of a Delta log, without Spark; None when not found there."""
+    from lakehouse.landing import lake_fs
+
+    fs, _ = lake_fs(settings)
+    log = join(path if settings.lake_is_local else path.split("://", 1)[1], "_delta_log")
+    try:
+        commits = sorted(p for p in fs.ls(log, detail=False) if p.endswith(".json"))
+    except FileNotFoundError:
+        return None
+    for commit in reversed(commits[-depth:]):
+        for line in fs.cat_file(commit).decode().splitlines():
+            txn = json.loads(line).get("txn") if '"txn"' in line else None
+            if txn and txn.get("appId") == app:
+                return int(txn["version"])
+    return None
+
+
+def pending(settings: Settings) -> bool:
+    """Whether a landed batch holds files some bronze table still lacks (no Spark; True when unsure)."""
+    manifests = read_ledger(settings)
+    for group, tables in GROUPS.items():
+        marks = [_logged_txn_version(settings, settings.table_path(*t), app_id(*t)) for t in tables]
+        low = min((m or 0) for m in marks)
+        if any(e["status"] == "new" and e["kind"] == group for m in manifests if m["batch_id"] > low for e in m["files"]):
+            return True
+    return False
 
 
 def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, Any]:

@@ -126,11 +126,13 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
 
 def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, settings, tmp_path):
     from lakehouse.generate import generate
-    from lakehouse.bronze import GROUPS
+    from lakehouse.bronze import GROUPS, pending
 
     summary = generate(Path(settings.source_url), seed=5, students=20, events=300, deliveries=2)
     land(settings)
+    assert pending(settings)
     report = ingest(spark, settings, "r1")
+    assert not pending(settings)
     counts = report["events"]["counts"]["all"]
     assert counts["lines_read"] == counts["bronze_rows"] + sum(counts["quarantined"].values()) + counts["blank_lines"]
     by_delivery = summary["events_by_delivery"].values()
