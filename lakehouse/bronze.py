@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -195,19 +194,26 @@ def _counts(frame: DataFrame, key: str | None, keys: list[str]) -> dict[str, Any
     return out
 
 
+def _backlog(
+    settings: Settings, group: str, manifests: list[dict[str, Any]],
+) -> tuple[dict[tuple[str, str], int], int, list[dict[str, Any]]]:
+    """Each table's watermark, the newest batch, and the new files of the group some table still lacks."""
+    marks = {t: last_txn_version(settings.table_path(*t), app_id(*t)) or 0 for t in GROUPS[group]}
+    low = min(marks.values())
+    behind = [m for m in manifests if m["batch_id"] > low]
+    entries = [dict(e, batch_id=m["batch_id"]) for m in behind for e in m["files"]
+               if e["status"] == "new" and e["kind"] == group]
+    return marks, (behind[-1]["batch_id"] if behind else low), entries
+
+
 def _write_group(
     spark: SparkSession, settings: Settings, group: str, manifests: list[dict[str, Any]], run_id: str,
 ) -> dict[str, Any] | None:
     """Read the landed files the group's tables still lack and append them, one idempotent commit per table."""
     tables = GROUPS[group]
-    marks = {t: last_txn_version(spark, settings.table_path(*t), app_id(*t)) or 0 for t in tables}
-    low = min(marks.values())
-    pending = [m for m in manifests if m["batch_id"] > low]
-    entries = [dict(e, batch_id=m["batch_id"]) for m in pending for e in m["files"]
-               if e["status"] == "new" and e["kind"] == group]
+    marks, version, entries = _backlog(settings, group, manifests)
     if not entries:
         return None
-    version = pending[-1]["batch_id"]
     files = _files_frame(spark, entries)
     paths = [join(settings.lake_url, e["landed_path"]) for e in entries]
     if group == "events":
@@ -239,33 +245,10 @@ def _write_group(
     return {"version": version, "files": len(entries), "counts": counts, "committed": written}
 
 
-def _logged_txn_version(settings: Settings, path: str, app: str, depth: int = 20) -> int | None:
-    """`app`'s txnVersion from the newest JSON commits of a Delta log, without Spark; None when not found there."""
-    from lakehouse.landing import lake_fs
-
-    fs, _ = lake_fs(settings)
-    log = join(path if settings.lake_is_local else path.split("://", 1)[1], "_delta_log")
-    try:
-        commits = sorted(p for p in fs.ls(log, detail=False) if p.endswith(".json"))
-    except FileNotFoundError:
-        return None
-    for commit in reversed(commits[-depth:]):
-        for line in fs.cat_file(commit).decode().splitlines():
-            txn = json.loads(line).get("txn") if '"txn"' in line else None
-            if txn and txn.get("appId") == app:
-                return int(txn["version"])
-    return None
-
-
 def pending(settings: Settings) -> bool:
-    """Whether a landed batch holds files some bronze table still lacks (no Spark; True when unsure)."""
+    """Whether a landed batch holds files some bronze table still lacks (read from the Delta logs, no Spark)."""
     manifests = read_ledger(settings)
-    for group, tables in GROUPS.items():
-        marks = [_logged_txn_version(settings, settings.table_path(*t), app_id(*t)) for t in tables]
-        low = min((m or 0) for m in marks)
-        if any(e["status"] == "new" and e["kind"] == group for m in manifests if m["batch_id"] > low for e in m["files"]):
-            return True
-    return False
+    return any(_backlog(settings, group, manifests)[2] for group in GROUPS)
 
 
 def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def txn_versions(path: str) -> dict[str, int]:
     return versions
 
 
-def last_txn_version(spark: SparkSession | None, path: str, app_id: str) -> int | None:
+def last_txn_version(path: str, app_id: str) -> int | None:
     """The highest txnVersion committed to the table at `path` by `app_id` (None: never, or no table)."""
     return txn_versions(path).get(app_id)
 
@@ -113,7 +113,7 @@ def merge_once(
     if not DeltaTable.isDeltaTable(spark, path):
         append_once(source, layer, name, app_id, version, partition_by, settings)
         return
-    done = last_txn_version(spark, path, app_id)
+    done = last_txn_version(path, app_id)
     if done is not None and done >= version:
         return
     merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on)

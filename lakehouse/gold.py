@@ -221,12 +221,33 @@ def _out_rows(spark: SparkSession, path: str) -> int:
     return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
 
 
+def _silver_marks(settings: Settings) -> dict[str, int | None]:
+    return {t: delta.last_txn_version(settings.table_path("silver", t), f"silver.{t}")
+            for t in (*SNAPSHOTS, *FACT_INPUTS)}
+
+
+def _versions(settings: Settings, marks: dict, table: str, inputs) -> tuple[int | None, int | None]:
+    """(silver version gold.<table> must reach, version it has reached)."""
+    known = [marks[i] for i in inputs if marks[i] is not None]
+    done = delta.last_txn_version(settings.table_path("gold", table), f"gold.{table}")
+    return (max(known) if known else None), done
+
+
+def pending(settings: Settings) -> bool:
+    """Whether some gold table lags silver (read from the Delta logs, without Spark)."""
+    marks = _silver_marks(settings)
+    for table, inputs, _ in PLAN:
+        version, done = _versions(settings, marks, table, inputs)
+        if version is not None and (done is None or done < version):
+            return True
+    return False
+
+
 def refresh(spark: SparkSession, settings: Settings, run_id: str) -> dict:
     """Bring gold up to date with silver; a table whose silver inputs did not move gets no commit."""
     from lakehouse import silver
 
-    marks = {t: delta.last_txn_version(spark, settings.table_path("silver", t), f"silver.{t}")
-             for t in (*SNAPSHOTS, *FACT_INPUTS)}
+    marks = _silver_marks(settings)
 
     def read(table: str) -> DataFrame:
         if marks[table] is None:
@@ -235,10 +256,8 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str) -> dict:
 
     report: dict = {"layer": "gold", "run_id": run_id, "tables": {}}
     for table, inputs, build in PLAN:
-        known = [marks[i] for i in inputs if marks[i] is not None]
-        version = max(known) if known else None
         path = settings.table_path("gold", table)
-        done = delta.last_txn_version(spark, path, f"gold.{table}")
+        version, done = _versions(settings, marks, table, inputs)
         if version is None or (done is not None and done >= version):
             report["tables"][table] = {"skipped": True, "rows_in": 0, "rows_out": 0}
             continue

@@ -268,15 +268,28 @@ def empty(spark: SparkSession, table: str) -> DataFrame:
     return TRANSFORMS[table](spark.createDataFrame([], _BRONZE_ENTITY))
 
 
-def _pending(spark: SparkSession, settings: Settings, table: str) -> tuple[DataFrame, int] | None:
-    """Bronze rows silver.<table> has not consumed yet, and the bronze batch they run up to (None: nothing new)."""
+def _lag(settings: Settings, table: str) -> tuple[int | None, int] | None:
+    """(batch silver.<table> has consumed, bronze batch it must reach), or None when it is up to date."""
     source = "events" if table == "page_views" else table
-    target = delta.last_txn_version(spark, settings.table_path("bronze", source), f"bronze.{source}")
+    target = delta.last_txn_version(settings.table_path("bronze", source), f"bronze.{source}")
     if target is None:
         return None
-    done = delta.last_txn_version(spark, settings.table_path("silver", table), f"silver.{table}")
-    if done is not None and done >= target:
+    done = delta.last_txn_version(settings.table_path("silver", table), f"silver.{table}")
+    return None if done is not None and done >= target else (done, target)
+
+
+def pending(settings: Settings) -> bool:
+    """Whether some silver table lags bronze (read from the Delta logs, without Spark)."""
+    return any(_lag(settings, table) is not None for table in ("page_views", *TRANSFORMS))
+
+
+def _pending(spark: SparkSession, settings: Settings, table: str) -> tuple[DataFrame, int] | None:
+    """Bronze rows silver.<table> has not consumed yet, and the bronze batch they run up to (None: nothing new)."""
+    lag = _lag(settings, table)
+    if lag is None:
         return None
+    done, target = lag
+    source = "events" if table == "page_views" else table
     rows = delta.read_table(spark, "bronze", source, settings).where(
         (F.col("batch_id") > F.lit(-1 if done is None else done)) & (F.col("batch_id") <= F.lit(target)))
     return rows, target

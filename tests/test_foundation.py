@@ -64,7 +64,7 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
     back = spark.read.format("delta").load(path)
     assert back.count() == 4
     assert back.exceptAll(df.unionByName(df)).count() == 0
-    assert delta.last_txn_version(spark, path, "test") == 1
+    assert delta.last_txn_version(path, "test") == 1
 
     got = _duckdb_with_delta().execute(
         f"select course_id, course_name, as_of, is_deleted from delta_scan('{path}') order by all"
@@ -84,7 +84,7 @@ def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
     path = settings.table_path("bronze", "t_txn")
     assert Path(path, "_delta_log", "_last_checkpoint").exists()
     assert delta.txn_versions(path) == {"a": 12, "b": 7}
-    assert delta.last_txn_version(None, path, "c") is None
+    assert delta.last_txn_version(path, "c") is None
     assert delta.txn_versions(settings.table_path("bronze", "missing")) == {}
 
 

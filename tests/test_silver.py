@@ -253,7 +253,7 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     assert rep["tables"]["students"]["batch"] == 3 and rep["tables"]["sessions"]["skipped"]
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *hist.columns) == EXPECTED_STUDENTS
-    assert delta.last_txn_version(spark, settings.table_path("silver", "students"), "silver.students") == 3
+    assert delta.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
     assert silver.refresh(spark, settings, "r")["tables"]["students"]["skipped"]
     assert commits(spark, settings, "silver", "students") == before
