@@ -124,6 +124,7 @@ def test_maintenance_refuses_a_retention_that_breaks_time_travel(harness, settin
 
 # -- the real pipeline --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, settings, pg_dsn, monkeypatch):
     from prefect.client.orchestration import get_client
@@ -151,6 +152,7 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     assert _delta_commits(settings.lake_url) == before, "a run with nothing new made a Delta commit"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_two_concurrent_runs_serialize(settings, pg_dsn, tmp_path):
     _source(settings, deliveries=1)
