@@ -10,8 +10,9 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Settings
 
-# Layer policy (bench/partitioning.py): see bench/README.md for the measurement behind it.
-PARTITION_BY: dict[str, list[str]] = {}
+# Layer policy, measured in bench/partitioning.py (bench/README.md). Only MERGEd tables are partitioned: an
+# overwrite with overwriteSchema cannot run under the session's dynamic partition overwrite mode.
+PARTITION_BY: dict[str, list[str]] = {"fact_page_view": ["event_date"]}
 
 FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "client_type", "country", "region",
                           "city_name", "browser", "platform", "page_name", "page_category", "user_type",

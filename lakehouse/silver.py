@@ -14,8 +14,8 @@ from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW
 SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities": "university_id",
                  "subjects": "subject_id"}
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
-# Layer policy (bench/partitioning.py): see bench/README.md for the measurement behind it.
-PARTITION_BY: dict[str, list[str]] = {}
+# Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
+PARTITION_BY: dict[str, list[str]] = {"page_views": ["event_date"]}
 PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
 
 # silver column <- raw field, for the fields that keep their meaning under a new name or as is
