@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from pyspark import StorageLevel
@@ -12,7 +13,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from lakehouse import faults
 from lakehouse.config import Settings, join
-from lakehouse.delta import append_once, last_txn_version
+from lakehouse.delta import append_once, last_txn_version, write_tables
 from lakehouse.landing import read_ledger
 from lakehouse.parsing import parse_at
 
@@ -232,14 +233,14 @@ def _write_group(
             counts = _counts(frame, None, ["all"])
         else:
             counts = _counts(frame, "entity", sorted({e["entity"] for e in entries}))
-        written: dict[str, int] = {}
-        for table in tables:
-            if marks[table] >= version:
-                continue
+
+        def write(table: tuple[str, str], _session: SparkSession) -> int:
             rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
             append_once(rows, *table, app_id=app_id(*table), version=version, settings=settings)
-            written[".".join(table)] = version
             faults.point("mid_bronze")
+            return version
+
+        written = write_tables(spark, {".".join(t): partial(write, t) for t in tables if marks[t] < version})
     finally:
         frame.unpersist()
     return {"version": version, "files": len(entries), "counts": counts, "committed": written}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +28,8 @@ class Settings(BaseSettings):
     """Effective configuration; see `.env.example` for every key."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LAKEHOUSE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="LAKEHOUSE_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_ignore_empty=True,
     )
 
     data_dir: Path = Field(PROJECT_ROOT / "data", description="project data folder (sample, lake, managed PostgreSQL)")
@@ -37,6 +39,9 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="local[*], spark://host:port or sc://host:port")
     shuffle_partitions: int = Field(0, description="spark.sql.shuffle.partitions; 0: twice the local core count")
     spark_driver_memory: str = Field("4g", description="driver memory for a local Spark session")
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict, description='extra Spark settings as JSON, e.g. {"spark.executor.memory": "8g"}'
+    )
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
     gdrive_credentials: SecretStr | None = Field(
         None, description="Google Drive credentials: service-account JSON or OAuth token JSON (content or file path)"
@@ -82,6 +87,8 @@ class Settings(BaseSettings):
         for name, value in self:
             if isinstance(value, SecretStr):
                 out[name] = "********" if value.get_secret_value() else ""
+            elif isinstance(value, dict):
+                out[name] = json.dumps(value)
             else:
                 out[name] = "" if value is None else str(value)
         if self.pg_dsn is not None:

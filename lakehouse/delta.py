@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import Settings, get_settings
+
+T = TypeVar("T")
 
 # Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel.
 TABLE_PROPERTIES = {
@@ -12,6 +17,11 @@ TABLE_PROPERTIES = {
     "delta.logRetentionDuration": "interval 30 days",
     "delta.deletedFileRetentionDuration": "interval 7 days",
 }
+
+
+# Independent table writes run side by side: at the lake's usual sizes a write is bound by driver-side planning,
+# Delta log reads and commits rather than by the executors (bench/README.md).
+TABLE_WRITERS = 4
 
 
 def table_path(layer: str, name: str, settings: Settings | None = None) -> str:
@@ -57,7 +67,7 @@ def overwrite(
 ) -> None:
     """Replace the table's content in one commit (schema too); idempotent when app_id/version are given."""
     writer = _writer(df, partition_by).mode("overwrite").option("overwriteSchema", "true")
-    if app_id is not None:
+    if app_id is not None and version is not None:
         writer = writer.option("txnAppId", app_id).option("txnVersion", version)
     writer.save(table_path(layer, name, settings))
 
@@ -127,6 +137,21 @@ def merge_once(
     finally:
         spark.conf.unset("spark.databricks.delta.write.txnAppId")
         spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T]]) -> dict[str, T]:
+    """Run independent table writes side by side, each on its own session of the shared Spark context (its own SQL
+    conf, so one MERGE's txn settings never reach another write); every write finishes before the first error is
+    raised. Spark Connect sessions cannot be forked: there they run one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fork = getattr(spark, "newSession", None)
+    workers = min(TABLE_WRITERS, len(jobs)) if fork else 1
+    if workers <= 1:
+        return {name: job(spark) for name, job in jobs.items()}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delta-write") as pool:
+        futures = {name: pool.submit(job, fork()) for name, job in jobs.items()}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def last_operation_metrics(spark: SparkSession, path: str) -> dict[str, str]:

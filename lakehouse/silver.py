@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType, StringType
@@ -283,16 +285,22 @@ def pending(settings: Settings) -> bool:
     return any(_lag(settings, table) is not None for table in ("page_views", *TRANSFORMS))
 
 
-def _pending(spark: SparkSession, settings: Settings, table: str) -> tuple[DataFrame, int] | None:
-    """Bronze rows silver.<table> has not consumed yet, and the bronze batch they run up to (None: nothing new)."""
+def _pending(spark: SparkSession, settings: Settings, table: str,
+             full_refresh: bool) -> tuple[DataFrame, int, int | None] | None:
+    """Bronze rows silver.<table> has not consumed yet (all of them on a full refresh), the bronze batch they run up
+    to, and the batch silver had reached (None: nothing to do)."""
+    source = "events" if table == "page_views" else table
     lag = _lag(settings, table)
+    if lag is None and full_refresh:
+        target = delta.last_txn_version(settings.table_path("bronze", source), f"bronze.{source}")
+        lag = None if target is None else (target, target)
     if lag is None:
         return None
     done, target = lag
-    source = "events" if table == "page_views" else table
+    since = -1 if full_refresh or done is None else done
     rows = delta.read_table(spark, "bronze", source, settings).where(
-        (F.col("batch_id") > F.lit(-1 if done is None else done)) & (F.col("batch_id") <= F.lit(target)))
-    return rows, target
+        (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(target)))
+    return rows, target, done
 
 
 def _out_rows(spark: SparkSession, path: str) -> int:
@@ -300,31 +308,36 @@ def _out_rows(spark: SparkSession, path: str) -> int:
     return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str) -> dict:
-    """Bring every silver table up to date with bronze; no commit for a table that has nothing new."""
-    report: dict = {"layer": "silver", "run_id": run_id, "tables": {}}
-    for table in ("page_views", *TRANSFORMS):
-        pending = _pending(spark, settings, table)
-        if pending is None:
-            report["tables"][table] = {"skipped": True, "rows_in": 0, "rows_out": 0}
-            continue
-        rows, target = pending
-        path = settings.table_path("silver", table)
-        if table == "page_views":
-            delta.merge_once(
-                spark, page_views(rows, run_id), "silver", table, on="t.event_id = s.event_id",
-                app_id=f"silver.{table}", version=target, update_when=_EARLIER,
-                update_set={c: f"s.{c}" for c in PROVENANCE}, partition_by=PARTITION_BY.get(table),
-                settings=settings,
-            )
-        else:
-            current = delta.read_table(spark, "silver", table, settings) \
-                if delta.table_exists(spark, "silver", table, settings) else None
-            delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
-                            app_id=f"silver.{table}", version=target)
-        report["tables"][table] = {"skipped": False, "batch": target, "rows_in": rows.count(),
-                                   "rows_out": _out_rows(spark, path)}
-    report["rows_in"] = sum(t["rows_in"] for t in report["tables"].values())
-    return report
+def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:
+    """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots are rebuilt."""
+    pending = _pending(session, settings, table, full_refresh)
+    if pending is None:
+        return {"skipped": True, "rows_in": 0, "rows_out": 0}
+    rows, target, done = pending
+    path = settings.table_path("silver", table)
+    moved = done is None or target > done  # a rebuild at the batch already reached records no new txn
+    if table == "page_views" and not full_refresh:
+        delta.merge_once(
+            session, page_views(rows, run_id), "silver", table, on="t.event_id = s.event_id",
+            app_id=f"silver.{table}", version=target, update_when=_EARLIER,
+            update_set={c: f"s.{c}" for c in PROVENANCE}, partition_by=PARTITION_BY.get(table), settings=settings,
+        )
+    elif table == "page_views":
+        delta.overwrite(page_views(rows, run_id), "silver", table, partition_by=PARTITION_BY.get(table),
+                        settings=settings, app_id=f"silver.{table}", version=target if moved else None)
+    else:
+        current = None if full_refresh or not delta.table_exists(session, "silver", table, settings) \
+            else delta.read_table(session, "silver", table, settings)
+        delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
+                        app_id=f"silver.{table}", version=target if moved else None)
+    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": _out_rows(session, path)}
 
 
+def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
+    """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
+    `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
+    tables = delta.write_tables(spark, {
+        table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
+        for table in ("page_views", *TRANSFORMS)})
+    return {"layer": "silver", "run_id": run_id, "full_refresh": full_refresh, "tables": tables,
+            "rows_in": sum(t["rows_in"] for t in tables.values())}

@@ -68,17 +68,19 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.warehouse.dir", str(settings.data_dir / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC")
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+        # Delta rebuilds a table's state from its log in this many tasks (default 50) before every read and
+        # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
+        .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
     )
     if master.startswith("local"):
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
-    for key, value in DELTA_DEFAULTS.items():
+    for key, value in {**DELTA_DEFAULTS, **settings.spark_conf}.items():
         builder = builder.config(key, value)
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
