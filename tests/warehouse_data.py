@@ -3,9 +3,13 @@ model, small sample datasets, and canonical views of the dw tables."""
 
 from __future__ import annotations
 
+import json
 import random
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -246,5 +250,49 @@ def write_delta(spark, lake: str, tables: dict[str, pa.Table], mode: str = "over
             .save(f"{lake}/gold/{name}")
 
 
+DELTA_TYPES = {pa.string(): "string", pa.int32(): "integer", pa.int64(): "long", pa.bool_(): "boolean",
+               pa.date32(): "date", TS: "timestamp"}
+
+
+def write_delta_files(lake: str, tables: dict[str, pa.Table]) -> None:
+    """Write Arrow tables as gold Delta tables `<lake>/gold/<name>` without Spark: per call and table, one
+    Parquet file and one commit that replaces the table's files (an overwrite, as `write_delta` does)."""
+    import pyarrow.parquet as pq
+
+    for name, table in tables.items():
+        root = Path(lake) / "gold" / name
+        log = root / "_delta_log"
+        log.mkdir(parents=True, exist_ok=True)
+        live: set[str] = set()
+        commits = sorted(log.glob("*.json"))
+        for commit in commits:
+            for line in commit.read_text().splitlines():
+                action = json.loads(line)
+                if "add" in action:
+                    live.add(action["add"]["path"])
+                elif "remove" in action:
+                    live.discard(action["remove"]["path"])
+        version = int(commits[-1].stem) + 1 if commits else 0
+        part = f"part-{version:05d}-{uuid.uuid4()}-c000.snappy.parquet"
+        pq.write_table(table, root / part)
+        now = int(time.time() * 1000)
+        actions: list[dict] = []
+        if version == 0:
+            fields = [{"name": f.name, "type": DELTA_TYPES[f.type], "nullable": True, "metadata": {}}
+                      for f in table.schema]
+            actions += [
+                {"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}},
+                {"metaData": {"id": str(uuid.uuid4()), "format": {"provider": "parquet", "options": {}},
+                              "schemaString": json.dumps({"type": "struct", "fields": fields}),
+                              "partitionColumns": [], "configuration": {}, "createdTime": now}},
+            ]
+        actions += [{"remove": {"path": path, "deletionTimestamp": now, "dataChange": True}} for path in sorted(live)]
+        actions.append({"add": {"path": part, "partitionValues": {}, "size": (root / part).stat().st_size,
+                                "modificationTime": now, "dataChange": True}})
+        actions.append({"commitInfo": {"timestamp": now, "operation": "WRITE",
+                                       "operationParameters": {"mode": "Overwrite"}}})
+        (log / f"{version:020d}.json").write_text("".join(json.dumps(a) + "\n" for a in actions))
+
+
 __all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "history_rows",
-           "reference_history", "sample_deliveries", "sample_gold", "write_delta"]
+           "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
