@@ -228,8 +228,25 @@ def load_statements(target: str) -> list[tuple[str, str]]:
     return statements
 
 
+class MigrationError(RuntimeError):
+    """A migration file no longer matches what was applied to the warehouse."""
+
+
+def _changed_migrations(done: dict[int, str]) -> list[str]:
+    """Why migrate refuses: one line per applied migration whose file changed since it was applied."""
+    found = migrations()
+    problems = []
+    for version, name, path in found:
+        checksum = hashlib.sha256(path.read_text().encode()).hexdigest()
+        if version in done and done[version] != checksum:
+            problems.append(f"warehouse_sql/{path.name} was changed after it was applied to this database"
+                            f" (applied sha256 {done[version][:12]}, file now {checksum[:12]})")
+    return problems
+
+
 def migrate(dsn: str) -> list[str]:
-    """Apply the pending warehouse migrations in order, each once (recorded in dw.schema_version)."""
+    """Apply the pending warehouse migrations in order, each once (recorded in dw.schema_version); refuse to
+    run when an applied migration file was changed since (MigrationError)."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     applied: list[str] = []
@@ -241,12 +258,18 @@ def migrate(dsn: str) -> list[str]:
                         " checksum text not null, applied_at timestamptz not null default now())")
             cur.execute("select version, checksum from dw.schema_version")
             done = dict(cur.fetchall())
+        problems = _changed_migrations(done)
+        if problems:
+            last = max((v for v, _, _ in migrations()), default=0)
+            raise MigrationError(
+                "; ".join(problems) + ". Applied migrations are never run again, so the change would not reach"
+                " this database. Restore the file as it was applied (for example `git log -p -- warehouse_sql/`)"
+                f" and put the change in a new migration, warehouse_sql/{last + 1:03d}_<what>.sql. No migration"
+                " was applied.")
         for version, name, path in migrations():
             sql = path.read_text()
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if version in done:
-                if done[version] != checksum:
-                    log.warning("migration %s changed after it was applied; not re-applied", path.name)
                 continue
             conn.autocommit = False
             with conn.cursor() as cur:
@@ -277,11 +300,14 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
         for attempt in range(5):
             try:
                 with conn.cursor() as cur:
-                    cur.execute("select 1 from pg_roles where rolname = %s", (BI_LOGIN,))
-                    if cur.fetchone() is None:
+                    cur.execute("select rolsuper, rolcreatedb, rolcreaterole, rolreplication from pg_roles"
+                                " where rolname = %s", (BI_LOGIN,))
+                    found = cur.fetchone()
+                    if found is None:
                         cur.execute(f"create role {BI_LOGIN} login in role {BI_GROUP}")
-                    cur.execute(f"alter role {BI_LOGIN} with login nosuperuser nocreatedb nocreaterole"
-                                f" noreplication password %s", (password,))
+                    elif any(found):  # only a superuser may change these; a mirror role with CREATEROLE need not
+                        cur.execute(f"alter role {BI_LOGIN} with nosuperuser nocreatedb nocreaterole noreplication")
+                    cur.execute(f"alter role {BI_LOGIN} with login password %s", (password,))
                     cur.execute(f"grant {BI_GROUP} to {BI_LOGIN}")
                 return True
             except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation, psycopg2.errors.InternalError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import psycopg2
@@ -67,6 +69,66 @@ def test_migrations_apply_once_and_enforce_scd2(pg_dsn):
     with pytest.raises(psycopg2.errors.CheckViolation):  # closed but current
         cur.execute(insert, ("3", t0, t0 + timedelta(days=1), True))
     conn.close()
+
+
+def test_changed_applied_migration_is_refused(pg_dsn, tmp_path, monkeypatch):
+    migrate(pg_dsn)
+    sql_dir = tmp_path / "warehouse_sql"
+    shutil.copytree(warehouse.SQL_DIR, sql_dir)
+    edited = sql_dir / "003_facts.sql"
+    edited.write_text(edited.read_text() + "\ncreate index fact_session_at on dw.fact_session (session_start_at);\n")
+    next_version = max(v for v, _, _ in warehouse.migrations()) + 1
+    (sql_dir / f"{next_version:03d}_pending.sql").write_text("create table dw.pending_marker (x int);\n")
+    monkeypatch.setattr(warehouse, "SQL_DIR", sql_dir)
+    with pytest.raises(warehouse.MigrationError) as raised:
+        migrate(pg_dsn)
+    message = str(raised.value)
+    assert "warehouse_sql/003_facts.sql was changed after it was applied" in message
+    assert f"new migration, warehouse_sql/{next_version + 1:03d}_<what>.sql" in message
+    with pytest.raises(warehouse.MigrationError):  # the mirror refuses too, before touching anything
+        mirror(dsn=pg_dsn, source=ArrowGold(sample_gold()))
+    with connect(pg_dsn) as conn, conn.cursor() as cur:  # nothing applied, not even the pending migration
+        cur.execute("select to_regclass('dw.pending_marker'), to_regclass('dw.fact_session_at'),"
+                    " (select count(*) from dw.dim_student)")
+        assert cur.fetchone() == (None, None, 0)
+    edited.write_text((warehouse.PROJECT_ROOT / "warehouse_sql" / "003_facts.sql").read_text())  # restored
+    assert migrate(pg_dsn) == [f"{next_version:03d}_pending.sql"]
+
+
+def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settings, monkeypatch):
+    """The mirror needs no superuser: a database owner (with CREATEROLE, for the BI login) runs it, and keeps the
+    TEMP privilege that PUBLIC loses."""
+    from lakehouse import config
+
+    owner, password = f"mirror_{uuid.uuid4().hex[:8]}", "owner-secret-for-tests"
+    database = f"{owner}_db"
+    admin = connect(pg_server.dsn)
+    admin.cursor().execute(f"create role {owner} login createrole password %s", (password,))
+    admin.cursor().execute(f"create database {database} owner {owner}")
+    dsn = psycopg2.extensions.make_dsn(pg_server.dsn, dbname=database, user=owner, password=password)
+    monkeypatch.setenv("LAKEHOUSE_BI_PASSWORD", "bi-secret-for-tests")
+    config.get_settings.cache_clear()
+    try:
+        report = mirror(config.get_settings(), ArrowGold(sample_gold()), dsn=dsn)
+        assert report["loads_applied"] == 8
+        with connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("select rolsuper from pg_roles where rolname = current_user")
+            assert cur.fetchone()[0] is False
+            cur.execute("create temp table mirror_scratch (x int)")  # the mirror's role keeps TEMP
+            cur.execute("select has_database_privilege('public', current_database(), 'TEMP')")
+            assert cur.fetchone()[0] is False
+        bi = connect(psycopg2.extensions.make_dsn(dsn, user="bi_user", password="bi-secret-for-tests"))
+        with bi.cursor() as cur:
+            cur.execute("select count(*) from dw.dim_student")
+            assert cur.fetchone()[0] > 0
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("create temp table mine (x int)")
+        bi.close()
+    finally:
+        config.get_settings.cache_clear()
+        admin.cursor().execute(f"drop database if exists {database} with (force)")
+        admin.cursor().execute(f"drop role if exists {owner}")
+        admin.close()
 
 
 def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
@@ -227,6 +289,9 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
         "select count(*) from stage.dim_student_history",
         "insert into stage.fact_session (student_id) values ('1')",
         "select * from dw.schema_version for update",
+        "select nextval('dw.load_id_seq')",
+        "create temp table mine (x int)",
+        "create temporary view mine as select 1 as x",
     ]
     for sql in denied:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
