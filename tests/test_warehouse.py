@@ -292,6 +292,8 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
         "select nextval('dw.load_id_seq')",
         "create temp table mine (x int)",
         "create temporary view mine as select 1 as x",
+        "select lo_create(0)",
+        "select lo_from_bytea(0, 'x')",
     ]
     for sql in denied:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
