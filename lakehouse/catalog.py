@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 
@@ -57,6 +60,8 @@ def _fs(settings: Settings):
 def discover(settings: Settings | None = None) -> list[Table]:
     """Every `<layer>/<table>` folder of the lake that holds a `_delta_log`, sorted by key."""
     settings = settings or get_settings()
+    if not settings.lake_is_local:
+        httpfs_path(settings)  # fail in one line before listing a lake DuckDB could not read
     fs, _ = _fs(settings)
     found = []
     for layer in DELTA_LAYERS:
@@ -105,14 +110,45 @@ def _open(settings: Settings) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"LOAD {_literal(extension_path())}")
     if not settings.lake_is_local:
-        try:  # gs:// needs httpfs (package duckdb-extension-httpfs) and a GCS secret
-            import duckdb_extension_httpfs  # type: ignore[import-not-found]
-
-            ext = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
-            con.execute(f"LOAD {_literal(str(ext / 'httpfs.duckdb_extension'))}")
-        except ImportError:
-            raise CatalogError("a gs:// lake needs the duckdb-extension-httpfs package (same version as duckdb)") from None
+        con.execute(f"LOAD {_literal(httpfs_path(settings))}")
+        con.execute(gcs_secret_sql(settings))
     return con
+
+
+def httpfs_path(settings: Settings) -> str:
+    """The httpfs extension a remote (gs://) lake needs, from the `duckdb-extension-httpfs` wheel; one-line error if absent."""
+    if not settings.lake_url.startswith("gs://"):
+        raise CatalogError(f"DuckDB reads only local and gs:// lakes, not {settings.lake_url.split('://')[0]}://")
+    wanted = f"duckdb-extension-httpfs=={duckdb.__version__}"
+    try:
+        import duckdb_extension_httpfs  # type: ignore[import-not-found]
+    except ImportError:
+        raise CatalogError(f"a gs:// lake needs the {wanted} package (DuckDB's httpfs extension), "
+                           "which is not installed") from None
+    found = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    if not found.is_file():
+        raise CatalogError(f"a gs:// lake needs {wanted}: no httpfs extension for DuckDB {duckdb.__version__} at {found}")
+    return str(found)
+
+
+def gcs_secret_sql(settings: Settings) -> str:
+    """`CREATE SECRET` for DuckDB's GCS access: HMAC keys from settings (gcs_hmac_key_id, gcs_hmac_secret), or none for a
+    public bucket (gcs_token 'anon'); STORAGE_EMULATOR_HOST points it at an emulator."""
+    key_id = getattr(settings, "gcs_hmac_key_id", None)
+    secret = getattr(settings, "gcs_hmac_secret", None)
+    secret = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    options = ["TYPE gcs"]
+    if key_id and secret:
+        options += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
+    elif settings.gcs_token != "anon" and not emulator:
+        raise CatalogError("DuckDB reads a gs:// lake with GCS HMAC keys: set LAKEHOUSE_GCS_HMAC_KEY_ID and "
+                           "LAKEHOUSE_GCS_HMAC_SECRET, or LAKEHOUSE_GCS_TOKEN=anon for a public bucket")
+    if emulator:
+        endpoint = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+        options += [f"ENDPOINT {_literal(endpoint.netloc)}", "URL_STYLE 'path'",
+                    f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
+    return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"
 
 
 def _create_views(con, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
@@ -179,11 +215,14 @@ def _install_extension(con) -> None:
 class LakeConnection:
     """A locked-down DuckDB connection: views read-only, file access limited to the lake, configuration locked."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str]):
+    def __init__(self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str],
+                 database: str | None = None):
         self.con = con
         self.tables = tables
         self.skipped = skipped
+        self.database = database  # the database holding the views, when not the default one
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def execute(self, sql: str, params: list | dict | None = None) -> duckdb.DuckDBPyConnection:
         """Run one read statement with bound parameters; fetch from the returned DuckDB result."""
@@ -201,7 +240,29 @@ class LakeConnection:
         with self._lock:
             return self.execute(sql, params).df()
 
+    def frames(self, statements: list[tuple[str, list | dict | None]]):
+        """Several read statements run at once, each on its own DuckDB cursor; their pandas DataFrames in order."""
+        for sql, _ in statements:
+            check_read_only(sql)
+        with self._lock:
+            cursors = [self.con.cursor() for _ in statements]  # same database, views and locked settings
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-query")
+
+        def run(cursor, statement):
+            sql, params = statement
+            try:
+                if self.database:
+                    cursor.execute(f"USE {self.database}")
+                return (cursor.execute(sql, params) if params is not None else cursor.execute(sql)).df()
+            finally:
+                cursor.close()
+
+        return list(self._pool.map(run, cursors, statements))
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.con.close()
 
 
@@ -247,7 +308,7 @@ def connect(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # the attached file stays readable through its open handle
-    return _lock_down(LakeConnection(con, tables, skipped), settings)
+    return _lock_down(LakeConnection(con, tables, skipped, database=ALIAS), settings)
 
 
 def _lock_down(lake: LakeConnection, settings: Settings) -> LakeConnection:
