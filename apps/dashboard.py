@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import socket
 import subprocess
 import sys
@@ -11,10 +10,10 @@ import threading
 import time
 from datetime import date
 
-import altair as alt
 import pandas as pd
 import panel as pn
 
+from apps.charts import NAMES, VegaChart, spec
 from apps.queries import Filters, Gold, to_datetime
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 
@@ -25,7 +24,6 @@ DEFAULT_MONTH = date(2017, 11, 1)
 DEFAULT_MIN_VIEWS = 100
 _gold: Gold | None = None
 _gold_lock = threading.Lock()
-_serial = itertools.count()
 
 
 def shared_gold(settings: Settings | None = None) -> Gold:
@@ -35,76 +33,6 @@ def shared_gold(settings: Settings | None = None) -> Gold:
         if _gold is None:
             _gold = Gold(settings or get_settings())
         return _gold
-
-
-def _bar(category: str, measure: str, color: str) -> alt.Chart:
-    """A horizontal bar chart sorted by `measure`, labelled with its values."""
-    base = alt.Chart(pd.DataFrame({category: ["a"], measure: [1]})).encode(
-        y=alt.Y(f"{category}:N", sort="-x", title=None),
-        x=alt.X(f"{measure}:Q", title=measure.replace("_", " "), axis=alt.Axis(format="~s")),
-        tooltip=[f"{category}:N", alt.Tooltip(f"{measure}:Q", format=",")],
-    )
-    labels = base.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text(f"{measure}:Q", format=","))
-    return (base.mark_bar(color=color) + labels).properties(width="container", title="")
-
-
-def _daily() -> alt.Chart:
-    return alt.Chart(pd.DataFrame({"event_date": ["2017-11-01"], "client_type": ["a"], "page_views": [1]})).mark_line(
-        point=alt.OverlayMarkDef(size=18)).encode(
-        x=alt.X("event_date:T", title=None, axis=alt.Axis(format="%b %d")),
-        y=alt.Y("page_views:Q", title="page views"),
-        color=alt.Color("client_type:N", title="client type"),
-        tooltip=["event_date:T", "client_type:N", alt.Tooltip("page_views:Q", format=",")],
-    ).properties(width="container", height=260, title="")
-
-
-def _empty() -> alt.Chart:
-    return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no data for this selection", fontSize=13).properties(
-        width="container", height=60, title="")
-
-
-class Spec:
-    """An Altair chart compiled once to Vega-Lite; a redraw only swaps its data, title and height (fast)."""
-
-    def __init__(self, chart: alt.Chart):
-        self.spec = chart.to_dict()
-        if set(self.spec.get("data", {})) != {"name"}:
-            raise ValueError("chart data must be a top-level named dataset")
-
-    def render(self, df: pd.DataFrame, title: str, height: int | None = None) -> dict:
-        name = f"data-{next(_serial)}"  # a new name makes the browser redraw, not just patch the old dataset
-        spec = {**self.spec, "title": title, "data": {"name": name}, "datasets": {name: _records(df)}}
-        if height is not None:
-            spec["height"] = height
-        return spec
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    df = df.copy()
-    for column in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[column]):
-            df[column] = df[column].map(lambda v: v.isoformat() if hasattr(v, "isoformat") else v)
-    return df.to_dict("records")
-
-
-_specs: dict[str, Spec] = {}
-
-
-def spec(name: str) -> Spec:
-    """The compiled chart `name` (built on first use, shared by every session)."""
-    if name not in _specs:
-        bars = {"states": ("state", "students", "#4c78a8"), "universities": ("university", "page_views", "#f58518"),
-                "courses": ("course", "page_views", "#54a24b"), "user_types": ("user_type", "page_views", "#b279a2"),
-                "foreign": ("country", "page_views", "#e45756")}
-        _specs[name] = Spec(_daily() if name == "daily" else _empty() if name == "empty" else _bar(*bars[name]))
-    return _specs[name]
-
-
-def draw(name: str, df: pd.DataFrame, title: str) -> dict:
-    """The Vega-Lite spec of chart `name` over `df` (an empty-state spec when there are no rows)."""
-    if df.empty:
-        return spec("empty").render(pd.DataFrame({"x": [0]}), title)
-    return spec(name).render(df, title, None if name == "daily" else max(60, 18 * len(df)))
 
 
 def _when(value) -> str:
@@ -136,15 +64,17 @@ class Dashboard:
             ("page_views", "Page views"), ("active_students", "Active students"),
             ("sessions", "Sessions"), ("paying_students", "Paying students"))}
         chart = dict(sizing_mode="stretch_width")
-        self.states = pn.pane.Vega(None, css_classes=["chart-states"], **chart)
-        self.foreign = pn.pane.Vega(None, css_classes=["chart-foreign"], **chart)
-        self.user_types = pn.pane.Vega(None, css_classes=["chart-user-types"], **chart)
-        self.daily = pn.pane.Vega(None, css_classes=["chart-daily"], **chart)
-        self.universities = pn.pane.Vega(None, css_classes=["chart-universities"], **chart)
-        self.courses = pn.pane.Vega(None, css_classes=["chart-courses"], **chart)
+        self.states = VegaChart("states", css_classes=["chart-states"], **chart)
+        self.foreign = VegaChart("foreign", css_classes=["chart-foreign"], **chart)
+        self.user_types = VegaChart("user_types", css_classes=["chart-user-types"], **chart)
+        self.daily = VegaChart("daily", css_classes=["chart-daily"], **chart)
+        self.universities = VegaChart("universities", css_classes=["chart-universities"], **chart)
+        self.courses = VegaChart("courses", css_classes=["chart-courses"], **chart)
         self.freshness = pn.pane.Markdown("", css_classes=["freshness"])
         self.quarantine = pn.pane.DataFrame(None, index=False, css_classes=["quarantine"], sizing_mode="stretch_width")
         self.timing = pn.pane.Str("", css_classes=["timing"], styles={"color": "#888", "font-size": "10px"})
+        for widget in (self.dates, self.client, self.country, self.month, self.min_views):
+            widget._debounce = 0  # Panel waits 50 ms for more changes of a widget by default: a pick is one change
         for widget in (self.dates, self.client, self.country):
             widget.param.watch(self.update, "value")
         for widget in (self.month, self.min_views):
@@ -165,18 +95,14 @@ class Dashboard:
         filters = self.filters()
         data = self.gold.overview(filters)
         headline = data["headline"]
-        charts = {
-            self.states: draw("states", data["states"], "Active students per state"),
-            self.universities: draw("universities", data["universities"], "Top universities by page views"),
-            self.courses: draw("courses", data["courses"], "Top courses by page views"),
-            self.user_types: draw("user_types", data["user_types"], "Page views per user type"),
-            self.daily: draw("daily", data["daily"], "Daily page views by client type"),
-        }
-        with pn.io.hold():
+        with pn.io.hold():  # one message to the browser; each chart gets only its new rows
             for key, indicator in self.kpis.items():
                 indicator.value = headline[key]
-            for pane, chart in charts.items():
-                pane.object = chart
+            self.states.show(data["states"], "Active students per state")
+            self.universities.show(data["universities"], "Top universities by page views")
+            self.courses.show(data["courses"], "Top courses by page views")
+            self.user_types.show(data["user_types"], "Page views per user type")
+            self.daily.show(data["daily"], "Daily page views by client type")
             self.timing.object = f"updated in {1000 * (time.perf_counter() - started):.0f} ms"
 
     def update_foreign(self, *_events) -> None:
@@ -184,7 +110,7 @@ class Dashboard:
         month, n = self.month.value, int(self.min_views.value or 0)
         df = self.gold.foreign(month, n)
         title = f"Foreign countries with more than {n:,} page views in {month.strftime('%B %Y')}"
-        self.foreign.object = draw("foreign", df, title)
+        self.foreign.show(df, title)
 
     def update_freshness(self) -> None:
         info = self.gold.freshness()
@@ -231,7 +157,7 @@ def serve(port: int = 5006, show: bool = False, address: str = "127.0.0.1", sett
     """Serve the dashboard on `port` until interrupted (blocks)."""
     gold = shared_gold(settings)  # open DuckDB and compile the charts before the first browser arrives
     gold.has(*REQUIRED)
-    for name in ("daily", "states", "universities", "courses", "user_types", "foreign", "empty"):
+    for name in NAMES:
         spec(name)
     origins = ["*"] if address in ("0.0.0.0", "::") else [f"localhost:{port}", f"127.0.0.1:{port}"]
     pn.serve({"/": lambda: create_app(settings)}, port=port, address=address, show=show, title="Lakehouse dashboard",

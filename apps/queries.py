@@ -13,26 +13,30 @@ from lakehouse import catalog
 from lakehouse.config import Settings, get_settings
 
 FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
-# gold read once into small DuckDB temp tables, rebuilt when a source gets a new Delta commit: a filter change
-# then scans per-day aggregates in memory; only distinct students need the (day, student) grain
-PAGE_VIEWS = ("select f.event_date, f.client_type, f.country, coalesce(f.user_type, '(anonymous)') as user_type, "
+UNKNOWN = "(unknown)"  # the label of a missing client type or country, in every chart and filter
+_UNKNOWN = "'" + UNKNOWN + "'"
+# gold read once into small tables of the connection's in-memory database (`memory.main`, shared by its cursors, so
+# one filter change runs its statements at once), rebuilt when a source gets a new Delta commit: a filter change then
+# scans per-day aggregates in memory; only distinct students need the (day, student) grain
+PAGE_VIEWS = (f"select f.event_date, coalesce(f.client_type, {_UNKNOWN}) as client_type, "
+              f"coalesce(f.country, {_UNKNOWN}) as country, coalesce(f.user_type, '(anonymous)') as user_type, "
               "f.student_id, d.state, d.university_name as university, d.course_name as course "
               "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id")
 # dimension of the `cube` temp table -> its value expression (allow-list)
 DIMENSIONS = {"user_type": "user_type", "state": "coalesce(state, '(unknown)')",
               "university": "coalesce(university, '(unknown)')", "course": "coalesce(course, '(unknown)')"}
 CACHE = [
-    f"create or replace temp table pv as {PAGE_VIEWS}",
-    "create or replace temp table cube as " + " union all ".join(
+    f"create or replace table memory.main.pv as {PAGE_VIEWS}",
+    "create or replace table memory.main.cube as " + " union all ".join(
         f"select '{dim}' as dim, {expr} as value, event_date, client_type, country, count(*) as page_views "
-        f"from pv {'' if dim == 'user_type' else 'where student_id is not null '}group by all"
+        f"from memory.main.pv {'' if dim == 'user_type' else 'where student_id is not null '}group by all"
         for dim, expr in DIMENSIONS.items()),
-    "create or replace temp table student_days as select distinct event_date, client_type, country, "
-    "hash(student_id) as student_key, coalesce(state, '(unknown)') as state from pv where student_id is not null",
-    "drop table pv",
-    "create or replace temp table sessions_daily as select cast(session_start_at as date) as session_date, "
-    "client_type, count(*) as sessions from gold.fact_session group by all",
-    "create or replace temp table payments as select distinct cast(payment_at as date) as payment_date, student_id "
+    "create or replace table memory.main.student_days as select distinct event_date, client_type, country, "
+    "hash(student_id) as student_key, coalesce(state, '(unknown)') as state from memory.main.pv where student_id is not null",
+    "drop table memory.main.pv",
+    "create or replace table memory.main.sessions_daily as select cast(session_start_at as date) as session_date, "
+    f"coalesce(client_type, {_UNKNOWN}) as client_type, count(*) as sessions from gold.fact_session group by all",
+    "create or replace table memory.main.payments as select distinct cast(payment_at as date) as payment_date, student_id "
     "from gold.fact_subscription",
 ]
 CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription")
@@ -46,21 +50,24 @@ BREAKDOWNS = ("state", "university", "course")
 
 SQL = {
     "bounds": "select min(event_date) as first, max(event_date) as last from gold.mart_daily_activity",
-    "client_types": "select distinct client_type from gold.mart_daily_activity where client_type is not null order by 1",
-    "countries": "select distinct country from gold.mart_country_access where country is not null order by 1",
+    # known values first, then UNKNOWN when some rows lack one
+    "client_types": f"select coalesce(client_type, {_UNKNOWN}) from (select distinct client_type "
+                    f"from gold.mart_daily_activity) order by client_type is null, 1",
+    "countries": f"select coalesce(country, {_UNKNOWN}) from (select distinct country "
+                 f"from gold.mart_country_access) order by country is null, 1",
     "months": "select distinct month from gold.mart_country_access where month is not null order by 1",
-    "page_views": f"select coalesce(sum(page_views), 0) as page_views from cube where dim = 'user_type' and {PV_FILTER}",
-    "sessions": "select coalesce(sum(sessions), 0) as sessions from sessions_daily "
+    "page_views": f"select coalesce(sum(page_views), 0) as page_views from memory.main.cube where dim = 'user_type' and {PV_FILTER}",
+    "sessions": "select coalesce(sum(sessions), 0) as sessions from memory.main.sessions_daily "
                 "where session_date between $start and $end and ($client::varchar is null or client_type = $client)",
-    "paying": "select count(distinct student_id) as paying_students from payments "
+    "paying": "select count(distinct student_id) as paying_students from memory.main.payments "
               "where payment_date between $start and $end",
-    "user_type": f"select value as user_type, sum(page_views) as page_views from cube "
+    "user_type": f"select value as user_type, sum(page_views) as page_views from memory.main.cube "
                  f"where dim = 'user_type' and {PV_FILTER} group by 1 order by 2 desc, 1",
-    "daily": f"select event_date, client_type, sum(page_views) as page_views from cube "
+    "daily": f"select event_date, client_type, sum(page_views) as page_views from memory.main.cube "
              f"where dim = 'user_type' and {PV_FILTER} group by 1, 2 order by 1, 2",
     "by_state": f"select s.state, s.students, coalesce(v.page_views, 0) as page_views from "
-                f"(select state, count(distinct student_key) as students from student_days where {PV_FILTER} group by 1) s "
-                f"left join (select value as state, sum(page_views) as page_views from cube "
+                f"(select state, count(distinct student_key) as students from memory.main.student_days where {PV_FILTER} group by 1) s "
+                f"left join (select value as state, sum(page_views) as page_views from memory.main.cube "
                 f"where dim = 'state' and {PV_FILTER} group by 1) v on s.state = v.state "
                 f"order by students desc, state",
     "foreign": f"select country, page_views, students from gold.mart_country_access "
@@ -72,7 +79,7 @@ SQL = {
                   "order by rows desc",
 }
 for _name in ("university", "course"):
-    SQL[f"by_{_name}"] = (f"select value as {_name}, sum(page_views) as page_views from cube "
+    SQL[f"by_{_name}"] = (f"select value as {_name}, sum(page_views) as page_views from memory.main.cube "
                           f"where dim = '{_name}' and {PV_FILTER} group by 1 order by 2 desc, 1 limit $top")
 
 
@@ -88,44 +95,66 @@ class Filters:
 
 
 class Gold:
-    """The dashboard's read-only view of the lake, rebuilt when tables appear or vanish."""
+    """The dashboard's read-only view of the lake, rebuilt when tables appear or vanish or gold gets a new commit."""
+
+    CHECK_SECONDS = 5
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while the connection or its cached tables change, and by readers
         self._lake: catalog.LakeConnection | None = None
         self._keys: set[str] = set()
         self._checked = 0.0
+        self._checking = False
+        self._stale = False
         self._versions: dict[str, int | None] = {}
 
     @property
     def lake(self) -> catalog.LakeConnection:
+        """The open connection; a check of the lake for changes runs in the background, off the filter path."""
         with self._lock:
-            if self._lake is None or time.monotonic() - self._checked > 5:
-                tables = catalog.discover(self.settings)
-                keys = {t.key for t in tables}
-                if self._lake is None or keys != self._keys:
-                    old, self._lake = self._lake, catalog.connect(self.settings, read_only=True, tables=tables)
-                    self._keys, self._versions = keys, {}
-                    if old is not None:
-                        old.close()
-                self._refresh_cache(tables)
-                self._checked = time.monotonic()
+            if self._lake is None or self._stale:
+                self._refresh()
+            elif time.monotonic() - self._checked > self.CHECK_SECONDS and not self._checking:
+                self._checking = True
+                threading.Thread(target=self._check, daemon=True, name="gold-check").start()
             return self._lake
 
-    def _refresh_cache(self, tables: list[catalog.Table]) -> None:
-        """Rebuild the temp tables whose gold sources got a new Delta commit."""
+    def _state(self) -> tuple[list[catalog.Table], set[str], dict[str, int | None]]:
+        """The lake's tables, their keys, and the latest Delta version of each cached source."""
+        tables = catalog.discover(self.settings)
         by_key = {t.key: t for t in tables}
-        if not all(k in by_key for k in CACHE_SOURCES):
-            return
-        versions = {k: catalog.last_commit(by_key[k], self.settings) for k in CACHE_SOURCES}
-        versions = {k: v[0] if v else None for k, v in versions.items()}
-        if versions == self._versions:
-            return
-        with self._lake._lock:
-            for sql in CACHE:
-                self._lake.con.execute(sql)  # fixed DDL on the connection's private temp schema
-        self._versions = versions
+        versions = {}
+        if all(k in by_key for k in CACHE_SOURCES):
+            commits = {k: catalog.last_commit(by_key[k], self.settings) for k in CACHE_SOURCES}
+            versions = {k: v[0] if v else None for k, v in commits.items()}
+        return tables, set(by_key), versions
+
+    def _check(self) -> None:
+        try:
+            _, keys, versions = self._state()
+            if keys != self._keys or versions != self._versions:
+                self._stale = True
+        except Exception:  # a transient listing failure: keep serving, check again later
+            pass
+        finally:
+            self._checked = time.monotonic()
+            self._checking = False
+
+    def _refresh(self) -> None:
+        """(Re)open the connection when tables appeared or vanished; rebuild the cached tables on a new commit."""
+        tables, keys, versions = self._state()
+        if self._lake is None or keys != self._keys:
+            old, self._lake = self._lake, catalog.connect(self.settings, read_only=True, tables=tables)
+            self._keys, self._versions = keys, {}
+            if old is not None:
+                old.close()
+        if versions and versions != self._versions:
+            with self._lake._lock:
+                for sql in CACHE:
+                    self._lake.con.execute(sql)  # fixed DDL on the connection's own in-memory database
+            self._versions = versions
+        self._checked, self._stale = time.monotonic(), False
 
     def has(self, *keys: str) -> bool:
         lake = self.lake
@@ -133,9 +162,14 @@ class Gold:
 
     def frame(self, name: str, params: dict | None = None) -> pd.DataFrame:
         """Run the named statement with bound parameters (only the ones it uses)."""
-        sql = SQL[name]
-        used = {k: v for k, v in (params or {}).items() if f"${k}" in sql}
-        return self.lake.frame(sql, used or None)
+        with self._lock:
+            return self.lake.frame(*_bind(name, params))
+
+    def frames(self, named: dict[str, dict | None]) -> dict[str, pd.DataFrame]:
+        """Run several named statements at once (one DuckDB cursor each); their results by name."""
+        with self._lock:
+            results = self.lake.frames([_bind(name, params) for name, params in named.items()])
+        return dict(zip(named, results))
 
     def bounds(self) -> tuple[date, date]:
         row = self.frame("bounds").iloc[0]
@@ -162,13 +196,18 @@ class Gold:
             raise ValueError(f"unknown breakdown {name!r}")
         return self.frame(f"by_{name}", {**filters.params(), "top": int(top)})
 
-    def overview(self, filters: Filters) -> dict:
-        """Everything the period, client type and country filters drive: headline numbers and five charts' data."""
-        params = filters.params()
-        states = self.breakdown("state", filters)
-        return {"headline": self.headline(filters, states), "states": states,
-                "universities": self.breakdown("university", filters), "courses": self.breakdown("course", filters),
-                "user_types": self.frame("user_type", params), "daily": self.frame("daily", params)}
+    def overview(self, filters: Filters, top: int = 10) -> dict:
+        """Everything the period, client type and country filters drive: headline numbers and five charts' data.
+
+        Its eight statements run at once, each on its own cursor."""
+        params = {**filters.params(), "top": int(top)}
+        out = self.frames({name: params for name in (
+            "by_state", "page_views", "sessions", "paying", "by_university", "by_course", "user_type", "daily")})
+        headline = {"page_views": out["page_views"].iloc[0, 0], "active_students": out["by_state"]["students"].sum(),
+                    "sessions": out["sessions"].iloc[0, 0], "paying_students": out["paying"].iloc[0, 0]}
+        return {"headline": {k: int(v or 0) for k, v in headline.items()}, "states": out["by_state"],
+                "universities": out["by_university"], "courses": out["by_course"],
+                "user_types": out["user_type"], "daily": out["daily"]}
 
     def foreign(self, month: date, min_views: int) -> pd.DataFrame:
         return self.frame("foreign", {"month": month, "min_views": int(min_views)})
@@ -184,6 +223,13 @@ class Gold:
         times = [c[1] for c in commits if c]
         out["last_run"] = max(times) if times else None
         return out
+
+
+def _bind(name: str, params: dict | None) -> tuple[str, dict | None]:
+    """The named statement and the parameters it uses."""
+    sql = SQL[name]
+    used = {k: v for k, v in (params or {}).items() if f"${k}" in sql}
+    return sql, used or None
 
 
 def to_datetime(value) -> datetime | None:

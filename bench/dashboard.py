@@ -37,10 +37,12 @@ MARKS_JS = """(css) => {
     if (host.shadowRoot) inner(host.shadowRoot); inner(host); return found; };
   return hosts.map(marks);
 }"""
-# tag what is drawn now; a redraw is done when every chart shows a mark element without the tag
-STALE_JS = "(css) => { (%s)(css).forEach(ms => ms.forEach(m => m.dataset.stale = '1')); }" % MARKS_JS
+# tag what is drawn now with its draw count (`data-drawn`, set by apps.charts.VegaChart after each draw); a redraw
+# is done when every chart shows a mark element drawn since: a new element (re-embedded) or a higher draw count
+STALE_JS = "(css) => { (%s)(css).forEach(ms => ms.forEach(m => m.dataset.stale = m.dataset.drawn || '0')); }" % MARKS_JS
 REDRAWN_JS = "(css) => { const all = (%s)(css); return all.length > 0 && " \
-             "all.every(ms => ms.some(m => !m.dataset.stale)); }" % MARKS_JS
+             "all.every(ms => ms.some(m => m.dataset.stale === undefined || " \
+             "m.dataset.stale !== (m.dataset.drawn || '0'))); }" % MARKS_JS
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -10,7 +10,9 @@ START = "2017-10-16 00:00:00"
 DAYS = 46  # 2017-10-16 .. 2017-11-30
 FOREIGN = ["us", "pt", "ar", "ao", "mz", "py", "fr", "de", "es", "uy", "co", "mx"]
 STATES = ["SP", "SP", "SP", "RJ", "RJ", "MG", "MG", "RS", "PR", "BA", "SC", "PE", "CE", "GO", "DF", "PA", "ES", "AM"]
-CLIENTS = "case when b < 50 then 'Website' when b < 70 then 'Android' when b < 90 then 'iOS' else 'Webapp' end"
+# anonymous events carry no `studentId_clientType`: null student_id and null client_type (CONTRACT §6)
+CLIENTS = ("case when student_id is null then null when b < 50 then 'Website' when b < 70 then 'Android' "
+           "when b < 90 then 'iOS' else 'Webapp' end")
 
 
 def _h(col: str, salt: int, mod: int) -> str:
@@ -27,7 +29,7 @@ def _write(df: DataFrame, lake: str, layer: str, name: str, mode: str = "overwri
 
 
 def page_views(spark: SparkSession, events: int, students: int) -> DataFrame:
-    """`fact_page_view` rows: Oct 16 - Nov 30 2017, ~20% anonymous, ~6% foreign with a skewed country mix."""
+    """`fact_page_view` rows: Oct 16 - Nov 30 2017, ~20% anonymous (null client type), ~6% foreign (skewed mix)."""
     return spark.range(events).selectExpr(
         "id",
         f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 1, DAYS * 86400)}) as event_at",

@@ -211,3 +211,44 @@ def test_dashboard_queries_bind_every_filter(lake_settings):
     fresh = gold.freshness()
     assert fresh["last_run"] is not None and int(fresh["quarantine"]["rows"].sum()) == 9
     gold.lake.close()
+
+
+def test_missing_client_type_is_one_label_everywhere(lake_settings):
+    from apps.queries import UNKNOWN, Filters, Gold
+
+    gold = Gold(lake_settings)
+    start, end = gold.bounds()
+    assert gold.options("client_types")[-1] == UNKNOWN and None not in gold.options("client_types")
+    nulls = catalog.query("select count(*) from gold.fact_page_view where client_type is null", lake_settings)[1][0][0]
+    assert nulls > 0
+    everything = gold.overview(Filters(start, end))
+    assert UNKNOWN in set(everything["daily"]["client_type"]) and everything["daily"]["client_type"].notna().all()
+    unknown = gold.overview(Filters(start, end, client_type=UNKNOWN))  # reaches DuckDB as a bound value
+    assert unknown["headline"]["page_views"] == nulls and set(unknown["daily"]["client_type"]) == {UNKNOWN}
+    assert unknown["headline"] == gold.headline(Filters(start, end, client_type=UNKNOWN))
+    gold.lake.close()
+
+
+def test_gs_lake_without_httpfs_is_a_one_line_error(lake_settings, monkeypatch):
+    monkeypatch.setitem(sys.modules, "duckdb_extension_httpfs", None)  # as when the package is not installed
+    monkeypatch.setenv("LAKEHOUSE_LAKE", "gs://lake-bucket/lake")
+    from lakehouse import config
+
+    config.get_settings.cache_clear()
+    result = cli("query", "select 1")
+    assert result.exit_code == 1 and f"duckdb-extension-httpfs=={duckdb.__version__}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gcs_secret_from_settings(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    assert catalog.gcs_secret_sql(SimpleNamespace(gcs_token="anon")) == "CREATE OR REPLACE SECRET lake_gcs (TYPE gcs)"
+    with pytest.raises(catalog.CatalogError, match="HMAC"):
+        catalog.gcs_secret_sql(SimpleNamespace(gcs_token=None))
+    keyed = catalog.gcs_secret_sql(SimpleNamespace(gcs_token=None, gcs_hmac_key_id="k'1", gcs_hmac_secret="s"))
+    assert "KEY_ID 'k''1'" in keyed and "SECRET 's'" in keyed
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023")
+    emulated = catalog.gcs_secret_sql(SimpleNamespace(gcs_token="anon"))
+    assert "ENDPOINT '127.0.0.1:9023'" in emulated and "USE_SSL false" in emulated

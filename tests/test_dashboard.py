@@ -85,6 +85,14 @@ def test_dashboard_draws_filters_and_stays_local(server, browser):
     assert wait_changed(page, within(".chart-daily"), before) != before
     assert wait_changed(page, within(".chart-states"), states_before) != states_before
 
+    # a missing client type is one readable label, in the filter and in the chart, and selects those rows
+    options = page.locator(".filter-client select option").all_inner_texts()
+    assert "(unknown)" in options and "null" not in options
+    android = charts_html(page, within(".chart-daily"))
+    page.locator(".filter-client select").select_option("(unknown)")
+    unknown = "".join(wait_changed(page, within(".chart-daily"), android))
+    assert "(unknown)" in unknown and ">null<" not in unknown and "Android" not in unknown
+
     hosts = {urlsplit(url).hostname for url in requests if not url.startswith(("data:", "blob:", "about:"))}
     assert hosts <= {"127.0.0.1", "localhost"}, f"requests left the machine: {sorted(hosts)}"
     assert any(".js" in url for url in requests), "scripts are served by the dashboard itself"
