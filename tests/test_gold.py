@@ -109,7 +109,17 @@ def test_page_view_enriched_joins_current_student(spark):
                                       ("e6", None, None, None, None)]
 
 
-def test_refresh_builds_every_table_then_no_op_and_late_event_lands_in_its_day(spark, settings):
+def _snapshot(spark, settings, layer, table):
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import MapType
+
+    df = delta.read_table(spark, layer, table, settings)
+    maps = {f.name for f in df.schema.fields if isinstance(f.dataType, MapType)}  # no set operations on maps
+    return df.select(*(F.to_json(c).alias(c) if c in maps else F.col(c)
+                       for c in sorted(set(df.columns) - {"run_id", "loaded_at"})))
+
+
+def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark, settings):
     late = line(at="2017-10-31 23:59:59", PageName="/late", studentId_clientType="1@Website", country="ar",
                 session_uuid="s9")
     write_bronze(spark, settings, "events", event_rows(spark, [
@@ -141,3 +151,19 @@ def test_refresh_builds_every_table_then_no_op_and_late_event_lands_in_its_day(s
     again = gold.refresh(spark, settings, "r3")
     assert all(r["skipped"] for r in again["tables"].values())
     assert {t: commits(spark, settings, "gold", t) for t in before} == before
+
+    # a full refresh rebuilds every table from scratch (a new commit each) to the same content, and the next
+    # incremental run still knows it has nothing to do
+    existing = [t for t, _, _ in gold.PLAN if delta.table_exists(spark, "gold", t, settings)]
+    layers = {"silver": ["page_views", "students", "courses"], "gold": existing}
+    tables = [(layer, t) for layer, ts in layers.items() for t in ts]
+    kept = {(layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))
+            for layer, t in tables}
+    assert not silver.refresh(spark, settings, "full", full_refresh=True)["tables"]["page_views"]["skipped"]
+    rebuilt = gold.refresh(spark, settings, "full", full_refresh=True)["tables"]
+    assert {t for t, r in rebuilt.items() if not r["skipped"]} == set(existing)  # those with silver inputs
+    for (layer, t), (rows, n) in kept.items():
+        assert commits(spark, settings, layer, t) == n + 1, (layer, t)
+        assert sorted(map(repr, _snapshot(spark, settings, layer, t).collect())) == sorted(map(repr, rows)), (layer, t)
+    assert all(r["skipped"] for r in silver.refresh(spark, settings, "r4")["tables"].values())
+    assert all(r["skipped"] for r in gold.refresh(spark, settings, "r4")["tables"].values())
