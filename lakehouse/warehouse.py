@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ SQL_DIR = PROJECT_ROOT / "warehouse_sql"
 LOAD_DIR = SQL_DIR / "load"
 MIRROR_LOCK = 0x6C616B65_6D697272  # pg advisory lock key of the mirror ("lakemirr")
 MIGRATE_LOCK = 0x6C616B65_6D696772  # ... and of the migrations runner ("lakemigr")
-BATCH_ROWS = 50_000
+BATCH_ROWS = 16_384  # rows per Arrow batch rendered as one CSV chunk
 BI_GROUP, BI_LOGIN = "bi_reader", "bi_user"
 
 
@@ -158,47 +160,82 @@ def duckdb_connection():
 # -- streaming rows into PostgreSQL with COPY -------------------------------------------------
 
 class CsvStream(io.RawIOBase):
-    """A read-only file over Arrow record batches rendered as CSV, for `copy_expert` (bounded memory)."""
+    """A read-only file over Arrow record batches rendered as CSV, for `copy_expert`. A background thread reads
+    and renders the batches while PostgreSQL parses the previous ones, at most `ahead` chunks ahead (bounded
+    memory)."""
 
-    def __init__(self, batches: Iterable, on_batch: Callable[[int], None] | None = None):
+    def __init__(self, batches: Iterable, on_batch: Callable[[int], None] | None = None, ahead: int = 4):
         import pyarrow.csv as pacsv
 
-        self._batches = iter(batches)
         self._options = pacsv.WriteOptions(include_header=False)
         self._write = pacsv.write_csv
         self._chunk = memoryview(b"")
         self._on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._done = False
         self.rows = 0
+        self._thread = threading.Thread(target=self._render, args=(iter(batches),), name="csv-stream", daemon=True)
+        self._thread.start()
 
     def readable(self) -> bool:
         return True
 
-    def _next_chunk(self) -> bool:
-        for batch in self._batches:
-            if batch.num_rows == 0:
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
                 continue
-            sink = io.BytesIO()
-            self._write(batch, sink, self._options)
-            self._chunk = memoryview(sink.getvalue())
-            self.rows += batch.num_rows
-            if self._on_batch:
-                self._on_batch(self.rows)
-            return True
         return False
 
+    def _render(self, batches: Iterator) -> None:
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                sink = io.BytesIO()
+                self._write(batch, sink, self._options)
+                self.rows += batch.num_rows
+                if self._on_batch:
+                    self._on_batch(self.rows)
+                if not self._put(sink.getvalue()):
+                    return
+            self._put(None)
+        except BaseException as exc:  # handed to the reader, raised in copy_expert's thread
+            self._put(exc)
+
     def read(self, size: int = -1) -> bytes:
-        if not self._chunk and not self._next_chunk():
-            return b""
+        if not self._chunk:
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if item is None:
+                self._done = True
+                return b""
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._chunk = memoryview(item)
         size = len(self._chunk) if size is None or size < 0 else size
         out, self._chunk = self._chunk[:size], self._chunk[size:]
         return out.tobytes()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
 
 
 def copy_batches(cur, table: str, columns: Iterable[str], batches: Iterable,
                  on_batch: Callable[[int], None] | None = None) -> int:
     """COPY Arrow record batches into `table` (CSV over the wire); returns the rows sent."""
     stream = CsvStream(batches, on_batch)
-    cur.copy_expert(f"copy {table} ({', '.join(columns)}) from stdin with (format csv)", stream, size=1 << 20)
+    try:
+        cur.copy_expert(f"copy {table} ({', '.join(columns)}) from stdin with (format csv)", stream, size=1 << 20)
+    finally:
+        stream.close()
     return stream.rows
 
 
@@ -332,15 +369,41 @@ def _last_gold_version(cur, target: str) -> int | None:
     return row[0] if row else None
 
 
+# Settings of the load transaction. synchronous_commit off: the commit does not wait for its WAL flush, so a
+# server crash right after a commit can lose that whole load (never part of it); the next mirror re-applies it,
+# since dw.load_audit is lost with it.
+LOAD_SETTINGS = {"timezone": "UTC", "work_mem": "64MB", "synchronous_commit": "off"}
+
+
+def load_session(cur) -> None:
+    """Apply LOAD_SETTINGS to the current transaction (SET LOCAL)."""
+    for name, value in LOAD_SETTINGS.items():
+        cur.execute(f"set local {name} = %s", (value,))
+
+
+def _is_timestamp(column: str) -> bool:
+    return column.endswith("_at") or column == "as_of"
+
+
+def stage_query(load: Load, relation: str, where: str = "") -> str:
+    """The DuckDB query whose rows are COPYed into the load's stage table."""
+    columns = ", ".join(load.columns)
+    query = load.select.format(src=relation)
+    if where:
+        query = f"select * from ({query}) as gold({columns}) where {where}"
+    # timestamps leave DuckDB as UTC text with an explicit offset: DuckDB renders them several times faster
+    # than Arrow's CSV writer, and PostgreSQL reads them the same whatever its session time zone
+    rendered = [f"strftime(cast({c} as timestamp), '%Y-%m-%d %H:%M:%S.%f+00') as {c}" if _is_timestamp(c) else c
+                for c in load.columns]
+    return f"select {', '.join(rendered)} from ({query}) as staged({columns})"
+
+
 def _stage(cur, duck, load: Load, relation: str, where: str = "", params: list | None = None) -> int:
     """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history)."""
     stage = f"stage.{load.target}_history" if load.is_dimension else f"stage.{load.target}"
     extra = f", stage.{load.target}_version" if load.is_dimension else ""
     cur.execute(f"truncate {stage}{extra}")
-    query = load.select.format(src=relation)
-    if where:
-        query = f"select * from ({query}) as gold where {where}"
-    reader = duck.execute(query, params or []).to_arrow_reader(BATCH_ROWS)
+    reader = duck.execute(stage_query(load, relation, where), params or []).to_arrow_reader(BATCH_ROWS)
     point = f"mirror.{load.target}.copying"
     return copy_batches(cur, stage, load.columns, reader, on_batch=lambda _: faults.point(point))
 
@@ -416,8 +479,7 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
     load_ids: list[int] = []
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("set local timezone = 'UTC'")
-            cur.execute("set local work_mem = '64MB'")
+            load_session(cur)
             cur.execute("select pg_advisory_xact_lock(%s)", (MIRROR_LOCK,))
             faults.point("mirror.locked")
 

@@ -23,7 +23,8 @@ set valid_to = null, is_current = true
 from replay
 where d.valid_to >= replay.replay_from;
 
--- versions: staged states that differ from the key's previous state start a new version
+-- versions: staged states that differ from the key's previous state (all attributes compared at once,
+-- as one row value) start a new version
 insert into stage.dim_university_version (
     university_id,
     university_name,
@@ -64,8 +65,7 @@ compared as (
     select
         timeline.*,
         lag(as_of) over by_key as previous_as_of,
-        lag(university_name) over by_key as previous_university_name,
-        lag(is_deleted) over by_key as previous_is_deleted
+        lag(row(university_name, is_deleted)) over by_key as previous_state
     from timeline
     window by_key as (partition by university_id order by as_of)
 ),
@@ -75,11 +75,7 @@ changes as (
     from compared
     where
         not is_stored
-        and (
-            previous_as_of is null
-            or (university_name, is_deleted)
-            is distinct from (previous_university_name, previous_is_deleted)
-        )
+        and (previous_as_of is null or row(university_name, is_deleted) is distinct from previous_state)
 )
 
 select
