@@ -134,9 +134,8 @@ def httpfs_path(settings: Settings) -> str:
 def gcs_secret_sql(settings: Settings) -> str:
     """`CREATE SECRET` for DuckDB's GCS access: HMAC keys from settings (gcs_hmac_key_id, gcs_hmac_secret), or none for a
     public bucket (gcs_token 'anon'); STORAGE_EMULATOR_HOST points it at an emulator."""
-    key_id = getattr(settings, "gcs_hmac_key_id", None)
-    secret = getattr(settings, "gcs_hmac_secret", None)
-    secret = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    key_id = settings.gcs_hmac_key_id
+    secret = settings.gcs_hmac_secret.get_secret_value() if settings.gcs_hmac_secret else None
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     options = ["TYPE gcs"]
     if key_id and secret:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     )
     gdrive_api_url: str | None = Field(None, description="Drive API root override (tests use a local fake)")
     gcs_token: str | None = Field(None, description="gcsfs token: 'anon', 'google_default', or a JSON key path")
+    gcs_hmac_key_id: str | None = Field(None, description="GCS HMAC key id DuckDB reads a gs:// lake with")
+    gcs_hmac_secret: SecretStr | None = Field(None, description="GCS HMAC secret DuckDB reads a gs:// lake with")
 
     @property
     def source_url(self) -> str:
