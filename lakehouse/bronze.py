@@ -243,7 +243,8 @@ def _write_group(
         written = write_tables(spark, {".".join(t): partial(write, t) for t in tables if marks[t] < version})
     finally:
         frame.unpersist()
-    return {"version": version, "files": len(entries), "counts": counts, "committed": written}
+    return {"version": version, "files": len(entries), "deliveries": sorted({e["delivery"] for e in entries}),
+            "counts": counts, "committed": written}
 
 
 def pending(settings: Settings) -> bool:
@@ -259,6 +260,7 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, An
     report: dict[str, Any] = {"run_id": run_id, "batches": [m["batch_id"] for m in manifests]}
     for group in GROUPS:
         report[group] = _write_group(spark, settings, group, manifests, run_id)
+    report["deliveries"] = sorted({d for group in GROUPS for d in (report[group] or {}).get("deliveries", [])})
     faults.point("after_bronze_commit")
     report["seconds"] = round(time.monotonic() - started, 3)
     return report

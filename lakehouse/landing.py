@@ -171,5 +171,6 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
     return {
         "batch_id": batch_id if entries else None,
         "files_seen": seen, "files_known": known, "files_new": new, "files_duplicate": len(entries) - new,
+        "deliveries": sorted({e["delivery"] for e in entries if e["status"] == "new"}),
         "bytes_landed": bytes_landed, "seconds": round(time.monotonic() - started, 3),
     }

@@ -130,7 +130,7 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline, refine
 
     _source(settings)
     monkeypatch.setenv("LAKEHOUSE_TRANSIENT_FAIL", "bronze:1")
@@ -141,6 +141,7 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     rows = {r["stage"]: r for r in report["summary"]}
     assert list(rows) == ["land", "bronze", "silver", "gold", "mirror"]
     assert rows["land"]["files"] > 0 and rows["bronze"]["rows out"] > 0 and rows["mirror"]["warehouse loads"] > 0
+    assert rows["land"]["deliveries"] == rows["bronze"]["deliveries"] == rows["mirror"]["deliveries"] == 2
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["full-pipeline-report"])))
@@ -150,6 +151,13 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     again = full_pipeline(return_state=True)
     assert again.is_completed()
     assert _delta_commits(settings.lake_url) == before, "a run with nothing new made a Delta commit"
+
+    # the UI's "full refresh of a layer": gold is rebuilt (a commit per table), silver is left alone
+    rebuilt = refine(full_refresh="gold", return_state=True)
+    assert rebuilt.is_completed(), rebuilt.message
+    after = _delta_commits(settings.lake_url)
+    assert {t for t in after if after[t] != before[t]} == {t for t in before if t.startswith("gold/")}
+    assert all(after[t] == before[t] + 1 for t in before if t.startswith("gold/"))
 
 
 @pytest.mark.slow
