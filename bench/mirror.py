@@ -141,7 +141,8 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
     result["copy_scd2"] = {"rows_per_s": result["copy"]["rows_per_second"]}
     result["row_by_row"] = {"rows_per_s": result["insert"]["rows_per_second"]}
     result["speedup"] = round(result["copy"]["rows_per_second"] / result["insert"]["rows_per_second"], 1)
-    result["speedup_stage"] = round(result["copy"]["stage_rows_per_second"] / result["insert"]["stage_rows_per_second"], 1)
+    result["speedup_stage"] = round(result["copy"]["stage_rows_per_second"]
+                                    / result["insert"]["stage_rows_per_second"], 1)
     return result
 
 

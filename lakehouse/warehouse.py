@@ -175,6 +175,7 @@ class CsvStream(io.RawIOBase):
         self._stop = threading.Event()
         self._done = False
         self.rows = 0
+        self.error: BaseException | None = None  # what failed while reading or rendering the batches
         self._thread = threading.Thread(target=self._render, args=(iter(batches),), name="csv-stream", daemon=True)
         self._thread.start()
 
@@ -216,6 +217,7 @@ class CsvStream(io.RawIOBase):
                 return b""
             if isinstance(item, BaseException):
                 self._done = True
+                self.error = item
                 raise item
             self._chunk = memoryview(item)
         size = len(self._chunk) if size is None or size < 0 else size
@@ -234,6 +236,10 @@ def copy_batches(cur, table: str, columns: Iterable[str], batches: Iterable,
     stream = CsvStream(batches, on_batch)
     try:
         cur.copy_expert(f"copy {table} ({', '.join(columns)}) from stdin with (format csv)", stream, size=1 << 20)
+    except psycopg2.Error:
+        if stream.error is not None:  # psycopg2 reports it as a cancelled COPY: raise what actually failed
+            raise stream.error from None
+        raise
     finally:
         stream.close()
     return stream.rows

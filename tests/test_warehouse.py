@@ -131,6 +131,32 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
         admin.close()
 
 
+def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
+    import pyarrow as pa
+
+    migrate(pg_dsn)
+    columns = ("course_id", "course_name")
+
+    def failing_gold():
+        yield pa.record_batch({"course_id": pa.array([1], pa.int32()), "course_name": ["math"]})
+        raise RuntimeError("gold read failed")
+
+    def rejected_rows():
+        for i in range(50):  # more batches than the render thread may hold ahead
+            yield pa.record_batch({"course_id": ["not a number"] * 1000, "course_name": ["x"] * 1000})
+
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        cases = ((failing_gold(), RuntimeError), (rejected_rows(), psycopg2.errors.InvalidTextRepresentation))
+        for batches, error in cases:
+            with conn.cursor() as cur, pytest.raises(error):
+                warehouse.copy_batches(cur, "stage.dim_course_history", columns, batches)
+            conn.rollback()
+            assert not [t for t in threading.enumerate() if t.name == "csv-stream"]
+    finally:
+        conn.close()
+
+
 def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
     report = mirror(settings, ArrowGold(sample_gold()), dsn=pg_dsn)
     assert report["loads_applied"] == 8 and not report["skipped"]
