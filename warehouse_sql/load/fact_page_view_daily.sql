@@ -1,14 +1,11 @@
 -- dw.fact_page_view_daily: one row per (event_date, student, client type, country), with the student version
 -- valid at the day's first page view (earlier than the student's first version: that first version);
 -- anonymous page views have a null student.
+-- The fact is brought to exactly the resolved rows, touching only what differs: rows are matched on their whole
+-- value as text (`row(...)::text`: null-safe and hashable), so a row whose surrogate key changed is replaced.
 
--- removed: the table is rebuilt from the staged gold rows
-delete from dw.fact_page_view_daily;
-
--- inserted: the staged daily counts with their student surrogate key
-insert into dw.fact_page_view_daily (
-    event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at
-)
+-- resolved: the staged rows with their surrogate keys, as the fact must be after this load
+create temporary table fact_page_view_daily_resolved on commit drop as
 with page_views as (
     select event_date, student_id, client_type, country, page_views, first_event_at, last_event_at
     from stage.fact_page_view_daily
@@ -58,5 +55,40 @@ resolved as (
         and d.first_event_at < f.valid_from
 )
 
-select event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at
+select
+    event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at,
+    row(
+        event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at
+    )::text as row_key
 from resolved;
+
+-- removed: rows that are no longer in gold, or whose values (surrogate keys included) changed
+delete from dw.fact_page_view_daily as f
+where not exists (
+    select
+    from fact_page_view_daily_resolved as r
+    where r.row_key = row(
+        f.event_date, f.student_sk, f.student_id, f.client_type, f.country, f.page_views, f.first_event_at,
+        f.last_event_at
+    )::text
+);
+
+-- inserted: rows that are new, or replace a removed one
+insert into dw.fact_page_view_daily (
+    event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at
+)
+with missing as (
+    select r.*
+    from fact_page_view_daily_resolved as r
+    where not exists (
+        select
+        from dw.fact_page_view_daily as f
+        where row(
+            f.event_date, f.student_sk, f.student_id, f.client_type, f.country, f.page_views, f.first_event_at,
+            f.last_event_at
+        )::text = r.row_key
+    )
+)
+
+select event_date, student_sk, student_id, client_type, country, page_views, first_event_at, last_event_at
+from missing;

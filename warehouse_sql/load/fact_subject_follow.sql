@@ -1,11 +1,10 @@
 -- dw.fact_subject_follow: one row per distinct follow, with the student and subject versions valid when it
 -- happened (a follow earlier than a key's first version gets that first version).
+-- The fact is brought to exactly the resolved rows, touching only what differs: rows are matched on their whole
+-- value as text (`row(...)::text`: null-safe and hashable), so a row whose surrogate key changed is replaced.
 
--- removed: the table is rebuilt from the staged gold rows
-delete from dw.fact_subject_follow;
-
--- inserted: the staged follows with their student and subject surrogate keys
-insert into dw.fact_subject_follow (student_sk, subject_sk, student_id, subject_id, followed_at)
+-- resolved: the staged rows with their surrogate keys, as the fact must be after this load
+create temporary table fact_subject_follow_resolved on commit drop as
 with follows as (
     select distinct student_id, subject_id, followed_at
     from stage.fact_subject_follow
@@ -57,5 +56,30 @@ resolved as (
         and f.followed_at < jf.valid_from
 )
 
-select student_sk, subject_sk, student_id, subject_id, followed_at
+select
+    student_sk, subject_sk, student_id, subject_id, followed_at,
+    row(student_sk, subject_sk, student_id, subject_id, followed_at)::text as row_key
 from resolved;
+
+-- removed: rows that are no longer in gold, or whose values (surrogate keys included) changed
+delete from dw.fact_subject_follow as f
+where not exists (
+    select
+    from fact_subject_follow_resolved as r
+    where r.row_key = row(f.student_sk, f.subject_sk, f.student_id, f.subject_id, f.followed_at)::text
+);
+
+-- inserted: rows that are new, or replace a removed one
+insert into dw.fact_subject_follow (student_sk, subject_sk, student_id, subject_id, followed_at)
+with missing as (
+    select r.*
+    from fact_subject_follow_resolved as r
+    where not exists (
+        select
+        from dw.fact_subject_follow as f
+        where row(f.student_sk, f.subject_sk, f.student_id, f.subject_id, f.followed_at)::text = r.row_key
+    )
+)
+
+select student_sk, subject_sk, student_id, subject_id, followed_at
+from missing;
