@@ -155,7 +155,10 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
             else:
                 if settings.lake_is_local:
                     fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-                fs.mv(tmp, final)
+                    fs.mv(tmp, final)
+                else:  # object stores have no rename: a server-side copy, then the temporary object goes
+                    fs.copy(tmp, final)
+                    fs.rm(tmp)
             entry["status"] = "new"
             bytes_landed += size
         index.add(entry)
