@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := data/sample
 
-.PHONY: setup system demo test test-all up bench clean-data
+.PHONY: setup system demo test up bench clean-data
 
 setup: system $(VENV)/.synced
 
@@ -28,12 +28,8 @@ demo: setup $(SAMPLE)/.complete
 	$(BIN)/lakehouse run
 	$(BIN)/lakehouse summary
 
-# The suite CI runs; `test-all` adds the end-to-end tests marked slow (crash, cluster, platform, history equivalence).
+# The whole suite, end-to-end tests included; CI runs exactly this.
 test: setup
-	@bash scripts/system-deps.sh --test
-	$(BIN)/pytest -m "not slow"
-
-test-all: setup
 	@bash scripts/system-deps.sh --test
 	$(BIN)/pytest
 

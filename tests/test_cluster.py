@@ -34,7 +34,7 @@ spark.stop()
 """
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = pytest.mark.timeout(1800)
 
 def _free_port() -> int:
     with socket.socket() as s:

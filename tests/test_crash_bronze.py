@@ -57,7 +57,6 @@ def assert_same_tables(spark, got: Settings, want: Settings) -> None:
         assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, table
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["mid_landing", "after_landing", "mid_bronze", "after_bronze_commit"])
 def test_killed_run_then_rerun_equals_a_clean_run(spark, source, clean, fault, tmp_path):
     settings = lake_settings(source, tmp_path / "lake")

@@ -124,7 +124,6 @@ def test_maintenance_refuses_a_retention_that_breaks_time_travel(harness, settin
 
 # -- the real pipeline --------------------------------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, settings, pg_dsn, monkeypatch):
     from prefect.client.orchestration import get_client
@@ -160,7 +159,6 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     assert all(after[t] == before[t] + 1 for t in before if t.startswith("gold/"))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_two_concurrent_runs_serialize(settings, pg_dsn, tmp_path):
     _source(settings, deliveries=1)

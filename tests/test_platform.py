@@ -56,7 +56,6 @@ def _screenshot(url: str, out: Path) -> None:
         browser.close()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tmp_path):
     from lakehouse.generate import generate
