@@ -35,17 +35,26 @@ def read_result(stdout: str) -> dict | None:
     return None
 
 
-def tree_rss(proc: psutil.Process) -> tuple[int, int]:
-    """RSS of a process and of all its descendants (bytes)."""
+def _resident(proc: psutil.Process) -> int:
+    """Proportional set size where the kernel gives it (shared pages split among their sharers), else RSS. With RSS
+    a child the JVM forks to run a command shows the JVM's whole heap for a moment, and the tree's sum doubles."""
     try:
-        own = proc.memory_info().rss
+        return proc.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return proc.memory_info().rss
+
+
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """Resident memory of a process and of all its descendants (bytes; PSS on Linux)."""
+    try:
+        own = _resident(proc)
         kids = proc.children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0, 0
     rest = 0
     for kid in kids:
         try:
-            rest += kid.memory_info().rss
+            rest += _resident(kid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return own, rest

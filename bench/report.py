@@ -312,7 +312,8 @@ def markdown(result: dict, results_path: Path | None, has_chart: bool) -> str:
         "## What is measured",
         "",
         "Every contender runs in its own process on the same generated source; peak RSS is the largest sum over the "
-        "process and all its children (Python, the Spark JVM, Prefect's temporary server), sampled every 100 ms. "
+        "process and all its children (Python, the Spark JVM, Prefect's temporary server), sampled every 100 ms, "
+        "of each process's proportional set size (PSS: a page shared by n processes counts 1/n in each). "
         "Each contender loads its own fresh PostgreSQL database (a cluster under `data/bench/postgres`, or "
         "`LAKEHOUSE_PG_DSN`'s server).",
         "",
