@@ -154,6 +154,12 @@ def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T
     return {name: future.result() for name, future in futures.items()}
 
 
+def rows_written(spark: SparkSession, path: str) -> int:
+    """Rows the table's latest commit added: a MERGE's inserted rows, or a write's output rows."""
+    m = last_operation_metrics(spark, path)
+    return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
+
+
 def last_operation_metrics(spark: SparkSession, path: str) -> dict[str, str]:
     """Delta's operationMetrics of the table's latest commit (empty when there is no table)."""
     from delta.tables import DeltaTable

@@ -218,11 +218,6 @@ PLAN: list[tuple[str, tuple[str, ...], Callable[[Read], DataFrame] | None]] = [
 ]
 
 
-def _out_rows(spark: SparkSession, path: str) -> int:
-    m = delta.last_operation_metrics(spark, path)
-    return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
-
-
 def _silver_marks(settings: Settings) -> dict[str, int | None]:
     return {t: delta.last_txn_version(settings.table_path("silver", t), f"silver.{t}")
             for t in (*SNAPSHOTS, *FACT_INPUTS)}
@@ -275,7 +270,7 @@ def _write(session: SparkSession, settings: Settings, marks: dict, table: str, v
                         app_id=f"gold.{table}", version=version if moved else None)
         rows_in = sum(read(i).count() for i in inputs if marks[i] is not None)
     return {"skipped": False, "version": version, "rows_in": rows_in,
-            "rows_out": _out_rows(session, settings.table_path("gold", table))}
+            "rows_out": delta.rows_written(session, settings.table_path("gold", table))}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:

@@ -303,11 +303,6 @@ def _pending(spark: SparkSession, settings: Settings, table: str,
     return rows, target, done
 
 
-def _out_rows(spark: SparkSession, path: str) -> int:
-    m = delta.last_operation_metrics(spark, path)
-    return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
-
-
 def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:
     """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots are rebuilt."""
     pending = _pending(session, settings, table, full_refresh)
@@ -330,7 +325,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
             else delta.read_table(session, "silver", table, settings)
         delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
                         app_id=f"silver.{table}", version=target if moved else None)
-    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": _out_rows(session, path)}
+    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": delta.rows_written(session, path)}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
