@@ -248,8 +248,8 @@ def _read_silver(session: SparkSession, settings: Settings, marks: dict, table: 
     return delta.read_table(session, "silver", table, settings)
 
 
-def _write(session: SparkSession, settings: Settings, marks: dict, table: str, version: int, done: int | None,
-           full_refresh: bool) -> dict:
+def _write(session: SparkSession, settings: Settings, marks: dict, sizes: dict[str, int], table: str, version: int,
+           done: int | None, full_refresh: bool) -> dict:
     """Write one gold table on `session`: fact_page_view MERGEs its new silver rows, the rest are rebuilt."""
     inputs, build = next((i, b) for t, i, b in PLAN if t == table)
 
@@ -268,7 +268,7 @@ def _write(session: SparkSession, settings: Settings, marks: dict, table: str, v
         moved = done is None or version > done  # a rebuild at the version already reached records no new txn
         delta.overwrite(df, "gold", table, partition_by=PARTITION_BY.get(table), settings=settings,
                         app_id=f"gold.{table}", version=version if moved else None)
-        rows_in = sum(read(i).count() for i in inputs if marks[i] is not None)
+        rows_in = sum(sizes.get(i, 0) for i in inputs)
     return {"skipped": False, "version": version, "rows_in": rows_in,
             "rows_out": delta.rows_written(session, settings.table_path("gold", table))}
 
@@ -278,14 +278,19 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
     written side by side (they read only silver). `full_refresh` rebuilds every table from the whole of silver."""
     marks = _silver_marks(settings)
     tables: dict = {}
-    jobs = {}
+    todo: dict[str, tuple[int, int | None]] = {}
     for table, inputs, _ in PLAN:
         version, done = _versions(settings, marks, table, inputs)
         if version is None or (done is not None and done >= version and not full_refresh):
             tables[table] = {"skipped": True, "rows_in": 0, "rows_out": 0}
         else:
-            jobs[table] = partial(_write, settings=settings, marks=marks, table=table, version=version, done=done,
-                                  full_refresh=full_refresh)
-    tables.update(delta.write_tables(spark, jobs))
+            todo[table] = (version, done)
+    # each silver input counted once (tables share inputs), for the rows-in figure of the rebuilt tables
+    needed = {i for t, inputs, _ in PLAN if t in todo for i in inputs if marks[i] is not None}
+    sizes = {i: delta.read_table(spark, "silver", i, settings).count() for i in sorted(needed)}
+    tables.update(delta.write_tables(spark, {
+        table: partial(_write, settings=settings, marks=marks, sizes=sizes, table=table, version=version, done=done,
+                       full_refresh=full_refresh)
+        for table, (version, done) in todo.items()}))
     return {"layer": "gold", "run_id": run_id, "full_refresh": full_refresh,
             "tables": {table: tables[table] for table, _, _ in PLAN}}
