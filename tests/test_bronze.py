@@ -192,3 +192,24 @@ def test_duplicates_new_versions_and_watermarks(spark, settings):
     assert rows(read_table(spark, "bronze", "courses", settings), "record", "batch_id") == [
         ('{"Id":1,"Name":"A"}', 2), ('{"Id":2,"Name":"B"}', 4),
     ]
+
+
+def test_line_numbers_are_exact_across_many_splits_of_one_file(spark, settings):
+    """Files split into many partitions (1 KB splits here) still number every line as its place in the file."""
+    src = Path(settings.source_url)
+    lines = [json.dumps({"at": AT, "n": i, "pad": "y" * (i * 37 % 300)}) for i in range(400)]
+    lines[17] = ""
+    put(src, "events/2017-11-16/part-0.json", ("\n".join(lines) + "\n").encode())
+    put(src, "events/2017-11-16/part-1.json", ("\n".join(lines[:50])).encode())
+    land(settings)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "1024")
+    spark.conf.set("spark.sql.files.openCostInBytes", "0")
+    try:
+        ingest(spark, settings, "r1")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+        spark.conf.unset("spark.sql.files.openCostInBytes")
+    got = rows(read_table(spark, "bronze", "events", settings), "source_file", "line_number", "value")
+    want = sorted([(f"events/2017-11-16/part-{f}.json", n + 1, text)
+                   for f, texts in ((0, lines), (1, lines[:50])) for n, text in enumerate(texts) if text])
+    assert got == want
