@@ -113,10 +113,12 @@ def last_txn_version(path: str, app_id: str) -> int | None:
 def merge_once(
     spark: SparkSession, source: DataFrame, layer: str, name: str, on: str, app_id: str, version: int,
     update_when: str | None = None, update_set: dict[str, str] | None = None,
-    partition_by: list[str] | None = None, settings: Settings | None = None,
+    partition_by: list[str] | None = None, settings: Settings | None = None, within: DataFrame | None = None,
 ) -> None:
     """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows, optionally update matched
-    ones; committed at most once per (app_id, version). A missing table is created by an idempotent append."""
+    ones; committed at most once per (app_id, version). A missing table is created by an idempotent append.
+    `within`: the distinct values of the partition column(s) the source's rows can match in (a few dates, say); the
+    MERGE then reads and rewrites only those partitions of the table instead of all of it."""
     from delta.tables import DeltaTable
 
     path = table_path(layer, name, settings)
@@ -126,6 +128,8 @@ def merge_once(
     done = last_txn_version(path, app_id)
     if done is not None and done >= version:
         return
+    if within is not None:
+        on = f"({on}) AND ({_partition_filter(within)})"
     merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on)
     if update_set:
         merge = merge.whenMatchedUpdate(condition=update_when, set=update_set)
@@ -137,6 +141,24 @@ def merge_once(
     finally:
         spark.conf.unset("spark.databricks.delta.write.txnAppId")
         spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+def _partition_filter(values: DataFrame) -> str:
+    """`t.<col> IN (...)` for each column of `values`, over its distinct values (partition values: a handful of rows,
+    metadata rather than data). Dates and strings only; a null value means no pruning."""
+    from datetime import date
+
+    parts = []
+    for name in values.columns:
+        found = [r[0] for r in values.select(name).distinct().collect()]
+        if None in found:
+            return "true"
+        if not found:
+            return "false"
+        literals = ", ".join(f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
+                             for v in sorted(found))
+        parts.append(f"t.`{name}` IN ({literals})")
+    return " AND ".join(parts)
 
 
 def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T]]) -> dict[str, T]:

@@ -261,7 +261,7 @@ def _write(session: SparkSession, settings: Settings, marks: dict, sizes: dict[s
             (F.col("batch_id") > F.lit(-1 if done is None else done)) & (F.col("batch_id") <= F.lit(version)))
         delta.merge_once(session, fact_page_view(source), "gold", table, on="t.event_id = s.event_id",
                          app_id=f"gold.{table}", version=version, partition_by=PARTITION_BY.get(table),
-                         settings=settings)
+                         settings=settings, within=source.select("event_date"))
         rows_in = source.count()
     else:
         df = fact_page_view(read("page_views")) if build is None else build(read)

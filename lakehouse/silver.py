@@ -62,6 +62,11 @@ def conform_state(raw: Column) -> Column:
 # --------------------------------------------------------------------------------------------------
 
 
+def _encoded(c: Column) -> Column:
+    """`<length>:<text>`, or `~` for null: a concatenation of these is unambiguous (and cheap, unlike to_json)."""
+    return F.coalesce(F.concat(F.length(c).cast("string"), F.lit(":"), c), F.lit("~"))
+
+
 def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     """Typed page views from bronze event rows, one row per event_id (its earliest delivered occurrence)."""
     r = F.col("r")
@@ -70,40 +75,45 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     }
     folded.update({name: r.getField(raw) for name, raw in _RENAMED.items()})
     folded.update({name: r.getField(name) for name in _PLAIN})
+    # Fields outside the known set are rare: the line is parsed into a map for them only when its keys show one.
     known = F.array(*(F.lit(f) for f in PAGE_VIEW_FIELDS))
-    extra = F.map_from_entries(F.array_sort(F.map_entries(
-        F.map_filter(F.col("m"), lambda k, _v: ~F.array_contains(known, k)))))
+    unknown = F.array_except(F.json_object_keys("value"), known)
+    everything = F.from_json("value", MapType(StringType(), StringType()))
+    extra = F.when(F.size(unknown) > 0, F.map_from_entries(F.array_sort(F.map_entries(
+        F.map_filter(everything, lambda k, _v: ~F.array_contains(known, k)))))
+    ).otherwise(F.create_map().cast("map<string,string>"))
     event_at = parse_at(r.getField("at"))
-    # Hashed from the map of all fields (spellings folded, nulls dropped), not from the folded columns: a hash over
-    # the columns that are also aliased one by one makes Catalyst's constraint propagation grow exponentially.
-    spelling = F.create_map(*(F.lit(x) for name, spellings in sorted(PAGE_VIEW_SPELLINGS.items())
-                              for raw in spellings for x in (raw, name)))
-    fields = F.array_sort(F.transform(
-        F.filter(F.map_entries(F.col("m")), lambda e: e["value"].isNotNull() & (e["key"] != "at")),
-        lambda e: F.struct(F.coalesce(F.try_element_at(spelling, e["key"]), e["key"]).alias("k"),
-                           e["value"].alias("v"))))
-    canonical = F.struct(F.unix_micros(event_at).alias("at"), fields.alias("fields"))
-    sc = _blank_to_null(folded["studentId_clientType"])
-    typed = {k: (v.try_cast(_TYPES[k]) if k in _TYPES else v) for k, v in folded.items()}
-    rows = bronze_events.select(
-        F.from_json("value", PAGE_VIEW_RAW).alias("r"),
-        F.from_json("value", MapType(StringType(), StringType())).alias("m"),
-        "source_file", "line_number", "delivery", "as_of", "batch_id",
+    raw = bronze_events.select(
+        F.from_json("value", PAGE_VIEW_RAW).alias("r"), "value", "source_file", "line_number", "delivery", "as_of",
+        "batch_id",
     ).select(
-        F.sha2(F.to_json(canonical), 256).alias("event_id"),
-        event_at.alias("event_at"),
-        F.to_date(event_at).alias("event_date"),
+        event_at.alias("event_at"), r.getField("at").alias("at_raw"),
+        *(c.alias(k) for k, c in folded.items()), extra.alias("extra_fields"),
+        "source_file", "line_number", "delivery", "as_of", "batch_id",
+    )
+    # The identity of an event is its values (spellings folded, `at` as an instant), not where it was delivered.
+    values = [F.unix_micros("event_at").cast("string"), *(F.col(k) for k in sorted(folded)),
+              F.when(F.size("extra_fields") > 0, F.to_json("extra_fields"))]
+    sc = _blank_to_null(F.col("studentId_clientType"))
+    rows = raw.select(
+        F.sha2(F.concat(*(_encoded(v) for v in values)), 256).alias("event_id"),
+        "event_at",
+        F.to_date("event_at").alias("event_date"),
         _blank_to_null(F.substring_index(sc, "@", 1)).alias("student_id"),
         F.when(sc.contains("@"), _blank_to_null(F.substring_index(sc, "@", -1))).alias("client_type"),
-        *(c.alias(k) for k, c in typed.items() if k != "studentId_clientType"),
-        extra.alias("extra_fields"),
-        r.getField("at").alias("at_raw"),
-        "source_file", "line_number", "delivery", "as_of", "batch_id",
+        *((F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
+          for k in folded if k != "studentId_clientType"),
+        "extra_fields", "at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id",
         F.lit(run_id).alias("run_id"), F.current_timestamp().alias("loaded_at"),
     )
     first = Window.partitionBy("event_id").orderBy("as_of", "delivery", "source_file", "line_number")
     return (rows.withColumn("_n", F.row_number().over(first)).where("_n = 1")
             .select(*PAGE_VIEW_COLUMNS))
+
+
+def event_dates(bronze_events: DataFrame) -> DataFrame:
+    """The `event_date` of each bronze event row, as `page_views` computes it (only `at` is parsed)."""
+    return bronze_events.select(F.to_date(parse_at(F.from_json("value", "at string").getField("at"))).alias("event_date"))
 
 
 # An occurrence replaces the stored provenance only when it was delivered earlier: history is order-free.
@@ -316,6 +326,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
             session, page_views(rows, run_id), "silver", table, on="t.event_id = s.event_id",
             app_id=f"silver.{table}", version=target, update_when=_EARLIER,
             update_set={c: f"s.{c}" for c in PROVENANCE}, partition_by=PARTITION_BY.get(table), settings=settings,
+            within=event_dates(rows),  # an event's date is part of its identity: only its day can hold it
         )
     elif table == "page_views":
         delta.overwrite(page_views(rows, run_id), "silver", table, partition_by=PARTITION_BY.get(table),

@@ -81,6 +81,9 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         # Delta rebuilds a table's state from its log in this many tasks (default 50) before every read and
         # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
         .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
+        # Constraint propagation substitutes every alias into every constraint: silver's event id, a hash over the
+        # ~35 page-view columns it also outputs, made the optimizer's constraint set grow as 2^35 (heap exhausted).
+        .config("spark.sql.constraintPropagation.enabled", "false")
     )
     if master.startswith("local"):
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
