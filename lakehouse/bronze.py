@@ -101,12 +101,12 @@ def classified_events(lines: DataFrame, run_id: str) -> DataFrame:
         .when(F.col("_not_object") | F.col("_at").isNull() | F.col("_bad_at"), F.lit("quarantine"))
         .otherwise(F.lit("bronze"))
     )
+    # No second copy of the text (`raw` is derived from `value` by quarantine_events): bronze caches this frame.
     return checked.select(
-        *lines.columns,
+        *(c for c in lines.columns if c != "raw_bytes"),
         F.when(valid, F.col("_at")).alias("at_raw"),
         reason.alias("reason"),
         status.alias("status"),
-        F.when(valid, F.col("value")).otherwise(F.expr("make_valid_utf8(value)")).alias("raw"),
         F.when(~valid, F.base64("raw_bytes")).alias("raw_base64"),
         F.lit(run_id).alias("run_id"),
     )
@@ -119,7 +119,8 @@ def bronze_events(classified: DataFrame) -> DataFrame:
 
 def quarantine_events(classified: DataFrame) -> DataFrame:
     """`quarantine.events`: one row per event line that cannot be read, with its reason."""
-    return classified.filter(F.col("status") == "quarantine").select(*QUARANTINE_EVENTS_COLUMNS)
+    raw = F.when(F.col("reason") == "invalid_utf8", F.expr("make_valid_utf8(value)")).otherwise(F.col("value"))
+    return classified.filter(F.col("status") == "quarantine").withColumn("raw", raw).select(*QUARANTINE_EVENTS_COLUMNS)
 
 
 def transactional_records(contents: DataFrame, files: DataFrame, run_id: str) -> DataFrame:

@@ -72,20 +72,32 @@ def overwrite(
     writer.save(table_path(layer, name, settings))
 
 
+def _log(path: str):
+    """(filesystem, log folder, its file names) of the Delta table at `path`; names is empty when there is no table."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    log = root.rstrip("/") + "/_delta_log"
+    try:
+        return fs, log, fs.ls(log, detail=False, refresh=True)  # object stores: never a cached listing
+    except FileNotFoundError:
+        return fs, log, []
+
+
+def _commits(names: list[str]) -> list[tuple[int, str]]:
+    import re
+
+    return sorted((int(m.group(1)), n) for n in names if (m := re.search(r"/(\d{20})\.json$", n)))
+
+
 def txn_versions(path: str) -> dict[str, int]:
     """Every app's latest committed txnVersion in the Delta table at `path`, read from its log without Spark."""
     import json
     import re
 
-    import fsspec
     import pyarrow.parquet as pq
 
-    fs, root = fsspec.core.url_to_fs(path)
-    log = root.rstrip("/") + "/_delta_log"
-    try:
-        names = fs.ls(log, detail=False)
-    except FileNotFoundError:
-        return {}
+    fs, log, names = _log(path)
     versions: dict[str, int] = {}
     checkpoint = -1
     if any(n.endswith("/_last_checkpoint") for n in names):
@@ -95,8 +107,7 @@ def txn_versions(path: str) -> dict[str, int]:
                 for txn in pq.read_table(f, columns=["txn"]).column("txn").to_pylist():
                     if txn:
                         versions[txn["appId"]] = int(txn["version"])
-    commits = sorted((int(m.group(1)), n) for n in names if (m := re.search(r"/(\d{20})\.json$", n)))
-    for version, name in commits:
+    for version, name in _commits(names):
         if version <= checkpoint:
             continue
         for line in fs.cat_file(name).splitlines():
@@ -176,17 +187,21 @@ def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T
     return {name: future.result() for name, future in futures.items()}
 
 
-def rows_written(spark: SparkSession, path: str) -> int:
+def rows_written(path: str) -> int:
     """Rows the table's latest commit added: a MERGE's inserted rows, or a write's output rows."""
-    m = last_operation_metrics(spark, path)
+    m = last_operation_metrics(path)
     return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
 
 
-def last_operation_metrics(spark: SparkSession, path: str) -> dict[str, str]:
-    """Delta's operationMetrics of the table's latest commit (empty when there is no table)."""
-    from delta.tables import DeltaTable
+def last_operation_metrics(path: str) -> dict[str, str]:
+    """Delta's operationMetrics of the table's latest commit, read from its log without Spark (empty: no table)."""
+    import json
 
-    if not DeltaTable.isDeltaTable(spark, path):
+    fs, _, names = _log(path)
+    commits = _commits(names)
+    if not commits:
         return {}
-    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
-    return dict(row[0] or {}) if row else {}
+    for line in fs.cat_file(commits[-1][1]).splitlines():
+        if b'"commitInfo"' in line and (info := json.loads(line).get("commitInfo")):
+            return dict(info.get("operationMetrics") or {})
+    return {}

@@ -270,7 +270,7 @@ def _write(session: SparkSession, settings: Settings, marks: dict, sizes: dict[s
                         app_id=f"gold.{table}", version=version if moved else None)
         rows_in = sum(sizes.get(i, 0) for i in inputs)
     return {"skipped": False, "version": version, "rows_in": rows_in,
-            "rows_out": delta.rows_written(session, settings.table_path("gold", table))}
+            "rows_out": delta.rows_written(settings.table_path("gold", table))}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:

@@ -336,7 +336,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
             else delta.read_table(session, "silver", table, settings)
         delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
                         app_id=f"silver.{table}", version=target if moved else None)
-    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": delta.rows_written(session, path)}
+    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": delta.rows_written(path)}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
