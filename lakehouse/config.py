@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     pg_dsn: SecretStr | None = Field(None, description="PostgreSQL DSN of the warehouse; unset: a project-managed local cluster")
     spark_master: str = Field("local[*]", description="local[*], spark://host:port or sc://host:port")
     shuffle_partitions: int = Field(0, description="spark.sql.shuffle.partitions; 0: twice the local core count")
-    spark_driver_memory: str = Field("3g", description="driver memory for a local Spark session")
+    spark_driver_memory: str = Field("2560m", description="driver memory for a local Spark session")
     spark_conf: dict[str, str] = Field(
         default_factory=dict, description='extra Spark settings as JSON, e.g. {"spark.executor.memory": "8g"}'
     )
