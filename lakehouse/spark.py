@@ -25,6 +25,12 @@ DELTA_DEFAULTS = {
 }
 
 
+# SQL settings our queries need on any session, local or remote. Constraint propagation substitutes every alias into
+# every constraint: silver's event id, a hash over the ~35 page-view columns it also outputs, made the optimizer's
+# constraint set grow as 2^35 (heap exhausted while planning).
+SQL_CONF = {"spark.sql.constraintPropagation.enabled": "false"}
+
+
 class JavaMissing(RuntimeError):
     """Java 17+ is not installed."""
 
@@ -50,7 +56,10 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
     """Create (or return Spark's active) session for these settings."""
     master = settings.spark_master
     if master.startswith("sc://"):
-        return SparkSession.builder.remote(master).appName(app_name).getOrCreate()
+        remote = SparkSession.builder.remote(master).appName(app_name).getOrCreate()
+        for key, value in SQL_CONF.items():
+            remote.conf.set(key, value)
+        return remote
 
     check_java()
     from delta import configure_spark_with_delta_pip
@@ -81,13 +90,10 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         # Delta rebuilds a table's state from its log in this many tasks (default 50) before every read and
         # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
         .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
-        # Constraint propagation substitutes every alias into every constraint: silver's event id, a hash over the
-        # ~35 page-view columns it also outputs, made the optimizer's constraint set grow as 2^35 (heap exhausted).
-        .config("spark.sql.constraintPropagation.enabled", "false")
     )
     if master.startswith("local"):
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
-    for key, value in {**DELTA_DEFAULTS, **settings.spark_conf}.items():
+    for key, value in {**DELTA_DEFAULTS, **SQL_CONF, **settings.spark_conf}.items():
         builder = builder.config(key, value)
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
