@@ -157,18 +157,16 @@ def targets(result: dict) -> list[dict]:
 
 
 def _big_run(result: dict) -> tuple[dict | None, str | None]:
-    """The 10M `lakehouse run` of this result, else of the newest earlier results file that has one (10M is run on
-    request, apart from the default scales), with that file's name."""
+    """The 10M `lakehouse run` of this result, else of the newest results file that has one (10M is run on request,
+    apart from the default scales), with that file's name."""
     if str(BIG_SCALE) in result.get("scales", {}):
         return _contenders(result, BIG_SCALE).get("lakehouse_run"), None
-    started = result.get("started_at", "")
     for path in sorted((ROOT / "bench" / "results").glob("*.json"), reverse=True):
         try:
-            other = json.loads(path.read_text())
+            run = _contenders(json.loads(path.read_text()), BIG_SCALE).get("lakehouse_run")
         except (OSError, ValueError):
             continue
-        run = _contenders(other, BIG_SCALE).get("lakehouse_run")
-        if run is not None and other.get("started_at", "") <= started:
+        if run is not None:
             return run, str(path.relative_to(ROOT))
     return None, None
 
