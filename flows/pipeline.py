@@ -49,6 +49,10 @@ class OneDelivery:
     def open(self, f):
         return self.source.open(f)
 
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return getattr(self.source, "skipped", [])
+
 
 @task(name="bronze", **TASK_OPTIONS)
 def bronze(source: str | None = None) -> dict:

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import shlex
 import time
+from datetime import date, datetime, timezone
 from functools import partial
 from typing import Any
 
+from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
+from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse import faults
+from lakehouse import parsing as P
 from lakehouse.config import Settings, join
 from lakehouse.delta import append_once, last_txn_version, write_tables
-from lakehouse.landing import read_ledger
-from lakehouse.parsing import parse_at
+from lakehouse.landing import lake_fs, read_ledger
+from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
+
+log = logging.getLogger(__name__)
 
 ENTITIES = ("students", "courses", "universities", "subjects", "sessions", "subscriptions", "student_follow_subject")
 # Tables written together from one read of the landed files, as (layer, name).
@@ -23,6 +33,7 @@ GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
     "events": (("bronze", "events"), ("quarantine", "events")),
     "transactional": (*(("bronze", e) for e in ENTITIES), ("quarantine", "transactional")),
 }
+SET_ASIDE = "_system/set_aside"  # one JSON record per landed file a person set aside (`lakehouse quarantine`)
 # The landed file a Spark row came from: the lake-relative tail of `_metadata.file_path`.
 LANDED_TAIL = r"(landing/[^/]+/[^/]+/[^/]+/[^/]+)$"
 
@@ -34,7 +45,17 @@ FILES_SCHEMA = StructType([
     StructField("as_of", TimestampType(), False),
     StructField("batch_id", LongType(), False),
     StructField("landed_at", TimestampType(), False),
+    # why landing or a person set the whole file aside (its content is not read), and the start of that content
+    StructField("file_reason", StringType(), True),
+    StructField("head", StringType(), True),
+    # event lines landing found longer than the line cap: blank in the landed copy, kept whole beside it
+    StructField("long_lines", ArrayType(StructType([
+        StructField("line_number", LongType(), False), StructField("bytes", LongType(), False),
+        StructField("head", StringType(), True)])), True),
 ])
+# The fields bronze checks (events; transactional: every entity's), read by the parser silver reads them with.
+EVENT_CHECKED = "at string, studentId_clientType string, country string"
+RECORD_CHECKED = ", ".join(f"`{f}` string" for f in sorted({f for s in ENTITY_RAW.values() for f in s.fieldNames()}))
 META = ["source_file", "landed_path", "line_number", "delivery", "as_of", "batch_id", "landed_at", "run_id"]
 BRONZE_EVENTS_COLUMNS = ["value", "at_raw", *META]
 QUARANTINE_EVENTS_COLUMNS = ["reason", "raw", "raw_base64", *META]
@@ -47,13 +68,9 @@ def app_id(layer: str, name: str) -> str:
     return f"bronze.{name}" if layer == "bronze" else f"bronze.quarantine.{name}"
 
 
-def _without_bom(value: Column) -> Column:
-    """The text without a leading UTF-8 byte-order mark."""
-    return F.regexp_replace(value, "^\ufeff", "")
-
-
 def event_lines(raw_lines: DataFrame, files: DataFrame) -> DataFrame:
-    """One row per delivered line: exact text without its terminator, 1-based line number, file metadata."""
+    """One row per delivered line: exact text without its terminator, 1-based line number, file metadata; plus one
+    row (no line number) per file set aside whole. A line landing found too long has its head as text."""
     # Exact line numbers without sorting a whole file in one task: a split's rows keep file order and sit together in
     # one partition, so a line's number is the lines of the file's earlier splits plus its place in its own split.
     # Only the per-split counts (a few rows per file) are aggregated; the lines themselves are never shuffled.
@@ -71,45 +88,83 @@ def event_lines(raw_lines: DataFrame, files: DataFrame) -> DataFrame:
         .withColumn("value", F.col("raw_bytes").cast("string"))
         .withColumn("landed_path", F.regexp_extract("file_path", LANDED_TAIL, 1))
     )
-    return stripped.join(F.broadcast(files.drop("entity")), "landed_path").drop(
-        "file_path", "block_start", "seq", "first_seq", "before")
+    meta = files.drop("entity")
+    lines = stripped.join(F.broadcast(meta.where(F.col("file_reason").isNull())), "landed_path")
+    long_line = F.when(F.size("long_lines") > 0, F.get(F.filter(
+        "long_lines", lambda x: x.getField("line_number") == F.col("line_number")), 0))
+    lines = (lines.withColumn("_long", long_line)
+             .withColumn("file_reason", F.when(F.col("_long").isNotNull(), F.lit("line_too_long")))
+             .withColumn("value", F.coalesce(F.col("_long").getField("head"), F.col("value")))
+             .withColumn("raw_bytes", F.when(F.col("_long").isNull(), F.col("raw_bytes"))))
+    whole = meta.where(F.col("file_reason").isNotNull()).select(
+        "*", F.col("head").alias("value"), F.lit(None).cast("long").alias("line_number"),
+        F.lit(None).cast("binary").alias("raw_bytes"))
+    return lines.unionByName(whole, allowMissingColumns=True).drop(
+        "file_path", "block_start", "seq", "first_seq", "before", "_long", "long_lines", "head")
 
 
-def classified_events(lines: DataFrame, run_id: str) -> DataFrame:
-    """Each line with its fate: `status` bronze, quarantine (with `reason`) or blank."""
+def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | None = None) -> DataFrame:
+    """Each line with its fate: `status` bronze, quarantine (with `reason`) or blank; `cleaned` marks bronze lines
+    silver will remove control characters from. `dates` is the plausible range of event dates (default: the
+    default settings')."""
+    dates = dates or P.plausible_dates(date(2000, 1, 1), 2)
     # Each check is its own column first: inside CASE branches Spark evaluates a shared expression once per use, and
-    # repeating the JSON parses and the time parse made classification 2.5x slower (bench/README.md).
-    text = F.when(F.col("line_number") == 1, _without_bom(F.col("value"))).otherwise(F.col("value"))
+    # repeating the JSON parses and the time parse made classification 2.5x slower (bench/README.md). The fields are
+    # read as silver reads them (lakehouse.parsing), so an event bronze keeps is the event silver types.
+    text = F.col("_text")
     checked = lines.select(
         "*",
         F.expr("is_valid_utf8(value)").alias("_valid"),
         F.col("value").rlike(r"^\s*$").alias("_blank"),
-        F.json_object_keys(text).isNull().alias("_not_object"),
-        F.get_json_object(text, "$.at").alias("_at"),
-    ).select("*", parse_at(F.col("_at")).isNull().alias("_bad_at"))
+        P.json_text(F.col("value")).alias("_text"),
+        P.may_hold_control(F.col("value")).alias("_control"),
+    ).select(
+        "*", F.json_object_keys(text).alias("_keys"), P.read_object(text, EVENT_CHECKED).alias("_obj"),
+    ).select(
+        "*",
+        (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"),
+        P.field(F.col("_obj"), "at", F.col("_control")).alias("_at"),
+        P.field(F.col("_obj"), "studentId_clientType", F.col("_control")).alias("_sc"),
+        P.field(F.col("_obj"), "country", F.col("_control")).alias("_country"),
+    )
+    student, client = P.student_and_client(F.col("_sc"))
+    checked = checked.select(
+        "*",
+        P.parse_at(F.col("_at")).alias("_time"),
+        F.when(~F.col("_object"), P.too_deep(text)).alias("_deep"),
+        (F.size(F.array_distinct(P.cleaned_keys(F.col("_keys"), F.col("_control")))) < F.size("_keys")).alias("_dup"),
+        F.when(F.col("_object"), P.value_too_large(text)).alias("_big"),
+        F.when(F.col("_object"), P.changed_by_cleaning(text, F.col("_control"))).alias("_changed"),
+        P.too_long(student, client, F.col("_country")).alias("_long_id"),
+    )
     valid = F.col("_valid")
     reason = (
-        F.when(~valid, F.lit("invalid_utf8"))
+        F.when(F.col("file_reason").isNotNull(), F.col("file_reason"))
+        .when(~valid, F.lit("invalid_utf8"))
         .when(F.col("_blank"), F.lit(None))
-        .when(F.col("_not_object"), F.lit("not_json_object"))
+        .when(F.col("_deep"), F.lit("nesting_too_deep"))
+        .when(~F.col("_object"), F.lit("not_json_object"))
+        .when(F.col("_dup"), F.lit("duplicate_key"))
+        .when(F.col("_big"), F.lit("value_too_large"))
         .when(F.col("_at").isNull(), F.lit("missing_at"))
-        .when(F.col("_bad_at"), F.lit("unparseable_at"))
-    )
-    status = (
-        F.when(~valid, F.lit("quarantine"))
-        .when(F.col("_blank"), F.lit("blank"))
-        .when(F.col("_not_object") | F.col("_at").isNull() | F.col("_bad_at"), F.lit("quarantine"))
-        .otherwise(F.lit("bronze"))
+        .when(F.col("_time").isNull(), F.lit("unparseable_at"))
+        .when(P.outside(F.col("_time"), *dates), F.lit("date_out_of_range"))
+        .when(F.col("_long_id"), F.lit("id_too_long"))
     )
     # No second copy of the text (`raw` is derived from `value` by quarantine_events): bronze caches this frame.
-    return checked.select(
-        *(c for c in lines.columns if c != "raw_bytes"),
-        F.when(valid, F.col("_at")).alias("at_raw"),
+    classified = checked.select(
+        *(c for c in lines.columns if c not in ("raw_bytes", "file_reason")),
+        F.when(valid, F.col("_obj").getField("at")).alias("at_raw"),
         reason.alias("reason"),
-        status.alias("status"),
-        F.when(~valid, F.base64("raw_bytes")).alias("raw_base64"),
+        F.when(~valid & F.col("raw_bytes").isNotNull(), F.base64("raw_bytes")).alias("raw_base64"),
         F.lit(run_id).alias("run_id"),
+        "_blank", "_changed",
     )
+    status = (F.when(F.col("reason").isNotNull(), F.lit("quarantine"))
+              .when(F.col("_blank"), F.lit("blank")).otherwise(F.lit("bronze")))
+    return classified.select("*", status.alias("status")).select(
+        *(c for c in classified.columns if not c.startswith("_")), "status",
+        (F.coalesce(F.col("_changed"), F.lit(False)) & (F.col("status") == "bronze")).alias("cleaned"))
 
 
 def bronze_events(classified: DataFrame) -> DataFrame:
@@ -123,40 +178,84 @@ def quarantine_events(classified: DataFrame) -> DataFrame:
     return classified.filter(F.col("status") == "quarantine").withColumn("raw", raw).select(*QUARANTINE_EVENTS_COLUMNS)
 
 
-def transactional_records(contents: DataFrame, files: DataFrame, run_id: str) -> DataFrame:
-    """Each exported record (or unreadable file) with its fate; a zero-byte export is `not_json_array`."""
+def _by_entity(make: Any) -> Column:
+    """`make(entity)` for each row's entity (null for entities it gives None)."""
+    out: Any = F
+    for entity in ENTITIES:
+        value = make(entity)
+        if value is not None:
+            out = out.when(F.col("entity") == entity, value)
+    return out if out is not F else F.lit(None)
+
+
+def transactional_records(contents: DataFrame, files: DataFrame, run_id: str,
+                          dates: tuple[date, date] | None = None) -> DataFrame:
+    """Each exported record (or unreadable file) with its fate; a zero-byte export is `not_json_array`. `cleaned`
+    marks bronze records silver will remove control characters from; `dates` is the plausible range of dates."""
+    dates = dates or P.plausible_dates(date(2000, 1, 1), 2)
     docs = files.join(
         contents.select(F.regexp_extract("file_path", LANDED_TAIL, 1).alias("landed_path"), "value"),
         "landed_path", "left",
     ).withColumn("value", F.coalesce("value", F.lit("")))
     valid = F.expr("is_valid_utf8(value)")
+    readable_file = F.col("file_reason").isNull() & F.col("entity").isin(*ENTITIES)
     parsed = docs.select(
         "*",
         valid.alias("valid"),
-        F.when(valid, F.from_json(_without_bom(F.col("value")), "array<string>")).alias("items"),
+        F.when(valid & readable_file, F.from_json(P.json_text(F.col("value")), "array<string>")).alias("items"),
     )
-    readable = parsed.filter(F.col("items").isNotNull()).select(
-        *FILES_SCHEMA.fieldNames(), F.posexplode("items").alias("pos", "record"),
+    meta = [c for c in FILES_SCHEMA.fieldNames() if c not in ("head", "long_lines")]
+    record = F.col("record")
+    checked = parsed.filter(F.col("items").isNotNull()).select(
+        *meta, F.posexplode("items").alias("pos", "record"),
     ).select(
-        *FILES_SCHEMA.fieldNames(),
+        "*", F.json_object_keys(record).alias("_keys"), P.read_object(record, RECORD_CHECKED).alias("_obj"),
+        P.may_hold_control(record).alias("_control"),
+    ).select("*", (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"))
+    obj = F.col("_obj")
+    checked = checked.select(
+        "*",
+        (F.size(F.array_distinct(P.cleaned_keys(F.col("_keys"), F.col("_control")))) < F.size("_keys")).alias("_dup"),
+        F.when(F.col("_object"), P.value_too_large(record)).alias("_big"),
+        F.when(F.col("_object"), P.changed_by_cleaning(record, F.col("_control"))).alias("_changed"),
+        _by_entity(lambda e: P.parse_export_time(P.clean(obj.getField(ENTITY_DATES[e]))) if e in ENTITY_DATES
+                   else None).alias("_time"),
+        _by_entity(lambda e: P.too_long(*(P.clean(obj.getField(f)) for f in ENTITY_IDS[e]))).alias("_long_id"),
+    )
+    readable = checked.select(
+        *meta,
         (F.col("pos") + 1).cast("long").alias("line_number"),
         "record",
-        F.when(F.json_object_keys("record").isNull(), F.lit("not_an_object")).alias("reason"),
+        F.when(~F.col("_object"), F.lit("not_an_object"))
+        .when(F.col("_dup"), F.lit("duplicate_key"))
+        .when(F.col("_big"), F.lit("value_too_large"))
+        .when(P.outside(F.col("_time"), *dates), F.lit("date_out_of_range"))
+        .when(F.col("_long_id"), F.lit("id_too_long")).alias("reason"),
         F.col("record").alias("raw"),
         F.lit(None).cast("string").alias("raw_base64"),
+        F.coalesce(F.col("_changed"), F.lit(False)).alias("_changed"),
     )
+    whole = F.col("file_reason").isNotNull()
     unreadable = parsed.filter(F.col("items").isNull()).select(
-        *FILES_SCHEMA.fieldNames(),
+        *meta,
         F.lit(None).cast("long").alias("line_number"),
         F.lit(None).cast("string").alias("record"),
-        F.when(F.col("valid"), F.lit("not_json_array")).otherwise(F.lit("invalid_utf8")).alias("reason"),
-        F.when(F.col("valid"), F.col("value")).otherwise(F.expr("make_valid_utf8(value)")).alias("raw"),
-        F.when(~F.col("valid"), F.base64(F.col("value").cast("binary"))).alias("raw_base64"),
+        F.when(whole, F.col("file_reason"))
+        .when(~F.col("entity").isin(*ENTITIES), F.lit("unknown_entity"))
+        .when(~F.col("valid"), F.lit("invalid_utf8"))
+        .when(P.too_deep(P.json_text(F.col("value"))), F.lit("nesting_too_deep"))
+        .otherwise(F.lit("not_json_array")).alias("reason"),
+        F.when(whole, F.col("head")).when(F.col("valid"), F.col("value"))
+        .otherwise(F.expr("make_valid_utf8(value)")).alias("raw"),
+        F.when(~whole & ~F.col("valid"), F.base64(F.col("value").cast("binary"))).alias("raw_base64"),
+        F.lit(False).alias("_changed"),
     )
+    status = F.when(F.col("reason").isNull(), F.lit("bronze")).otherwise(F.lit("quarantine"))
     return readable.unionByName(unreadable).select(
-        "*",
-        F.when(F.col("reason").isNull(), F.lit("bronze")).otherwise(F.lit("quarantine")).alias("status"),
+        *(c for c in readable.columns if c != "_changed"),
+        status.alias("status"),
         F.lit(run_id).alias("run_id"),
+        (F.col("_changed") & status.eqNullSafe("bronze")).alias("cleaned"),
     )
 
 
@@ -166,22 +265,29 @@ def bronze_entity(records: DataFrame, entity: str) -> DataFrame:
 
 
 def quarantine_transactional(records: DataFrame) -> DataFrame:
-    """`quarantine.transactional`: exports that are not JSON arrays, and records that are not objects."""
+    """`quarantine.transactional`: exports and records that cannot be read or held, with their reason."""
     return records.filter(F.col("status") == "quarantine").select(*QUARANTINE_TRANSACTIONAL_COLUMNS)
 
 
 def _files_frame(spark: SparkSession, entries: list[dict[str, Any]]) -> DataFrame:
-    from datetime import datetime
-
     rows = [
         (e["landed_path"], e["path"], e["entity"], e["delivery"], datetime.fromisoformat(e["as_of"]),
-         int(e["batch_id"]), datetime.fromisoformat(e["landed_at"]))
+         int(e["batch_id"]), datetime.fromisoformat(e["landed_at"]), e.get("file_reason"), e.get("head"),
+         [(x["line_number"], x["bytes"], x["head"]) for x in e.get("long_lines", [])])
         for e in entries
     ]
     return spark.createDataFrame(rows, FILES_SCHEMA)
 
 
+def _readable(settings: Settings, entries: list[dict[str, Any]]) -> list[str]:
+    """The landed files bronze reads: not set aside whole, and (exports) not empty."""
+    return [join(settings.lake_url, e["landed_path"]) for e in entries
+            if not e.get("file_reason") and (e["kind"] == "events" or e["bytes"] > 0)]
+
+
 def _read_event_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
+    if not paths:
+        return spark.createDataFrame([], "value string, file_path string, block_start long, seq long")
     return spark.read.text(paths, lineSep="\n").select(
         "value",
         F.col("_metadata.file_path").alias("file_path"),
@@ -199,11 +305,12 @@ def _read_documents(spark: SparkSession, paths: list[str]) -> DataFrame:
 def _counts(frame: DataFrame, key: str | None, keys: list[str]) -> dict[str, Any]:
     """Accounting per `key` value (or overall): lines read = bronze rows + quarantined (by reason) + blank lines."""
     out: dict[str, Any] = {
-        k: {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, "blank_lines": 0} for k in keys
+        k: {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, "blank_lines": 0, "records_cleaned": 0} for k in keys
     }
-    for row in frame.groupBy(*([key] if key else []), "status", "reason").count().collect():
+    for row in frame.groupBy(*([key] if key else []), "status", "reason", "cleaned").count().collect():
         bucket = out[row[key] if key else "all"]
         bucket["lines_read"] += row["count"]
+        bucket["records_cleaned"] += row["count"] if row["cleaned"] else 0
         if row["status"] == "quarantine":
             bucket["quarantined"][row["reason"]] = bucket["quarantined"].get(row["reason"], 0) + row["count"]
         else:
@@ -218,9 +325,29 @@ def _backlog(
     marks = {t: last_txn_version(settings.table_path(*t), app_id(*t)) or 0 for t in GROUPS[group]}
     low = min(marks.values())
     behind = [m for m in manifests if m["batch_id"] > low]
-    entries = [dict(e, batch_id=m["batch_id"]) for m in behind for e in m["files"]
-               if e["status"] == "new" and e["kind"] == group]
+    aside = read_set_aside(settings)
+    entries = [dict(e, batch_id=m["batch_id"], **aside.get((m["batch_id"], e["landed_path"]), {}))
+               for m in behind for e in m["files"] if e["status"] == "new" and e["kind"] == group]
     return marks, (behind[-1]["batch_id"] if behind else low), entries
+
+
+def _classified(
+    spark: SparkSession, settings: Settings, group: str, entries: list[dict[str, Any]], run_id: str,
+) -> tuple[DataFrame, dict[tuple[str, str], Any]]:
+    """The group's landed files, every line or record with its fate, and the function giving each table its rows."""
+    files = _files_frame(spark, entries)
+    paths = _readable(settings, entries)
+    dates = P.plausible_dates(settings.plausible_since, settings.plausible_days_ahead)
+    if group == "events":
+        frame = classified_events(event_lines(_read_event_lines(spark, paths), files), run_id, dates)
+        outputs = {("bronze", "events"): bronze_events, ("quarantine", "events"): quarantine_events}
+    else:
+        contents = _read_documents(spark, paths) if paths else spark.createDataFrame(
+            [], "value string, file_path string")
+        frame = transactional_records(contents, files, run_id, dates)
+        outputs = {("bronze", e): (lambda df, e=e: bronze_entity(df, e)) for e in ENTITIES}
+        outputs[("quarantine", "transactional")] = quarantine_transactional
+    return frame, outputs
 
 
 def _write_group(
@@ -231,18 +358,7 @@ def _write_group(
     marks, version, entries = _backlog(settings, group, manifests)
     if not entries:
         return None
-    files = _files_frame(spark, entries)
-    paths = [join(settings.lake_url, e["landed_path"]) for e in entries]
-    if group == "events":
-        frame = classified_events(event_lines(_read_event_lines(spark, paths), files), run_id)
-        outputs = {("bronze", "events"): bronze_events, ("quarantine", "events"): quarantine_events}
-    else:
-        nonempty = [p for p, e in zip(paths, entries) if e["bytes"] > 0]
-        contents = _read_documents(spark, nonempty) if nonempty else spark.createDataFrame(
-            [], "value string, file_path string")
-        frame = transactional_records(contents, files, run_id)
-        outputs = {("bronze", e): (lambda df, e=e: bronze_entity(df, e)) for e in ENTITIES}
-        outputs[("quarantine", "transactional")] = quarantine_transactional
+    frame, outputs = _classified(spark, settings, group, entries, run_id)
     # On disk, not in the heap: at 10M events the in-memory cache builder exhausted a 2.5 GB heap (bench/README.md);
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
@@ -265,6 +381,72 @@ def _write_group(
             "counts": counts, "committed": written}
 
 
+class FileFailure(RuntimeError):
+    """Bronze fails on one landed file, every time: the message names it, its batch, and how to set it aside."""
+
+
+def _name_the_file(spark: SparkSession, settings: Settings, group: str, manifests: list[dict[str, Any]],
+                   run_id: str, error: BaseException) -> None:
+    """After the group failed: read its pending files one by one; raise FileFailure for the first that fails alone."""
+    for entry in _backlog(settings, group, manifests)[2]:
+        if entry.get("file_reason"):
+            continue
+        frame, _ = _classified(spark, settings, group, [entry], run_id)
+        try:
+            frame.write.format("noop").mode("overwrite").save()
+        except (PySparkException, Py4JJavaError) as exc:
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            log.error("bronze fails on %s of batch %s: %s", entry["path"], entry["batch_id"], exc)
+            raise FileFailure(
+                f"bronze cannot ingest {entry['path']} of batch {entry['batch_id']} (landed as "
+                f"{entry['landed_path']}): {cause}. It fails alone, so every run would; set it aside in quarantine "
+                f"with `lakehouse quarantine --batch {entry['batch_id']} {shlex.quote(entry['path'])}` and later "
+                "deliveries flow") from None
+
+
+def read_set_aside(settings: Settings) -> dict[tuple[int, str], dict[str, Any]]:
+    """The landed files set aside, by (batch, landed path), as the fields they give their ledger entry."""
+    fs, root = lake_fs(settings)
+    folder = join(root, SET_ASIDE)
+    fs.invalidate_cache(folder)
+    try:
+        paths = [n for n in fs.ls(folder, detail=False) if n.endswith(".json")]
+    except FileNotFoundError:
+        return {}
+    blobs = fs.cat(paths) if paths else {}
+    records = [json.loads(blobs[p]) for p in paths]
+    return {(r["batch_id"], r["landed_path"]): {"file_reason": "set_aside", "head": None} for r in records}
+
+
+def set_aside(settings: Settings, path: str, batch: int | None = None, note: str = "") -> dict[str, Any]:
+    """Set a landed file bronze has not ingested yet aside: the next run quarantines it whole (reason `set_aside`,
+    content not read) and ingests the rest. `path` is its source path or landed path; `batch` picks one landing."""
+    manifests = read_ledger(settings)
+    found = [dict(e, batch_id=m["batch_id"]) for m in manifests for e in m["files"]
+             if e["status"] == "new" and path in (e["path"], e["landed_path"])
+             and (batch is None or m["batch_id"] == batch)]
+    if not found:
+        where = f" in batch {batch}" if batch is not None else ""
+        raise ValueError(f"no file {path!r} was landed{where}: name it as the error does (its source path)")
+    waiting = [e for e in found if e["batch_id"] > min(_backlog(settings, e["kind"], manifests)[0].values())]
+    if not waiting:
+        raise ValueError(f"{path!r} (batch {', '.join(str(e['batch_id']) for e in found)}) is already in bronze: "
+                         "nothing to set aside")
+    if len(waiting) > 1:
+        raise ValueError(f"{path!r} was landed in batches {', '.join(str(e['batch_id']) for e in waiting)}: "
+                         "name one with --batch")
+    entry = waiting[0]
+    record = {"batch_id": entry["batch_id"], "landed_path": entry["landed_path"], "path": entry["path"],
+              "kind": entry["kind"], "note": note, "set_aside_at": datetime.now(timezone.utc).isoformat()}
+    fs, root = lake_fs(settings)
+    if settings.lake_is_local:
+        fs.makedirs(join(root, SET_ASIDE), exist_ok=True)
+    name = hashlib.sha256(entry["landed_path"].encode()).hexdigest()[:16]
+    fs.pipe_file(join(root, SET_ASIDE, f"batch-{entry['batch_id']:06d}-{name}.json"),
+                 json.dumps(record, indent=1, sort_keys=True).encode())
+    return record
+
+
 def pending(settings: Settings) -> bool:
     """Whether a landed batch holds files some bronze table still lacks (read from the Delta logs, no Spark)."""
     manifests = read_ledger(settings)
@@ -277,7 +459,11 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, An
     manifests = read_ledger(settings)
     report: dict[str, Any] = {"run_id": run_id, "batches": [m["batch_id"] for m in manifests]}
     for group in GROUPS:
-        report[group] = _write_group(spark, settings, group, manifests, run_id)
+        try:
+            report[group] = _write_group(spark, settings, group, manifests, run_id)
+        except (PySparkException, Py4JJavaError) as exc:
+            _name_the_file(spark, settings, group, manifests, run_id, exc)
+            raise
     report["deliveries"] = sorted({d for group in GROUPS for d in (report[group] or {}).get("deliveries", [])})
     faults.point("after_bronze_commit")
     report["seconds"] = round(time.monotonic() - started, 3)

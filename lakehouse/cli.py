@@ -228,6 +228,25 @@ def run(
     console.print(f"[green]run completed[/] ({quarantined} quarantined records); `lakehouse summary` shows the lake")
 
 
+@app.command("quarantine")
+def quarantine_file(
+    path: str = typer.Argument(..., help="the file as the error names it: its source path (or landed path)"),
+    batch: int = typer.Option(None, "--batch", help="its landing batch, as the error names it"),
+    note: str = typer.Option("", help="why, for whoever looks at it later"),
+) -> None:
+    """Set aside a landed file bronze fails on: the next run quarantines it whole (reason set_aside) and goes on."""
+    from lakehouse.bronze import set_aside
+    from lakehouse.config import get_settings
+
+    try:
+        record = set_aside(get_settings(), path, batch, note)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"{record['path']} (batch {record['batch_id']}) is set aside: the next run puts it in "
+                  "quarantine.events or quarantine.transactional (reason set_aside) and ingests the rest",
+                  highlight=False)
+
+
 @app.command()
 def up(
     prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
@@ -301,6 +320,11 @@ def summary() -> None:
                                                             "warehouse loads", "status")))
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}" if counts is not None else "quarantined records  n/a")
+    land = ((last or {}).get("stages") or {}).get("land") or {}
+    for entry in land.get("skipped", []):  # delivery folders and files the layout does not take, refused links
+        console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
+    if land.get("source_skipped", 0) > len(land.get("skipped", [])):
+        console.print(f"not landed           ... {land['source_skipped']:,} in all", highlight=False)
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     spark_conf: dict[str, str] = Field(
         default_factory=dict, description='extra Spark settings as JSON, e.g. {"spark.executor.memory": "8g"}'
     )
+    max_line_bytes: int = Field(
+        16 * 1024 * 1024, description="event lines longer than this are set aside at landing (line_too_long)")
+    max_file_bytes: int = Field(
+        128 * 1024 * 1024, description="transactional exports larger than this are set aside at landing "
+        "(file_too_large); event files of any size are read line by line")
+    plausible_since: date = Field(
+        date(2000, 1, 1), description="events and records dated earlier are quarantined (date_out_of_range)")
+    plausible_days_ahead: int = Field(
+        2, description="events and records dated later than today plus this many days are quarantined")
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
     gdrive_credentials: SecretStr | None = Field(
         None, description="Google Drive credentials: service-account JSON or OAuth token JSON (content or file path)"

@@ -14,11 +14,13 @@ import fsspec
 
 from lakehouse import faults
 from lakehouse.config import Settings, join
-from lakehouse.sources import Source, SourceFile, open_source
+from lakehouse.sources import Source, SourceError, SourceFile, open_source
 
 LEDGER = "_system/ledger"
 INCOMING = "_system/incoming"
 CHUNK = 8 * 1024 * 1024
+HEAD = 256  # bytes of an oversized line or export kept as its quarantine row's `raw`
+REPORTED = 200  # skipped source entries listed in a landing report (all are counted)
 _MANIFEST = re.compile(r"batch-(\d{6,})\.json$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -70,15 +72,99 @@ def _write_manifest(fs: Any, root: str, settings: Settings, manifest: dict[str, 
         fs.pipe_file(target, data)
 
 
-def _copy_hashing(source: Source, f: SourceFile, fs: Any, tmp: str) -> tuple[str, int]:
-    """Stream a source file to `tmp` in the lake; its sha256 and size."""
-    digest, size = hashlib.sha256(), 0
-    with source.open(f) as src, fs.open(tmp, "wb") as dst:
-        while chunk := src.read(CHUNK):
+class _Unreadable(Exception):
+    """The source refuses a file (permissions, gone since the listing, a link out of the source folder)."""
+
+
+class _LineCap:
+    """Copies an event file, setting aside each line longer than `cap` bytes: the copy keeps an empty line in its
+    place (line numbers stay exact) and the whole line streams to a file of its own. Holds at most `cap` bytes."""
+
+    def __init__(self, dst: Any, fs: Any, side: str, cap: int) -> None:
+        self.dst, self.fs, self.side, self.cap = dst, fs, side, cap
+        self.pending = bytearray()
+        self.long: Any = None
+        self.long_bytes = 0
+        self.head = b""
+        self.line = 1
+        self.found: list[dict[str, Any]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        """Copy the next chunk (never longer than `cap`: a line inside it cannot be too long)."""
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._extend(chunk)
+            return
+        self._extend(chunk[:first])
+        self._end()
+        last = chunk.rfind(b"\n")
+        if last > first:
+            self.dst.write(chunk[first + 1:last + 1])
+            self.line += chunk.count(b"\n", first + 1, last + 1)
+        self._extend(chunk[last + 1:])
+
+    def _extend(self, data: bytes) -> None:
+        if self.long is not None:
+            self.long.write(data)
+            self.long_bytes += len(data)
+            return
+        self.pending += data
+        if len(self.pending) > self.cap:
+            self.long = self.fs.open(f"{self.side}-{self.line}", "wb")
+            self.long.write(self.pending)
+            self.long_bytes, self.head = len(self.pending), bytes(self.pending[:HEAD])
+            self.pending = bytearray()
+
+    def _end(self) -> None:
+        if self.long is not None:
+            self.long.close()
+            self.long = None
+            self.found.append({"line_number": self.line, "bytes": self.long_bytes,
+                               "head": self.head.decode("utf-8", "replace")})
+            self.dst.write(b"\n")
+        else:
+            self.pending += b"\n"
+            self.dst.write(self.pending)
+            self.pending = bytearray()
+        self.line += 1
+
+    def close(self) -> None:
+        """At the end of the file: its last line (no terminator)."""
+        if self.long is not None:
+            self._end()
+        elif self.pending:
+            self.dst.write(self.pending)
+
+
+def _copy_hashing(source: Source, f: SourceFile, fs: Any, tmp: str,
+                  max_line: int) -> tuple[str, int, bytes, list[dict[str, Any]]]:
+    """Stream a source file to `tmp` in the lake; its sha256, size, first bytes, and (events) the lines longer than
+    `max_line`, each kept whole in `<tmp>.line-<n>`."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    try:
+        src = source.open(f)
+    except (PermissionError, FileNotFoundError, IsADirectoryError, SourceError) as e:
+        raise _Unreadable(str(e) or type(e).__name__) from None
+    with src, fs.open(tmp, "wb") as dst:
+        lines = _LineCap(dst, fs, f"{tmp}.line", max_line) if f.kind == "events" else None
+        while True:
+            try:
+                chunk = src.read(CHUNK if lines is None else min(CHUNK, max_line))
+            except (PermissionError, FileNotFoundError, IsADirectoryError) as e:
+                raise _Unreadable(str(e) or type(e).__name__) from None
+            if not chunk:
+                break
             digest.update(chunk)
-            dst.write(chunk)
+            if size < HEAD:
+                head += chunk[:HEAD - size]
             size += len(chunk)
-    return digest.hexdigest(), size
+            if lines is None:
+                dst.write(chunk)
+            else:
+                lines.feed(chunk)
+        if lines is not None:
+            lines.close()
+    return digest.hexdigest(), size, head, lines.found if lines is not None else []
 
 
 class _Index:
@@ -126,6 +212,7 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
     if fs.exists(incoming):
         fs.rm(incoming, recursive=True)  # leftovers of a killed run
     entries: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     seen = known = 0
     bytes_landed = 0
     for f in source.list_files():
@@ -136,7 +223,12 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
         if settings.lake_is_local:
             fs.makedirs(incoming, exist_ok=True)
         tmp = join(incoming, uuid.uuid4().hex)
-        sha256, size = _copy_hashing(source, f, fs, tmp)
+        try:
+            sha256, size, head, long_lines = _copy_hashing(source, f, fs, tmp, settings.max_line_bytes)
+        except _Unreadable as e:
+            _remove(fs, [tmp])
+            skipped.append({"path": f.path, "why": f"cannot be read: {e}"})
+            continue
         target = landed_path(f, sha256)
         entry = {
             "path": f.path, "kind": f.kind, "entity": f.entity, "delivery": f.delivery,
@@ -144,21 +236,19 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
             "bytes": size, "sha256": sha256, "landed_path": target,
             "landed_at": datetime.now(timezone.utc).isoformat(), "batch_id": batch_id,
         }
+        if f.kind == "transactional" and size > settings.max_file_bytes:
+            entry.update(file_reason="file_too_large", head=head.decode("utf-8", "replace"))
+        sides = [(f"{tmp}.line-{x['line_number']}", f"{target}.line-{x['line_number']}") for x in long_lines]
+        if long_lines:
+            entry["long_lines"] = [dict(x, kept_at=kept) for x, (_, kept) in zip(long_lines, sides)]
         original = index.duplicate_of(f, sha256, target)
         if original is not None:
-            fs.rm(tmp)
+            _remove(fs, [tmp, *(t for t, _ in sides)])
             entry.update(status="duplicate", landed_path=original["landed_path"], duplicate_of=original["path"])
+            entry.pop("long_lines", None)
         else:
-            final = join(root, target)
-            if fs.exists(final):  # landed by a run killed before its manifest
-                fs.rm(tmp)
-            else:
-                if settings.lake_is_local:
-                    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-                    fs.mv(tmp, final)
-                else:  # object stores have no rename: a server-side copy, then the temporary object goes
-                    fs.copy(tmp, final)
-                    fs.rm(tmp)
+            for temporary, final in [*sides, (tmp, target)]:  # the landed file last: it marks the others done
+                _move(fs, settings, temporary, join(root, final))
             entry["status"] = "new"
             bytes_landed += size
         index.add(entry)
@@ -171,9 +261,32 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
             "source": source.url, "files": entries,
         })
         faults.point("after_landing")
+    skipped = [*getattr(source, "skipped", []), *skipped]
+    landed = [e for e in entries if e["status"] == "new"]
     return {
         "batch_id": batch_id if entries else None,
         "files_seen": seen, "files_known": known, "files_new": new, "files_duplicate": len(entries) - new,
         "deliveries": sorted({e["delivery"] for e in entries if e["status"] == "new"}),
         "bytes_landed": bytes_landed, "seconds": round(time.monotonic() - started, 3),
+        "files_too_large": sum(e.get("file_reason") == "file_too_large" for e in landed),
+        "lines_too_long": sum(len(e.get("long_lines", [])) for e in landed),
+        "source_skipped": len(skipped), "skipped": skipped[:REPORTED],
     }
+
+
+def _remove(fs: Any, paths: list[str]) -> None:
+    for path in paths:
+        if fs.exists(path):
+            fs.rm(path)
+
+
+def _move(fs: Any, settings: Settings, tmp: str, final: str) -> None:
+    """Put a file landed under `tmp` at `final`, unless a run killed before its manifest already did."""
+    if fs.exists(final):
+        fs.rm(tmp)
+    elif settings.lake_is_local:
+        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(tmp, final)
+    else:  # object stores have no rename: a server-side copy, then the temporary object goes
+        fs.copy(tmp, final)
+        fs.rm(tmp)

@@ -42,6 +42,15 @@ ENTITY_RAW = {
     "student_follow_subject": _strings("StudentId", "SubjectId", "FollowDate"),
 }
 
+# Per entity, the fields that identify a record or key the warehouse's rows (length-capped), and its date field.
+ENTITY_IDS = {
+    "students": ("Id",), "courses": ("Id",), "universities": ("Id",), "subjects": ("Id",),
+    "sessions": ("StudentId", "StudentClient"), "subscriptions": ("StudentId", "PlanType"),
+    "student_follow_subject": ("StudentId", "SubjectId"),
+}
+ENTITY_DATES = {"students": "RegisteredDate", "sessions": "SessionStartTime", "subscriptions": "PaymentDate",
+                "student_follow_subject": "FollowDate"}
+
 # Brazilian states: code -> name. Silver conforms `State` (code or name, any case/accents) to the code.
 BR_STATES = {
     "AC": "Acre", "AL": "Alagoas", "AP": "Amapá", "AM": "Amazonas", "BA": "Bahia", "CE": "Ceará",

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import MapType, StringType
 
 from lakehouse import delta
+from lakehouse import parsing as P
 from lakehouse.config import Settings
 from lakehouse.parsing import parse_at, parse_export_time
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
@@ -38,7 +39,8 @@ PAGE_VIEW_COLUMNS = (
 
 
 def _blank_to_null(c: Column) -> Column:
-    return F.nullif(F.trim(c), F.lit(""))
+    """Exported text as silver holds it: control characters removed, trimmed, null when blank."""
+    return P.nonblank(P.clean(c))
 
 
 _ACCENTED, _PLAIN_CHARS = "áàâãäéèêëíìîïóòôõöúùûüç", "aaaaaeeeeiiiiooooouuuuc"
@@ -69,6 +71,8 @@ def _encoded(c: Column) -> Column:
 
 def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     """Typed page views from bronze event rows, one row per event_id (its earliest delivered occurrence)."""
+    # Fields are read as bronze checked them (lakehouse.parsing): the same parser, control characters removed.
+    text, control = F.col("_text"), F.col("_control")
     r = F.col("r")
     folded: dict[str, Column] = {
         name: F.coalesce(*(r.getField(s) for s in spellings)) for name, spellings in PAGE_VIEW_SPELLINGS.items()
@@ -77,15 +81,22 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     folded.update({name: r.getField(name) for name in _PLAIN})
     # Fields outside the known set are rare: the line is parsed into a map for them only when its keys show one.
     known = F.array(*(F.lit(f) for f in PAGE_VIEW_FIELDS))
-    unknown = F.array_except(F.json_object_keys("value"), known)
-    everything = F.from_json("value", MapType(StringType(), StringType()))
+    unknown = F.array_except(F.json_object_keys(text), known)
+    everything = P.all_fields(text)
+    everything = F.when(control, F.transform_values(F.transform_keys(everything, lambda k, _v: P.clean(k)),
+                                                    lambda _k, v: P.clean(v))).otherwise(everything)
     extra = F.when(F.size(unknown) > 0, F.map_from_entries(F.array_sort(F.map_entries(
         F.map_filter(everything, lambda k, _v: ~F.array_contains(known, k)))))
     ).otherwise(F.create_map().cast("map<string,string>"))
     event_at = parse_at(r.getField("at"))
+    parsed = F.from_json(text, PAGE_VIEW_RAW)
+    cleaned = F.struct(*(P.field(parsed, f, control).alias(f) for f in PAGE_VIEW_FIELDS))
     raw = bronze_events.select(
-        F.from_json("value", PAGE_VIEW_RAW).alias("r"), "value", "source_file", "line_number", "delivery", "as_of",
-        "batch_id",
+        P.json_text(F.col("value")).alias("_text"), P.may_hold_control(F.col("value")).alias("_control"),
+        "source_file", "line_number", "delivery", "as_of", "batch_id",
+    ).select(
+        F.when(control, cleaned).otherwise(parsed).alias("r"), "_text", "_control",
+        "source_file", "line_number", "delivery", "as_of", "batch_id",
     ).select(
         event_at.alias("event_at"), r.getField("at").alias("at_raw"),
         *(c.alias(k) for k, c in folded.items()), extra.alias("extra_fields"),
@@ -94,13 +105,13 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     # The identity of an event is its values (spellings folded, `at` as an instant), not where it was delivered.
     values = [F.unix_micros("event_at").cast("string"), *(F.col(k) for k in sorted(folded)),
               F.when(F.size("extra_fields") > 0, F.to_json("extra_fields"))]
-    sc = _blank_to_null(F.col("studentId_clientType"))
+    student_id, client_type = P.student_and_client(F.col("studentId_clientType"))
     rows = raw.select(
         F.sha2(F.concat(*(_encoded(v) for v in values)), 256).alias("event_id"),
         "event_at",
         F.to_date("event_at").alias("event_date"),
-        _blank_to_null(F.substring_index(sc, "@", 1)).alias("student_id"),
-        F.when(sc.contains("@"), _blank_to_null(F.substring_index(sc, "@", -1))).alias("client_type"),
+        student_id.alias("student_id"),
+        client_type.alias("client_type"),
         *((F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
           for k in folded if k != "studentId_clientType"),
         "extra_fields", "at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id",
@@ -113,7 +124,9 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
 
 def event_dates(bronze_events: DataFrame) -> DataFrame:
     """The `event_date` of each bronze event row, as `page_views` computes it (only `at` is parsed)."""
-    return bronze_events.select(F.to_date(parse_at(F.from_json("value", "at string").getField("at"))).alias("event_date"))
+    value = F.col("value")
+    at = P.field(F.from_json(P.json_text(value), "at string"), "at", P.may_hold_control(value))
+    return bronze_events.select(F.to_date(parse_at(at)).alias("event_date"))
 
 
 # An occurrence replaces the stored provenance only when it was delivered earlier: history is order-free.
@@ -139,7 +152,7 @@ def _int(c: Column) -> Column:
 
 _SNAPSHOT_ATTRS = {
     "students": lambda r: {
-        "registered_at": parse_export_time(r.RegisteredDate), "state": conform_state(r.State),
+        "registered_at": parse_export_time(P.clean(r.RegisteredDate)), "state": conform_state(P.clean(r.State)),
         "city": _blank_to_null(r.City), "university_id": _int(r.UniversityId), "course_id": _int(r.CourseId),
         "signup_source": _blank_to_null(r.SignupSource),
     },
@@ -211,13 +224,13 @@ def subjects(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
 
 _RECORD_COLUMNS = {
     "sessions": lambda r: {"student_id": _blank_to_null(r.StudentId),
-                           "session_start_at": parse_export_time(r.SessionStartTime),
+                           "session_start_at": parse_export_time(P.clean(r.SessionStartTime)),
                            "client_type": _blank_to_null(r.StudentClient)},
     "subscriptions": lambda r: {"student_id": _blank_to_null(r.StudentId),
-                                "payment_at": parse_export_time(r.PaymentDate),
+                                "payment_at": parse_export_time(P.clean(r.PaymentDate)),
                                 "plan_type": _blank_to_null(r.PlanType)},
     "student_follow_subject": lambda r: {"student_id": _blank_to_null(r.StudentId), "subject_id": _int(r.SubjectId),
-                                         "followed_at": parse_export_time(r.FollowDate)},
+                                         "followed_at": parse_export_time(P.clean(r.FollowDate))},
 }
 
 

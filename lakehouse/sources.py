@@ -1,4 +1,4 @@
-"""Raw-delivery sources (CONTRACT.md §3): one small interface over a local folder, `gs://` and `gdrive://`."""
+"""Raw-delivery sources: one small interface over a local folder, `gs://` and `gdrive://`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class SourceFile:
 @runtime_checkable
 class Source(Protocol):
     url: str
+    # what the last listing left out, each {"path": ..., "why": ...}: folders and files outside the layout, links
+    skipped: list[dict[str, str]]
 
     def list_files(self) -> Iterator[SourceFile]: ...
 
@@ -58,10 +60,9 @@ def parse_delivery(name: str) -> datetime | None:
     if not name[:1].isdigit():
         return None
     try:
-        value = datetime.fromisoformat(name)
-    except ValueError:
+        return _utc(datetime.fromisoformat(name))
+    except (ValueError, OverflowError):  # OverflowError: a zone pushing year 1 or 9999 out of range
         return None
-    return _utc(value)
 
 
 def _utc(value: datetime) -> datetime:
@@ -78,16 +79,20 @@ def _from_ns(ns: int) -> datetime:
 
 
 class _Layout:
-    """The §3 layout rules for one listing: which folders count, what a file means, warnings given once."""
+    """The layout rules for one listing: which folders count, what a file means, and what it leaves out."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._warned: set[str] = set()
+        self.skipped: dict[str, str] = {}
 
-    def _warn(self, folder: str, why: str) -> None:
-        if folder not in self._warned:
-            self._warned.add(folder)
-            log.warning("source %s: skipping folder %r: %s", self.url, folder, why)
+    def skip(self, path: str, why: str) -> None:
+        """Report a folder or file the listing leaves out (once per path)."""
+        if path not in self.skipped:
+            self.skipped[path] = why
+            log.warning("source %s: skipping %r: %s", self.url, path, why)
+
+    def report(self) -> list[dict[str, str]]:
+        return [{"path": p, "why": w} for p, w in sorted(self.skipped.items())]
 
     def enter(self, parts: tuple[str, ...]) -> bool:
         """Whether the walk descends into the folder at `parts` (relative to the root)."""
@@ -95,14 +100,16 @@ class _Layout:
         if name.startswith("."):
             return False
         if len(parts) == 1:
+            if name not in KINDS:
+                self.skip(name, f"not a folder of the source layout ({' or '.join(KINDS)})")
             return name in KINDS
         if len(parts) == 2:
             if parse_delivery(name) is None:
-                self._warn("/".join(parts), "delivery folder name is not an ISO date or timestamp")
+                self.skip("/".join(parts), "delivery folder name is not an ISO date or timestamp")
                 return False
             return True
         if parts[0] == "transactional":
-            self._warn("/".join(parts), "transactional files sit directly in their delivery folder")
+            self.skip("/".join(parts), "transactional files sit directly in their delivery folder")
             return False
         return True
 
@@ -110,14 +117,19 @@ class _Layout:
         self, parts: tuple[str, ...], size: int, modified: datetime, fingerprint: str, ref: str = ""
     ) -> SourceFile | None:
         """The SourceFile for a file at `parts`, or None when the layout does not count it."""
-        if len(parts) < 2 or parts[0] not in KINDS or any(p.startswith(".") or not p for p in parts):
+        if any(p.startswith(".") or not p for p in parts):
             return None
         name = parts[-1]
-        if not name.lower().endswith(EXTENSIONS):
+        if len(parts) < 2 or parts[0] not in KINDS:
+            self.skip("/".join(parts), f"not in a folder of the source layout ({' or '.join(KINDS)})")
             return None
         for depth in range(2, len(parts)):  # flat listings (GCS) see every folder only through its files
             if not self.enter(parts[:depth]):
                 return None
+        if not name.lower().endswith(EXTENSIONS):
+            if not name.startswith("_"):  # `_SUCCESS` and other markers of the tools that write deliveries
+                self.skip("/".join(parts), f"not a {' or '.join(EXTENSIONS)} file")
+            return None
         kind = parts[0]
         if len(parts) == 2:
             as_of = _utc(modified)
@@ -141,31 +153,40 @@ def _checked_parts(path: str) -> list[str]:
 
 
 class LocalSource:
-    """A folder on the local filesystem; fingerprint `f"{size}:{mtime_ns}"`."""
+    """A folder on the local filesystem; fingerprint `f"{size}:{mtime_ns}"`. Symbolic links are followed when they
+    resolve inside the folder; one resolving outside it is refused (listed as skipped, never opened)."""
 
     def __init__(self, url: str, root: Path) -> None:
         self.url = url
         self.root = root
+        self.skipped: list[dict[str, str]] = []
 
     def __repr__(self) -> str:
         return f"LocalSource({self.url!r})"
+
+    def _inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == str(self.root) or real.startswith(str(self.root).rstrip(os.sep) + os.sep)
 
     def list_files(self) -> Iterator[SourceFile]:
         layout = _Layout(self.url)
         found: list[SourceFile] = []
 
-        def walk(folder: str, parts: tuple[str, ...]) -> None:
+        def walk(folder: str, parts: tuple[str, ...], above: frozenset[str]) -> None:
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
-            except (FileNotFoundError, NotADirectoryError):
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
                 return
             for entry in entries:
                 here = (*parts, entry.name)
                 try:
-                    if entry.is_dir():
-                        if layout.enter(here):
-                            walk(entry.path, here)
+                    if entry.is_symlink() and not entry.name.startswith(".") and not self._inside(entry.path):
+                        layout.skip("/".join(here), "symbolic link to outside the source folder: refused")
+                    elif entry.is_dir():
+                        real = os.path.realpath(entry.path)
+                        if real not in above and layout.enter(here):  # a link to a folder above would loop
+                            walk(entry.path, here, above | {real})
                     elif entry.is_file():
                         st = entry.stat()
                         f = layout.file(here, st.st_size, _from_ns(st.st_mtime_ns), f"{st.st_size}:{st.st_mtime_ns}")
@@ -174,11 +195,15 @@ class LocalSource:
                 except FileNotFoundError:  # removed while we walked
                     continue
 
-        walk(str(self.root), ())
+        walk(str(self.root), (), frozenset({str(self.root)}))
+        self.skipped = layout.report()
         return _sorted(found)
 
     def open(self, f: SourceFile) -> BinaryIO:
-        return open(self.root.joinpath(*_checked_parts(f.path)), "rb")
+        path = self.root.joinpath(*_checked_parts(f.path))
+        if not self._inside(str(path)):  # changed into a link out of the folder since the listing
+            raise SourceError(f"{f.path} resolves outside the source folder: refused")
+        return open(path, "rb")
 
 
 def _gcs_filesystem(token: str | None) -> Any:
@@ -203,6 +228,7 @@ class GCSSource:
             raise SourceError(f"no bucket in {url!r}; expected gs://bucket/prefix")
         self.root = rest
         self.fs = _gcs_filesystem(settings.gcs_token)
+        self.skipped: list[dict[str, str]] = []
 
     def __repr__(self) -> str:
         return f"GCSSource({self.url!r})"
@@ -227,6 +253,7 @@ class GCSSource:
                 f = layout.file(parts, int(info.get("size") or 0), modified, fingerprint, ref=name)
                 if f is not None:
                     found.append(f)
+        self.skipped = layout.report()
         return _sorted(found)
 
     def open(self, f: SourceFile) -> BinaryIO:
@@ -323,6 +350,7 @@ class DriveSource:
             client_options=options,
         )
         self._ids: dict[str, str] = {}
+        self.skipped: list[dict[str, str]] = []
 
     def __repr__(self) -> str:
         return f"DriveSource({self.url!r})"
@@ -364,7 +392,7 @@ class DriveSource:
             for item in self._children(folder_id):
                 name = item.get("name", "")
                 if "/" in name:
-                    log.warning("source %s: skipping %r: '/' in a Drive name", self.url, "/".join((*parts, name)))
+                    layout.skip("/".join((*parts, name)), "'/' in a Drive name")
                     continue
                 here = (*parts, name)
                 if item.get("mimeType") == DRIVE_FOLDER:
@@ -380,6 +408,7 @@ class DriveSource:
                 if f is not None:
                     found.append(f)
         self._ids = {f.path: f.ref for f in found}
+        self.skipped = layout.report()
         return _sorted(found)
 
     def open(self, f: SourceFile) -> BinaryIO:

@@ -58,8 +58,9 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
     report = ingest(spark, settings, "r1")
 
     assert report["events"]["counts"] == {"all": {
-        "lines_read": 12, "bronze_rows": 3, "blank_lines": 2,
-        "quarantined": {"not_json_object": 3, "unparseable_at": 1, "missing_at": 2, "invalid_utf8": 1},
+        "lines_read": 12, "bronze_rows": 2, "blank_lines": 2, "records_cleaned": 0,
+        "quarantined": {"not_json_object": 3, "unparseable_at": 1, "missing_at": 2, "invalid_utf8": 1,
+                        "value_too_large": 1},
     }}
     bronze = read_table(spark, "bronze", "events", settings)
     landed = bronze.select("landed_path").first()[0]
@@ -71,11 +72,11 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
         (1, f'{{"at":"{AT}","a":1}}', AT, *meta),
         (9, '{"at":"2017-11-1602:10:21","new_field":{"deep":[1,2]}}', "2017-11-1602:10:21", *meta),
     ]
-    big = bronze.filter("line_number = 11").selectExpr("at_raw", "length(value)").first()
-    assert tuple(big) == ("2017-11-16T02:10:23Z", len(f'{{"at":"2017-11-16T02:10:23Z","big":"{BIG}"}}'))
 
     quarantine = read_table(spark, "quarantine", "events", settings)
-    assert rows(quarantine, "line_number", "reason", "raw", "raw_base64") == [
+    big = quarantine.filter("line_number = 11").selectExpr("reason", "length(raw)").first()  # a 10 MB value, kept
+    assert tuple(big) == ("value_too_large", len(f'{{"at":"2017-11-16T02:10:23Z","big":"{BIG}"}}'))
+    assert rows(quarantine.filter("line_number != 11"), "line_number", "reason", "raw", "raw_base64") == [
         (4, "not_json_object", "[1,2]", None),
         (5, "not_json_object", '"text"', None),
         (6, "unparseable_at", '{"at":"yesterday"}', None),
@@ -101,9 +102,12 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
     report = ingest(spark, settings, "r1")
 
     counts = report["transactional"]["counts"]
-    assert counts["students"] == {"lines_read": 5, "bronze_rows": 2, "blank_lines": 0, "quarantined": {"not_an_object": 3}}
-    assert counts["universities"] == {"lines_read": 0, "bronze_rows": 0, "blank_lines": 0, "quarantined": {}}
-    assert counts["courses"] == {"lines_read": 1, "bronze_rows": 0, "blank_lines": 0, "quarantined": {"not_json_array": 1}}
+    nothing_cleaned = {"blank_lines": 0, "records_cleaned": 0}
+    assert counts["students"] == {"lines_read": 5, "bronze_rows": 2, "quarantined": {"not_an_object": 3},
+                                  **nothing_cleaned}
+    assert counts["universities"] == {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, **nothing_cleaned}
+    assert counts["courses"] == {"lines_read": 1, "bronze_rows": 0, "quarantined": {"not_json_array": 1},
+                                 **nothing_cleaned}
     students = read_table(spark, "bronze", "students", settings)
     assert rows(students, "line_number", "record", "source_file", "delivery") == [
         (1, '{"Id":"1","City":"São Paulo","Brand_New":{"x":1}}', "transactional/2017-11-16/students.json", "2017-11-16"),
