@@ -94,7 +94,8 @@ def event_lines(raw_lines: DataFrame, files: DataFrame) -> DataFrame:
         "long_lines", lambda x: x.getField("line_number") == F.col("line_number")), 0))
     lines = (lines.withColumn("_long", long_line)
              .withColumn("file_reason", F.when(F.col("_long").isNotNull(), F.lit("line_too_long")))
-             .withColumn("value", F.coalesce(F.col("_long").getField("head"), F.col("value")))
+             .withColumn("value", F.coalesce(F.regexp_replace(F.col("_long").getField("head"), "\r$", ""),
+                                             F.col("value")))
              .withColumn("raw_bytes", F.when(F.col("_long").isNull(), F.col("raw_bytes"))))
     whole = meta.where(F.col("file_reason").isNotNull()).select(
         "*", F.col("head").alias("value"), F.lit(None).cast("long").alias("line_number"),
@@ -154,7 +155,7 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
     # No second copy of the text (`raw` is derived from `value` by quarantine_events): bronze caches this frame.
     classified = checked.select(
         *(c for c in lines.columns if c not in ("raw_bytes", "file_reason")),
-        F.when(valid, F.col("_obj").getField("at")).alias("at_raw"),
+        F.when(valid, F.col("_at")).alias("at_raw"),
         reason.alias("reason"),
         F.when(~valid & F.col("raw_bytes").isNotNull(), F.base64("raw_bytes")).alias("raw_base64"),
         F.lit(run_id).alias("run_id"),
@@ -391,9 +392,8 @@ def _name_the_file(spark: SparkSession, settings: Settings, group: str, manifest
     for entry in _backlog(settings, group, manifests)[2]:
         if entry.get("file_reason"):
             continue
-        frame, _ = _classified(spark, settings, group, [entry], run_id)
         try:
-            frame.write.format("noop").mode("overwrite").save()
+            _classified(spark, settings, group, [entry], run_id)[0].write.format("noop").mode("overwrite").save()
         except (PySparkException, Py4JJavaError) as exc:
             cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.error("bronze fails on %s of batch %s: %s", entry["path"], entry["batch_id"], exc)

@@ -107,6 +107,8 @@ class _LineCap:
         if self.long is not None:
             self.long.write(data)
             self.long_bytes += len(data)
+            if len(self.head) < HEAD:
+                self.head += data[:HEAD - len(self.head)]
             return
         self.pending += data
         if len(self.pending) > self.cap:
