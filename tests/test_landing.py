@@ -12,10 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import fsspec
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from lakehouse.config import Settings
-from lakehouse.landing import land, lake_fs, read_ledger
+from lakehouse.landing import _LineCap, land, lake_fs, read_ledger
 from tests.fake_drive import FakeDrive, fake_drive  # noqa: F401  (fixture)
 from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
 
@@ -123,6 +125,79 @@ def test_rerun_on_a_landed_source_is_fast(settings):
     assert elapsed < 20
 
 
+@hsettings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+    ends_with_newline=st.booleans(), cap=st.integers(1, 16), cuts=st.lists(st.integers(1, 16), min_size=1),
+)
+def test_long_lines_are_set_aside_whole_whatever_the_chunks(lines, ends_with_newline, cap, cuts):
+    """However the file arrives in chunks (never longer than the cap), the copy keeps every line in its place, an
+    empty line for each one over the cap, and each of those whole in a file of its own."""
+    data = b"\n".join(lines) + (b"\n" if ends_with_newline and lines else b"")
+    fs = fsspec.filesystem("memory")
+    side = f"/caps/{uuid.uuid4().hex}"
+    copy = _Copy()
+    caps = _LineCap(copy, fs, side, cap)
+    at, i = 0, 0
+    while at < len(data):
+        step = min(cuts[i % len(cuts)], cap)
+        caps.feed(data[at:at + step])
+        at, i = at + step, i + 1
+    caps.close()
+
+    real = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n") if data else []
+    long = {n: line for n, line in enumerate(real, 1) if len(line) > cap}
+    want = b"\n".join(b"" if n in long else line for n, line in enumerate(real, 1))
+    if real and (data.endswith(b"\n") or len(real) in long):
+        want += b"\n"
+    assert bytes(copy.data) == want
+    assert [(x["line_number"], x["bytes"]) for x in caps.found] == [(n, len(line)) for n, line in long.items()]
+    assert {n: fs.cat_file(f"{side}-{n}") for n in long} == long
+    assert all(x["head"] == long[x["line_number"]][:256].decode("utf-8", "replace") for x in caps.found)
+
+
+class _Copy:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+
+def test_source_problems_are_reported_not_fatal(settings, tmp_path):
+    src = Path(settings.source_url)
+    put(src, "events/2017-11-16/part-0.json", LINE)
+    put(src, "events/today/part-0.json", LINE)
+    put(src, "Events/2017-11-16/part-0.json", LINE)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b'{"secret": 1}\n')
+    (src / "events" / "2017-11-16" / "link.json").symlink_to(outside)
+
+    report = land(settings)
+    assert report["files_new"] == 1 and report["source_skipped"] == 3
+    assert report["skipped"] == [
+        {"path": "Events", "why": "not a folder of the source layout (transactional or events)"},
+        {"path": "events/2017-11-16/link.json", "why": "symbolic link to outside the source folder: refused"},
+        {"path": "events/today", "why": "delivery folder name is not an ISO date or timestamp"},
+    ]
+    assert all(b"secret" not in data for data in landed(settings).values())
+
+    from lakehouse.sources import LocalSource
+
+    class Swapped(LocalSource):  # the file becomes a link out of the folder between the listing and the copy
+        def open(self, f):
+            target = self.root / f.path
+            target.unlink()
+            target.symlink_to(outside)
+            return super().open(f)
+
+    put(src, "events/2017-11-17/part-0.json", LINE + LINE)
+    report = land(settings, Swapped(str(src), src))
+    assert report["files_new"] == 0 and report["skipped"][-1] == {
+        "path": "events/2017-11-17/part-0.json",
+        "why": "cannot be read: events/2017-11-17/part-0.json resolves outside the source folder: refused"}
+
+
 # --- remote sources and a remote lake ------------------------------------------------------------------------
 
 
@@ -150,6 +225,14 @@ def test_gcs_source_into_a_gcs_lake(gcs, settings):
 
     gcs.pipe(f"{source}/events/2017-11-16/part-0.json", LINE + LINE)  # new generation, new bytes
     assert land(remote)["files_new"] == 1
+
+    long = b'{"at":"2017-11-16 02:10:20","pad":"' + b"p" * 100 + b'"}'
+    gcs.pipe(f"{source}/events/2017-11-17/part-0.json", LINE + long + b"\n" + LINE)  # a line over the cap
+    assert land(remote.model_copy(update={"max_line_bytes": 64}))["lines_too_long"] == 1
+    entry = read_ledger(remote)[-1]["files"][0]
+    assert landed(remote)[entry["landed_path"]] == LINE + b"\n" + LINE
+    assert [x["line_number"] for x in entry["long_lines"]] == [2]
+    assert landed(remote)[entry["long_lines"][0]["kept_at"]] == long
 
 
 def test_drive_source(fake_drive: FakeDrive, settings):  # noqa: F811

@@ -32,6 +32,7 @@ from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401, F811  (f
 UTC = timezone.utc
 D16 = datetime(2017, 11, 16, tzinfo=UTC)
 T17 = datetime(2017, 11, 17, 6, tzinfo=UTC)
+LINE_16 = b'{"at": "2017-11-16 02:10:20"}\n'
 
 
 def make_settings(**kw: Any) -> Settings:
@@ -229,6 +230,55 @@ def test_invalid_delivery_folder_is_warned_once_and_skipped(root: Any, caplog: p
     assert sum("'transactional/2017-11-16/nested'" in w for w in warnings) == 1
 
 
+def test_what_the_layout_leaves_out_is_reported(root: Any) -> None:
+    root.put("transactional/latest/students.json", b"[]")
+    root.put("transactional/2017-11-16/nested/students.json", b"[]")
+    root.put("transactional/2017-11-16/students.csv", b"Id\n1\n")
+    root.put("transactional/2017-11-16/students.json", b"[]")
+    root.put("events/2017-11-16/_SUCCESS", b"")
+    root.put("events/2017-11-16/.part-0.json.crc", b"")
+
+    src = source_of(root)
+    assert [f.path for f in src.list_files()] == ["transactional/2017-11-16/students.json"]
+    assert src.skipped == [
+        {"path": "transactional/2017-11-16/nested", "why": "transactional files sit directly in their delivery folder"},
+        {"path": "transactional/2017-11-16/students.csv", "why": "not a .json or .jsonl file"},
+        {"path": "transactional/latest", "why": "delivery folder name is not an ISO date or timestamp"},
+    ]
+
+
+def test_local_links_inside_are_followed_and_links_outside_are_refused(tmp_path: Path) -> None:
+    base, outside = tmp_path / "source", tmp_path / "elsewhere"
+    root = LocalRoot(base)
+    root.put("events/2017-11-16/part-0.json", LINE_16)
+    (outside / "2017-11-18").mkdir(parents=True)
+    (outside / "secret.json").write_bytes(b'{"at": "2017-11-16 02:10:20", "secret": 1}\n')
+    (outside / "2017-11-18" / "part.json").write_bytes(b"{}\n")
+    (base / "events" / "2017-11-16" / "leak.json").symlink_to(outside / "secret.json")
+    (base / "events" / "2017-11-18").symlink_to(outside / "2017-11-18")  # a delivery folder out of the source
+    (base / "events" / "2017-11-17").symlink_to(base / "events" / "2017-11-16")  # inside: followed
+    (base / "events" / "2017-11-16" / "again.json").symlink_to("part-0.json")
+    (base / "events" / "2017-11-16" / "loop").symlink_to("..")  # a link to a folder above: walked once
+
+    src = LocalSource(str(base), base)
+    assert [f.path for f in src.list_files()] == [
+        "events/2017-11-16/again.json", "events/2017-11-16/part-0.json",
+        "events/2017-11-17/again.json", "events/2017-11-17/part-0.json",
+    ]
+    assert src.skipped == [
+        {"path": f"events/{where}", "why": "symbolic link to outside the source folder: refused"}
+        for where in ("2017-11-16/leak.json", "2017-11-17/leak.json", "2017-11-18")
+    ]
+    assert src.open(next(iter(src.list_files()))).read() == LINE_16
+
+    # a file that turns into a link out of the folder after the listing is refused when opened
+    listed = [f for f in src.list_files() if f.path == "events/2017-11-16/part-0.json"][0]
+    (base / "events" / "2017-11-16" / "part-0.json").unlink()
+    (base / "events" / "2017-11-16" / "part-0.json").symlink_to(outside / "secret.json")
+    with pytest.raises(SourceError, match="outside the source folder"):
+        src.open(listed)
+
+
 def test_reads_bytes_back(root: Any) -> None:
     payloads = {
         "transactional/2017-11-16/students.json": json.dumps([{"id": i, "name": f"ß{i}"} for i in range(50)]).encode(),
@@ -310,6 +360,8 @@ def test_ten_megabyte_file_streams(root: Any) -> None:
         ("2017-11-16_backup", None),
         ("", None),
         ("-2017-11-16", None),
+        ("0001-01-01T00:00:00+01:00", None),  # before year 1 in UTC: not a date Python can hold
+        ("9999-12-31T23:00:00-05:00", None),
     ],
 )
 def test_parse_delivery(name: str, expected: datetime | None) -> None:
