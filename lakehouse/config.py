@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(
         16 * 1024 * 1024, description="event lines longer than this are set aside at landing (line_too_long)")
     max_file_bytes: int = Field(
-        128 * 1024 * 1024, description="transactional exports larger than this are set aside at landing "
+        64 * 1024 * 1024, description="transactional exports larger than this are set aside at landing "
         "(file_too_large); event files of any size are read line by line")
     plausible_since: date = Field(
         date(2000, 1, 1), description="events and records dated earlier are quarantined (date_out_of_range)")
