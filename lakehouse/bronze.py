@@ -136,7 +136,8 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
         (F.size(F.array_distinct(P.cleaned_keys(F.col("_keys"), F.col("_control")))) < F.size("_keys")).alias("_dup"),
         F.when(F.col("_object"), P.value_too_large(text)).alias("_big"),
         F.when(F.col("_object"), P.changed_by_cleaning(text, F.col("_control"))).alias("_changed"),
-        P.too_long(student, client, F.col("_country")).alias("_long_id"),
+        F.when(P.may_be_too_long(F.col("_sc"), F.col("_country")), P.too_long(student, client, F.col("_country")))
+        .otherwise(F.lit(False)).alias("_long_id"),
     )
     valid = F.col("_valid")
     reason = (

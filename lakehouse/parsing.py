@@ -15,10 +15,9 @@ MAX_ID_CHARS = 128  # ids and the other values the warehouse keys rows by (clien
 MAX_VALUE_BYTES = 1024 * 1024  # any one field value (or key) of an event or record, as delivered
 PARSER_DEPTH = 1000  # Spark's JSON parser refuses deeper nesting (its `maxNestingDepth`)
 
-CONTROL = r"\p{Cc}"  # control characters (U+0000-U+001F, U+007F-U+009F): removed from every value
-# A line or record whose parsed values may hold a control character: a JSON escape of one, or DEL/C1 unescaped
-# (raw C0 characters inside strings are invalid JSON and never parse).
-_MAY_HOLD_CONTROL = r"\\u00[01][0-9A-Fa-f]|\\u007[Ff]|\\u00[89][0-9A-Fa-f]|\\[bfnrt]|[\x7f-\x9f]"
+CONTROL = r"[\x00-\x1F\x7F]"  # ASCII control characters, NUL among them: removed from every value
+# A JSON escape that decodes to one (a raw one inside a string is invalid JSON and never parses; DEL may be raw).
+_CONTROL_ESCAPE = r"\\u00[01][0-9A-Fa-f]|\\u007[Ff]|\\[bfnrt]|\x7F"
 _CORRUPT = "_corrupt_record"
 _STRICT = {"columnNameOfCorruptRecord": _CORRUPT}
 _ANY_DEPTH = {**_STRICT, "maxNestingDepth": str(2**31 - 1)}
@@ -42,12 +41,13 @@ def json_text(value: Column) -> Column:
 
 
 def may_hold_control(value: Column) -> Column:
-    """Whether the parsed values of this JSON text may hold a control character (cheap test on the text)."""
-    return value.rlike(_MAY_HOLD_CONTROL)
+    """Whether the parsed values of this JSON text may hold a control character: a raw DEL, or (searched only in texts
+    with a backslash) an escape of one."""
+    return F.when(value.contains("\\"), value.rlike(_CONTROL_ESCAPE)).otherwise(value.contains("\x7f"))
 
 
 def clean(value: Column) -> Column:
-    """The text without control characters (PostgreSQL refuses NUL; the others corrupt exports and displays)."""
+    """The text without control characters (PostgreSQL refuses NUL; the others break exports and displays)."""
     return F.regexp_replace(value, CONTROL, "")
 
 
@@ -122,6 +122,11 @@ def too_long(*ids: Column) -> Column:
     """Whether one of these values is longer than MAX_ID_CHARS characters."""
     longest = F.greatest(*(F.length(c) for c in ids)) if len(ids) > 1 else F.length(ids[0])
     return F.coalesce(longest > MAX_ID_CHARS, F.lit(False))
+
+
+def may_be_too_long(*raw: Column) -> Column:
+    """Whether a value derived from these (as a part of one) may be longer than MAX_ID_CHARS: a cheap guard."""
+    return too_long(*raw)
 
 
 def outside(when: Column, since: date, until: date) -> Column:

@@ -54,7 +54,7 @@ def test_every_event_class_gets_its_reason_and_silver_reads_what_bronze_checked(
         ('{"at":"%s","a\\u0000":1,"a":2}' % AT, "duplicate_key"),  # the same key once cleaned
         ('{"at":"2017-11-16 02:10:21\\u0000","uuid":"at"}', None),
         ('{"b":NaN,"at":"%s"}' % AT, "not_json_object"),
-        ('{"at":"%s","uuid":"\\u0085x\\u007f"}' % AT, None),  # C1 and DEL escaped
+        ('{"at":"%s","uuid":"\\u007fx\\u001b\x7f\\u0085"}' % AT, None),  # DEL escaped and raw; C1 is kept
     ]
     src = Path(settings.source_url)
     put(src, "events/2017-11-16/part-0.json", "\n".join(text for text, _ in lines) + "\n")
@@ -76,7 +76,7 @@ def test_every_event_class_gets_its_reason_and_silver_reads_what_bronze_checked(
     assert got[4].page_name == "/ab"
     assert got[16].extra_fields == {"ab": "v"}
     assert got[18].event_at == datetime(2017, 11, 16, 2, 10, 21) and got[18].at_raw == "2017-11-16 02:10:21"
-    assert got[20].uuid == "x"
+    assert got[20].uuid == "x\u0085"
     assert got[12].student_id == "1" * MAX_ID_CHARS
     silver_dates = {r.event_date for r in silver.event_dates(bronze).collect()}
     assert silver_dates == {r.event_date for r in views.collect()}
