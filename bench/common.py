@@ -179,7 +179,9 @@ def server_dsn(bench_dir: Path) -> str:
         return dsn
     from lakehouse.pgserver import ManagedPostgres
 
-    return ManagedPostgres(bench_dir / "postgres").start()
+    server = ManagedPostgres(bench_dir / "postgres")
+    server.start()
+    return server.admin_dsn  # the benchmarks create and drop databases
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -28,6 +28,9 @@ MIRROR_LOCK = 0x6C616B65_6D697272  # pg advisory lock key of the mirror ("lakemi
 MIGRATE_LOCK = 0x6C616B65_6D696772  # ... and of the migrations runner ("lakemigr")
 BATCH_ROWS = 16_384  # rows per Arrow batch rendered as one CSV chunk
 BI_GROUP, BI_LOGIN = "bi_reader", "bi_user"
+# What a BI session gets by default: read-only transactions, no query past the timeout; at most so many sessions.
+BI_LOGIN_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "5min"}
+BI_CONNECTION_LIMIT = 10
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,8 @@ def migrate(dsn: str) -> list[str]:
 
 
 def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
-    """Create or update the BI login `bi_user` (member of bi_reader) with the password from the environment."""
+    """Create or update the BI login `bi_user` (member of bi_reader) with the password from the environment, sent
+    as a SCRAM verifier computed here; the login defaults to read-only transactions, with BI_LOGIN_SETTINGS."""
     settings = settings or get_settings()
     password = settings.bi_password.get_secret_value() if settings.bi_password else ""
     if not password:
@@ -350,7 +354,11 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
                         cur.execute(f"create role {BI_LOGIN} login in role {BI_GROUP}")
                     elif any(found):  # only a superuser may change these; a mirror role with CREATEROLE need not
                         cur.execute(f"alter role {BI_LOGIN} with nosuperuser nocreatedb nocreaterole noreplication")
-                    cur.execute(f"alter role {BI_LOGIN} with login password %s", (password,))
+                    verifier = psycopg2.extensions.encrypt_password(password, BI_LOGIN, conn, "scram-sha-256")
+                    cur.execute(f"alter role {BI_LOGIN} with login connection limit {BI_CONNECTION_LIMIT}"
+                                " password %s", (verifier,))
+                    for name, value in BI_LOGIN_SETTINGS.items():
+                        cur.execute(f"alter role {BI_LOGIN} set {name} = %s", (value,))
                     cur.execute(f"grant {BI_GROUP} to {BI_LOGIN}")
                 return True
             except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation, psycopg2.errors.InternalError):
@@ -470,14 +478,14 @@ def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], c
 
 def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> dict:
     """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
-    from lakehouse.pgserver import warehouse_dsn
+    from lakehouse.pgserver import warehouse_logins
 
     settings = settings or get_settings()
-    dsn = dsn or warehouse_dsn(settings)
+    dsn, roles_dsn = (dsn, dsn) if dsn else warehouse_logins(settings)
     source = source or DeltaGold(settings)
     started = time.perf_counter()
     migrate(dsn)
-    ensure_bi_login(dsn, settings)
+    ensure_bi_login(roles_dsn, settings)
 
     duck = duckdb_connection()
     conn = psycopg2.connect(dsn)

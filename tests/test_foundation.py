@@ -34,7 +34,7 @@ def test_settings_read_environment_and_env_file(tmp_path, monkeypatch):
 
 
 def test_mask_dsn_key_value_form():
-    assert mask_dsn("host=db password=abc user=u") == "host=db password=******** user=u"
+    assert mask_dsn("host=db password=abc user=u") == "user=u password=******** host=db"
 
 
 def test_unknown_layer_is_refused(settings):
@@ -91,9 +91,8 @@ def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
 @pytest.fixture
 def pg_root():
     root = Path(tempfile.mkdtemp(prefix="lakehouse-pgtest-"))
-    root.chmod(0o755)
     yield root
-    ManagedPostgres(root).stop()
+    ManagedPostgres(root).remove()
     shutil.rmtree(root, ignore_errors=True)
 
 
