@@ -163,9 +163,22 @@ def _create_views(con, database: str, tables: list[Table], versions: dict[str, i
             con.execute(sql)
         except duckdb.Error as exc:
             if version is not None:
-                raise CatalogError(f"{table.key} has no Delta version {version}") from None
+                raise CatalogError(_vacuumed([table], versions) or f"{table.key} has no Delta version {version}") from None
             skipped.append(f"{table.key}: {_first_line(exc)}")
     return skipped
+
+
+def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | None:
+    """Why a pinned version cannot be read when a vacuum deleted its files: one line naming the oldest readable one."""
+    from lakehouse.delta import oldest_readable_version
+
+    for table in tables:
+        version = (versions or {}).get(table.key)
+        oldest = None if version is None else oldest_readable_version(table.location)
+        if oldest is not None and version < oldest:
+            return (f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
+                    f" the oldest readable version is {oldest}")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -345,7 +358,7 @@ def query(
     try:
         names, rows = lake.rows(sql, params)
     except duckdb.Error as exc:
-        raise CatalogError(_first_line(exc)) from None
+        raise CatalogError(_vacuumed(tables, versions) or _first_line(exc)) from None
     finally:
         lake.close()
     return names, rows, lake.skipped

@@ -16,6 +16,15 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def main() -> None:
+    """Open lakehouse for learning-platform analytics."""
+    from lakehouse.config import get_settings
+    from lakehouse.security import secure_data_dir
+
+    secure_data_dir(get_settings())  # the data folder holds secrets: mode 0700
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line reason and exit non-zero."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -107,13 +116,19 @@ def query(
 @app.command()
 def dashboard(
     port: int = typer.Option(5006, help="port to serve on"),
-    address: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
+    address: str = typer.Option(None, help="interface to listen on (default LAKEHOUSE_BIND; 0.0.0.0: every one)"),
     show: bool = typer.Option(False, help="open a browser tab"),
 ) -> None:
-    """Serve the Panel dashboard over gold (works with no internet access); Ctrl-C stops it."""
-    from apps.dashboard import serve
+    """Serve the Panel dashboard over gold (works with no internet access); Ctrl-C stops it.
 
-    serve(port, show=show, address=address)
+    Asks for the login (user admin) when LAKEHOUSE_ADMIN_PASSWORD is set; open without it, on loopback only."""
+    from apps.dashboard import serve
+    from lakehouse.security import BindRefused
+
+    try:
+        serve(port, show=show, address=address)
+    except BindRefused as exc:
+        fail(str(exc))
 
 
 @pg_app.command("start")
@@ -174,10 +189,13 @@ def run(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from lakehouse.config import get_settings
-    from lakehouse.platform import client_env
+    from lakehouse.platform import PlatformError, client_env
 
     settings = get_settings()
-    os.environ.update(client_env(settings))
+    try:
+        os.environ.update(client_env(settings))
+    except PlatformError as exc:
+        fail(str(exc))
     from flows.common import add_listener
     from flows.pipeline import full_pipeline
 
@@ -238,7 +256,8 @@ def up(
     from lakehouse.config import get_settings
     from lakehouse.platform import up as run_up
 
-    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard, say=lambda m: console.print(m, highlight=False))
+    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard,
+                  say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     raise typer.Exit(code)
 
 

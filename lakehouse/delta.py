@@ -11,11 +11,14 @@ from lakehouse.config import Settings, get_settings
 
 T = TypeVar("T")
 
-# Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel.
+# Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel. The log and the
+# files it removed are kept equally long, so a version the log still offers has its files (the maintenance vacuum
+# retains at least this long).
+RETENTION = "interval 7 days"
 TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
-    "delta.logRetentionDuration": "interval 30 days",
-    "delta.deletedFileRetentionDuration": "interval 7 days",
+    "delta.logRetentionDuration": RETENTION,
+    "delta.deletedFileRetentionDuration": RETENTION,
 }
 
 
@@ -205,3 +208,51 @@ def last_operation_metrics(path: str) -> dict[str, str]:
         if b'"commitInfo"' in line and (info := json.loads(line).get("commitInfo")):
             return dict(info.get("operationMetrics") or {})
     return {}
+
+
+
+def oldest_readable_version(path: str) -> int | None:
+    """The oldest version of the Delta table at `path` whose data files all still exist (None: none, or no table),
+    read from its log without Spark: the log can still list versions whose removed files a vacuum deleted."""
+    import json
+    import re
+    from urllib.parse import unquote
+
+    import pyarrow.parquet as pq
+
+    fs, log, names = _log(path)
+    commits = dict(_commits(names))
+    if not commits:
+        return None
+    root = log[: -len("/_delta_log")]
+    existing = {f[len(root) + 1:] for f in fs.find(root) if "/_delta_log/" not in f}
+
+    def relative(file: str) -> str:
+        file = unquote(file)
+        return file[len(root) + 1:] if file.startswith(root + "/") else file
+
+    latest = max(commits)
+    active: set[str] = set()
+    base = -1
+    if any(v not in commits for v in range(latest + 1)):  # the log was cleaned: start from a checkpoint
+        checkpoints = sorted({int(m.group(1)) for n in names if (m := re.search(r"/(\d{20})\.checkpoint", n))})
+        usable = [c for c in checkpoints if all(v in commits for v in range(c + 1, latest + 1))]
+        if not usable:
+            return None
+        base = usable[0]
+        for part in sorted(n for n in names if re.search(rf"/{base:020d}\.checkpoint(\.\d+\.\d+)?\.parquet$", n)):
+            with fs.open(part, "rb") as f:
+                active.update(relative(a["path"]) for a in pq.read_table(f, columns=["add"]).column("add").to_pylist()
+                              if a)
+        if active <= existing:
+            return base
+    for version in range(base + 1, latest + 1):
+        for line in fs.cat_file(commits[version]).splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                active.add(relative(action["add"]["path"]))
+            elif "remove" in action:
+                active.discard(relative(action["remove"]["path"]))
+        if active <= existing:
+            return version
+    return None

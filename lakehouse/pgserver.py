@@ -150,6 +150,7 @@ class ManagedPostgres:
         """Create the cluster once: scram auth on 127.0.0.1 only, a random superuser password."""
         if self.initialized():
             return
+        find_bindir()  # PostgresError naming the install command, before anything is made
         secure_dir(self.root)
         if not (self.root / "port").exists():
             (self.root / "port").write_text(str(_free_port()))

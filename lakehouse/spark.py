@@ -91,8 +91,9 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
         .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
     )
-    if master.startswith("local"):
+    if master.startswith("local"):  # a local driver serves no other machine: it listens on loopback only
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
     for key, value in {**DELTA_DEFAULTS, **SQL_CONF, **settings.spark_conf}.items():
         builder = builder.config(key, value)
     spark = configure_spark_with_delta_pip(builder).getOrCreate()

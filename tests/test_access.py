@@ -153,3 +153,18 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     bi.close()
     owner.close()
     superuser.close()
+
+
+# -- local Spark --------------------------------------------------------------------------------
+
+
+def test_local_spark_listens_on_loopback_only(spark):
+    import psutil
+
+    assert spark.conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    assert spark.conf.get("spark.driver.host") == "127.0.0.1"
+    spark.range(10).count()  # the driver's RPC and block manager are up
+    jvm = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+    assert jvm, "no Spark JVM found among this process's children"
+    listening = [c.laddr for p in jvm for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for addr in listening), listening

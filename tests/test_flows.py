@@ -122,6 +122,22 @@ def test_maintenance_refuses_a_retention_that_breaks_time_travel(harness, settin
     assert "would break time travel" in str(state.result(raise_on_failure=False))
 
 
+def test_a_warehouse_that_cannot_work_is_said_before_any_pipeline_work(harness, settings, monkeypatch):
+    from flows.pipeline import full_pipeline
+    from lakehouse import pgserver
+
+    _source(settings, deliveries=1)
+
+    def missing():
+        raise pgserver.PostgresError(pgserver.INSTALL_HINT)
+
+    monkeypatch.setattr(pgserver, "find_bindir", missing)
+    state = full_pipeline(return_state=True)
+    assert state.is_failed()
+    assert str(state.result(raise_on_failure=False)) == pgserver.INSTALL_HINT
+    assert not Path(settings.lake_url).exists(), "nothing was landed"
+
+
 # -- the real pipeline --------------------------------------------------------------------------
 
 @pytest.mark.timeout(1800)
