@@ -40,5 +40,5 @@ bench: setup
 	$(BIN)/python -m bench.run $(if $(EVENTS),--events $(EVENTS),)
 
 clean-data:
-	-$(BIN)/lakehouse pg stop
+	-$(BIN)/lakehouse pg remove
 	rm -rf data

@@ -163,7 +163,8 @@ def _create_views(con, database: str, tables: list[Table], versions: dict[str, i
             con.execute(sql)
         except duckdb.Error as exc:
             if version is not None:
-                raise CatalogError(_vacuumed([table], versions) or f"{table.key} has no Delta version {version}") from None
+                missing = f"{table.key} has no Delta version {version}"
+                raise CatalogError(_vacuumed([table], versions) or missing) from None
             skipped.append(f"{table.key}: {_first_line(exc)}")
     return skipped
 

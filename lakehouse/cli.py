@@ -151,6 +151,17 @@ def pg_stop() -> None:
     managed().stop()
 
 
+@pg_app.command("remove")
+def pg_remove() -> None:
+    """Stop the managed cluster and delete its data; the next run rebuilds the warehouse from gold."""
+    from lakehouse.pgserver import managed
+
+    server = managed()
+    if server.initialized():
+        server.remove()
+        console.print(f"removed {server.cluster}", highlight=False)
+
+
 @pg_app.command("status")
 def pg_status() -> None:
     """Say whether the managed cluster runs."""

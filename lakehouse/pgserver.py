@@ -149,7 +149,9 @@ class ManagedPostgres:
     def init(self) -> None:
         """Create the cluster once: scram auth on 127.0.0.1 only, a random superuser password."""
         if self.initialized():
-            return
+            if self._secret.exists():
+                return
+            self.remove()  # an orphan: the data folder that held its passwords and port was deleted since
         find_bindir()  # PostgresError naming the install command, before anything is made
         secure_dir(self.root)
         if not (self.root / "port").exists():
@@ -172,12 +174,17 @@ class ManagedPostgres:
             pwfile.unlink(missing_ok=True)
         with open(self.cluster / "postgresql.conf", "a") as conf:
             conf.write("\n# managed by lakehouse\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                       "fsync = on\nmax_connections = 50\nshared_buffers = 256MB\npassword_encryption = scram-sha-256\n")
+                       "fsync = on\nmax_connections = 50\nshared_buffers = 256MB\n"
+                       "password_encryption = scram-sha-256\n")
 
     def _make_server_dir(self, path: Path) -> None:
         """The folder holding the data directory, reachable by the server's user (created when missing)."""
         if path == self.root:
             return
+        if not path.parent.is_dir():
+            raise PostgresError(f"{path.parent}, the home of the user the managed PostgreSQL runs as, does not exist:"
+                                f" create it (`install -d -o postgres -g postgres {path.parent}`), or set"
+                                " LAKEHOUSE_PG_DSN to a server of your own")
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._chown(path)

@@ -252,7 +252,8 @@ class Platform:
         if busy:
             raise RuntimeError(f"port {', '.join(busy)} already in use: stop what listens there (another `lakehouse up`?)")
         self.password, stored = admin_password(self.settings, create=True)
-        where = "LAKEHOUSE_ADMIN_PASSWORD" if stored is None else f"{stored} (mode 0600; set LAKEHOUSE_ADMIN_PASSWORD to choose one)"
+        where = ("LAKEHOUSE_ADMIN_PASSWORD" if stored is None
+                 else f"{stored} (mode 0600; set LAKEHOUSE_ADMIN_PASSWORD to choose one)")
         self.say(f"login: user {ADMIN_USER}, password from {where}")
         prefect_home(self.settings).mkdir(parents=True, exist_ok=True)
         self.say(f"starting the Prefect server on {self.ui_url} (database in {prefect_home(self.settings)})")

@@ -97,6 +97,27 @@ def test_a_cluster_made_under_the_data_folder_is_moved_where_its_server_can_reac
         shutil.rmtree(pwfile.parent, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the data directory lives outside the data folder only when we are root")
+def test_a_deleted_data_folder_leaves_no_cluster_behind(tmp_path):
+    """`rm -rf data` after `lakehouse pg stop` leaves the data directory in the postgres user's home: the next start
+    at the same place replaces it instead of failing on the lost passwords; `remove` deletes it."""
+    from lakehouse.pgserver import ManagedPostgres
+
+    root = tmp_path / "data" / "postgres"
+    server = ManagedPostgres(root)
+    try:
+        server.start()
+        first = (server.cluster / "PG_VERSION").stat().st_ino
+        server.stop()
+        shutil.rmtree(tmp_path / "data")
+        dsn = ManagedPostgres(root).start()
+        assert (server.cluster / "PG_VERSION").stat().st_ino != first
+        assert _one(_connect(dsn), "select current_user") == ("lakehouse_owner",)
+    finally:
+        server.remove()
+    assert not server.cluster.exists() and not server.logfile.exists()
+
+
 def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     """A warehouse made by an earlier version as the superuser is handed over to the owner role; the mirror then runs
     as that role (no superuser, no CREATEROLE); bi_user is read-only by default, limited, refused by every database but
@@ -142,7 +163,8 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     bi = _connect(pg_server.dsn, user="bi_user", password=BI_PASSWORD)
     assert _one(bi, "show default_transaction_read_only") == ("on",)
     assert _one(bi, "show statement_timeout") == (warehouse.BI_LOGIN_SETTINGS["statement_timeout"],)
-    assert _one(bi, "select rolconnlimit from pg_roles where rolname = current_user") == (warehouse.BI_CONNECTION_LIMIT,)
+    limit = _one(bi, "select rolconnlimit from pg_roles where rolname = current_user")
+    assert limit == (warehouse.BI_CONNECTION_LIMIT,)
     assert _one(bi, "select count(*) from dw.owner_made_later") == (0,)
     assert _one(bi, "select count(*) from dw.dim_student")[0] > 0
     with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
@@ -153,6 +175,94 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     bi.close()
     owner.close()
     superuser.close()
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("postgresql://u:hunter2@db:5432/dw", "postgresql://u:********@db:5432/dw"),
+    ("postgresql://u:p%40ss%3Aw@db/dw?sslmode=require", "postgresql://u:********@db/dw?sslmode=require"),
+    ("postgresql://u@db/dw?password=hunter2&application_name=x",
+     "postgresql://u@db/dw?password=********&application_name=x"),
+    ("postgres://u:hunter2@h1:5432,h2:5433/dw", "postgres://u:********@h1:5432,h2:5433/dw"),
+    ("host=db password=hunter2 user=u", "user=u password=******** host=db"),
+    ("host=db password = 'hun ter2' user=u", "user=u password=******** host=db"),
+    ("host=db password='it\\'s hunter2' dbname=dw", "password=******** dbname=dw host=db"),
+    ("postgresql://u@db/dw", "postgresql://u@db/dw"),
+    ("host=db password='unterminated hunter2", "(a DSN libpq cannot parse; hidden)"),
+])
+def test_dsn_passwords_are_masked_in_every_spelling(dsn, shown):
+    from lakehouse.config import mask_dsn
+
+    masked = mask_dsn(dsn)
+    assert "hunter2" not in masked and "hun ter2" not in masked
+    assert sorted(masked.split()) == sorted(shown.split()) if "=" in shown and "://" not in shown else masked == shown
+
+
+def test_config_masks_secrets_and_secret_looking_spark_settings(tmp_path):
+    env = {**os.environ, "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
+           "LAKEHOUSE_PG_DSN": "host=db user=u password='pg hunter2'",
+           "LAKEHOUSE_ADMIN_PASSWORD": "admin-hunter2", "LAKEHOUSE_BI_PASSWORD": "bi-hunter2",
+           "LAKEHOUSE_GCS_HMAC_SECRET": "hmac-hunter2",
+           "LAKEHOUSE_SPARK_CONF": '{"spark.hadoop.fs.s3a.secret.key": "s3-hunter2", "spark.ssl.keyStorePassword":'
+                                   ' "ks-hunter2", "spark.hadoop.fs.gs.auth.access.token": "tok-hunter2",'
+                                   ' "spark.executor.memory": "8g"}'}
+    shown = subprocess.run([sys.executable, "-m", "lakehouse.cli", "config"], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2" not in shown.stdout
+    flat = "".join(shown.stdout.split())
+    assert '"spark.executor.memory":"8g"' in flat and '"spark.hadoop.fs.s3a.secret.key":"********"' in flat
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+
+
+def test_secret_files_are_private_from_their_first_byte(tmp_path):
+    from lakehouse.security import secure_dir, write_secret
+
+    path = write_secret(tmp_path / "a.secret", "one")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "one"
+    with pytest.raises(FileExistsError):  # never through an existing file
+        write_secret(path, "two")
+    (tmp_path / "link.secret").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):  # nor through a link planted where the secret goes
+        write_secret(tmp_path / "link.secret", "three")
+    assert not (tmp_path / "elsewhere").exists()
+    write_secret(path, "four", replace=True)
+    assert path.read_text() == "four" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.secret", "link.secret"]
+
+    loose = tmp_path / "data"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    assert stat.S_IMODE(secure_dir(loose).stat().st_mode) == 0o700
+    assert stat.S_IMODE(secure_dir(tmp_path / "new" / "data").stat().st_mode) == 0o700
+
+
+def test_generated_admin_password_is_stored_once_and_the_variable_wins(settings, monkeypatch):
+    from lakehouse import config
+    from lakehouse.security import admin_password, admin_password_file
+
+    assert admin_password(settings) == (None, None)  # nothing configured, nothing made
+    password, path = admin_password(settings, create=True)
+    assert path == admin_password_file(settings) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(password) >= 24 and admin_password(settings, create=True) == (password, path)
+    monkeypatch.setenv("LAKEHOUSE_ADMIN_PASSWORD", "chosen")
+    config.get_settings.cache_clear()
+    assert admin_password(config.get_settings()) == ("chosen", None)
+
+
+def test_listening_beyond_loopback_needs_a_login():
+    from lakehouse.security import BindRefused, check_bind, is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert is_loopback(host)
+        check_bind(host, login=False)
+    for host in ("0.0.0.0", "::", "10.1.2.3", "lakehouse.example.com"):
+        assert not is_loopback(host)
+        with pytest.raises(BindRefused, match="LAKEHOUSE_ADMIN_PASSWORD"):
+            check_bind(host, login=False)
+        check_bind(host, login=True)
 
 
 # -- local Spark --------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ def test_vacuum_retention_never_shorter_than_log_retention():
     assert TABLE_PROPERTIES["delta.logRetentionDuration"] == TABLE_PROPERTIES["delta.deletedFileRetentionDuration"]
     assert min_retain_hours() == 7 * 24
     # a table written by an earlier version (30-day log, 7-day files) is vacuumed keeping 30 days
-    earlier = {"delta.logRetentionDuration": "interval 30 days", "delta.deletedFileRetentionDuration": "interval 7 days"}
+    earlier = {"delta.logRetentionDuration": "interval 30 days",
+               "delta.deletedFileRetentionDuration": "interval 7 days"}
     assert retention_hours(earlier, 168) == 720
     assert retention_hours({}, 200) == 200
 
