@@ -13,9 +13,9 @@ from lakehouse.config import Settings
 from lakehouse.generate import STATES, generate
 from lakehouse.landing import land
 
-IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at"}
+IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
 SILVER = ("page_views", *silver.TRANSFORMS)
-GOLD = tuple(t for t, _, _ in gold.PLAN)
+GOLD = gold.TABLES
 
 
 pytestmark = pytest.mark.timeout(1800)
