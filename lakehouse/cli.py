@@ -12,6 +12,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
 app.add_typer(pg_app, name="pg")
+warehouse_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL warehouse (schema dw).")
+app.add_typer(warehouse_app, name="warehouse")
 console = Console()
 err = Console(stderr=True)
 
@@ -142,6 +144,16 @@ def pg_status() -> None:
     from lakehouse.pgserver import managed
 
     console.print("running" if managed().running() else "stopped")
+
+
+@warehouse_app.command("sql")
+def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
+    """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
+    from lakehouse.warehouse import LOADS_BY_TARGET, load_sql
+
+    if table not in LOADS_BY_TARGET:
+        fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
+    print(load_sql(table), end="")
 
 
 PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
