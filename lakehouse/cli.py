@@ -44,7 +44,7 @@ def generate(
     deliveries: int = typer.Option(3, help="daily deliveries"),
 ) -> None:
     """Write a synthetic source in the contract's layout."""
-    from lakehouse.generate import generate as run_generate
+    from lakehouse.tools.generate import generate as run_generate
 
     summary = run_generate(out, seed=seed, students=students, events=events, deliveries=deliveries)
     console.print(f"wrote a source to {out} ({summary.get('event_lines', events)} event lines, "

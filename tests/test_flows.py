@@ -22,7 +22,7 @@ def _deployments() -> list[dict]:
 
 
 def _source(settings, deliveries: int = 2) -> Path:
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=3, students=60, events=3000, deliveries=deliveries)
     return Path(settings.source_url)
