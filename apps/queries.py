@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ import pandas as pd
 
 from lakehouse import catalog
 from lakehouse.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
 UNKNOWN = "(unknown)"  # the label of a missing client type or country, in every chart and filter
@@ -135,8 +138,8 @@ class Gold:
             _, keys, versions = self._state()
             if keys != self._keys or versions != self._versions:
                 self._stale = True
-        except Exception:  # a transient listing failure: keep serving, check again later
-            pass
+        except Exception as exc:  # a transient listing failure: keep serving, check again later
+            log.warning("could not check the lake for new gold commits (will retry): %s", exc)
         finally:
             self._checked = time.monotonic()
             self._checking = False

@@ -47,7 +47,7 @@ def generate(
     from lakehouse.tools.generate import generate as run_generate
 
     summary = run_generate(out, seed=seed, students=students, events=events, deliveries=deliveries)
-    console.print(f"wrote a source to {out} ({summary.get('event_lines', events)} event lines, "
+    console.print(f"wrote a source to {out} ({summary['event_lines']} event lines, "
                   f"{deliveries} deliveries, seed {seed})")
 
 
@@ -294,17 +294,10 @@ def summary() -> None:
     last = json.loads(last_path.read_text()) if last_path.exists() else None
     table = Table("layer", "table", "rows", title="lakehouse: rows per table")
     quarantined = 0
-    try:
-        counts = _row_counts(settings)
-    except ImportError:
-        counts = None
-    if counts is not None:
-        for layer, name, rows in counts:
-            table.add_row(layer, name, f"{rows:,}")
-            quarantined += rows if layer == "quarantine" else 0
-        console.print(table)
-    else:
-        console.print("[yellow]row counts need lakehouse.catalog (not available)[/]")
+    for layer, name, rows in _row_counts(settings):
+        table.add_row(layer, name, f"{rows:,}")
+        quarantined += rows if layer == "quarantine" else 0
+    console.print(table)
     if last:
         stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
                        title="last run")
@@ -312,7 +305,7 @@ def summary() -> None:
             stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
                                                             "warehouse loads", "status")))
         console.print(stages)
-    console.print(f"quarantined records  {quarantined:,}" if counts is not None else "quarantined records  n/a")
+    console.print(f"quarantined records  {quarantined:,}")
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)
