@@ -1,4 +1,4 @@
-"""Synthetic source generator: layout, determinism, and every realism property of DATA.md, read back from the files."""
+"""Synthetic source generator: layout, determinism, and every quirk docs/source-data.md lists, read back from the files."""
 
 from __future__ import annotations
 
