@@ -50,7 +50,7 @@ class Load:
     key: str | None = None  # dimensions: the business key
     key_collation: str | None = None  # dimensions: the collation the key is sorted and partitioned under
     fact_time: str | None = None  # facts: the column whose time picks each dimension's version
-    measures: tuple[tuple[str, str], ...] = ()  # facts: (column, aggregate) summed up per grain
+    measures: tuple[tuple[str, str], ...] = ()  # facts: (column, aggregate) combining the staged rows of one grain
     depends: tuple[str, ...] = ()  # facts: the dimensions whose surrogate keys the fact carries
 
     @property

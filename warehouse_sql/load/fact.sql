@@ -2,7 +2,7 @@
     `lakehouse warehouse sql fact_<name>` prints the result.
     table: dw.<table>, staged in stage.<table>
     columns: the staged columns that make the grain (staged rows are distinct per grain)
-    measures: (column, aggregate) pairs that sum up the staged rows of one grain
+    measures: (column, aggregate) pairs that combine the staged rows of one grain
     fact_time: the column whose time picks each dimension's version
     dimensions: the dimensions whose surrogate keys the fact carries, as entity and business key -#}
 {%- macro column_list(names, indent, prefix="") -%}
