@@ -45,7 +45,7 @@ def students_for(events: int) -> int:
 
 
 def _generator_digest() -> str:
-    return hashlib.sha256((ROOT / "lakehouse" / "generate.py").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((ROOT / "lakehouse" / "tools" / "generate.py").read_bytes()).hexdigest()[:16]
 
 
 def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
@@ -63,7 +63,7 @@ def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
 
 def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, name: str = "source") -> tuple[Path, dict]:
     """The scale's source (`deliveries` daily deliveries), generated unless an identical one is cached."""
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     key = {"seed": SEED, "students": students_for(events), "events": events, "deliveries": deliveries,
            "generator": _generator_digest()}
@@ -79,7 +79,7 @@ def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, na
 
 def ensure_source_plus(scale_dir: Path, source: Path, events: int) -> tuple[Path, dict]:
     """The source plus one new delivery of about 10% more events (and that day's transactional exports)."""
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     key = {"base": json.loads((source / ".bench-source.json").read_text())["key"], "extra_share": EXTRA_SHARE,
            "delivery": EXTRA_DELIVERY}

@@ -11,7 +11,7 @@ import pytest
 
 from lakehouse import bronze, gold, silver
 from lakehouse.config import Settings
-from lakehouse.generate import STATES, generate
+from lakehouse.tools.generate import STATES, generate
 from lakehouse.landing import land
 
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
