@@ -73,8 +73,8 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
     """`lakehouse up` behind its login: the API answers 401 without it, CSRF and CORS are on, the UI asks for the
     login, the worker's flow runs and `lakehouse run` pass it, the dashboard asks for it; no secret reaches the
     configuration shown, the run's artifacts or any log."""
-    from lakehouse.generate import generate
     from lakehouse.platform import api_session
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=5, students=60, events=3000, deliveries=2)
     prefect_port, dashboard_port = _free_port(), _free_port()
