@@ -134,11 +134,9 @@ def guarded(request, tmp_path_factory):
 
 
 def test_nothing_is_served_before_the_login(guarded):
-    import asyncio
-
     import httpx
-    import websockets
     import websockets.exceptions
+    from websockets.sync.client import connect
 
     first = httpx.get(guarded, follow_redirects=False)
     assert first.status_code in (302, 303) and first.headers["location"].split("?")[0].endswith("/login")
@@ -148,13 +146,10 @@ def test_nothing_is_served_before_the_login(guarded):
     assert "cdn" not in page.text.lower()
 
     def handshake(origin: str, cookies: dict | None = None) -> None:
-        async def go():
-            headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in (cookies or {}).items())} if cookies else {}
-            async with websockets.connect(guarded.replace("http", "ws") + "ws", origin=origin,
-                                          additional_headers=headers, open_timeout=10):
-                pass
-
-        asyncio.run(go())
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+        with connect(guarded.replace("http", "ws") + "ws", origin=origin, additional_headers=headers, proxy=None,
+                     open_timeout=10):
+            pass
 
     own = guarded.rstrip("/")
     with pytest.raises(websockets.exceptions.InvalidStatus, match="403"):  # the document's socket, before login
@@ -166,6 +161,7 @@ def test_nothing_is_served_before_the_login(guarded):
                        follow_redirects=False)
     assert right.status_code == 302 and "user" in right.cookies
     assert "docs_json" in httpx.get(guarded, cookies=dict(right.cookies)).text
+    handshake(own, dict(right.cookies))  # logged in, from the dashboard's own origin: the socket opens
     with pytest.raises(websockets.exceptions.InvalidStatus, match="403"):  # logged in, but from another site
         handshake("http://evil.example", dict(right.cookies))
 

@@ -37,7 +37,7 @@ def test_a_vacuumed_version_names_the_oldest_readable_one(spark, settings):
 
     df = spark.createDataFrame([(1, "a")], "id int, name string")
     for _ in range(3):
-        delta.overwrite(df, "gold", "t_retention", settings=settings)  # versions 0, 1, 2; each replaces the files
+        delta.overwrite(df, delta.Target("gold", "t_retention", settings))  # versions 0, 1, 2: each replaces the files
     path = settings.table_path("gold", "t_retention")
     assert delta.oldest_readable_version(path) == 0
     _vacuum_everything(spark, path)
@@ -61,13 +61,13 @@ def test_oldest_readable_version_after_the_log_was_cleaned(spark, settings):
 
     df = spark.createDataFrame([(1,)], "x int")
     for version in range(12):  # appends: every version's files stay; Delta checkpoints at version 10
-        delta.append_once(df, "bronze", "t_cleaned", app_id="t", version=version, settings=settings)
+        delta.append_once(df, delta.Target("bronze", "t_cleaned", settings, app_id="t", version=version))
     path = settings.table_path("bronze", "t_cleaned")
     log = Path(path, "_delta_log")
     assert (log / f"{10:020d}.checkpoint.parquet").exists()
     for version in range(10):  # what the log cleanup does past the log retention
         (log / f"{version:020d}.json").unlink()
     assert delta.oldest_readable_version(path) == 10
-    delta.overwrite(df, "bronze", "t_cleaned", settings=settings)  # version 12 replaces every file
+    delta.overwrite(df, delta.Target("bronze", "t_cleaned", settings))  # version 12 replaces every file
     _vacuum_everything(spark, path)
     assert delta.oldest_readable_version(path) == 12
