@@ -32,10 +32,13 @@ def table_path(layer: str, name: str, settings: Settings | None = None) -> str:
     return (settings or get_settings()).table_path(layer, name)
 
 
-def table_exists(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> bool:
-    from delta.tables import DeltaTable
+def table_exists(spark: SparkSession | None, layer: str, name: str, settings: Settings | None = None) -> bool:
+    """Whether the lake holds the Delta table (a commit in its log; no Spark job)."""
+    return is_table(table_path(layer, name, settings))
 
-    return DeltaTable.isDeltaTable(spark, table_path(layer, name, settings))
+
+def is_table(path: str) -> bool:
+    return bool(_commits(_log(path)[2]))
 
 
 def read_table(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> DataFrame:
@@ -159,10 +162,11 @@ def merge_once(
     """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows (unless `insert` is false),
     optionally update matched ones; committed at most once per (app_id, version). A missing table is created by an
     idempotent append. `within`: the distinct values of the partition column(s) the source's rows can match in (a few
-    dates, say); the MERGE then reads and rewrites only those partitions of the table instead of all of it."""
-    from delta.tables import DeltaTable
+    dates, say); the MERGE then reads and rewrites only those partitions of the table instead of all of it.
+    Written in SQL, so it runs the same on a local session and over Spark Connect."""
+    import uuid
 
-    if not DeltaTable.isDeltaTable(spark, target.path):
+    if not is_table(target.path):
         if insert:
             append_once(source, target)
         return
@@ -171,23 +175,29 @@ def merge_once(
         return
     if within is not None:
         on = f"({on}) AND ({_partition_filter(within)})"
-    merge = DeltaTable.forPath(spark, target.path).alias("t").merge(source.alias("s"), on)
+    view = f"merge_source_{uuid.uuid4().hex}"
+    clauses = []
     if update_set:
-        merge = merge.whenMatchedUpdate(condition=update_when, set=update_set)
+        condition = f" AND ({update_when})" if update_when else ""
+        assignments = ", ".join(f"`{column}` = {value}" for column, value in update_set.items())
+        clauses.append(f"WHEN MATCHED{condition} THEN UPDATE SET {assignments}")
     if insert:
-        merge = merge.whenNotMatchedInsertAll()
+        clauses.append("WHEN NOT MATCHED THEN INSERT *")
+    path = target.path.replace("`", "``")
     confs = {"spark.databricks.delta.commitInfo.userMetadata": target.user_metadata}
     if target.once:
         confs.update({"spark.databricks.delta.write.txnAppId": target.app_id,
                       "spark.databricks.delta.write.txnVersion": str(target.version)})
+    source.createOrReplaceTempView(view)
     for key, value in confs.items():
         if value is not None:
             spark.conf.set(key, value)
     try:
-        merge.execute()
+        spark.sql(f"MERGE INTO delta.`{path}` AS t USING {view} AS s ON {on} {' '.join(clauses)}")
     finally:
         for key in confs:
             spark.conf.unset(key)
+        spark.catalog.dropTempView(view)
 
 
 def _partition_filter(values: DataFrame) -> str:
