@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed to each contender process")
     parser.add_argument("--casestudy-max-events", type=int, default=1_000_000,
                         help="largest scale the case study's way is run at")
+    parser.add_argument("--series-events", type=int, default=SERIES_EVENTS,
+                        help="events in all of a delivery-series scenario (six_deliveries, growth)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -391,18 +393,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
         tmp.replace(path)
 
-    for events in scales:
+    for events in scales if wanted - set(SERIES) else []:
         result["scales"][str(events)] = {}
         bench_scale(events, args.workdir.resolve(), wanted, server, server_error, args.timeout, args.quick,
                     result["scales"][str(events)], save, args.casestudy_max_events)
     series = [n for n in SERIES if n in wanted]
     if series:
-        key = str(SERIES_EVENTS)
-        result["scales"].setdefault(key, {"events": SERIES_EVENTS, "contenders": {}})
+        key = str(args.series_events)
+        result["scales"].setdefault(key, {"events": args.series_events, "contenders": {}})
         contenders = result["scales"][key].setdefault("contenders", {})
-        scale = Scale(SERIES_EVENTS, args.workdir.resolve(), server, server_error, args.timeout)
+        scale = Scale(args.series_events, args.workdir.resolve(), server, server_error, args.timeout)
         for name in series:
-            log(f"{SERIES_EVENTS:,} events: {name} ({SERIES[name]} deliveries, one run each)")
+            log(f"{args.series_events:,} events: {name} ({SERIES[name]} deliveries, one run each)")
             try:
                 contenders[name] = delivery_series(scale, SERIES[name])
             except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others

@@ -163,11 +163,12 @@ class ArrowGold:
 
 
 def duckdb_connection():
-    """An in-memory DuckDB connection with UTC as its time zone."""
+    """An in-memory DuckDB connection with UTC as its time zone, and no progress bar on stdout."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set enable_progress_bar = false")
     return con
 
 
