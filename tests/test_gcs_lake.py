@@ -234,6 +234,7 @@ if name == "a":
     stream.close()
     spark.range(0).withColumn("writer", F.lit("setup")).withColumn("round", F.lit(0)) \\
         .write.format("delta").save(table)
+    out["log_store"] = spark.conf.get("spark.delta.logStore.gs.impl")
 for n in range(count):  # each round starts in both writers at once, so both read the same version
     (barrier / f"{name}.{n}").touch()
     while len(list(barrier.glob(f"*.{n}"))) < 2:
@@ -274,6 +275,7 @@ def racing_writers(bucket, tmp_path_factory) -> tuple[GcsLake, str, dict]:
 
 def test_put_if_absent_refuses_the_second_create(racing_writers):
     _, _, probe = racing_writers
+    assert probe["log_store"] == "io.delta.storage.GCSLogStore"
     assert probe["second_create"] == "refused: 412"
     assert probe["probe"] == "first"
 
