@@ -75,7 +75,8 @@ def _ivy_module(artifact: Artifact) -> str:
   <configurations><conf name="default"/></configurations>
   <dependencies>
     <dependency org="{artifact.org}" name="{artifact.name}" rev="{artifact.rev}"
-                transitive="{str(artifact.transitive).lower()}" conf="default->default(runtime)">{publication}</dependency>
+                transitive="{str(artifact.transitive).lower()}"
+                conf="default->default(runtime)">{publication}</dependency>
     <exclude org="org.scala-lang" module="scala-library"/>
   </dependencies>
 </ivy-module>
@@ -104,7 +105,8 @@ def _resolve(artifact: Artifact) -> None:
         settings.write_text(_IVY_SETTINGS)
         done = subprocess.run(
             [java, "-jar", str(_ivy_jar()), "-settings", str(settings), "-ivy", str(module), "-confs", "default",
-             "-cache", str(IVY_CACHE), "-symlink", "-retrieve", f"{out}/[organisation]_[artifact]-[revision](-[classifier]).[ext]"],
+             "-cache", str(IVY_CACHE), "-symlink",
+             "-retrieve", f"{out}/[organisation]_[artifact]-[revision](-[classifier]).[ext]"],
             capture_output=True, text=True,
         )
         jars = sorted(p.name for p in out.glob("*.jar")) if out.is_dir() else []

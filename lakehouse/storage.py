@@ -30,7 +30,7 @@ def gcs_filesystem(settings: Settings) -> Any:
 
 
 def filesystem(url: str, settings: Settings | None = None) -> tuple[Any, str]:
-    """The fsspec filesystem of a location (local path, file:// or gs://) and the location in that filesystem's terms."""
+    """The fsspec filesystem of a location (local path, file:// or gs://) and the location in its terms."""
     if is_gcs(url):
         fs = gcs_filesystem(settings or get_settings())
         return fs, fs._strip_protocol(url)

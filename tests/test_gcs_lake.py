@@ -155,7 +155,8 @@ def test_mirror_loads_the_warehouse_from_the_gcs_lake(gcs_lake, local_lake):
 
     lake, _ = gcs_lake
     con = _duckdb(lake.settings)
-    expected = {t: con.execute(f"select count(*) from delta_scan('{lake.settings.table_path('gold', t)}')").fetchone()[0]
+    scan = "select count(*) from delta_scan('{}')"
+    expected = {t: con.execute(scan.format(lake.settings.table_path("gold", t))).fetchone()[0]
                 for t in ("fact_session", "fact_subscription", "fact_subject_follow")}
     con.close()
     with psycopg2.connect(lake.pg_dsn) as pg, pg.cursor() as cur:
@@ -196,7 +197,9 @@ def test_rerun_on_gcs_lake_commits_nothing(gcs_lake):
     assert len(read_ledger(lake.settings)) == batches
 
 
-def test_standalone_cluster_writes_the_gcs_lake(bucket, standalone, local_lake, pg_server, tmp_path_factory):  # noqa: F811
+def test_standalone_cluster_writes_the_gcs_lake(
+    bucket, standalone, local_lake, pg_server, tmp_path_factory  # noqa: F811
+):
     lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", _database(pg_server))
     lake.run(LAKEHOUSE_SPARK_MASTER=standalone)
     _assert_same_gold(local_lake, lake.settings)
@@ -299,3 +302,28 @@ def test_two_racing_writers_lose_no_commit(racing_writers):
     rows = con.execute(f"select writer, count(*), count(distinct round) from delta_scan('{table}') group by 1 "
                        "order by 1").fetchall()
     assert rows == [("a", 3 * APPENDS, APPENDS), ("b", 3 * APPENDS, APPENDS)]
+
+
+# --- settings derived from LAKEHOUSE_GCS_TOKEN and LAKEHOUSE_GCS_ENDPOINT ------------------------------------------
+
+def test_connector_settings_from_token_and_endpoint(tmp_path):
+    from lakehouse.storage import spark_gcs_conf
+
+    def auth(**given) -> dict:
+        conf = spark_gcs_conf(Settings(_env_file=None, **given))
+        return {k.removeprefix("spark.hadoop."): v for k, v in conf.items() if "auth" in k or "root.url" in k}
+
+    assert auth() == {"fs.gs.auth.type": "APPLICATION_DEFAULT"}
+    assert auth(gcs_token="cloud") == {"fs.gs.auth.type": "COMPUTE_ENGINE"}
+    assert auth(gcs_token="anon", gcs_endpoint="http://127.0.0.1:9/") == {
+        "fs.gs.auth.type": "UNAUTHENTICATED", "fs.gs.storage.root.url": "http://127.0.0.1:9/"}
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "client_email": "x@y"}))
+    assert auth(gcs_token=str(key)) == {"fs.gs.auth.type": "SERVICE_ACCOUNT_JSON_KEYFILE",
+                                        "fs.gs.auth.service.account.json.keyfile": str(key)}
+    key.write_text(json.dumps({"type": "authorized_user", "client_id": "i", "client_secret": "s", "refresh_token": "r"}))
+    assert auth(gcs_token=str(key))["fs.gs.auth.type"] == "USER_CREDENTIALS"
+    with pytest.raises(ValueError, match="LAKEHOUSE_GCS_TOKEN='browser'"):
+        auth(gcs_token="browser")
+    conf = spark_gcs_conf(Settings(_env_file=None, gcs_token="anon"))
+    assert conf["spark.delta.logStore.gs.impl"] == "io.delta.storage.GCSLogStore"
