@@ -19,7 +19,7 @@ from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 
 ALL = "All"
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
-            "gold.mart_daily_activity", "gold.mart_country_access")
+            "gold.mart_daily_activity", "gold.mart_country_access", "gold.dim_date")
 DEFAULT_MONTH = date(2017, 11, 1)
 DEFAULT_MIN_VIEWS = 100
 _gold: Gold | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 import duckdb
 
 from lakehouse.config import Settings, get_settings, join
+
+log = logging.getLogger(__name__)
 
 DELTA_LAYERS = ("bronze", "silver", "gold", "quarantine")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -205,8 +208,8 @@ def _install_extension(con) -> None:
     """Copy the delta extension into DuckDB's extension folder so `LOAD delta` works offline in other DuckDB 1.x clients."""
     try:
         con.execute(f"INSTALL {_literal(extension_path())}")
-    except duckdb.Error:
-        pass
+    except duckdb.Error as exc:
+        log.warning("delta extension not installed for other DuckDB clients (`LOAD delta` may go online): %s", exc)
 
 
 class LakeConnection:

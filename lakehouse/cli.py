@@ -12,6 +12,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
 app.add_typer(pg_app, name="pg")
+warehouse_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL warehouse (schema dw).")
+app.add_typer(warehouse_app, name="warehouse")
 console = Console()
 err = Console(stderr=True)
 
@@ -42,10 +44,10 @@ def generate(
     deliveries: int = typer.Option(3, help="daily deliveries"),
 ) -> None:
     """Write a synthetic source in the contract's layout."""
-    from lakehouse.generate import generate as run_generate
+    from lakehouse.tools.generate import generate as run_generate
 
     summary = run_generate(out, seed=seed, students=students, events=events, deliveries=deliveries)
-    console.print(f"wrote a source to {out} ({summary.get('event_lines', events)} event lines, "
+    console.print(f"wrote a source to {out} ({summary['event_lines']} event lines, "
                   f"{deliveries} deliveries, seed {seed})")
 
 
@@ -142,6 +144,16 @@ def pg_status() -> None:
     from lakehouse.pgserver import managed
 
     console.print("running" if managed().running() else "stopped")
+
+
+@warehouse_app.command("sql")
+def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
+    """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
+    from lakehouse.warehouse import LOADS_BY_TARGET, load_sql
+
+    if table not in LOADS_BY_TARGET:
+        fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
+    print(load_sql(table), end="")
 
 
 PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
@@ -282,17 +294,10 @@ def summary() -> None:
     last = json.loads(last_path.read_text()) if last_path.exists() else None
     table = Table("layer", "table", "rows", title="lakehouse: rows per table")
     quarantined = 0
-    try:
-        counts = _row_counts(settings)
-    except ImportError:
-        counts = None
-    if counts is not None:
-        for layer, name, rows in counts:
-            table.add_row(layer, name, f"{rows:,}")
-            quarantined += rows if layer == "quarantine" else 0
-        console.print(table)
-    else:
-        console.print("[yellow]row counts need lakehouse.catalog (not available)[/]")
+    for layer, name, rows in _row_counts(settings):
+        table.add_row(layer, name, f"{rows:,}")
+        quarantined += rows if layer == "quarantine" else 0
+    console.print(table)
     if last:
         stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
                        title="last run")
@@ -300,7 +305,7 @@ def summary() -> None:
             stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
                                                             "warehouse loads", "status")))
         console.print(stages)
-    console.print(f"quarantined records  {quarantined:,}" if counts is not None else "quarantined records  n/a")
+    console.print(f"quarantined records  {quarantined:,}")
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)

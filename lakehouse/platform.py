@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from lakehouse.config import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 WORK_POOL = "lakehouse"
 WRITER_LIMIT = "lakehouse-writer"
@@ -226,39 +230,39 @@ class Platform:
 
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
-            try:
-                descendants += psutil.Process(child.proc.pid).children(recursive=True)
-            except psutil.Error:
-                pass
+            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),
+                                        f"list the processes of {child.name}") or []
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in reversed(self.children):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # past the grace period: SIGKILL below
                 child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(child.proc, signal.SIGKILL)
             child.proc.wait()
         gone, alive = psutil.wait_procs(descendants, timeout=0)
         for proc in alive:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
+            _unless_gone(proc.terminate, f"stop process {proc.pid}")
         _, alive = psutil.wait_procs(alive, timeout=5)
         for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+            _unless_gone(proc.kill, f"kill process {proc.pid}")
         _state_file(self.settings).unlink(missing_ok=True)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _unless_gone(action: Callable, what: str):
+    """Run `action` on a process that may have exited meanwhile (then nothing happens); log any other failure."""
+    import psutil
+
     try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        return action()
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    except (psutil.Error, OSError) as exc:
+        log.warning("could not %s: %s", what, exc)
+        return None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    _unless_gone(lambda: os.killpg(proc.pid, sig), f"signal process group {proc.pid}")
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

@@ -27,8 +27,9 @@ DELTA_DEFAULTS = {
 
 # SQL settings our queries need on any session, local or remote. Constraint propagation substitutes every alias into
 # every constraint: silver's event id, a hash over the ~35 page-view columns it also outputs, made the optimizer's
-# constraint set grow as 2^35 (heap exhausted while planning).
-SQL_CONF = {"spark.sql.constraintPropagation.enabled": "false"}
+# constraint set grow as 2^35 (heap exhausted while planning). A partitioned write keeps a file open per partition
+# (up to this many per task) instead of first sorting its rows by partition (bench/plans.py).
+SQL_CONF = {"spark.sql.constraintPropagation.enabled": "false", "spark.sql.maxConcurrentOutputFileWriters": "16"}
 
 
 class JavaMissing(RuntimeError):

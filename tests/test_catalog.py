@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -210,6 +211,26 @@ def test_dashboard_queries_bind_every_filter(lake_settings):
     assert len(foreign) > 0 and (foreign["page_views"] > 5).all() and "br" not in set(foreign["country"])
     fresh = gold.freshness()
     assert fresh["last_run"] is not None and int(fresh["quarantine"]["rows"].sum()) == 9
+    gold.lake.close()
+
+
+def test_daily_chart_has_every_calendar_day_with_zero_for_days_without_page_views(lake_settings):
+    from apps.queries import Filters, Gold
+
+    gold = Gold(lake_settings)
+    start, end = gold.bounds()
+    rarest = catalog.query("select country from gold.fact_page_view where country <> 'br' group by 1 "
+                           "order by count(*), 1 limit 1", lake_settings)[1][0][0]
+    sparse = Filters(start, end, country=rarest)  # a few page views: most days have none
+    daily = gold.frame("daily", sparse.params())
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    assert len(days) == 46 and not daily.empty
+    for client, rows in daily.groupby("client_type"):  # one point per calendar day, so no line spans a gap
+        assert [d.date() for d in pd.to_datetime(rows["event_date"])] == days, client
+    assert (daily["page_views"] == 0).any()
+    assert daily["page_views"].sum() == gold.headline(sparse)["page_views"]
+    week = gold.frame("daily", Filters(date(2017, 11, 1), date(2017, 11, 7)).params())
+    assert sorted(set(pd.to_datetime(week["event_date"]).dt.day)) == list(range(1, 8))
     gold.lake.close()
 
 

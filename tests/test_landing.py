@@ -90,7 +90,7 @@ def test_full_exports_repeat_only_when_they_add_nothing(settings):
 
 
 def test_killed_mid_landing_rerun_gives_the_clean_ledger(settings, tmp_path):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=2, students=20, events=200, deliveries=2)
     env = {**os.environ, "LAKEHOUSE_FAULT": "mid_landing"}
@@ -110,7 +110,7 @@ def test_killed_mid_landing_rerun_gives_the_clean_ledger(settings, tmp_path):
 
 
 def test_rerun_on_a_landed_source_is_fast(settings):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=1, students=200, events=20_000, deliveries=5)
     first = land(settings)

@@ -58,7 +58,7 @@ def _screenshot(url: str, out: Path) -> None:
 
 @pytest.mark.timeout(1800)
 def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tmp_path):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=5, students=60, events=3000, deliveries=2)
     prefect_port, dashboard_port = _free_port(), _free_port()
