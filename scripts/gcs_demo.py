@@ -18,7 +18,7 @@ BUCKET = "lakehouse-demo"
 
 def main() -> int:
     from lakehouse.config import PROJECT_ROOT, Settings
-    from lakehouse.emulator import run_emulator
+    from lakehouse.tools.emulator import run_emulator
     from lakehouse.storage import gcs_filesystem
 
     sample, data = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()

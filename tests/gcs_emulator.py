@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from lakehouse.emulator import free_port, run_emulator  # noqa: F401  (re-exported for the tests)
+from lakehouse.tools.emulator import free_port, run_emulator  # noqa: F401  (re-exported for the tests)
 
 # gcsfs reads this at import: without it every bucket first stalls 60 s on a gRPC lookup the emulator lacks.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

@@ -17,7 +17,7 @@ import pytest
 
 from lakehouse import bronze, catalog, gold, silver
 from lakehouse.config import PROJECT_ROOT, Settings
-from lakehouse.generate import generate
+from lakehouse.tools.generate import generate
 from lakehouse.landing import land, read_ledger
 from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
 from tests.test_cluster import standalone  # noqa: F401  (fixture)
