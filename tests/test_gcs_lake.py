@@ -306,8 +306,11 @@ def test_two_racing_writers_lose_no_commit(racing_writers):
 
 # --- settings derived from LAKEHOUSE_GCS_TOKEN and LAKEHOUSE_GCS_ENDPOINT ------------------------------------------
 
-def test_connector_settings_from_token_and_endpoint(tmp_path):
+def test_connector_settings_from_token_and_endpoint(tmp_path, monkeypatch):
     from lakehouse.storage import spark_gcs_conf
+
+    for name in ("LAKEHOUSE_GCS_TOKEN", "LAKEHOUSE_GCS_ENDPOINT"):  # the emulator tests' module may have set them
+        monkeypatch.delenv(name, raising=False)
 
     def auth(**given) -> dict:
         conf = spark_gcs_conf(Settings(_env_file=None, **given))
