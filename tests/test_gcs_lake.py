@@ -238,9 +238,12 @@ if name == "a":
     spark.range(0).withColumn("writer", F.lit("setup")).withColumn("round", F.lit(0)) \\
         .write.format("delta").save(table)
     out["log_store"] = spark.conf.get("spark.delta.logStore.gs.impl")
+deadline = time.monotonic() + 600
 for n in range(count):  # each round starts in both writers at once, so both read the same version
     (barrier / f"{name}.{n}").touch()
     while len(list(barrier.glob(f"*.{n}"))) < 2:
+        if time.monotonic() > deadline:
+            sys.exit("the other writer never reached round %d" % n)
         time.sleep(0.02)
     spark.range(3).withColumn("writer", F.lit(name)).withColumn("round", F.lit(n)) \\
         .write.format("delta").mode("append").option("userMetadata", name).save(table)
@@ -269,10 +272,16 @@ def racing_writers(bucket, tmp_path_factory) -> tuple[GcsLake, str, dict]:
             while not (barrier / "a.0").exists() and procs["a"].poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
     results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == 0, (name, stderr[-3000:])
-        results[name] = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("WRITER "))[7:])
+    try:
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=900)
+            assert proc.returncode == 0, (name, stderr[-3000:])
+            results[name] = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("WRITER "))[7:])
+    finally:
+        for proc in procs.values():  # a writer left waiting for a failed one
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return lake, table, results["a"]
 
 
