@@ -39,10 +39,9 @@ def min_retain_hours() -> float:
 
 def lake_tables(settings: Settings, layers: list[str]) -> list[tuple[str, str]]:
     """Every Delta table `(layer, name)` found under the given layers of the lake."""
-    import fsspec
+    from lakehouse.storage import filesystem
 
-    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
-    fs, root = fsspec.core.url_to_fs(settings.lake_url, **options)
+    fs, root = filesystem(settings.lake_url, settings)
     found = []
     for layer in layers:
         base = join(root, layer)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -54,10 +53,9 @@ def extension_path() -> str:
 
 
 def _fs(settings: Settings):
-    from fsspec.core import url_to_fs
+    from lakehouse.storage import filesystem
 
-    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
-    return url_to_fs(settings.lake_url, **options)
+    return filesystem(settings.lake_url, settings)
 
 
 def discover(settings: Settings | None = None) -> list[Table]:
@@ -136,18 +134,18 @@ def httpfs_path(settings: Settings) -> str:
 
 def gcs_secret_sql(settings: Settings) -> str:
     """`CREATE SECRET` for DuckDB's GCS access: HMAC keys from settings (gcs_hmac_key_id, gcs_hmac_secret), or none for a
-    public bucket (gcs_token 'anon'); STORAGE_EMULATOR_HOST points it at an emulator."""
+    public bucket (gcs_token 'anon') or a custom endpoint (gcs_endpoint: an emulator, a private endpoint)."""
     key_id = settings.gcs_hmac_key_id
     secret = settings.gcs_hmac_secret.get_secret_value() if settings.gcs_hmac_secret else None
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    custom = settings.gcs_endpoint
     options = ["TYPE gcs"]
     if key_id and secret:
         options += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
-    elif settings.gcs_token != "anon" and not emulator:
+    elif settings.gcs_token != "anon" and not custom:
         raise CatalogError("DuckDB reads a gs:// lake with GCS HMAC keys: set LAKEHOUSE_GCS_HMAC_KEY_ID and "
                            "LAKEHOUSE_GCS_HMAC_SECRET, or LAKEHOUSE_GCS_TOKEN=anon for a public bucket")
-    if emulator:
-        endpoint = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    if custom:
+        endpoint = urlsplit(custom if "://" in custom else f"http://{custom}")
         options += [f"ENDPOINT {_literal(endpoint.netloc)}", "URL_STYLE 'path'",
                     f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
     return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"

@@ -57,7 +57,12 @@ class Settings(BaseSettings):
         None, description="Google Drive credentials: service-account JSON or OAuth token JSON (content or file path)"
     )
     gdrive_api_url: str | None = Field(None, description="Drive API root override (tests use a local fake)")
-    gcs_token: str | None = Field(None, description="gcsfs token: 'anon', 'google_default', or a JSON key path")
+    gcs_token: str | None = Field(
+        None, description="GCS credentials of gcsfs and Spark: 'anon', 'google_default', 'cloud', or a JSON key path"
+    )
+    gcs_endpoint: str | None = Field(
+        None, description="GCS endpoint of every GCS client (an emulator, a private endpoint); unset: Google's"
+    )
     gcs_hmac_key_id: str | None = Field(None, description="GCS HMAC key id DuckDB reads a gs:// lake with")
     gcs_hmac_secret: SecretStr | None = Field(None, description="GCS HMAC secret DuckDB reads a gs:// lake with")
 

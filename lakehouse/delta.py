@@ -108,9 +108,9 @@ def advance(spark: SparkSession, target: Target) -> None:
 
 def _log(path: str):
     """(filesystem, log folder, its file names) of the Delta table at `path`; names is empty when there is no table."""
-    import fsspec
+    from lakehouse.storage import filesystem
 
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = filesystem(path)
     log = root.rstrip("/") + "/_delta_log"
     try:
         return fs, log, fs.ls(log, detail=False, refresh=True)  # object stores: never a cached listing

@@ -181,17 +181,6 @@ class LocalSource:
         return open(self.root.joinpath(*_checked_parts(f.path)), "rb")
 
 
-def _gcs_filesystem(token: str | None) -> Any:
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        # The emulator can't answer gcsfs's experimental HNS bucket lookup (60 s stall): use the plain JSON-API class.
-        from gcsfs.core import GCSFileSystem
-
-        return GCSFileSystem(token=token or None)
-    import gcsfs
-
-    return gcsfs.GCSFileSystem(token=token or None)
-
-
 class GCSSource:
     """`gs://bucket/prefix` through gcsfs; fingerprint = `md5Hash` (base64), or `gen:<generation>` when absent."""
 
@@ -202,7 +191,9 @@ class GCSSource:
         if not bucket:
             raise SourceError(f"no bucket in {url!r}; expected gs://bucket/prefix")
         self.root = rest
-        self.fs = _gcs_filesystem(settings.gcs_token)
+        from lakehouse.storage import gcs_filesystem
+
+        self.fs = gcs_filesystem(settings)
 
     def __repr__(self) -> str:
         return f"GCSSource({self.url!r})"

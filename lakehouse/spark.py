@@ -63,7 +63,7 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         return remote
 
     check_java()
-    from delta import configure_spark_with_delta_pip
+    from lakehouse import jars, storage
 
     # Any Python worker Spark starts runs this environment's interpreter, not whatever `python3` is on the PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -95,9 +95,14 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
     if master.startswith("local"):  # a local driver serves no other machine: it listens on loopback only
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
-    for key, value in {**DELTA_DEFAULTS, **SQL_CONF, **settings.spark_conf}.items():
+    gcs = settings.lake_url.startswith("gs://")
+    conf = {**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}), **settings.spark_conf}
+    # Delta (and the GCS connector) as local files from the project's jar cache: no resolution at start; a spark://
+    # cluster's executors fetch them from the driver.
+    conf["spark.jars"] = ",".join([*jars.spark_jars(gcs=gcs), *filter(None, [settings.spark_conf.get("spark.jars")])])
+    for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -128,9 +128,9 @@ class DeltaGold:
         return self.settings.table_path("gold", table)
 
     def version(self, table: str) -> int | None:
-        import fsspec
+        from lakehouse.storage import filesystem
 
-        fs, root = fsspec.core.url_to_fs(self.path(table) + "/_delta_log")
+        fs, root = filesystem(self.path(table) + "/_delta_log", self.settings)
         try:
             names = fs.ls(root, detail=False)
         except FileNotFoundError:
@@ -142,6 +142,11 @@ class DeltaGold:
         from lakehouse.catalog import extension_path
 
         con.execute(f"load '{extension_path()}'")  # a no-op once loaded
+        if not self.settings.lake_is_local:
+            from lakehouse.catalog import gcs_secret_sql, httpfs_path
+
+            con.execute(f"load '{httpfs_path(self.settings)}'")
+            con.execute(gcs_secret_sql(self.settings))
         path = self.path(table).replace("'", "''")
         return f"delta_scan('{path}', version => {int(version)})"
 

@@ -264,12 +264,11 @@ def test_gs_lake_without_httpfs_is_a_one_line_error(lake_settings, monkeypatch):
 def test_gcs_secret_from_settings(monkeypatch):
     from lakehouse.config import Settings
 
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("LAKEHOUSE_GCS_ENDPOINT", raising=False)
     assert catalog.gcs_secret_sql(Settings(gcs_token="anon")) == "CREATE OR REPLACE SECRET lake_gcs (TYPE gcs)"
     with pytest.raises(catalog.CatalogError, match="HMAC"):
         catalog.gcs_secret_sql(Settings(gcs_token=None))
     keyed = catalog.gcs_secret_sql(Settings(gcs_hmac_key_id="k'1", gcs_hmac_secret="s"))
     assert "KEY_ID 'k''1'" in keyed and "SECRET 's'" in keyed
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023")
-    emulated = catalog.gcs_secret_sql(Settings(gcs_token="anon"))
+    emulated = catalog.gcs_secret_sql(Settings(gcs_token=None, gcs_endpoint="http://127.0.0.1:9023"))
     assert "ENDPOINT '127.0.0.1:9023'" in emulated and "USE_SSL false" in emulated

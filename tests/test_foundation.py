@@ -134,3 +134,12 @@ def test_managed_postgres_refuses_password_less_login(pg_root):
     no_password = dsn.replace(dsn.split("//")[1].split("@")[0], "lakehouse")
     with pytest.raises(psycopg2.OperationalError):
         _select_one(no_password)
+
+
+def test_spark_jars_come_from_the_project_cache_without_resolution(spark):
+    from lakehouse import jars
+
+    assert spark.conf.get("spark.jars.packages", "") == ""
+    listed = spark.conf.get("spark.jars").split(",")
+    assert listed == jars.spark_jars() and any("delta-spark" in p for p in listed)
+    assert all(Path(p).is_file() and Path(p).parent.parent == jars.CACHE for p in listed)

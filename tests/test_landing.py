@@ -128,8 +128,8 @@ def test_rerun_on_a_landed_source_is_fast(settings):
 
 @pytest.fixture
 def gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # noqa: F811
-    """A gcsfs client on the emulator, with `STORAGE_EMULATOR_HOST` set and a fresh bucket."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    """A gcsfs client on the emulator, with `LAKEHOUSE_GCS_ENDPOINT` set and a fresh bucket."""
+    monkeypatch.setenv("LAKEHOUSE_GCS_ENDPOINT", gcs_emulator)
     fs = emulator_fs(gcs_emulator)
     bucket = f"landing-{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)
