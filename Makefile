@@ -1,4 +1,4 @@
-# The project's entry points: `make demo`, `make test`, `make up`, `make bench`.
+# The project's entry points: `make demo`, `make test`, `make up`, `make bench`, `make gcs-demo`.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -6,9 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := data/sample
 
-.PHONY: setup system demo test up bench clean-data
+.PHONY: setup system demo gcs-demo test up bench clean-data
 
+# Spark's jars (Delta) are resolved once into .jars/; sessions then start from local files.
 setup: system $(VENV)/.synced
+	@$(BIN)/python -m lakehouse.jars
 
 system:
 	@bash scripts/system-deps.sh
@@ -28,9 +30,17 @@ demo: setup $(SAMPLE)/.complete
 	$(BIN)/lakehouse run
 	$(BIN)/lakehouse summary
 
+# The cloud path on one machine: a GCS emulator, the same sample as `make demo` in a bucket, source and lake on gs://.
+gcs-demo: setup $(SAMPLE)/.complete
+	@bash scripts/gcs-emulator.sh
+	@$(BIN)/python -m lakehouse.jars --gcs
+	$(BIN)/python scripts/gcs_demo.py $(SAMPLE) data/gcs-demo
+
 # The whole suite, end-to-end tests included; CI runs exactly this.
 test: setup
 	@bash scripts/system-deps.sh --test
+	@bash scripts/gcs-emulator.sh
+	@$(BIN)/python -m lakehouse.jars --gcs
 	$(BIN)/pytest
 
 up: setup
@@ -40,5 +50,5 @@ bench: setup
 	$(BIN)/python -m bench.run $(if $(EVENTS),--events $(EVENTS),)
 
 clean-data:
-	-$(BIN)/lakehouse pg stop
+	-$(BIN)/lakehouse pg remove
 	rm -rf data

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import panel as pn
@@ -19,9 +20,10 @@ from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 
 ALL = "All"
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
-            "gold.mart_daily_activity", "gold.mart_country_access")
+            "gold.mart_daily_activity", "gold.mart_country_access", "gold.dim_date")
 DEFAULT_MONTH = date(2017, 11, 1)
 DEFAULT_MIN_VIEWS = 100
+LOGIN_TEMPLATE = Path(__file__).with_name("login.html")  # Panel's own loads its images from a CDN
 _gold: Gold | None = None
 _gold_lock = threading.Lock()
 
@@ -153,15 +155,44 @@ def create_app(settings: Settings | None = None) -> pn.viewable.Viewable:
     return Dashboard(gold).view()
 
 
-def serve(port: int = 5006, show: bool = False, address: str = "127.0.0.1", settings: Settings | None = None) -> None:
-    """Serve the dashboard on `port` until interrupted (blocks)."""
+def login_options(settings: Settings, address: str, port: int) -> dict:
+    """How `pn.serve` asks for a login: Panel's OAuth when PANEL_OAUTH_PROVIDER is set, else basic auth (user admin,
+    LAKEHOUSE_ADMIN_PASSWORD) when that is set, else none, which only loopback allows (BindRefused otherwise)."""
+    import secrets
+
+    from panel.config import config
+
+    from lakehouse.security import ADMIN_USER, check_bind, login_set
+
+    cookie_secret = config.cookie_secret or secrets.token_urlsafe(32)
+    if config.oauth_provider:
+        if config.oauth_encryption_key:
+            from cryptography.fernet import Fernet
+
+            pn.state.encryption = Fernet(config.oauth_encryption_key)
+        return {"oauth_provider": config.oauth_provider, "cookie_secret": cookie_secret}
+    if login_set(settings):
+        return {"basic_auth": {ADMIN_USER: settings.admin_password.get_secret_value()},
+                "cookie_secret": cookie_secret, "basic_login_template": str(LOGIN_TEMPLATE)}
+    check_bind(address, False, "the dashboard")
+    return {}
+
+
+def serve(port: int = 5006, show: bool = False, address: str | None = None, settings: Settings | None = None) -> None:
+    """Serve the dashboard on `port` until interrupted (blocks); `address` defaults to LAKEHOUSE_BIND."""
+    from lakehouse.platform import origins, public_url
+
+    settings = settings or get_settings()
+    address = address or settings.bind
+    login = login_options(settings, address, port)
     gold = shared_gold(settings)  # open DuckDB and compile the charts before the first browser arrives
     gold.has(*REQUIRED)
     for name in NAMES:
         spec(name)
-    origins = ["*"] if address in ("0.0.0.0", "::") else [f"localhost:{port}", f"127.0.0.1:{port}"]
+    public = public_url(settings.model_copy(update={"bind": address}), port, settings.dashboard_url)
+    allowed = [o.split("://", 1)[1] for o in origins(settings.model_copy(update={"bind": address}), port, public)]
     pn.serve({"/": lambda: create_app(settings)}, port=port, address=address, show=show, title="Lakehouse dashboard",
-             websocket_origin=origins, verbose=False)
+             websocket_origin=allowed, verbose=False, **login)
 
 
 def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
@@ -184,9 +215,14 @@ def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", e
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the lakehouse dashboard.")
     parser.add_argument("--port", type=int, default=5006)
-    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--address", default=None, help="interface to listen on (default: LAKEHOUSE_BIND)")
     args = parser.parse_args(argv)
-    serve(args.port, address=args.address)
+    from lakehouse.security import BindRefused
+
+    try:
+        serve(args.port, address=args.address)
+    except BindRefused as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ import pandas as pd
 
 from lakehouse import catalog
 from lakehouse.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 FOREIGN = "country is not null and lower(country) not in ('br', 'bra', 'brasil', 'brazil')"
 UNKNOWN = "(unknown)"  # the label of a missing client type or country, in every chart and filter
@@ -38,8 +41,10 @@ CACHE = [
     f"coalesce(client_type, {_UNKNOWN}) as client_type, count(*) as sessions from gold.fact_session group by all",
     "create or replace table memory.main.payments as select distinct cast(payment_at as date) as payment_date, student_id "
     "from gold.fact_subscription",
+    "create or replace table memory.main.calendar as select cast(date as date) as day from gold.dim_date",
 ]
-CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription")
+CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
+                 "gold.dim_date")
 # one filter clause for page views; $client / $country null means "all"
 PV_FILTER = (
     "event_date between $start and $end"
@@ -63,8 +68,14 @@ SQL = {
               "where payment_date between $start and $end",
     "user_type": f"select value as user_type, sum(page_views) as page_views from memory.main.cube "
                  f"where dim = 'user_type' and {PV_FILTER} group by 1 order by 2 desc, 1",
-    "daily": f"select event_date, client_type, sum(page_views) as page_views from memory.main.cube "
-             f"where dim = 'user_type' and {PV_FILTER} group by 1, 2 order by 1, 2",
+    # every calendar day of the period for each client type shown: a day without page views is a zero, not a line
+    # drawn straight across it
+    "daily": f"with counts as (select event_date, client_type, sum(page_views) as page_views from memory.main.cube "
+             f"where dim = 'user_type' and {PV_FILTER} group by 1, 2) "
+             "select d.day as event_date, c.client_type, coalesce(n.page_views, 0) as page_views "
+             "from memory.main.calendar d cross join (select distinct client_type from counts) c "
+             "left join counts n on n.event_date = d.day and n.client_type = c.client_type "
+             "where d.day between $start and $end order by 1, 2",
     "by_state": f"select s.state, s.students, coalesce(v.page_views, 0) as page_views from "
                 f"(select state, count(distinct student_key) as students from memory.main.student_days where {PV_FILTER} group by 1) s "
                 f"left join (select value as state, sum(page_views) as page_views from memory.main.cube "
@@ -135,8 +146,8 @@ class Gold:
             _, keys, versions = self._state()
             if keys != self._keys or versions != self._versions:
                 self._stale = True
-        except Exception:  # a transient listing failure: keep serving, check again later
-            pass
+        except Exception as exc:  # a transient listing failure: keep serving, check again later
+            log.warning("could not check the lake for new gold commits (will retry): %s", exc)
         finally:
             self._checked = time.monotonic()
             self._checking = False

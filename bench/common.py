@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -53,10 +53,8 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int]:
         return 0, 0
     rest = 0
     for kid in kids:
-        try:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):  # exited meanwhile, or not ours
             rest += _resident(kid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return own, rest
 
 
@@ -143,13 +141,11 @@ def mask(text: str) -> str:
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    try:
+    with suppress(psutil.NoSuchProcess):  # already gone
         parent = psutil.Process(proc.pid)
         for kid in parent.children(recursive=True):
             kid.kill()
         parent.kill()
-    except psutil.NoSuchProcess:
-        pass
 
 
 def last_error(text: str, lines: int = 3) -> str:
@@ -179,7 +175,9 @@ def server_dsn(bench_dir: Path) -> str:
         return dsn
     from lakehouse.pgserver import ManagedPostgres
 
-    return ManagedPostgres(bench_dir / "postgres").start()
+    server = ManagedPostgres(bench_dir / "postgres")
+    server.start()
+    return server.admin_dsn  # the benchmarks create and drop databases
 
 
 def with_database(dsn: str, database: str) -> str:
@@ -211,12 +209,10 @@ def fresh_database(dsn: str, database: str) -> str:
 
 
 def _cpu_model() -> str:
-    try:
+    with suppress(OSError):  # no /proc (not Linux): the fallback below
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

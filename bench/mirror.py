@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from lakehouse import warehouse
 from lakehouse.config import get_settings
-from lakehouse.pgserver import warehouse_dsn
+from lakehouse.pgserver import warehouse_logins
 
 COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
            "course_name", "signup_source", "is_deleted", "as_of", "delivery")
@@ -113,7 +113,7 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
     database of the server at `dsn` (default: the warehouse), plus whole mirror runs on a migrated scratch
     database; returns the median figures."""
     settings = get_settings()
-    admin = dsn or warehouse_dsn(settings)
+    admin = dsn or warehouse_logins(settings)[1]  # creates scratch databases
     table = history(students, deliveries)
     result: dict = {"benchmark": "mirror", "table": "dim_student", "students": students, "deliveries": deliveries,
                     "history_rows": table.num_rows, "rounds": rounds}

@@ -47,7 +47,7 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
 
     from lakehouse import delta, gold, silver
     from lakehouse.config import Settings
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
     from lakehouse.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench-partitioning-"))

@@ -22,7 +22,11 @@ from bench.common import LAKEHOUSE, PYTHON, ROOT, fresh_database, machine, mask,
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
-CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard")
+CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
+              "six_deliveries", "growth")
+# The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
+SERIES_EVENTS = 600_000
+SERIES = {"six_deliveries": 6, "growth": 12}
 SEED = 7
 DELIVERIES = 3
 EXTRA_DELIVERY = "2017-11-19T06:00:00"
@@ -41,7 +45,7 @@ def students_for(events: int) -> int:
 
 
 def _generator_digest() -> str:
-    return hashlib.sha256((ROOT / "lakehouse" / "generate.py").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((ROOT / "lakehouse" / "tools" / "generate.py").read_bytes()).hexdigest()[:16]
 
 
 def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
@@ -57,24 +61,25 @@ def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
     return folder, {**info, "cached": False}
 
 
-def ensure_source(scale_dir: Path, events: int) -> tuple[Path, dict]:
+def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, name: str = "source") -> tuple[Path, dict]:
     """The scale's source (`deliveries` daily deliveries), generated unless an identical one is cached."""
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
-    key = {"seed": SEED, "students": students_for(events), "events": events, "deliveries": DELIVERIES,
+    key = {"seed": SEED, "students": students_for(events), "events": events, "deliveries": deliveries,
            "generator": _generator_digest()}
 
     def make(folder: Path) -> dict:
-        summary = generate(folder, seed=SEED, students=key["students"], events=events, deliveries=DELIVERIES)
+        summary = generate(folder, seed=SEED, students=key["students"], events=events, deliveries=deliveries)
         return {"event_lines": summary["totals"]["event_lines"], "events": summary["totals"]["events"],
-                "deliveries": summary["deliveries"]}
+                "deliveries": summary["deliveries"],
+                "events_by_delivery": {d: i["events"] for d, i in summary["events_by_delivery"].items()}}
 
-    return _cached(scale_dir / "source", key, make)
+    return _cached(scale_dir / name, key, make)
 
 
 def ensure_source_plus(scale_dir: Path, source: Path, events: int) -> tuple[Path, dict]:
     """The source plus one new delivery of about 10% more events (and that day's transactional exports)."""
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     key = {"base": json.loads((source / ".bench-source.json").read_text())["key"], "extra_share": EXTRA_SHARE,
            "delivery": EXTRA_DELIVERY}
@@ -225,6 +230,57 @@ def incremental(scale: Scale, source: Path, first_run: dict | None) -> dict:
     return out
 
 
+def delivery_series(scale: Scale, deliveries: int) -> dict:
+    """Feed `deliveries` daily deliveries to one lake, one `lakehouse run` each, timing every run; then build a fresh
+    lake from all of them in one run, and compare the two lakes' gold tables (DuckDB, every row)."""
+    name = f"series{deliveries}"
+    source, info = ensure_source(scale.dir, scale.events, deliveries, name=f"source-{deliveries}")
+    staged = scale.workspace(f"{name}-source")
+    dsn, db_error = scale.database(name)
+    runs: list[dict] = []
+    for delivery in info["deliveries"]:
+        for kind in ("transactional", "events"):
+            shutil.copytree(source / kind / delivery, staged / kind / delivery, copy_function=os.link)
+        run = lakehouse_run(scale, staged, name=name, keep=bool(runs), dsn=dsn)
+        run.pop("_dsn", None)
+        runs.append({"delivery": delivery, "events": info["events_by_delivery"][delivery], **run})
+        log(f"  {name}: delivery {len(runs)}/{deliveries} {run.get('wall_s', '-')} s")
+        if not run["ok"]:
+            return _with_db_error({"ok": False, "source": info, "runs": runs,
+                                   "error": f"delivery {delivery}: {run.get('error')}"}, db_error)
+    full = lakehouse_run(scale, staged, name=f"{name}-full")
+    full.pop("_dsn", None)
+    out = {"ok": full["ok"], "source": info, "runs": runs, "full": full}
+    if full["ok"]:
+        out["differences"] = gold_differences(scale.dir / "runs" / name / "lake", scale.dir / "runs" / f"{name}-full" / "lake")
+        out["ok"] = not out["differences"]
+        out["last_vs_full"] = round(runs[-1]["wall_s"] / full["wall_s"], 3)
+    if len(runs) >= 3:
+        out["last_vs_third"] = round(runs[-1]["wall_s"] / runs[2]["wall_s"], 3)
+    if not out["ok"]:
+        out["error"] = full.get("error") or f"gold differs: {out.get('differences')}"
+    return _with_db_error(out, db_error)
+
+
+def gold_differences(a: Path, b: Path) -> dict[str, int]:
+    """Rows each gold table of lake `a` has and `b` has not, or the reverse."""
+    import duckdb
+
+    from lakehouse.catalog import extension_path
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"load '{extension_path()}'")
+    out = {}
+    for table in sorted(p.name for p in (a / "gold").iterdir() if (p / "_delta_log").is_dir()):
+        x, y = (f"delta_scan('{lake / 'gold' / table}')" for lake in (a, b))
+        diff = con.execute(f"select (select count(*) from (from {x} except all from {y})) + "
+                           f"(select count(*) from (from {y} except all from {x}))").fetchone()[0]
+        if diff:
+            out[table] = diff
+    con.close()
+    return out
+
+
 def external(scale: Scale, module: str, source: Path, lake_folder: Path, quick: bool) -> dict:
     dsn, db_error = (None, None)
     if module == "mirror":
@@ -299,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed to each contender process")
     parser.add_argument("--casestudy-max-events", type=int, default=1_000_000,
                         help="largest scale the case study's way is run at")
+    parser.add_argument("--series-events", type=int, default=SERIES_EVENTS,
+                        help="events in all of a delivery-series scenario (six_deliveries, growth)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -335,10 +393,23 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
         tmp.replace(path)
 
-    for events in scales:
+    for events in scales if wanted - set(SERIES) else []:
         result["scales"][str(events)] = {}
         bench_scale(events, args.workdir.resolve(), wanted, server, server_error, args.timeout, args.quick,
                     result["scales"][str(events)], save, args.casestudy_max_events)
+    series = [n for n in SERIES if n in wanted]
+    if series:
+        key = str(args.series_events)
+        result["scales"].setdefault(key, {"events": args.series_events, "contenders": {}})
+        contenders = result["scales"][key].setdefault("contenders", {})
+        scale = Scale(args.series_events, args.workdir.resolve(), server, server_error, args.timeout)
+        for name in series:
+            log(f"{args.series_events:,} events: {name} ({SERIES[name]} deliveries, one run each)")
+            try:
+                contenders[name] = delivery_series(scale, SERIES[name])
+            except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others
+                contenders[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
+            save()
     result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
     log(f"results: {path.relative_to(ROOT)}")

@@ -44,7 +44,7 @@ def _run_stages(spark, settings) -> dict[str, float]:
 def measure(events: int, rounds: int) -> dict:
     from lakehouse import delta
     from lakehouse.config import Settings
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
     from lakehouse.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench-small-writes-"))

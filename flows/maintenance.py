@@ -21,19 +21,27 @@ def _hours(interval: str) -> float:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
+
+
+def retention_hours(properties: dict[str, str], retain_hours: float = 0) -> float:
+    """The vacuum retention for a table with these properties: never shorter than its log retention, so every version
+    its log still offers keeps its files, nor than its deleted-file retention."""
+    return max([retain_hours, *(_hours(properties[key]) for key in RETENTION_PROPERTIES if properties.get(key))])
+
+
 def min_retain_hours() -> float:
-    """The shortest vacuum retention that keeps time travel whole: the lake's deleted-file retention."""
+    """The shortest vacuum retention that keeps time travel whole for the lake's tables."""
     from lakehouse.delta import TABLE_PROPERTIES
 
-    return _hours(TABLE_PROPERTIES["delta.deletedFileRetentionDuration"])
+    return retention_hours(TABLE_PROPERTIES)
 
 
 def lake_tables(settings: Settings, layers: list[str]) -> list[tuple[str, str]]:
     """Every Delta table `(layer, name)` found under the given layers of the lake."""
-    import fsspec
+    from lakehouse.storage import filesystem
 
-    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
-    fs, root = fsspec.core.url_to_fs(settings.lake_url, **options)
+    fs, root = filesystem(settings.lake_url, settings)
     found = []
     for layer in layers:
         base = join(root, layer)
@@ -74,8 +82,7 @@ def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
 def vacuum(layer: str, name: str, retain_hours: float) -> dict:
     """VACUUM one table with a retention that keeps every version the query layer can travel to."""
     table = _table(settings_for(), layer, name)
-    declared = _properties(table).get("delta.deletedFileRetentionDuration")
-    retention = max(retain_hours, _hours(declared) if declared else 0)
+    retention = retention_hours(_properties(table), retain_hours)
     table.vacuum(retention)
     return {"table": f"{layer}.{name}", "retain hours": retention}
 

@@ -130,11 +130,19 @@ def _refine(full_refresh: Layer | None) -> dict[str, dict]:
     }
 
 
+def check_warehouse(settings) -> None:
+    """Start the managed PostgreSQL now, so what cannot work there is said in one line before any pipeline work."""
+    from lakehouse.pgserver import warehouse_dsn
+
+    warehouse_dsn(settings)
+
+
 @flow(name="full-pipeline", log_prints=True)
 def full_pipeline(source: str | None = None, delivery: str | None = None,
                   full_refresh: Layer | None = None) -> dict:
     """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does)."""
     settings = settings_for(source)
+    check_warehouse(settings)
     with writer_lock(settings) as lock:
         reports = {"land": land(source, delivery)}
         if full_refresh or _spark_work_pending(reports["land"], source):

@@ -21,7 +21,7 @@ from pyspark.sql.types import ArrayType, LongType, StringType, StructField, Stru
 from lakehouse import faults
 from lakehouse import parsing as P
 from lakehouse.config import Settings, join
-from lakehouse.delta import append_once, last_txn_version, write_tables
+from lakehouse.delta import Target, append_once, last_txn_version, write_tables
 from lakehouse.landing import lake_fs, read_ledger
 from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
 
@@ -34,6 +34,8 @@ GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
     "transactional": (*(("bronze", e) for e in ENTITIES), ("quarantine", "transactional")),
 }
 SET_ASIDE = "_system/set_aside"  # one JSON record per landed file a person set aside (`lakehouse quarantine`)
+# Every bronze and quarantine table is read by batch (silver, the accounting): statistics on these columns only.
+STATS_COLUMNS = ("batch_id", "as_of")
 # The landed file a Spark row came from: the lake-relative tail of `_metadata.file_path`.
 LANDED_TAIL = r"(landing/[^/]+/[^/]+/[^/]+/[^/]+)$"
 
@@ -372,7 +374,7 @@ def _write_group(
 
         def write(table: tuple[str, str], _session: SparkSession) -> int:
             rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
-            append_once(rows, *table, app_id=app_id(*table), version=version, settings=settings)
+            append_once(rows, Target(*table, settings, app_id=app_id(*table), version=version, stats=STATS_COLUMNS))
             faults.point("mid_bronze")
             return version
 

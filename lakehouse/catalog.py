@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
 import shutil
 import tempfile
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import duckdb
 
 from lakehouse.config import Settings, get_settings, join
+
+log = logging.getLogger(__name__)
 
 DELTA_LAYERS = ("bronze", "silver", "gold", "quarantine")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -51,10 +53,9 @@ def extension_path() -> str:
 
 
 def _fs(settings: Settings):
-    from fsspec.core import url_to_fs
+    from lakehouse.storage import filesystem
 
-    options = {"token": settings.gcs_token} if settings.lake_url.startswith("gs://") and settings.gcs_token else {}
-    return url_to_fs(settings.lake_url, **options)
+    return filesystem(settings.lake_url, settings)
 
 
 def discover(settings: Settings | None = None) -> list[Table]:
@@ -133,18 +134,18 @@ def httpfs_path(settings: Settings) -> str:
 
 def gcs_secret_sql(settings: Settings) -> str:
     """`CREATE SECRET` for DuckDB's GCS access: HMAC keys from settings (gcs_hmac_key_id, gcs_hmac_secret), or none for a
-    public bucket (gcs_token 'anon'); STORAGE_EMULATOR_HOST points it at an emulator."""
+    public bucket (gcs_token 'anon') or a custom endpoint (gcs_endpoint: an emulator, a private endpoint)."""
     key_id = settings.gcs_hmac_key_id
     secret = settings.gcs_hmac_secret.get_secret_value() if settings.gcs_hmac_secret else None
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    custom = settings.gcs_endpoint
     options = ["TYPE gcs"]
     if key_id and secret:
         options += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
-    elif settings.gcs_token != "anon" and not emulator:
+    elif settings.gcs_token != "anon" and not custom:
         raise CatalogError("DuckDB reads a gs:// lake with GCS HMAC keys: set LAKEHOUSE_GCS_HMAC_KEY_ID and "
                            "LAKEHOUSE_GCS_HMAC_SECRET, or LAKEHOUSE_GCS_TOKEN=anon for a public bucket")
-    if emulator:
-        endpoint = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    if custom:
+        endpoint = urlsplit(custom if "://" in custom else f"http://{custom}")
         options += [f"ENDPOINT {_literal(endpoint.netloc)}", "URL_STYLE 'path'",
                     f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
     return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"
@@ -163,9 +164,23 @@ def _create_views(con, database: str, tables: list[Table], versions: dict[str, i
             con.execute(sql)
         except duckdb.Error as exc:
             if version is not None:
-                raise CatalogError(f"{table.key} has no Delta version {version}") from None
+                missing = f"{table.key} has no Delta version {version}"
+                raise CatalogError(_vacuumed([table], versions) or missing) from None
             skipped.append(f"{table.key}: {_first_line(exc)}")
     return skipped
+
+
+def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | None:
+    """Why a pinned version cannot be read when a vacuum deleted its files: one line naming the oldest readable one."""
+    from lakehouse.delta import oldest_readable_version
+
+    for table in tables:
+        version = (versions or {}).get(table.key)
+        oldest = None if version is None else oldest_readable_version(table.location)
+        if oldest is not None and version < oldest:
+            return (f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
+                    f" the oldest readable version is {oldest}")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -207,8 +222,8 @@ def _install_extension(con) -> None:
     """Copy the delta extension into DuckDB's extension folder so `LOAD delta` works offline in other DuckDB 1.x clients."""
     try:
         con.execute(f"INSTALL {_literal(extension_path())}")
-    except duckdb.Error:
-        pass
+    except duckdb.Error as exc:
+        log.warning("delta extension not installed for other DuckDB clients (`LOAD delta` may go online): %s", exc)
 
 
 class LakeConnection:
@@ -345,7 +360,7 @@ def query(
     try:
         names, rows = lake.rows(sql, params)
     except duckdb.Error as exc:
-        raise CatalogError(_first_line(exc)) from None
+        raise CatalogError(_vacuumed(tables, versions) or _first_line(exc)) from None
     finally:
         lake.close()
     return names, rows, lake.skipped

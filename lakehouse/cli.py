@@ -12,8 +12,19 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
 app.add_typer(pg_app, name="pg")
+warehouse_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL warehouse (schema dw).")
+app.add_typer(warehouse_app, name="warehouse")
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Open lakehouse for learning-platform analytics."""
+    from lakehouse.config import get_settings
+    from lakehouse.security import secure_data_dir
+
+    secure_data_dir(get_settings())  # the data folder holds secrets: mode 0700
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -42,10 +53,10 @@ def generate(
     deliveries: int = typer.Option(3, help="daily deliveries"),
 ) -> None:
     """Write a synthetic source in the contract's layout."""
-    from lakehouse.generate import generate as run_generate
+    from lakehouse.tools.generate import generate as run_generate
 
     summary = run_generate(out, seed=seed, students=students, events=events, deliveries=deliveries)
-    console.print(f"wrote a source to {out} ({summary.get('event_lines', events)} event lines, "
+    console.print(f"wrote a source to {out} ({summary['event_lines']} event lines, "
                   f"{deliveries} deliveries, seed {seed})")
 
 
@@ -107,13 +118,19 @@ def query(
 @app.command()
 def dashboard(
     port: int = typer.Option(5006, help="port to serve on"),
-    address: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
+    address: str = typer.Option(None, help="interface to listen on (default LAKEHOUSE_BIND; 0.0.0.0: every one)"),
     show: bool = typer.Option(False, help="open a browser tab"),
 ) -> None:
-    """Serve the Panel dashboard over gold (works with no internet access); Ctrl-C stops it."""
-    from apps.dashboard import serve
+    """Serve the Panel dashboard over gold (works with no internet access); Ctrl-C stops it.
 
-    serve(port, show=show, address=address)
+    Asks for the login (user admin) when LAKEHOUSE_ADMIN_PASSWORD is set; open without it, on loopback only."""
+    from apps.dashboard import serve
+    from lakehouse.security import BindRefused
+
+    try:
+        serve(port, show=show, address=address)
+    except BindRefused as exc:
+        fail(str(exc))
 
 
 @pg_app.command("start")
@@ -136,12 +153,33 @@ def pg_stop() -> None:
     managed().stop()
 
 
+@pg_app.command("remove")
+def pg_remove() -> None:
+    """Stop the managed cluster and delete its data; the next run rebuilds the warehouse from gold."""
+    from lakehouse.pgserver import managed
+
+    server = managed()
+    if server.initialized():
+        server.remove()
+        console.print(f"removed {server.cluster}", highlight=False)
+
+
 @pg_app.command("status")
 def pg_status() -> None:
     """Say whether the managed cluster runs."""
     from lakehouse.pgserver import managed
 
     console.print("running" if managed().running() else "stopped")
+
+
+@warehouse_app.command("sql")
+def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
+    """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
+    from lakehouse.warehouse import LOADS_BY_TARGET, load_sql
+
+    if table not in LOADS_BY_TARGET:
+        fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
+    print(load_sql(table), end="")
 
 
 PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
@@ -174,10 +212,13 @@ def run(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from lakehouse.config import get_settings
-    from lakehouse.platform import client_env
+    from lakehouse.platform import PlatformError, client_env
 
     settings = get_settings()
-    os.environ.update(client_env(settings))
+    try:
+        os.environ.update(client_env(settings))
+    except PlatformError as exc:
+        fail(str(exc))
     from flows.common import add_listener
     from flows.pipeline import full_pipeline
 
@@ -257,7 +298,8 @@ def up(
     from lakehouse.config import get_settings
     from lakehouse.platform import up as run_up
 
-    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard, say=lambda m: console.print(m, highlight=False))
+    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard,
+                  say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     raise typer.Exit(code)
 
 
@@ -301,17 +343,10 @@ def summary() -> None:
     last = json.loads(last_path.read_text()) if last_path.exists() else None
     table = Table("layer", "table", "rows", title="lakehouse: rows per table")
     quarantined = 0
-    try:
-        counts = _row_counts(settings)
-    except ImportError:
-        counts = None
-    if counts is not None:
-        for layer, name, rows in counts:
-            table.add_row(layer, name, f"{rows:,}")
-            quarantined += rows if layer == "quarantine" else 0
-        console.print(table)
-    else:
-        console.print("[yellow]row counts need lakehouse.catalog (not available)[/]")
+    for layer, name, rows in _row_counts(settings):
+        table.add_row(layer, name, f"{rows:,}")
+        quarantined += rows if layer == "quarantine" else 0
+    console.print(table)
     if last:
         stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
                        title="last run")
@@ -319,7 +354,7 @@ def summary() -> None:
             stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
                                                             "warehouse loads", "status")))
         console.print(stages)
-    console.print(f"quarantined records  {quarantined:,}" if counts is not None else "quarantined records  n/a")
+    console.print(f"quarantined records  {quarantined:,}")
     land = ((last or {}).get("stages") or {}).get("land") or {}
     for entry in land.get("skipped", []):  # delivery folders and files the layout does not take, refused links
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)

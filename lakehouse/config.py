@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("landing", "bronze", "silver", "gold", "quarantine")
+MASK = "********"
+# Spark settings whose values are hidden by `lakehouse config`: keys, secrets, passwords, tokens, credentials.
+SECRET_KEY = re.compile(r"secret|passw|token|credential|private|key|auth", re.IGNORECASE)
 
 
 def _is_url(location: str) -> bool:
@@ -53,11 +57,22 @@ class Settings(BaseSettings):
     plausible_days_ahead: int = Field(
         2, description="events and records dated later than today plus this many days are quarantined")
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
+    admin_password: SecretStr | None = Field(
+        None, description="password of the platform login `admin` (Prefect UI/API, dashboard); unset: generated"
+    )
+    bind: str = Field("127.0.0.1", description="address `lakehouse up` listens on; beyond loopback only with a login")
+    prefect_url: str | None = Field(None, description="URL people open the Prefect UI at (e.g. behind a TLS proxy)")
+    dashboard_url: str | None = Field(None, description="URL people open the dashboard at (e.g. behind a TLS proxy)")
     gdrive_credentials: SecretStr | None = Field(
         None, description="Google Drive credentials: service-account JSON or OAuth token JSON (content or file path)"
     )
     gdrive_api_url: str | None = Field(None, description="Drive API root override (tests use a local fake)")
-    gcs_token: str | None = Field(None, description="gcsfs token: 'anon', 'google_default', or a JSON key path")
+    gcs_token: str | None = Field(
+        None, description="GCS credentials of gcsfs and Spark: 'anon', 'google_default', 'cloud', or a JSON key path"
+    )
+    gcs_endpoint: str | None = Field(
+        None, description="GCS endpoint of every GCS client (an emulator, a private endpoint); unset: Google's"
+    )
     gcs_hmac_key_id: str | None = Field(None, description="GCS HMAC key id DuckDB reads a gs:// lake with")
     gcs_hmac_secret: SecretStr | None = Field(None, description="GCS HMAC secret DuckDB reads a gs:// lake with")
 
@@ -98,9 +113,9 @@ class Settings(BaseSettings):
         out: dict[str, str] = {}
         for name, value in self:
             if isinstance(value, SecretStr):
-                out[name] = "********" if value.get_secret_value() else ""
+                out[name] = MASK if value.get_secret_value() else ""
             elif isinstance(value, dict):
-                out[name] = json.dumps(value)
+                out[name] = json.dumps({k: MASK if SECRET_KEY.search(k) else v for k, v in value.items()})
             else:
                 out[name] = "" if value is None else str(value)
         if self.pg_dsn is not None:
@@ -114,11 +129,31 @@ class Settings(BaseSettings):
 
 
 def mask_dsn(dsn: str) -> str:
-    """Hide the password of a libpq DSN (URL or key=value form)."""
-    import re
+    """Hide the password of a libpq DSN, URL or key=value form (parsed by libpq; an unparseable DSN is hidden)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", dsn)
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1********", dsn)
+    from psycopg2 import ProgrammingError
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    try:
+        params = parse_dsn(dsn)
+    except ProgrammingError:
+        return "(a DSN libpq cannot parse; hidden)"
+    if "password" not in params:
+        return dsn
+    masked = make_dsn(**{k: MASK if k == "password" else v for k, v in params.items()})
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hosts}" if ":" in userinfo else parts.netloc
+        query = urlencode([(k, MASK if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
+        url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        try:
+            if parse_dsn(url).get("password") == MASK:
+                masked = url
+        except ProgrammingError:
+            pass
+    return masked
 
 
 @lru_cache(maxsize=1)

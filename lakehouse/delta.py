@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
@@ -11,11 +12,14 @@ from lakehouse.config import Settings, get_settings
 
 T = TypeVar("T")
 
-# Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel.
+# Properties every table gets: keep features DuckDB and delta-rs read, keep history for time travel. The log and the
+# files it removed are kept equally long, so a version the log still offers has its files (the maintenance vacuum
+# retains at least this long).
+RETENTION = "interval 7 days"
 TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
-    "delta.logRetentionDuration": "interval 30 days",
-    "delta.deletedFileRetentionDuration": "interval 7 days",
+    "delta.logRetentionDuration": RETENTION,
+    "delta.deletedFileRetentionDuration": RETENTION,
 }
 
 
@@ -28,55 +32,85 @@ def table_path(layer: str, name: str, settings: Settings | None = None) -> str:
     return (settings or get_settings()).table_path(layer, name)
 
 
-def table_exists(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> bool:
-    from delta.tables import DeltaTable
+def table_exists(spark: SparkSession | None, layer: str, name: str, settings: Settings | None = None) -> bool:
+    """Whether the lake holds the Delta table (a commit in its log; no Spark job)."""
+    return is_table(table_path(layer, name, settings))
 
-    return DeltaTable.isDeltaTable(spark, table_path(layer, name, settings))
+
+def is_table(path: str) -> bool:
+    return bool(_commits(_log(path)[2]))
 
 
 def read_table(spark: SparkSession, layer: str, name: str, settings: Settings | None = None) -> DataFrame:
     return spark.read.format("delta").load(table_path(layer, name, settings))
 
 
-def _writer(df: DataFrame, partition_by: list[str] | None):
-    writer = df.write.format("delta")
-    for key, value in TABLE_PROPERTIES.items():
+STATS_PROPERTY = "delta.dataSkippingStatsColumns"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table write: where, with which layer policy (partitioning; the columns Delta keeps file statistics on, those
+    reads prune by: default the first 32), and the identity that lets it commit at most once (txn app id and version;
+    `user_metadata` goes into the commit for the next run to read back)."""
+
+    layer: str
+    name: str
+    settings: Settings
+    app_id: str | None = None
+    version: int | None = None
+    partition_by: tuple[str, ...] = ()
+    stats: tuple[str, ...] = ()
+    user_metadata: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.settings.table_path(self.layer, self.name)
+
+    @property
+    def once(self) -> bool:
+        return self.app_id is not None and self.version is not None
+
+
+def _writer(df: DataFrame, target: Target, mode: str):
+    writer = df.write.format("delta").mode(mode)
+    properties = {**TABLE_PROPERTIES, **({STATS_PROPERTY: ",".join(target.stats)} if target.stats else {})}
+    for key, value in properties.items():
         writer = writer.option(key, value)
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
+    if target.partition_by:
+        writer = writer.partitionBy(*target.partition_by)
+    if target.once:
+        writer = writer.option("txnAppId", target.app_id).option("txnVersion", target.version)
+    if target.user_metadata is not None:
+        writer = writer.option("userMetadata", target.user_metadata)
     return writer
 
 
-def append_once(
-    df: DataFrame, layer: str, name: str, app_id: str, version: int,
-    partition_by: list[str] | None = None, settings: Settings | None = None,
-) -> None:
-    """Append `df` unless this (app_id, version) was already committed: a crash-safe, retryable append."""
-    (
-        _writer(df, partition_by)
-        .mode("append")
-        .option("txnAppId", app_id)
-        .option("txnVersion", version)
-        .save(table_path(layer, name, settings))
-    )
+def append_once(df: DataFrame, target: Target) -> None:
+    """Append `df` unless the target's (app_id, version) was already committed: a crash-safe, retryable append."""
+    assert target.once, "append_once needs an app id and a version"
+    _writer(df, target, "append").save(target.path)
 
 
-def overwrite(
-    df: DataFrame, layer: str, name: str, partition_by: list[str] | None = None,
-    settings: Settings | None = None, app_id: str | None = None, version: int | None = None,
-) -> None:
-    """Replace the table's content in one commit (schema too); idempotent when app_id/version are given."""
-    writer = _writer(df, partition_by).mode("overwrite").option("overwriteSchema", "true")
-    if app_id is not None and version is not None:
-        writer = writer.option("txnAppId", app_id).option("txnVersion", version)
-    writer.save(table_path(layer, name, settings))
+def overwrite(df: DataFrame, target: Target, replace_where: str | None = None) -> None:
+    """Replace the table's content in one commit (schema too), or with `replace_where` only the rows matching that
+    predicate (the new rows must match it too); at most once per (app_id, version) when the target has them."""
+    writer = _writer(df, target, "overwrite")
+    writer = writer.option("replaceWhere", replace_where) if replace_where else writer.option("overwriteSchema", "true")
+    writer.save(target.path)
+
+
+def advance(spark: SparkSession, target: Target) -> None:
+    """Record that the table has consumed the target's version of its input, changing no row (an empty commit)."""
+    if target.once:
+        append_once(spark.read.format("delta").load(target.path).limit(0), target)
 
 
 def _log(path: str):
     """(filesystem, log folder, its file names) of the Delta table at `path`; names is empty when there is no table."""
-    import fsspec
+    from lakehouse.storage import filesystem
 
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = filesystem(path)
     log = root.rstrip("/") + "/_delta_log"
     try:
         return fs, log, fs.ls(log, detail=False, refresh=True)  # object stores: never a cached listing
@@ -122,36 +156,48 @@ def last_txn_version(path: str, app_id: str) -> int | None:
 
 
 def merge_once(
-    spark: SparkSession, source: DataFrame, layer: str, name: str, on: str, app_id: str, version: int,
-    update_when: str | None = None, update_set: dict[str, str] | None = None,
-    partition_by: list[str] | None = None, settings: Settings | None = None, within: DataFrame | None = None,
+    spark: SparkSession, source: DataFrame, target: Target, on: str, update_when: str | None = None,
+    update_set: dict[str, str] | None = None, insert: bool = True, within: DataFrame | None = None,
 ) -> None:
-    """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows, optionally update matched
-    ones; committed at most once per (app_id, version). A missing table is created by an idempotent append.
-    `within`: the distinct values of the partition column(s) the source's rows can match in (a few dates, say); the
-    MERGE then reads and rewrites only those partitions of the table instead of all of it."""
-    from delta.tables import DeltaTable
+    """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows (unless `insert` is false),
+    optionally update matched ones; committed at most once per (app_id, version). A missing table is created by an
+    idempotent append. `within`: the distinct values of the partition column(s) the source's rows can match in (a few
+    dates, say); the MERGE then reads and rewrites only those partitions of the table instead of all of it.
+    Written in SQL, so it runs the same on a local session and over Spark Connect."""
+    import uuid
 
-    path = table_path(layer, name, settings)
-    if not DeltaTable.isDeltaTable(spark, path):
-        append_once(source, layer, name, app_id, version, partition_by, settings)
+    if not is_table(target.path):
+        if insert:
+            append_once(source, target)
         return
-    done = last_txn_version(path, app_id)
-    if done is not None and done >= version:
+    done = last_txn_version(target.path, target.app_id) if target.app_id else None
+    if done is not None and target.version is not None and done >= target.version:
         return
     if within is not None:
         on = f"({on}) AND ({_partition_filter(within)})"
-    merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on)
+    view = f"merge_source_{uuid.uuid4().hex}"
+    clauses = []
     if update_set:
-        merge = merge.whenMatchedUpdate(condition=update_when, set=update_set)
-    merge = merge.whenNotMatchedInsertAll()
-    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-    spark.conf.set("spark.databricks.delta.write.txnVersion", str(version))
+        condition = f" AND ({update_when})" if update_when else ""
+        assignments = ", ".join(f"`{column}` = {value}" for column, value in update_set.items())
+        clauses.append(f"WHEN MATCHED{condition} THEN UPDATE SET {assignments}")
+    if insert:
+        clauses.append("WHEN NOT MATCHED THEN INSERT *")
+    path = target.path.replace("`", "``")
+    confs = {"spark.databricks.delta.commitInfo.userMetadata": target.user_metadata}
+    if target.once:
+        confs.update({"spark.databricks.delta.write.txnAppId": target.app_id,
+                      "spark.databricks.delta.write.txnVersion": str(target.version)})
+    source.createOrReplaceTempView(view)
+    for key, value in confs.items():
+        if value is not None:
+            spark.conf.set(key, value)
     try:
-        merge.execute()
+        spark.sql(f"MERGE INTO delta.`{path}` AS t USING {view} AS s ON {on} {' '.join(clauses)}")
     finally:
-        spark.conf.unset("spark.databricks.delta.write.txnAppId")
-        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+        for key in confs:
+            spark.conf.unset(key)
+        spark.catalog.dropTempView(view)
 
 
 def _partition_filter(values: DataFrame) -> str:
@@ -187,21 +233,112 @@ def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T
     return {name: future.result() for name, future in futures.items()}
 
 
+def _written(metrics: dict[str, str]) -> int:
+    """Rows a commit wrote: a MERGE's inserted and updated rows, or a write's output rows."""
+    if "numTargetRowsInserted" in metrics:
+        return int(metrics["numTargetRowsInserted"]) + int(metrics.get("numTargetRowsUpdated") or 0)
+    return int(metrics.get("numOutputRows") or 0)
+
+
 def rows_written(path: str) -> int:
-    """Rows the table's latest commit added: a MERGE's inserted rows, or a write's output rows."""
-    m = last_operation_metrics(path)
-    return int(m.get("numTargetRowsInserted") or m.get("numOutputRows") or 0)
-
-
-def last_operation_metrics(path: str) -> dict[str, str]:
-    """Delta's operationMetrics of the table's latest commit, read from its log without Spark (empty: no table)."""
+    """Rows the table's latest commit wrote, from its operation metrics (no Spark job)."""
     import json
 
     fs, _, names = _log(path)
     commits = _commits(names)
+    for line in fs.cat_file(commits[-1][1]).splitlines() if commits else []:
+        if b'"commitInfo"' in line:
+            return _written(json.loads(line)["commitInfo"].get("operationMetrics") or {})
+    return 0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one commit of a table says about itself: its version, an app's txn version, metrics, user metadata."""
+
+    version: int
+    txn: int
+    metrics: dict[str, str]
+    user_metadata: str | None
+
+
+def _commit(fs, version: int, name: str, app_id: str) -> Commit | None:
+    """The commit in file `name` if it carries an `app_id` txn."""
+    import json
+
+    info: dict = {}
+    txn = None
+    for line in fs.cat_file(name).splitlines():
+        if b'"commitInfo"' in line:
+            info = json.loads(line).get("commitInfo") or {}
+        elif b'"txn"' in line and (action := json.loads(line).get("txn")) and action["appId"] == app_id:
+            txn = int(action["version"])
+    if txn is None:
+        return None
+    return Commit(version, txn, dict(info.get("operationMetrics") or {}), info.get("userMetadata"))
+
+
+def app_commits(path: str, app_id: str, floor: int | None = None) -> Iterator[Commit]:
+    """The table's commits carrying an `app_id` txn, newest first, read from its log without Spark; stops after the
+    first at or below txn version `floor`."""
+    fs, _, names = _log(path)
+    for version, name in reversed(_commits(names)):
+        commit = _commit(fs, version, name, app_id)
+        if commit is not None:
+            yield commit
+            if floor is not None and commit.txn <= floor:
+                return
+
+
+def rows_committed(path: str, app_id: str, after: int | None, upto: int) -> int:
+    """Rows `app_id` wrote to the table at `path` in its commits with txn versions in (after, upto]: the rows of those
+    input batches, counted from the commits' metrics instead of by reading them again."""
+    floor = -1 if after is None else after
+    return sum(_written(c.metrics) for c in app_commits(path, app_id, floor) if floor < c.txn <= upto)
+
+
+def oldest_readable_version(path: str) -> int | None:
+    """The oldest version of the Delta table at `path` whose data files all still exist (None: none, or no table),
+    read from its log without Spark: the log can still list versions whose removed files a vacuum deleted."""
+    import json
+    import re
+    from urllib.parse import unquote
+
+    import pyarrow.parquet as pq
+
+    fs, log, names = _log(path)
+    commits = dict(_commits(names))
     if not commits:
-        return {}
-    for line in fs.cat_file(commits[-1][1]).splitlines():
-        if b'"commitInfo"' in line and (info := json.loads(line).get("commitInfo")):
-            return dict(info.get("operationMetrics") or {})
-    return {}
+        return None
+    root = log[: -len("/_delta_log")]
+    existing = {f[len(root) + 1:] for f in fs.find(root) if "/_delta_log/" not in f}
+
+    def relative(file: str) -> str:
+        file = unquote(file)
+        return file[len(root) + 1:] if file.startswith(root + "/") else file
+
+    latest = max(commits)
+    active: set[str] = set()
+    base = -1
+    if any(v not in commits for v in range(latest + 1)):  # the log was cleaned: start from a checkpoint
+        checkpoints = sorted({int(m.group(1)) for n in names if (m := re.search(r"/(\d{20})\.checkpoint", n))})
+        usable = [c for c in checkpoints if all(v in commits for v in range(c + 1, latest + 1))]
+        if not usable:
+            return None
+        base = usable[0]
+        for part in sorted(n for n in names if re.search(rf"/{base:020d}\.checkpoint(\.\d+\.\d+)?\.parquet$", n)):
+            with fs.open(part, "rb") as f:
+                active.update(relative(a["path"]) for a in pq.read_table(f, columns=["add"]).column("add").to_pylist()
+                              if a)
+        if active <= existing:
+            return base
+    for version in range(base + 1, latest + 1):
+        for line in fs.cat_file(commits[version]).splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                active.add(relative(action["add"]["path"]))
+            elif "remove" in action:
+                active.discard(relative(action["remove"]["path"]))
+        if active <= existing:
+            return version
+    return None

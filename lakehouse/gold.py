@@ -1,8 +1,12 @@
-"""Gold: the star schema and marts of CONTRACT §6, plus the SCD2-ready dimension histories."""
+"""Gold: the star schema, the marts and the SCD2-ready dimension histories, each table kept up to date from the silver
+rows that changed since its own watermark (docs/incremental.md says which table is kept how, and why that equals a
+rebuild)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -10,16 +14,27 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Settings
+from lakehouse.silver import latest_as_of
 
-# Layer policy, measured in bench/partitioning.py (bench/README.md): the fact MERGEd by day is partitioned by day;
-# the tables rebuilt by overwrite (dims, marts, page_view_enriched) are small and stay unpartitioned.
-PARTITION_BY: dict[str, list[str]] = {"fact_page_view": ["event_date"]}
+# Layer policy, measured in bench/partitioning.py (bench/README.md): tables read or replaced by day or month are
+# partitioned by it; the rest are small, or read whole.
+PARTITION_BY: dict[str, tuple[str, ...]] = {
+    "fact_page_view": ("event_date",), "page_view_enriched": ("event_date",), "activity_by_country_student": ("month",),
+}
+# Columns Delta keeps file statistics on: those reads and replacements prune by (default: the first 32 columns).
+STATS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "fact_page_view": ("event_at",), "page_view_enriched": ("event_at", "student_id"),
+    **{f"dim_{e}_history": ("as_of",) for e in ("student", "course", "university", "subject")},
+}
 
 FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "client_type", "country", "region",
                           "city_name", "browser", "platform", "page_name", "page_category", "user_type",
                           "session_uuid")
 STUDENT_COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
                    "course_name", "signup_source", "is_deleted", "as_of")
+# The student attributes page_view_enriched carries: a change to one of them re-enriches that student's events.
+ENRICHMENT = ("state", "city", "university_id", "university_name", "course_id", "course_name", "signup_source",
+              "registered_at")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,7 +103,7 @@ def dim_subject(history: DataFrame) -> DataFrame:
     return _current(history, "subject_id")
 
 
-def dim_date(*fact_dates: Column | DataFrame) -> DataFrame:
+def dim_date(*fact_dates: DataFrame) -> DataFrame:
     """gold.dim_date: one row per calendar day from the first to the last fact date (single-column inputs)."""
     dates = None
     for df in fact_dates:
@@ -134,28 +149,42 @@ def fact_subject_follow(follows: DataFrame) -> DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------
-# marts
+# marts, and the partial aggregates they are kept from
 # --------------------------------------------------------------------------------------------------
 
 
-def _counts(df: DataFrame, *keys: str | Column) -> DataFrame:
-    return df.groupBy(*keys).agg(F.count(F.lit(1)).alias("page_views"),
-                                 F.countDistinct("student_id").alias("students"))
+def activity_by_student(facts: DataFrame) -> DataFrame:
+    """gold.activity_by_student: page views per (student_id, user_type); a null student_id holds the anonymous ones."""
+    return facts.groupBy("student_id", "user_type").agg(F.count(F.lit(1)).alias("page_views"))
 
 
-def mart_country_access(facts: DataFrame) -> DataFrame:
-    """gold.mart_country_access: one row per (country, month)."""
-    return _counts(facts, "country", F.trunc("event_date", "month").alias("month"))
+def activity_by_country_student(facts: DataFrame) -> DataFrame:
+    """gold.activity_by_country_student: page views per (country, month, student_id), null student_id: anonymous."""
+    return facts.groupBy("country", F.trunc("event_date", "month").alias("month"), "student_id").agg(
+        F.count(F.lit(1)).alias("page_views"))
 
 
-def mart_users_by_type(facts: DataFrame) -> DataFrame:
-    """gold.mart_users_by_type: one row per user_type (custom_4)."""
-    return _counts(facts, "user_type")
+def _totals(activity: DataFrame, *keys: str) -> DataFrame:
+    """page_views and distinct students per `keys`, from partial aggregates holding each student once per key."""
+    return activity.groupBy(*keys).agg(F.sum("page_views").alias("page_views"),
+                                       F.count("student_id").alias("students"))
 
 
-def mart_state_activity(facts: DataFrame, students: DataFrame) -> DataFrame:
-    """gold.mart_state_activity: one row per student state (null: anonymous, unknown or stateless students)."""
-    return _counts(facts.join(students.select("student_id", "state"), "student_id", "left"), "state")
+def mart_country_access(activity: DataFrame) -> DataFrame:
+    """gold.mart_country_access: one row per (country, month), from activity_by_country_student."""
+    return _totals(activity, "country", "month")
+
+
+def mart_users_by_type(activity: DataFrame) -> DataFrame:
+    """gold.mart_users_by_type: one row per user_type (custom_4), from activity_by_student."""
+    return _totals(activity, "user_type")
+
+
+def mart_state_activity(activity: DataFrame, students: DataFrame) -> DataFrame:
+    """gold.mart_state_activity: one row per student state (null: anonymous, unknown or stateless students), from
+    activity_by_student and each student's current state."""
+    per_student = activity.groupBy("student_id").agg(F.sum("page_views").alias("page_views"))
+    return _totals(per_student.join(students.select("student_id", "state"), "student_id", "left"), "state")
 
 
 def mart_daily_activity(facts: DataFrame) -> DataFrame:
@@ -167,55 +196,321 @@ def mart_daily_activity(facts: DataFrame) -> DataFrame:
 
 def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
     """gold.page_view_enriched: one row per event with its student's current state, city, university, course."""
-    return facts.join(students.select(
-        "student_id", "state", "city", "university_id", "university_name", "course_id", "course_name",
-        "signup_source", "registered_at"), "student_id", "left").select(*FACT_PAGE_VIEW_COLUMNS, "state", "city",
-        "university_id", "university_name", "course_id", "course_name", "signup_source", "registered_at")
+    return facts.join(students.select("student_id", *ENRICHMENT), "student_id", "left").select(
+        *FACT_PAGE_VIEW_COLUMNS, *ENRICHMENT)
 
 
 # --------------------------------------------------------------------------------------------------
-# refresh (the I/O edge)
+# refresh (the I/O edge): each table built whole once, then kept from what changed
 # --------------------------------------------------------------------------------------------------
 
 SNAPSHOTS = ("students", "courses", "universities", "subjects")
 FACT_INPUTS = ("page_views", "sessions", "subscriptions", "student_follow_subject")
-Read = Callable[[str], DataFrame]
+CHANGED = "changed_batch_id"  # silver's column: the bronze batch in which what gold reads of a row last changed
+_RECORD_FACTS = {"fact_session": ("sessions", fact_session, "session_id"),
+                 "fact_subscription": ("subscriptions", fact_subscription, "subscription_id"),
+                 "fact_subject_follow": ("student_follow_subject", fact_subject_follow, "follow_id")}
 
 
-def _student_history(r: Read) -> DataFrame:
-    return dim_student_history(r("students"), r("universities"), r("courses"))
+@dataclass
+class Run:
+    """One gold table's refresh: the silver batches it has seen and must reach per input, and how it writes."""
+
+    session: SparkSession
+    settings: Settings
+    table: str
+    seen: dict[str, int]  # silver input -> batch this table has consumed
+    marks: dict[str, int]  # silver input -> batch it must reach
+    once: bool = True  # commit at most once for these marks (a full refresh at the marks reached commits anyway)
+
+    def silver(self, name: str) -> DataFrame:
+        """The whole silver table (an empty one when no delivery fed it yet)."""
+        from lakehouse import silver
+
+        if name not in self.marks:
+            return silver.empty(self.session, name)
+        return delta.read_table(self.session, "silver", name, self.settings)
+
+    def changed(self, name: str) -> DataFrame:
+        """The silver rows whose content changed since this table's last refresh."""
+        rows = self.silver(name)
+        if name not in self.marks:
+            return rows
+        return rows.where((F.col(CHANGED) > F.lit(self.seen.get(name, -1))) & (F.col(CHANGED) <= F.lit(self.marks[name])))
+
+    def gold(self, name: str) -> DataFrame:
+        """A gold table of an earlier phase (an empty one when its inputs never had a delivery)."""
+        if delta.table_exists(self.session, "gold", name, self.settings):
+            return delta.read_table(self.session, "gold", name, self.settings)
+        return BY_NAME[name].build(Run(self.session, self.settings, name, {}, {}))
+
+    @property
+    def target(self) -> delta.Target:
+        # the txn version grows whenever an input mark does: their sum
+        return delta.Target("gold", self.table, self.settings, app_id=f"gold.{self.table}",
+                            version=sum(self.marks.values()) if self.once else None,
+                            partition_by=PARTITION_BY.get(self.table, ()),
+                            stats=STATS_COLUMNS.get(self.table, ()), user_metadata=json.dumps({"marks": self.marks}))
 
 
-def _facts(r: Read) -> DataFrame:
-    return fact_page_view(r("page_views"))
+@dataclass(frozen=True)
+class GoldTable:
+    """How one gold table is kept: its silver inputs, its whole content, and what a refresh does with the changes."""
+
+    name: str
+    inputs: tuple[str, ...]
+    build: Callable[[Run], DataFrame]
+    update: Callable[[Run], None]
 
 
-# (gold table, silver inputs, build from a silver reader), in dependency order
-PLAN: list[tuple[str, tuple[str, ...], Callable[[Read], DataFrame] | None]] = [
-    ("dim_university_history", ("universities",), lambda r: dim_university_history(r("universities"))),
-    ("dim_course_history", ("courses",), lambda r: dim_course_history(r("courses"))),
-    ("dim_subject_history", ("subjects",), lambda r: dim_subject_history(r("subjects"))),
-    ("dim_student_history", ("students", "universities", "courses"), _student_history),
-    ("dim_university", ("universities",), lambda r: dim_university(dim_university_history(r("universities")))),
-    ("dim_course", ("courses",), lambda r: dim_course(dim_course_history(r("courses")))),
-    ("dim_subject", ("subjects",), lambda r: dim_subject(dim_subject_history(r("subjects")))),
-    ("dim_student", ("students", "universities", "courses"), lambda r: dim_student(_student_history(r))),
-    ("fact_page_view", ("page_views",), None),  # incremental MERGE of the new silver rows
-    ("fact_session", ("sessions",), lambda r: fact_session(r("sessions"))),
-    ("fact_subscription", ("subscriptions",), lambda r: fact_subscription(r("subscriptions"))),
-    ("fact_subject_follow", ("student_follow_subject",), lambda r: fact_subject_follow(r("student_follow_subject"))),
-    ("dim_date", FACT_INPUTS, lambda r: dim_date(
-        r("page_views").select("event_date"), fact_session(r("sessions")).select("session_date"),
-        fact_subscription(r("subscriptions")).select("payment_date"),
-        fact_subject_follow(r("student_follow_subject")).select("followed_date"))),
-    ("mart_country_access", ("page_views",), lambda r: mart_country_access(_facts(r))),
-    ("mart_users_by_type", ("page_views",), lambda r: mart_users_by_type(_facts(r))),
-    ("mart_daily_activity", ("page_views",), lambda r: mart_daily_activity(_facts(r))),
-    ("mart_state_activity", ("page_views", "students", "universities", "courses"),
-     lambda r: mart_state_activity(_facts(r), dim_student(_student_history(r)))),
-    ("page_view_enriched", ("page_views", "students", "universities", "courses"),
-     lambda r: page_view_enriched(_facts(r), dim_student(_student_history(r)))),
-]
+def _first_changed(run: Run, *names: str) -> str | None:
+    """The earliest `as_of` among the changed rows of these snapshot tables (exact text), None when none changed."""
+    bounds = [run.changed(n).agg(F.min("as_of").alias("b")) for n in names if n in run.marks]
+    if not bounds:
+        return None
+    union = bounds[0]
+    for b in bounds[1:]:
+        union = union.unionByName(b)
+    return union.agg(F.date_format(F.min("b"), "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+
+
+def _as_of_from(rows: DataFrame, moment: str) -> DataFrame:
+    """Snapshot rows from the latest delivery at or before `moment` on: all that states from `moment` on depend on."""
+    return rows.where(F.col("as_of") >= F.lit(latest_as_of(rows, moment, inclusive=True) or moment).cast("timestamp"))
+
+
+def _touched(frame: DataFrame, column: str) -> list:
+    """The distinct values of `column` in `frame` (days, months, states, user types: a handful of rows)."""
+    return [r[0] for r in frame.select(column).distinct().collect()]
+
+
+def _within(column: str, values: list) -> str:
+    """A predicate selecting rows whose `column` is one of `values` (a null among them included)."""
+    from datetime import date
+
+    def literal(v) -> str:
+        return f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
+
+    known = [literal(v) for v in sorted(v for v in values if v is not None)]
+    parts = ([f"`{column}` IN ({', '.join(known)})"] if known else []) + (
+        [f"`{column}` IS NULL"] if None in values else [])
+    return " OR ".join(parts) or "false"
+
+
+def _replace_groups(run: Run, rows: DataFrame, column: str, values: list) -> None:
+    """Replace the table's rows whose `column` is one of `values` with `rows` (restricted to them)."""
+    if not values:
+        delta.advance(run.session, run.target)
+        return
+    where = _within(column, values)
+    delta.overwrite(rows.where(where), run.target, replace_where=where)
+
+
+# -- dimensions ------------------------------------------------------------------------------
+
+
+def _history_table(name: str, entity: str, transform: Callable[[DataFrame], DataFrame]) -> GoldTable:
+    """dim_<entity>_history: the silver snapshot's columns; a change rewrites its deliveries from the first changed."""
+
+    def update(run: Run) -> None:
+        first = _first_changed(run, entity)
+        if first is None:
+            delta.advance(run.session, run.target)
+            return
+        where = f"as_of >= TIMESTAMP'{first}'"
+        delta.overwrite(transform(run.silver(entity).where(where)), run.target, replace_where=where)
+
+    return GoldTable(name, (entity,), lambda run: transform(run.silver(entity)), update)
+
+
+def _student_history_update(run: Run) -> None:
+    first = _first_changed(run, "students", "universities", "courses")
+    if first is None:
+        delta.advance(run.session, run.target)
+        return
+    where = f"as_of >= TIMESTAMP'{first}'"
+    rows = dim_student_history(run.silver("students").where(where), _as_of_from(run.silver("universities"), first),
+                               _as_of_from(run.silver("courses"), first))
+    delta.overwrite(rows, run.target, replace_where=where)
+
+
+def _current_table(name: str, history: str, inputs: tuple[str, ...], current: Callable[[DataFrame], DataFrame]) -> GoldTable:
+    """dim_<entity>: each key's latest state. Every key seen has a row at the history's latest delivery (present or
+    a deletion marker), so that delivery alone gives the whole table."""
+
+    def build(run: Run) -> DataFrame:
+        rows = run.gold(history)
+        latest = latest_as_of(rows)
+        return current(rows.where(F.col("as_of") >= F.lit(latest).cast("timestamp")) if latest else rows)
+
+    return GoldTable(name, inputs, build, lambda run: delta.overwrite(build(run), run.target))
+
+
+def _dates(run: Run, read: Callable[[str], DataFrame]) -> list[DataFrame]:
+    return [read("page_views").select("event_date"), fact_session(read("sessions")).select("session_date"),
+            fact_subscription(read("subscriptions")).select("payment_date"),
+            fact_subject_follow(read("student_follow_subject")).select("followed_date")]
+
+
+def _dim_date_update(run: Run) -> None:
+    """Facts are never removed: the calendar only grows, to cover the dates of the changed facts."""
+    delta.overwrite(dim_date(run.gold("dim_date").select("date"), *_dates(run, run.changed)), run.target)
+
+
+# -- facts -----------------------------------------------------------------------------------
+
+
+def _fact_page_view_update(run: Run) -> None:
+    """Each event enters silver once, in the batch its changed_batch_id names: its new rows are appended."""
+    delta.append_once(fact_page_view(run.changed("page_views")), run.target)
+
+
+def _record_fact(name: str) -> GoldTable:
+    entity, transform, key = _RECORD_FACTS[name]
+
+    def update(run: Run) -> None:
+        rows = transform(run.changed(entity))
+        delta.merge_once(run.session, rows, run.target, on=f"t.{key} = s.{key}",
+                         update_set={c: f"s.{c}" for c in rows.columns})
+
+    return GoldTable(name, (entity,), lambda run: transform(run.silver(entity)), update)
+
+
+def _activity(name: str, aggregate: Callable[[DataFrame], DataFrame], keys: tuple[str, ...],
+              within: str | None = None) -> GoldTable:
+    """A partial aggregate of the page views: the new events' counts are added to their groups."""
+
+    def update(run: Run) -> None:
+        added = aggregate(fact_page_view(run.changed("page_views")))
+        on = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
+        delta.merge_once(run.session, added, run.target, on=on, update_set={"page_views": "t.page_views + s.page_views"},
+                         within=added.select(within) if within else None)
+
+    return GoldTable(name, ("page_views",), lambda run: aggregate(fact_page_view(run.silver("page_views"))), update)
+
+
+# -- marts -----------------------------------------------------------------------------------
+
+
+def _mart_update(column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]):
+    """Recompute the mart's groups the new events touch (their days, months, user types) from `rows`."""
+
+    def update(run: Run) -> None:
+        new = fact_page_view(run.changed("page_views"))
+        _replace_groups(run, rows(run), column, _touched(new.select(touched(new).alias(column)), column))
+
+    return update
+
+
+def _students_changed(run: Run) -> DataFrame:
+    """Students whose enrichment attributes changed since this table's last refresh: dim_student then (read back at
+    the version this table last saw) against dim_student now; `old`/`new` hold their states. Raises LookupError when
+    that version is no longer readable."""
+    path = run.settings.table_path("gold", "dim_student")
+    seen = _seen(path, "gold.dim_student", run.seen)
+    if seen is None:
+        raise LookupError("dim_student as this table last saw it is not in the log")
+    then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
+    now = run.gold("dim_student")
+    attrs = F.struct(*ENRICHMENT)
+    return (now.select("student_id", attrs.alias("new"), F.col("state").alias("new_state"))
+            .join(then.select("student_id", attrs.alias("old"), F.col("state").alias("old_state")), "student_id", "left")
+            .where(~F.col("new").eqNullSafe(F.col("old"))))
+
+
+def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
+    """The Delta version of a gold table whose commit recorded input marks no later than `marks`: the table as a
+    reader that has seen `marks` last read it."""
+    for commit in delta.app_commits(path, app_id):
+        theirs = json.loads(commit.user_metadata or "{}").get("marks", {})
+        if all(theirs.get(k, -1) <= marks.get(k, -1) for k in theirs):
+            return commit.version
+    return None
+
+
+def _state_activity_update(run: Run) -> None:
+    """The states whose totals change: those of students with new events (null: anonymous or unknown), and the
+    states students moved from and to."""
+    students = run.gold("dim_student")
+    try:
+        moved = _students_changed(run)
+    except LookupError:
+        delta.overwrite(mart_state_activity(run.gold("activity_by_student"), students), run.target)
+        return
+    new = fact_page_view(run.changed("page_views")).select("student_id").distinct()
+    states = (new.join(students, "student_id", "left").select("state")
+              .unionByName(moved.select(F.col("old_state").alias("state")))
+              .unionByName(moved.select(F.col("new_state").alias("state"))))
+    rows = mart_state_activity(run.gold("activity_by_student"), students)
+    _replace_groups(run, rows, "state", _touched(states, "state"))
+
+
+def _enriched_update(run: Run) -> None:
+    """New events are appended with their student's current attributes; the events of students whose attributes
+    changed are rewritten in place (a MERGE on student_id, committed once per version under its own app id)."""
+    students = run.gold("dim_student")
+    try:
+        moved = _students_changed(run)
+    except LookupError:
+        delta.overwrite(page_view_enriched(run.gold("fact_page_view"), students), run.target)
+        return
+    restate = delta.Target("gold", run.table, run.settings, app_id=f"gold.{run.table}.restate",
+                           version=run.target.version)
+    delta.merge_once(run.session, moved.select("student_id", "new.*"), restate, on="t.student_id = s.student_id",
+                     update_set={c: f"s.{c}" for c in ENRICHMENT}, insert=False)
+    delta.append_once(page_view_enriched(fact_page_view(run.changed("page_views")), students), run.target)
+
+
+def _student_history(run: Run) -> DataFrame:
+    return dim_student_history(run.silver("students"), run.silver("universities"), run.silver("courses"))
+
+
+_STUDENT_INPUTS = ("students", "universities", "courses")
+
+# The gold tables in dependency order: each phase reads only silver and the phases before it, and its tables are
+# written side by side.
+PHASES: tuple[tuple[GoldTable, ...], ...] = (
+    (
+        _history_table("dim_university_history", "universities", dim_university_history),
+        _history_table("dim_course_history", "courses", dim_course_history),
+        _history_table("dim_subject_history", "subjects", dim_subject_history),
+        GoldTable("dim_student_history", _STUDENT_INPUTS, _student_history, _student_history_update),
+        GoldTable("fact_page_view", ("page_views",), lambda run: fact_page_view(run.silver("page_views")),
+                  _fact_page_view_update),
+        *(_record_fact(name) for name in _RECORD_FACTS),
+        _activity("activity_by_student", activity_by_student, ("student_id", "user_type")),
+        _activity("activity_by_country_student", activity_by_country_student, ("country", "month", "student_id"),
+                  within="month"),
+    ),
+    (
+        _current_table("dim_university", "dim_university_history", ("universities",), dim_university),
+        _current_table("dim_course", "dim_course_history", ("courses",), dim_course),
+        _current_table("dim_subject", "dim_subject_history", ("subjects",), dim_subject),
+        _current_table("dim_student", "dim_student_history", _STUDENT_INPUTS, dim_student),
+        GoldTable("dim_date", FACT_INPUTS, lambda run: dim_date(*_dates(run, run.silver)), _dim_date_update),
+        GoldTable("mart_daily_activity", ("page_views",), lambda run: mart_daily_activity(run.gold("fact_page_view")),
+                  _mart_update("event_date", lambda run: mart_daily_activity(run.gold("fact_page_view")),
+                               lambda new: F.col("event_date"))),
+        GoldTable("mart_country_access", ("page_views",),
+                  lambda run: mart_country_access(run.gold("activity_by_country_student")),
+                  _mart_update("month", lambda run: mart_country_access(run.gold("activity_by_country_student")),
+                               lambda new: F.trunc("event_date", "month"))),
+        GoldTable("mart_users_by_type", ("page_views",),
+                  lambda run: mart_users_by_type(run.gold("activity_by_student")),
+                  _mart_update("user_type", lambda run: mart_users_by_type(run.gold("activity_by_student")),
+                               lambda new: F.col("user_type"))),
+    ),
+    (
+        GoldTable("mart_state_activity", ("page_views", *_STUDENT_INPUTS),
+                  lambda run: mart_state_activity(run.gold("activity_by_student"), run.gold("dim_student")),
+                  _state_activity_update),
+        GoldTable("page_view_enriched", ("page_views", *_STUDENT_INPUTS),
+                  lambda run: page_view_enriched(run.gold("fact_page_view"), run.gold("dim_student")),
+                  _enriched_update),
+    ),
+)
+BY_NAME = {t.name: t for phase in PHASES for t in phase}
+TABLES: tuple[str, ...] = tuple(BY_NAME)
 
 
 def _silver_marks(settings: Settings) -> dict[str, int | None]:
@@ -223,74 +518,64 @@ def _silver_marks(settings: Settings) -> dict[str, int | None]:
             for t in (*SNAPSHOTS, *FACT_INPUTS)}
 
 
-def _versions(settings: Settings, marks: dict, table: str, inputs) -> tuple[int | None, int | None]:
-    """(silver version gold.<table> must reach, version it has reached)."""
-    known = [marks[i] for i in inputs if marks[i] is not None]
-    done = delta.last_txn_version(settings.table_path("gold", table), f"gold.{table}")
-    return (max(known) if known else None), done
+def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
+    """The silver batches gold.<table> has consumed per input, from its latest commit (None: never built, or built
+    before tables recorded them: then it is built whole)."""
+    for commit in delta.app_commits(settings.table_path("gold", table), f"gold.{table}"):
+        marks = json.loads(commit.user_metadata or "{}").get("marks")
+        return marks if isinstance(marks, dict) else None
+    return None
+
+
+def _plan(settings: Settings, table: GoldTable, marks: dict[str, int | None]) -> tuple[dict[str, int], dict[str, int] | None] | None:
+    """(input marks to reach, marks consumed) for a table that lags silver, or None when it is up to date."""
+    reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+    if not reach:
+        return None
+    seen = _seen_marks(settings, table.name)
+    if seen is not None and all(seen.get(i, -1) >= m for i, m in reach.items()):
+        return None
+    return reach, seen
 
 
 def pending(settings: Settings) -> bool:
     """Whether some gold table lags silver (read from the Delta logs, without Spark)."""
     marks = _silver_marks(settings)
-    for table, inputs, _ in PLAN:
-        version, done = _versions(settings, marks, table, inputs)
-        if version is not None and (done is None or done < version):
-            return True
-    return False
+    return any(_plan(settings, table, marks) is not None for phase in PHASES for table in phase)
 
 
-def _read_silver(session: SparkSession, settings: Settings, marks: dict, table: str) -> DataFrame:
-    from lakehouse import silver
-
-    if marks[table] is None:
-        return silver.empty(session, table)
-    return delta.read_table(session, "silver", table, settings)
-
-
-def _write(session: SparkSession, settings: Settings, marks: dict, sizes: dict[str, int], table: str, version: int,
-           done: int | None, full_refresh: bool) -> dict:
-    """Write one gold table on `session`: fact_page_view MERGEs its new silver rows, the rest are rebuilt."""
-    inputs, build = next((i, b) for t, i, b in PLAN if t == table)
-
-    def read(name: str) -> DataFrame:
-        return _read_silver(session, settings, marks, name)
-
-    if build is None and not full_refresh:
-        source = read("page_views").where(
-            (F.col("batch_id") > F.lit(-1 if done is None else done)) & (F.col("batch_id") <= F.lit(version)))
-        delta.merge_once(session, fact_page_view(source), "gold", table, on="t.event_id = s.event_id",
-                         app_id=f"gold.{table}", version=version, partition_by=PARTITION_BY.get(table),
-                         settings=settings, within=source.select("event_date"))
-        rows_in = source.count()
+def _write(session: SparkSession, settings: Settings, table: GoldTable, reach: dict[str, int],
+           seen: dict[str, int] | None, full_refresh: bool) -> dict:
+    """Refresh one gold table on `session`: built whole when new, unreadable as before, or on a full refresh;
+    otherwise kept from what changed."""
+    run = Run(session, settings, table.name, seen or {}, reach, once=seen != reach)
+    if full_refresh or seen is None or not delta.table_exists(session, "gold", table.name, settings):
+        delta.overwrite(table.build(run), run.target)
     else:
-        df = fact_page_view(read("page_views")) if build is None else build(read)
-        moved = done is None or version > done  # a rebuild at the version already reached records no new txn
-        delta.overwrite(df, "gold", table, partition_by=PARTITION_BY.get(table), settings=settings,
-                        app_id=f"gold.{table}", version=version if moved else None)
-        rows_in = sum(sizes.get(i, 0) for i in inputs)
-    return {"skipped": False, "version": version, "rows_in": rows_in,
-            "rows_out": delta.rows_written(settings.table_path("gold", table))}
+        table.update(run)
+    rows_in = sum(delta.rows_committed(settings.table_path("silver", i), f"silver.{i}", (seen or {}).get(i), m)
+                  for i, m in reach.items())
+    return {"skipped": False, "version": run.target.version, "rows_in": rows_in,
+            "rows_out": delta.rows_written(run.target.path)}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
-    """Bring gold up to date with silver; a table whose silver inputs did not move gets no commit. Tables are
-    written side by side (they read only silver). `full_refresh` rebuilds every table from the whole of silver."""
+    """Bring gold up to date with silver, phase by phase, the tables of a phase side by side; a table whose silver
+    inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
     marks = _silver_marks(settings)
-    tables: dict = {}
-    todo: dict[str, tuple[int, int | None]] = {}
-    for table, inputs, _ in PLAN:
-        version, done = _versions(settings, marks, table, inputs)
-        if version is None or (done is not None and done >= version and not full_refresh):
-            tables[table] = {"skipped": True, "rows_in": 0, "rows_out": 0}
-        else:
-            todo[table] = (version, done)
-    # each silver input counted once (tables share inputs), for the rows-in figure of the rebuilt tables
-    needed = {i for t, inputs, _ in PLAN if t in todo for i in inputs if marks[i] is not None}
-    sizes = {i: delta.read_table(spark, "silver", i, settings).count() for i in sorted(needed)}
-    tables.update(delta.write_tables(spark, {
-        table: partial(_write, settings=settings, marks=marks, sizes=sizes, table=table, version=version, done=done,
-                       full_refresh=full_refresh)
-        for table, (version, done) in todo.items()}))
+    tables: dict[str, dict] = {}
+    for phase in PHASES:
+        jobs = {}
+        for table in phase:
+            plan = _plan(settings, table, marks)
+            if plan is None and full_refresh:
+                reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+                plan = (reach, _seen_marks(settings, table.name)) if reach else None
+            if plan is None:
+                tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
+            else:
+                jobs[table.name] = partial(_write, settings=settings, table=table, reach=plan[0], seen=plan[1],
+                                           full_refresh=full_refresh)
+        tables.update(delta.write_tables(spark, jobs))
     return {"layer": "gold", "run_id": run_id, "full_refresh": full_refresh,
-            "tables": {table: tables[table] for table, _, _ in PLAN}}
+            "tables": {name: tables[name] for name in TABLES}}

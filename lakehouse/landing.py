@@ -10,9 +10,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import fsspec
-
-from lakehouse import faults
+from lakehouse import faults, storage
 from lakehouse.config import Settings, join
 from lakehouse.sources import Source, SourceError, SourceFile, open_source
 
@@ -27,9 +25,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def lake_fs(settings: Settings) -> tuple[Any, str]:
     """The fsspec filesystem of the lake and the lake root in that filesystem's terms."""
-    url = settings.lake_url
-    options = {"token": settings.gcs_token} if url.startswith(("gs://", "gcs://")) and settings.gcs_token else {}
-    return fsspec.core.url_to_fs(url, **options)
+    return storage.filesystem(settings.lake_url, settings)
 
 
 def _safe(name: str) -> str:

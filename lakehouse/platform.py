@@ -1,9 +1,13 @@
-"""`lakehouse up`: a local Prefect server, a worker serving `prefect.yaml`, and the dashboard, as one supervised group."""
+"""`lakehouse up`: a local Prefect server, a worker serving `prefect.yaml`, and the dashboard, as one supervised group,
+behind one login (user `admin`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,13 +15,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lakehouse.config import PROJECT_ROOT, Settings
+from lakehouse.security import (
+    ADMIN_USER, admin_password, check_bind, connect_host, is_loopback, login_set, public_host,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
 
 WORK_POOL = "lakehouse"
 WRITER_LIMIT = "lakehouse-writer"
-HOST = "127.0.0.1"
+
+
+class PlatformError(RuntimeError):
+    """The running platform cannot be used (one line naming the fix)."""
 
 
 def prefect_home(settings: Settings) -> Path:
@@ -28,25 +43,85 @@ def _state_file(settings: Settings) -> Path:
     return prefect_home(settings) / "up.json"
 
 
+def public_url(settings: Settings, port: int, configured: str | None) -> str:
+    """The URL people open a service at: the configured one (e.g. a TLS proxy's), else this machine's address."""
+    return configured.rstrip("/") if configured else f"http://{public_host(settings.bind)}:{port}"
+
+
+def local_names(bind: str) -> list[str]:
+    """The host names and addresses a browser may use for a service listening on `bind`."""
+    import ipaddress
+
+    import psutil
+
+    if is_loopback(bind):
+        return ["127.0.0.1", "localhost"]
+    if connect_host(bind) == bind:
+        return [public_host(bind)]
+    names = ["127.0.0.1", "localhost", socket.getfqdn(), socket.gethostname()]
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not ipaddress.ip_address(address.address).is_loopback:
+                names.append(address.address)
+    return list(dict.fromkeys(names))
+
+
+def origins(settings: Settings, port: int, public: str) -> list[str]:
+    """The browser origins of a service listening on `settings.bind`:`port` whose public URL is `public`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(public)
+    found = [f"{parts.scheme}://{parts.netloc}"] + [f"http://{name}:{port}" for name in local_names(settings.bind)]
+    return list(dict.fromkeys(found))
+
+
 def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
-    """Prefect settings that keep its state in the project's data folder (and talk to our server when `port`)."""
+    """Prefect settings that keep its state in the project's data folder (and, with `port`, that serve and talk to
+    the platform's server: CSRF protection on, CORS limited to the UI's own origins)."""
     home = prefect_home(settings)
     home.mkdir(parents=True, exist_ok=True)
     env = {
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
     }
     if port is not None:
-        api = f"http://{HOST}:{port}/api"
+        public = public_url(settings, port, settings.prefect_url)
         env.update({
-            "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api, "PREFECT_UI_URL": f"http://{HOST}:{port}",
-            "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_API_URL": f"http://{connect_host(settings.bind)}:{port}/api",
+            "PREFECT_UI_API_URL": f"{public}/api", "PREFECT_UI_URL": public,
+            "PREFECT_SERVER_API_HOST": settings.bind, "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(origins(settings, port, public)),
             "PREFECT_WORKER_QUERY_SECONDS": "5", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         })
     return env
+
+
+def auth_env(credentials: str) -> dict[str, str]:
+    """The basic-auth string (`user:password`) for a Prefect server and for its clients."""
+    return {"PREFECT_SERVER_API_AUTH_STRING": credentials, "PREFECT_API_AUTH_STRING": credentials}
+
+
+def api_session(api_url: str, credentials: str | None, timeout: float = 30) -> httpx.Client:
+    """An httpx client of a Prefect REST API: basic auth, and the CSRF token that changes need."""
+    import uuid
+
+    import httpx
+
+    auth = httpx.BasicAuth(*credentials.split(":", 1)) if credentials else None
+    client = httpx.Client(base_url=api_url, auth=auth, timeout=timeout)
+    client_id = str(uuid.uuid4())
+    got = client.get("/csrf-token", params={"client": client_id})
+    if got.status_code == 200:
+        client.headers.update({"Prefect-Csrf-Token": got.json()["token"], "Prefect-Csrf-Client": client_id})
+    elif got.status_code == 401:
+        client.close()
+        raise PlatformError(f"the Prefect API at {api_url} refused the admin login: set LAKEHOUSE_ADMIN_PASSWORD to the"
+                            " password `lakehouse up` printed (or the one in its password file)")
+    return client
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -70,17 +145,25 @@ def running_platform(settings: Settings) -> dict | None:
 
 
 def client_env(settings: Settings) -> dict[str, str]:
-    """Environment for a local flow run: the running platform's API, else Prefect's temporary server on our database."""
+    """Environment for a local flow run: the running platform's API with the admin login, else Prefect's temporary
+    server on our database, behind a login made for this process only."""
     if os.environ.get("PREFECT_API_URL"):
         return {}
     state = running_platform(settings)
     if state:
-        return {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"]}
-    return prefect_env(settings)
+        password, _ = admin_password(settings)
+        if password is None:
+            raise PlatformError(f"`lakehouse up` serves this data folder at {state['ui_url']} and asks for the admin"
+                                " login: set LAKEHOUSE_ADMIN_PASSWORD to its password")
+        credentials = f"{ADMIN_USER}:{password}"
+        api_session(state["api_url"], credentials).close()  # PlatformError, in one line, on a wrong password
+        return {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"],
+                "PREFECT_API_AUTH_STRING": credentials}
+    return {**prefect_env(settings), **auth_env(f"{ADMIN_USER}:{secrets.token_urlsafe(24)}")}
 
 
-def port_free(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -115,18 +198,23 @@ class Platform:
     dashboard: bool = True
     say: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
+    password: str | None = None
 
     @property
     def api_url(self) -> str:
-        return f"http://{HOST}:{self.prefect_port}/api"
+        return f"http://{connect_host(self.settings.bind)}:{self.prefect_port}/api"
 
     @property
     def ui_url(self) -> str:
-        return f"http://{HOST}:{self.prefect_port}"
+        return public_url(self.settings, self.prefect_port, self.settings.prefect_url)
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{HOST}:{self.dashboard_port}"
+        return public_url(self.settings, self.dashboard_port, self.settings.dashboard_url)
+
+    @property
+    def credentials(self) -> str:
+        return f"{ADMIN_USER}:{self.password}"
 
     @property
     def logs(self) -> Path:
@@ -137,6 +225,8 @@ class Platform:
         for key in ("PREFECT_API_URL", "PREFECT_PROFILE"):
             env.pop(key, None)
         env.update(prefect_env(self.settings, self.prefect_port))
+        env.update(auth_env(self.credentials))
+        env["LAKEHOUSE_ADMIN_PASSWORD"] = self.password or ""
         env["LAKEHOUSE_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -158,14 +248,20 @@ class Platform:
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
         """Server, work pool, writer limit, deployments, worker, dashboard; raises RuntimeError with one reason."""
+        bind = self.settings.bind
+        check_bind(bind, login_set(self.settings))
         ports = [self.prefect_port] + ([self.dashboard_port] if self.dashboard else [])
-        busy = [str(p) for p in ports if not port_free(p)]
+        busy = [str(p) for p in ports if not port_free(p, bind)]
         if busy:
             raise RuntimeError(f"port {', '.join(busy)} already in use: stop what listens there (another `lakehouse up`?)")
+        self.password, stored = admin_password(self.settings, create=True)
+        where = ("LAKEHOUSE_ADMIN_PASSWORD" if stored is None
+                 else f"{stored} (mode 0600; set LAKEHOUSE_ADMIN_PASSWORD to choose one)")
+        self.say(f"login: user {ADMIN_USER}, password from {where}")
         prefect_home(self.settings).mkdir(parents=True, exist_ok=True)
         self.say(f"starting the Prefect server on {self.ui_url} (database in {prefect_home(self.settings)})")
-        server = self.spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start",
-                                               "--host", HOST, "--port", str(self.prefect_port)])
+        server = self.spawn("prefect-server", [sys.executable, "-m", "lakehouse.prefect_server",
+                                               "--host", bind, "--port", str(self.prefect_port)])
         self._wait_healthy(server)
         self._ensure_pool_and_limit()
         self.say("registering the deployments of prefect.yaml")
@@ -176,7 +272,7 @@ class Platform:
                                       "--type", "process", "--name", "lakehouse-worker"])
         if self.dashboard:
             self.spawn("dashboard", [sys.executable, "-m", "lakehouse.cli", "dashboard",
-                                     "--port", str(self.dashboard_port)], essential=False)
+                                     "--port", str(self.dashboard_port), "--address", bind], essential=False)
         self._write_state()
 
     def _wait_healthy(self, server: Child, timeout: float = 180) -> None:
@@ -189,16 +285,15 @@ class Platform:
             time.sleep(0.5)
 
     def _ensure_pool_and_limit(self) -> None:
-        import httpx
-
-        pools = httpx.post(f"{self.api_url}/work_pools/filter", json={}, timeout=30).json()
-        if not any(p["name"] == WORK_POOL for p in pools):
-            made = self._prefect("work-pool", "create", WORK_POOL, "--type", "process")
-            if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
-                raise RuntimeError(f"cannot create the work pool: {_last_line(made)}")
-        got = httpx.post(f"{self.api_url}/v2/concurrency_limits/", json={"name": WRITER_LIMIT, "limit": 1}, timeout=30)
-        if got.status_code not in (200, 201, 409):
-            raise RuntimeError(f"cannot create the {WRITER_LIMIT} concurrency limit: HTTP {got.status_code}")
+        with contextlib.closing(api_session(self.api_url, self.credentials)) as api:
+            pools = api.post("/work_pools/filter", json={}).json()
+            if not any(p["name"] == WORK_POOL for p in pools):
+                made = self._prefect("work-pool", "create", WORK_POOL, "--type", "process")
+                if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
+                    raise RuntimeError(f"cannot create the work pool: {_last_line(made)}")
+            got = api.post("/v2/concurrency_limits/", json={"name": WRITER_LIMIT, "limit": 1})
+            if got.status_code not in (200, 201, 409):
+                raise RuntimeError(f"cannot create the {WRITER_LIMIT} concurrency limit: HTTP {got.status_code}")
 
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "api_url": self.api_url, "ui_url": self.ui_url,
@@ -226,39 +321,39 @@ class Platform:
 
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
-            try:
-                descendants += psutil.Process(child.proc.pid).children(recursive=True)
-            except psutil.Error:
-                pass
+            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),
+                                        f"list the processes of {child.name}") or []
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in reversed(self.children):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # past the grace period: SIGKILL below
                 child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(child.proc, signal.SIGKILL)
             child.proc.wait()
         gone, alive = psutil.wait_procs(descendants, timeout=0)
         for proc in alive:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
+            _unless_gone(proc.terminate, f"stop process {proc.pid}")
         _, alive = psutil.wait_procs(alive, timeout=5)
         for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+            _unless_gone(proc.kill, f"kill process {proc.pid}")
         _state_file(self.settings).unlink(missing_ok=True)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _unless_gone(action: Callable, what: str):
+    """Run `action` on a process that may have exited meanwhile (then nothing happens); log any other failure."""
+    import psutil
+
     try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        return action()
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    except (psutil.Error, OSError) as exc:
+        log.warning("could not %s: %s", what, exc)
+        return None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    _unless_gone(lambda: os.killpg(proc.pid, sig), f"signal process group {proc.pid}")
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
@@ -282,6 +377,7 @@ def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006,
         say(f"Prefect API     {platform.api_url}")
         if dashboard:
             say(f"Dashboard       {platform.dashboard_url}")
+        say(f"Login           user {ADMIN_USER} (Prefect UI: type admin:<password>; dashboard: its login page)")
         say(f"Logs            {platform.logs}")
         say("Ctrl-C stops everything.")
         code = platform.watch()

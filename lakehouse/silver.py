@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import MapType, StringType
 
 from lakehouse import delta
 from lakehouse import parsing as P
@@ -20,6 +20,16 @@ RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
 PARTITION_BY: dict[str, list[str]] = {"page_views": ["event_date"]}
 PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
+# Every silver table carries `changed_batch_id`: the bronze batch in which what gold reads of the row last changed (a
+# page view: the first batch holding the event; a snapshot row: the batch whose delivery rewrote it). Gold reads the
+# rows changed since its own watermark by this column, so Delta statistics are kept on it (STATS_COLUMNS).
+CHANGED = "changed_batch_id"
+# Columns Delta keeps min/max statistics on, per table: those our reads prune by (default: the first 32 columns).
+STATS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "page_views": ("event_at", "batch_id", CHANGED),
+    **{t: ("as_of", CHANGED) for t in ("students", "courses", "universities", "subjects")},
+    **{t: (CHANGED,) for t in ("sessions", "subscriptions", "student_follow_subject")},
+}
 
 # silver column <- raw field, for the fields that keep their meaning under a new name or as is
 _RENAMED = {"first_accessed_page": "first-accessed-page", "user_type": "custom_4", "visitor_type": "user_type",
@@ -34,7 +44,7 @@ PAGE_VIEW_COLUMNS = (
     "page_category_2", "page_category_3", "last_accessed_url", "first_accessed_page", "session_uuid",
     "event_name", "event_type", "carrier", "clv_total", "custom_1", "custom_2", "custom_3", "is_device_new",
     "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
-    "model", "nth", "os_ver", "uuid", "extra_fields", *PROVENANCE,
+    "model", "nth", "os_ver", "uuid", "extra_fields", *PROVENANCE, CHANGED,
 )
 
 
@@ -117,9 +127,11 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         "extra_fields", "at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id",
         F.lit(run_id).alias("run_id"), F.current_timestamp().alias("loaded_at"),
     )
-    first = Window.partitionBy("event_id").orderBy("as_of", "delivery", "source_file", "line_number")
-    return (rows.withColumn("_n", F.row_number().over(first)).where("_n = 1")
-            .select(*PAGE_VIEW_COLUMNS))
+    # One sort by event id serves both windows: the earliest delivered occurrence, and the first batch holding one.
+    same = Window.partitionBy("event_id")
+    first = same.orderBy("as_of", "delivery", "source_file", "line_number")
+    return (rows.withColumn("_n", F.row_number().over(first)).withColumn(CHANGED, F.min("batch_id").over(same))
+            .where("_n = 1").select(*PAGE_VIEW_COLUMNS))
 
 
 def event_dates(bronze_events: DataFrame) -> DataFrame:
@@ -143,7 +155,8 @@ def _records(bronze: DataFrame, entity: str) -> DataFrame:
     """Parsed export records; a delivery landed again (changed content) counts only in its latest batch."""
     latest = Window.partitionBy("delivery")
     return (bronze.withColumn("_latest", F.max("batch_id").over(latest)).where("batch_id = _latest")
-            .select(F.from_json("record", ENTITY_RAW[entity]).alias("r"), "delivery", "as_of", "line_number"))
+            .select(F.from_json("record", ENTITY_RAW[entity]).alias("r"), "delivery", "as_of", "line_number",
+                    "batch_id"))
 
 
 def _int(c: Column) -> Column:
@@ -162,64 +175,86 @@ _SNAPSHOT_ATTRS = {
 }
 
 
-def _present(bronze: DataFrame, entity: str) -> DataFrame:
+def _present(records: DataFrame, entity: str) -> DataFrame:
     """One row per (key, delivery) the key appears in; duplicates in an export collapse (last line wins)."""
     key = SNAPSHOT_KEYS[entity]
     r = F.col("r")
     key_col = _blank_to_null(r.Id) if entity == "students" else _int(r.Id)
     attrs = _SNAPSHOT_ATTRS[entity](r)
-    rows = _records(bronze, entity).select(
+    rows = records.select(
         key_col.alias(key), *(c.alias(k) for k, c in attrs.items()), "delivery", "as_of", "line_number",
     ).where(F.col(key).isNotNull())
     last = Window.partitionBy(key, "delivery").orderBy(F.desc("line_number"))
     return rows.withColumn("_n", F.row_number().over(last)).where("_n = 1").drop("_n", "line_number")
 
 
-def snapshot_history(present: DataFrame, key: str) -> DataFrame:
-    """Every key at every delivery from its first one: present rows, or deletion markers carrying the last state."""
+# The prior state enters the history computation as one more delivery, ordered before every real one; never output.
+_PRIOR_DELIVERY, _PRIOR_AS_OF = "", "0001-01-01 00:00:00"
+
+
+def snapshot_history(present: DataFrame, key: str, prior: DataFrame | None = None) -> DataFrame:
+    """Every key at every delivery of `present` from the key's first one: present rows, or deletion markers carrying
+    the last state. `prior`: each key's row just before the first of these deliveries (deleted or not), the state
+    they are compared with; keys it holds are carried into every delivery."""
     attrs = [c for c in present.columns if c not in (key, "delivery", "as_of")]
+    seen = present.select(key, "delivery", "as_of", F.struct(*attrs).alias("_state"))
     deliveries = present.select("delivery", "as_of").distinct()
-    first = present.groupBy(key).agg(F.min("as_of").alias("_first"))
+    if prior is not None:
+        seed = prior.select(key, F.lit(_PRIOR_DELIVERY).alias("delivery"),
+                            F.lit(_PRIOR_AS_OF).cast("timestamp").alias("as_of"), F.struct(*attrs).alias("_state"))
+        seen = seen.unionByName(seed)
+        deliveries = deliveries.unionByName(seed.select("delivery", "as_of").limit(1))
+    first = seen.groupBy(key).agg(F.min("as_of").alias("_first"))
     grid = first.join(F.broadcast(deliveries), F.col("as_of") >= F.col("_first")).drop("_first")
-    seen = present.withColumn("_state", F.struct(*attrs)).select(key, "delivery", "as_of", "_state")
     upto = (Window.partitionBy(key).orderBy("as_of", "delivery")
             .rowsBetween(Window.unboundedPreceding, Window.currentRow))
     return (
         grid.join(seen, [key, "delivery", "as_of"], "left")
         .withColumn("is_deleted", F.col("_state").isNull())
         .withColumn("_state", F.last("_state", ignorenulls=True).over(upto))
-        .where(F.col("_state").isNotNull())
+        .where(F.col("_state").isNotNull() & (F.col("delivery") != _PRIOR_DELIVERY))
         .select(key, *(F.col("_state").getField(a).alias(a) for a in attrs), "is_deleted", "delivery", "as_of")
     )
 
 
-def _snapshot_table(entity: str, bronze: DataFrame, history: DataFrame | None) -> DataFrame:
-    new = _present(bronze, entity)
-    if history is not None:
-        replaced = new.select("delivery").distinct()
-        kept = history.where(~F.col("is_deleted")).drop("is_deleted").join(replaced, "delivery", "left_anti")
-        new = new.unionByName(kept)
-    return snapshot_history(new, SNAPSHOT_KEYS[entity])
+def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) -> DataFrame:
+    """The table's rows from the first delivery in `bronze` on. `previous`: the table as it was, or just its rows from
+    the latest delivery before that one on (all a new export is compared with)."""
+    key = SNAPSHOT_KEYS[entity]
+    records = _records(bronze, entity)
+    bounds = records.agg(F.min("as_of").alias("_from"), F.max("batch_id").alias(CHANGED))
+    present = _present(records, entity)
+    prior = None
+    if previous is not None:
+        previous = previous.crossJoin(F.broadcast(bounds.select("_from")))
+        latest = Window.partitionBy(key).orderBy(F.desc("as_of"), F.desc("delivery"))
+        prior = (previous.where(F.col("as_of") < F.col("_from"))
+                 .withColumn("_n", F.row_number().over(latest)).where("_n = 1"))
+        later = (previous.where((F.col("as_of") >= F.col("_from")) & ~F.col("is_deleted"))
+                 .join(records.select("delivery").distinct(), "delivery", "left_anti"))
+        present = present.unionByName(later.select(*present.columns))
+    history = snapshot_history(present, key, prior)
+    return history.crossJoin(F.broadcast(bounds.select(CHANGED)))
 
 
-def students(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+def students(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """silver.students: one row per student per students delivery from its first, with deletion markers."""
-    return _snapshot_table("students", bronze, history)
+    return _snapshot_table("students", bronze, previous)
 
 
-def courses(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+def courses(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """silver.courses: one row per course per courses delivery from its first, with deletion markers."""
-    return _snapshot_table("courses", bronze, history)
+    return _snapshot_table("courses", bronze, previous)
 
 
-def universities(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+def universities(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """silver.universities: one row per university per delivery from its first, with deletion markers."""
-    return _snapshot_table("universities", bronze, history)
+    return _snapshot_table("universities", bronze, previous)
 
 
-def subjects(bronze: DataFrame, history: DataFrame | None = None) -> DataFrame:
+def subjects(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """silver.subjects: one row per subject per subjects delivery from its first, with deletion markers."""
-    return _snapshot_table("subjects", bronze, history)
+    return _snapshot_table("subjects", bronze, previous)
 
 
 _RECORD_COLUMNS = {
@@ -236,24 +271,36 @@ _RECORD_COLUMNS = {
 
 def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> DataFrame:
     cols = _RECORD_COLUMNS[entity](F.col("r"))
-    seen = _records(bronze, entity).select(
+    records = _records(bronze, entity)
+    batch = records.agg(F.max("batch_id").alias("_batch"))
+    seen = records.select(
         F.sha2(F.to_json(F.struct(*(c.alias(k) for k, c in cols.items()))), 256).alias("record_id"),
         *(c.alias(k) for k, c in cols.items()),
         F.struct("as_of", "delivery").alias("_first"), F.struct("as_of", "delivery").alias("_last"),
+        F.lit(None).cast("struct<first_as_of:timestamp,first_delivery:string,is_deleted:boolean,batch:bigint>")
+        .alias("_was"),
     )
     if current is not None:
         seen = seen.unionByName(current.select(
-            "record_id", *cols, F.struct(F.col("first_as_of").alias("as_of"), F.col("first_delivery").alias("delivery")).alias("_first"),
+            "record_id", *cols,
+            F.struct(F.col("first_as_of").alias("as_of"), F.col("first_delivery").alias("delivery")).alias("_first"),
             F.struct(F.col("last_as_of").alias("as_of"), F.col("last_delivery").alias("delivery")).alias("_last"),
+            F.struct("first_as_of", "first_delivery", "is_deleted", F.col(CHANGED).alias("batch")).alias("_was"),
         ))
-    merged = seen.groupBy("record_id", *cols).agg(F.min("_first").alias("_first"), F.max("_last").alias("_last"))
+    merged = seen.groupBy("record_id", *cols).agg(
+        F.min("_first").alias("_first"), F.max("_last").alias("_last"), F.max("_was").alias("_was"))
     latest = merged.agg(F.max("_last.as_of").alias("_latest"))
-    return merged.crossJoin(F.broadcast(latest)).select(
+    out = merged.crossJoin(F.broadcast(latest)).crossJoin(F.broadcast(batch)).select(
         "record_id", *cols,
         F.col("_first.delivery").alias("first_delivery"), F.col("_first.as_of").alias("first_as_of"),
         F.col("_last.delivery").alias("last_delivery"), F.col("_last.as_of").alias("last_as_of"),
-        (F.col("_last.as_of") < F.col("_latest")).alias("is_deleted"),
+        (F.col("_last.as_of") < F.col("_latest")).alias("is_deleted"), "_was", "_batch",
     )
+    # what gold reads of a record (its first sighting, whether it is deleted) changed: new, or moved
+    same = F.col("_was").isNotNull() & F.col("_was").eqNullSafe(
+        F.struct("first_as_of", "first_delivery", "is_deleted", F.col("_was.batch").alias("batch")))
+    return out.select("*", F.when(same, F.col("_was.batch")).otherwise(F.col("_batch")).alias(CHANGED)) \
+        .drop("_was", "_batch")
 
 
 def sessions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
@@ -274,6 +321,7 @@ def student_follow_subject(bronze: DataFrame, current: DataFrame | None = None) 
 TRANSFORMS = {"students": students, "courses": courses, "universities": universities, "subjects": subjects,
               "sessions": sessions, "subscriptions": subscriptions,
               "student_follow_subject": student_follow_subject}
+TABLES = ("page_views", *TRANSFORMS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,9 +341,13 @@ def empty(spark: SparkSession, table: str) -> DataFrame:
     return TRANSFORMS[table](spark.createDataFrame([], _BRONZE_ENTITY))
 
 
+def _source(table: str) -> str:
+    return "events" if table == "page_views" else table
+
+
 def _lag(settings: Settings, table: str) -> tuple[int | None, int] | None:
     """(batch silver.<table> has consumed, bronze batch it must reach), or None when it is up to date."""
-    source = "events" if table == "page_views" else table
+    source = _source(table)
     target = delta.last_txn_version(settings.table_path("bronze", source), f"bronze.{source}")
     if target is None:
         return None
@@ -305,51 +357,77 @@ def _lag(settings: Settings, table: str) -> tuple[int | None, int] | None:
 
 def pending(settings: Settings) -> bool:
     """Whether some silver table lags bronze (read from the Delta logs, without Spark)."""
-    return any(_lag(settings, table) is not None for table in ("page_views", *TRANSFORMS))
+    return any(_lag(settings, table) is not None for table in TABLES)
 
 
-def _pending(spark: SparkSession, settings: Settings, table: str,
-             full_refresh: bool) -> tuple[DataFrame, int, int | None] | None:
-    """Bronze rows silver.<table> has not consumed yet (all of them on a full refresh), the bronze batch they run up
-    to, and the batch silver had reached (None: nothing to do)."""
-    source = "events" if table == "page_views" else table
-    lag = _lag(settings, table)
-    if lag is None and full_refresh:
-        target = delta.last_txn_version(settings.table_path("bronze", source), f"bronze.{source}")
-        lag = None if target is None else (target, target)
-    if lag is None:
+def _as_of(rows: DataFrame, bound: Callable[[str], Column]) -> str | None:
+    """`min`/`max` of `as_of` over `rows` as exact text in the session's time zone (None: no rows)."""
+    return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+
+
+def latest_as_of(rows: DataFrame, moment: str | None = None, inclusive: bool = False) -> str | None:
+    """The latest `as_of` of snapshot rows (before `moment`, or at it too when `inclusive`), as exact text; for a whole
+    table usually answered from Delta's file statistics, without reading it."""
+    latest = _as_of(rows, F.max)
+    if moment is None or latest is None or latest < moment or (inclusive and latest == moment):
+        return latest
+    at = F.lit(moment).cast("timestamp")
+    return _as_of(rows.where(F.col("as_of") <= at if inclusive else F.col("as_of") < at), F.max)
+
+
+def _previous(rows: DataFrame, first: str) -> DataFrame:
+    """A snapshot table's rows from the latest delivery before `first` on: the state a new export is compared with."""
+    return rows.where(F.col("as_of") >= F.lit(latest_as_of(rows, first) or first).cast("timestamp"))
+
+
+def _current(session: SparkSession, settings: Settings, table: str) -> DataFrame | None:
+    """silver.<table> to build on, or None when it must be built from the whole of bronze (missing, or written before
+    it carried `changed_batch_id`)."""
+    if not delta.table_exists(session, "silver", table, settings):
         return None
-    done, target = lag
-    since = -1 if full_refresh or done is None else done
-    rows = delta.read_table(spark, "bronze", source, settings).where(
-        (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(target)))
-    return rows, target, done
+    current = delta.read_table(session, "silver", table, settings)
+    return current if CHANGED in current.columns else None
 
 
 def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:
-    """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots are rebuilt."""
-    pending = _pending(session, settings, table, full_refresh)
-    if pending is None:
+    """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots replace the deliveries
+    from the first new one on, record tables fold the new exports into their rows."""
+    source = _source(table)
+    bronze_path = settings.table_path("bronze", source)
+    lag = _lag(settings, table)
+    if lag is None and full_refresh:
+        reached = delta.last_txn_version(bronze_path, f"bronze.{source}")
+        lag = None if reached is None else (reached, reached)
+    if lag is None:
         return {"skipped": True, "rows_in": 0, "rows_out": 0}
-    rows, target, done = pending
-    path = settings.table_path("silver", table)
-    moved = done is None or target > done  # a rebuild at the batch already reached records no new txn
-    if table == "page_views" and not full_refresh:
+    done, upto = lag
+    current = None if full_refresh else _current(session, settings, table)
+    since = -1 if current is None or done is None else done
+    rows = delta.read_table(session, "bronze", source, settings).where(
+        (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(upto)))
+    target = delta.Target(
+        "silver", table, settings, app_id=f"silver.{table}",
+        version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
+        partition_by=tuple(PARTITION_BY.get(table, ())), stats=STATS_COLUMNS[table])
+    if current is None:
+        delta.overwrite(page_views(rows, run_id) if table == "page_views" else TRANSFORMS[table](rows), target)
+    elif table == "page_views":
         delta.merge_once(
-            session, page_views(rows, run_id), "silver", table, on="t.event_id = s.event_id",
-            app_id=f"silver.{table}", version=target, update_when=_EARLIER,
-            update_set={c: f"s.{c}" for c in PROVENANCE}, partition_by=PARTITION_BY.get(table), settings=settings,
+            session, page_views(rows, run_id), target, on="t.event_id = s.event_id", update_when=_EARLIER,
+            update_set={c: f"s.{c}" for c in PROVENANCE},
             within=event_dates(rows),  # an event's date is part of its identity: only its day can hold it
         )
-    elif table == "page_views":
-        delta.overwrite(page_views(rows, run_id), "silver", table, partition_by=PARTITION_BY.get(table),
-                        settings=settings, app_id=f"silver.{table}", version=target if moved else None)
+    elif table in SNAPSHOT_KEYS:
+        first = _as_of(rows, F.min)
+        if first is None:  # the new batches hold no record of this entity
+            delta.advance(session, target)
+        else:
+            delta.overwrite(TRANSFORMS[table](rows, _previous(current, first)), target,
+                            replace_where=f"as_of >= TIMESTAMP'{first}'")
     else:
-        current = None if full_refresh or not delta.table_exists(session, "silver", table, settings) \
-            else delta.read_table(session, "silver", table, settings)
-        delta.overwrite(TRANSFORMS[table](rows, current), "silver", table, settings=settings,
-                        app_id=f"silver.{table}", version=target if moved else None)
-    return {"skipped": False, "batch": target, "rows_in": rows.count(), "rows_out": delta.rows_written(path)}
+        delta.overwrite(TRANSFORMS[table](rows, current), target)
+    return {"skipped": False, "batch": upto, "rows_in": delta.rows_committed(bronze_path, f"bronze.{source}", since, upto),
+            "rows_out": delta.rows_written(target.path)}
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
@@ -357,6 +435,6 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
     `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
     tables = delta.write_tables(spark, {
         table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
-        for table in ("page_views", *TRANSFORMS)})
+        for table in TABLES})
     return {"layer": "silver", "run_id": run_id, "full_refresh": full_refresh, "tables": tables,
             "rows_in": sum(t["rows_in"] for t in tables.values())}

@@ -206,17 +206,6 @@ class LocalSource:
         return open(path, "rb")
 
 
-def _gcs_filesystem(token: str | None) -> Any:
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        # The emulator can't answer gcsfs's experimental HNS bucket lookup (60 s stall): use the plain JSON-API class.
-        from gcsfs.core import GCSFileSystem
-
-        return GCSFileSystem(token=token or None)
-    import gcsfs
-
-    return gcsfs.GCSFileSystem(token=token or None)
-
-
 class GCSSource:
     """`gs://bucket/prefix` through gcsfs; fingerprint = `md5Hash` (base64), or `gen:<generation>` when absent."""
 
@@ -227,7 +216,9 @@ class GCSSource:
         if not bucket:
             raise SourceError(f"no bucket in {url!r}; expected gs://bucket/prefix")
         self.root = rest
-        self.fs = _gcs_filesystem(settings.gcs_token)
+        from lakehouse.storage import gcs_filesystem
+
+        self.fs = gcs_filesystem(settings)
         self.skipped: list[dict[str, str]] = []
 
     def __repr__(self) -> str:

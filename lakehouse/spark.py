@@ -27,8 +27,9 @@ DELTA_DEFAULTS = {
 
 # SQL settings our queries need on any session, local or remote. Constraint propagation substitutes every alias into
 # every constraint: silver's event id, a hash over the ~35 page-view columns it also outputs, made the optimizer's
-# constraint set grow as 2^35 (heap exhausted while planning).
-SQL_CONF = {"spark.sql.constraintPropagation.enabled": "false"}
+# constraint set grow as 2^35 (heap exhausted while planning). A partitioned write keeps a file open per partition
+# (up to this many per task) instead of first sorting its rows by partition (bench/plans.py).
+SQL_CONF = {"spark.sql.constraintPropagation.enabled": "false", "spark.sql.maxConcurrentOutputFileWriters": "16"}
 
 
 class JavaMissing(RuntimeError):
@@ -62,7 +63,7 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         return remote
 
     check_java()
-    from delta import configure_spark_with_delta_pip
+    from lakehouse import jars, storage
 
     # Any Python worker Spark starts runs this environment's interpreter, not whatever `python3` is on the PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -91,11 +92,17 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
         # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
         .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
     )
-    if master.startswith("local"):
+    if master.startswith("local"):  # a local driver serves no other machine: it listens on loopback only
         builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
-    for key, value in {**DELTA_DEFAULTS, **SQL_CONF, **settings.spark_conf}.items():
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    gcs = settings.lake_url.startswith("gs://")
+    conf = {**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}), **settings.spark_conf}
+    # Delta (and the GCS connector) as local files from the project's jar cache: no resolution at start; a spark://
+    # cluster's executors fetch them from the driver.
+    conf["spark.jars"] = ",".join([*jars.spark_jars(gcs=gcs), *filter(None, [settings.spark_conf.get("spark.jars")])])
+    for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

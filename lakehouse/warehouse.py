@@ -22,63 +22,88 @@ from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = PROJECT_ROOT / "warehouse_sql"
-LOAD_DIR = SQL_DIR / "load"
 MIRROR_LOCK = 0x6C616B65_6D697272  # pg advisory lock key of the mirror ("lakemirr")
 MIGRATE_LOCK = 0x6C616B65_6D696772  # ... and of the migrations runner ("lakemigr")
 BATCH_ROWS = 16_384  # rows per Arrow batch rendered as one CSV chunk
 BI_GROUP, BI_LOGIN = "bi_reader", "bi_user"
+# What a BI session gets by default: read-only transactions, no query past the timeout; at most so many sessions.
+BI_LOGIN_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "5min"}
+BI_CONNECTION_LIMIT = 10
+
+
+def _sql_dir() -> Path:
+    """warehouse_sql/: the copy shipped inside the installed package (wheel), else the checkout's top-level folder."""
+    packaged = Path(__file__).resolve().parent / "warehouse_sql"
+    return packaged if packaged.is_dir() else PROJECT_ROOT / "warehouse_sql"
+
+
+SQL_DIR = _sql_dir()
 
 
 @dataclass(frozen=True)
 class Load:
-    """One dw target table: the gold table it reads, the DuckDB select that stages it, what it depends on."""
+    """One dw target table: the gold table it reads, the DuckDB select that stages it, and what its kind's load
+    template (warehouse_sql/load/dimension.sql or fact.sql) needs to be rendered for it."""
 
     target: str
     gold: str
+    grain: str  # what one row of the target is, in one line
     columns: tuple[str, ...]
     select: str  # DuckDB select over `{src}` giving `columns` in order
-    key: str | None = None  # business key, for dimensions
-    depends: tuple[str, ...] = ()
+    key: str | None = None  # dimensions: the business key
+    key_collation: str | None = None  # dimensions: the collation the key is sorted and partitioned under
+    fact_time: str | None = None  # facts: the column whose time picks each dimension's version
+    measures: tuple[tuple[str, str], ...] = ()  # facts: (column, aggregate) combining the staged rows of one grain
+    depends: tuple[str, ...] = ()  # facts: the dimensions whose surrogate keys the fact carries
 
     @property
     def is_dimension(self) -> bool:
         return self.key is not None
 
 
-def _dimension(entity: str, attributes: tuple[str, ...]) -> Load:
+def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | None = None) -> Load:
     key = f"{entity}_id"
     key_sql = f"cast({key} as varchar)" if entity == "student" else f"cast({key} as integer)"
     columns = (key, *attributes, "is_deleted", "as_of", "delivery")
     attrs = [f"cast({a} as timestamptz) as {a}" if a.endswith("_at") else a for a in attributes]
     select = ", ".join([f"{key_sql} as {key}", *attrs, "cast(is_deleted as boolean) as is_deleted",
                         "cast(as_of as timestamptz) as as_of", "cast(delivery as varchar) as delivery"])
-    return Load(f"dim_{entity}", f"dim_{entity}_history", columns, f"select {select} from {{src}}", key=key)
+    return Load(f"dim_{entity}", f"dim_{entity}_history", f"one row per {entity} version (SCD type 2)", columns,
+                f"select {select} from {{src}}", key=key, key_collation=key_collation)
 
 
 LOADS: tuple[Load, ...] = (
+    # student_id is sorted and partitioned under collate "C": the same groups (text equality is bytewise either
+    # way), a cheaper sort than under the database's collation
     _dimension("student", ("registered_at", "state", "city", "university_id", "university_name",
-                           "course_id", "course_name", "signup_source")),
+                           "course_id", "course_name", "signup_source"), key_collation="C"),
     _dimension("course", ("course_name",)),
     _dimension("university", ("university_name",)),
     _dimension("subject", ("subject_name",)),
-    Load("fact_session", "fact_session", ("student_id", "session_start_at", "client_type"),
+    Load("fact_session", "fact_session", "one row per distinct session record",
+         ("student_id", "session_start_at", "client_type"),
          "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
-         depends=("dim_student",)),
-    Load("fact_subscription", "fact_subscription", ("student_id", "payment_at", "plan_type"),
+         fact_time="session_start_at", depends=("dim_student",)),
+    Load("fact_subscription", "fact_subscription", "one row per distinct payment",
+         ("student_id", "payment_at", "plan_type"),
          "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
-         depends=("dim_student",)),
-    Load("fact_subject_follow", "fact_subject_follow", ("student_id", "subject_id", "followed_at"),
+         fact_time="payment_at", depends=("dim_student",)),
+    Load("fact_subject_follow", "fact_subject_follow", "one row per distinct follow of a subject by a student",
+         ("student_id", "subject_id", "followed_at"),
          "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
-         depends=("dim_student", "dim_subject")),
+         fact_time="followed_at", depends=("dim_student", "dim_subject")),
     Load("fact_page_view_daily", "fact_page_view",
+         "one row per (day, student, client type, country); student null when anonymous",
          ("event_date", "student_id", "client_type", "country", "page_views", "first_event_at", "last_event_at"),
          "select cast(event_date as date) as event_date, cast(student_id as varchar) as student_id, client_type,"
          " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
          " cast(max(event_at) as timestamptz) as last_event_at"
          " from {src} group by all",
+         fact_time="first_event_at", measures=(("page_views", "sum"), ("first_event_at", "min"),
+                                               ("last_event_at", "max")),
          depends=("dim_student",)),
 )
+LOADS_BY_TARGET = {load.target: load for load in LOADS}
 
 
 # -- gold sources: where the mirror reads gold -------------------------------------------------
@@ -93,19 +118,6 @@ class GoldSource(Protocol):
         """SQL text of a relation reading `table` at `version` in DuckDB connection `con`."""
 
 
-def delta_extension() -> str:
-    """Path of the DuckDB delta extension shipped in the `duckdb-extension-delta` wheel."""
-    import duckdb
-    import duckdb_extension_delta
-
-    root = Path(duckdb_extension_delta.__file__).parent / "extensions"
-    wanted = root / f"v{duckdb.__version__}" / "delta.duckdb_extension"
-    found = wanted if wanted.exists() else next(iter(sorted(root.glob("v*/delta.duckdb_extension"))), None)
-    if found is None:
-        raise RuntimeError(f"DuckDB delta extension not found under {root}: reinstall duckdb-extension-delta")
-    return str(found)
-
-
 class DeltaGold:
     """Gold tables read from the lake's Delta tables (version = latest commit in `_delta_log`)."""
 
@@ -116,9 +128,9 @@ class DeltaGold:
         return self.settings.table_path("gold", table)
 
     def version(self, table: str) -> int | None:
-        import fsspec
+        from lakehouse.storage import filesystem
 
-        fs, root = fsspec.core.url_to_fs(self.path(table) + "/_delta_log")
+        fs, root = filesystem(self.path(table) + "/_delta_log", self.settings)
         try:
             names = fs.ls(root, detail=False)
         except FileNotFoundError:
@@ -127,7 +139,14 @@ class DeltaGold:
         return max(versions) if versions else None
 
     def relation(self, con, table: str, version: int) -> str:
-        con.execute(f"load '{delta_extension()}'")  # a no-op once loaded
+        from lakehouse.catalog import extension_path
+
+        con.execute(f"load '{extension_path()}'")  # a no-op once loaded
+        if not self.settings.lake_is_local:
+            from lakehouse.catalog import gcs_secret_sql, httpfs_path
+
+            con.execute(f"load '{httpfs_path(self.settings)}'")
+            con.execute(gcs_secret_sql(self.settings))
         path = self.path(table).replace("'", "''")
         return f"delta_scan('{path}', version => {int(version)})"
 
@@ -149,11 +168,12 @@ class ArrowGold:
 
 
 def duckdb_connection():
-    """An in-memory DuckDB connection with UTC as its time zone."""
+    """An in-memory DuckDB connection with UTC as its time zone, and no progress bar on stdout."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set enable_progress_bar = false")
     return con
 
 
@@ -257,17 +277,43 @@ def migrations() -> list[tuple[int, str, Path]]:
     return sorted(found)
 
 
+def _template_context(load: Load) -> dict[str, Any]:
+    """The variables of the load's template (their meaning is stated at the top of each template)."""
+    if load.is_dimension:
+        attributes = [c for c in load.columns if c not in (load.key, "is_deleted", "as_of", "delivery")]
+        return {"table": load.target, "grain": load.grain, "key": load.key, "attributes": attributes,
+                "key_collation": load.key_collation or ""}
+    measures = [list(m) for m in load.measures]
+    dimensions = [{"entity": d.removeprefix("dim_"), "key": LOADS_BY_TARGET[d].key} for d in load.depends]
+    return {"table": load.target, "grain": load.grain, "fact_time": load.fact_time, "measures": measures,
+            "columns": [c for c in load.columns if c not in dict(load.measures)], "dimensions": dimensions}
+
+
+def load_sql(target: str) -> str:
+    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS."""
+    import jinja2
+
+    load = LOADS_BY_TARGET.get(target)
+    if load is None:
+        raise KeyError(f"no dw target table {target!r}; targets: {', '.join(LOADS_BY_TARGET)}")
+    template = SQL_DIR / "load" / ("dimension.sql" if load.is_dimension else "fact.sql")
+    # the environment sqlfluff lints the templates with: trailing newline kept, the `do` statement, no escaping
+    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+                             extensions=["jinja2.ext.do"], autoescape=False)
+    return env.from_string(template.read_text()).render(_template_context(load))
+
+
 def load_statements(target: str) -> list[tuple[str, str]]:
-    """The statements of `warehouse_sql/load/<target>.sql` as (name, sql); a name is its leading `-- name:`."""
-    text = (LOAD_DIR / f"{target}.sql").read_text()
+    """The statements of the target's load SQL as (name, sql); a name is the statement's leading `-- name:`."""
     statements = []
-    for chunk in re.split(r";[ \t]*(?:\n|$)", text):
+    for chunk in re.split(r";[ \t]*(?:\n|$)", load_sql(target)):
         lines = chunk.strip().splitlines()
-        body = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("--")]
-        if not body:
+        if not any(ln.strip() and not ln.lstrip().startswith("--") for ln in lines):
             continue
         names = [m.group(1) for ln in lines if (m := re.match(r"--\s*(\w+):", ln))]
-        statements.append((names[-1] if names else f"statement{len(statements) + 1}", chunk.strip()))
+        if not names:
+            raise ValueError(f"a statement of the {target} load has no leading `-- name:` comment")
+        statements.append((names[-1], chunk.strip()))
     return statements
 
 
@@ -331,7 +377,8 @@ def migrate(dsn: str) -> list[str]:
 
 
 def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
-    """Create or update the BI login `bi_user` (member of bi_reader) with the password from the environment."""
+    """Create or update the BI login `bi_user` (member of bi_reader) with the password from the environment, sent
+    as a SCRAM verifier computed here; the login defaults to read-only transactions, with BI_LOGIN_SETTINGS."""
     settings = settings or get_settings()
     password = settings.bi_password.get_secret_value() if settings.bi_password else ""
     if not password:
@@ -350,7 +397,11 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
                         cur.execute(f"create role {BI_LOGIN} login in role {BI_GROUP}")
                     elif any(found):  # only a superuser may change these; a mirror role with CREATEROLE need not
                         cur.execute(f"alter role {BI_LOGIN} with nosuperuser nocreatedb nocreaterole noreplication")
-                    cur.execute(f"alter role {BI_LOGIN} with login password %s", (password,))
+                    verifier = psycopg2.extensions.encrypt_password(password, BI_LOGIN, conn, "scram-sha-256")
+                    cur.execute(f"alter role {BI_LOGIN} with login connection limit {BI_CONNECTION_LIMIT}"
+                                " password %s", (verifier,))
+                    for name, value in BI_LOGIN_SETTINGS.items():
+                        cur.execute(f"alter role {BI_LOGIN} set {name} = %s", (value,))
                     cur.execute(f"grant {BI_GROUP} to {BI_LOGIN}")
                 return True
             except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation, psycopg2.errors.InternalError):
@@ -470,14 +521,14 @@ def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], c
 
 def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> dict:
     """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
-    from lakehouse.pgserver import warehouse_dsn
+    from lakehouse.pgserver import warehouse_logins
 
     settings = settings or get_settings()
-    dsn = dsn or warehouse_dsn(settings)
+    dsn, roles_dsn = (dsn, dsn) if dsn else warehouse_logins(settings)
     source = source or DeltaGold(settings)
     started = time.perf_counter()
     migrate(dsn)
-    ensure_bi_login(dsn, settings)
+    ensure_bi_login(roles_dsn, settings)
 
     duck = duckdb_connection()
     conn = psycopg2.connect(dsn)

@@ -43,13 +43,12 @@ def pg_server():
     """A real PostgreSQL cluster for the test session (project-managed code path, temp folder)."""
     from lakehouse.pgserver import ManagedPostgres
 
-    root = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))
-    root.chmod(0o755)  # the server runs as the postgres user when tests run as root
-    server = ManagedPostgres(root)
+    home = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))  # mode 0700, as a root home folder
+    server = ManagedPostgres(home / "data" / "postgres")  # the layout of a checkout's data folder
     server.start()
     yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    server.remove()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -62,11 +61,12 @@ def pg_dsn(pg_server, settings, monkeypatch):
     from lakehouse import config
 
     name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server_dsn := pg_server.dsn)
+    admin = psycopg2.connect(server_dsn := pg_server.admin_dsn)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"create database {name}")
     admin.close()
+    pg_server.allow_bi(name)
     dsn = server_dsn.rsplit("/", 1)[0] + "/" + name
     monkeypatch.setenv("LAKEHOUSE_PG_DSN", dsn)
     config.get_settings.cache_clear()

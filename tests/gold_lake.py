@@ -1,4 +1,5 @@
-"""A gold-shaped lake (CONTRACT §6 columns) plus small bronze/silver/quarantine tables, written by Spark from `range`."""
+"""A gold-shaped lake (the documented gold columns, docs/lake-tables.md) plus small bronze/silver/quarantine tables,
+written by Spark from `range`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ START = "2017-10-16 00:00:00"
 DAYS = 46  # 2017-10-16 .. 2017-11-30
 FOREIGN = ["us", "pt", "ar", "ao", "mz", "py", "fr", "de", "es", "uy", "co", "mx"]
 STATES = ["SP", "SP", "SP", "RJ", "RJ", "MG", "MG", "RS", "PR", "BA", "SC", "PE", "CE", "GO", "DF", "PA", "ES", "AM"]
-# anonymous events carry no `studentId_clientType`: null student_id and null client_type (CONTRACT §6)
+# anonymous events carry no `studentId_clientType`: null student_id and null client_type
 CLIENTS = ("case when student_id is null then null when b < 50 then 'Website' when b < 70 then 'Android' "
            "when b < 90 then 'iOS' else 'Webapp' end")
 

@@ -129,7 +129,7 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
 
 
 def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, settings, tmp_path):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
     from lakehouse.bronze import GROUPS, pending
 
     summary = generate(Path(settings.source_url), seed=5, students=20, events=300, deliveries=2)

@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -213,6 +214,26 @@ def test_dashboard_queries_bind_every_filter(lake_settings):
     gold.lake.close()
 
 
+def test_daily_chart_has_every_calendar_day_with_zero_for_days_without_page_views(lake_settings):
+    from apps.queries import Filters, Gold
+
+    gold = Gold(lake_settings)
+    start, end = gold.bounds()
+    rarest = catalog.query("select country from gold.fact_page_view where country <> 'br' group by 1 "
+                           "order by count(*), 1 limit 1", lake_settings)[1][0][0]
+    sparse = Filters(start, end, country=rarest)  # a few page views: most days have none
+    daily = gold.frame("daily", sparse.params())
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    assert len(days) == 46 and not daily.empty
+    for client, rows in daily.groupby("client_type"):  # one point per calendar day, so no line spans a gap
+        assert [d.date() for d in pd.to_datetime(rows["event_date"])] == days, client
+    assert (daily["page_views"] == 0).any()
+    assert daily["page_views"].sum() == gold.headline(sparse)["page_views"]
+    week = gold.frame("daily", Filters(date(2017, 11, 1), date(2017, 11, 7)).params())
+    assert sorted(set(pd.to_datetime(week["event_date"]).dt.day)) == list(range(1, 8))
+    gold.lake.close()
+
+
 def test_missing_client_type_is_one_label_everywhere(lake_settings):
     from apps.queries import UNKNOWN, Filters, Gold
 
@@ -243,12 +264,11 @@ def test_gs_lake_without_httpfs_is_a_one_line_error(lake_settings, monkeypatch):
 def test_gcs_secret_from_settings(monkeypatch):
     from lakehouse.config import Settings
 
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("LAKEHOUSE_GCS_ENDPOINT", raising=False)
     assert catalog.gcs_secret_sql(Settings(gcs_token="anon")) == "CREATE OR REPLACE SECRET lake_gcs (TYPE gcs)"
     with pytest.raises(catalog.CatalogError, match="HMAC"):
         catalog.gcs_secret_sql(Settings(gcs_token=None))
     keyed = catalog.gcs_secret_sql(Settings(gcs_hmac_key_id="k'1", gcs_hmac_secret="s"))
     assert "KEY_ID 'k''1'" in keyed and "SECRET 's'" in keyed
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023")
-    emulated = catalog.gcs_secret_sql(Settings(gcs_token="anon"))
+    emulated = catalog.gcs_secret_sql(Settings(gcs_token=None, gcs_endpoint="http://127.0.0.1:9023"))
     assert "ENDPOINT '127.0.0.1:9023'" in emulated and "USE_SSL false" in emulated

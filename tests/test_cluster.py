@@ -122,7 +122,7 @@ def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path)
     assert report["executors"] >= 2  # the driver plus the worker's executor
     assert not report["gold"]["tables"]["fact_page_view"]["skipped"]
 
-    tables = [("silver", t) for t in ("page_views", *silver.TRANSFORMS)] + [("gold", t) for t, _, _ in gold.PLAN]
+    tables = [("silver", t) for t in ("page_views", *silver.TRANSFORMS)] + [("gold", t) for t in gold.TABLES]
     for layer, table in tables:
         if not delta.table_exists(spark, layer, table, local):
             assert not delta.table_exists(spark, layer, table, remote), table

@@ -30,7 +30,7 @@ def lake_settings(source: Path, lake: Path) -> Settings:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny generated source plus the awkward files: empty, not an array, non-UTF-8."""
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     root = tmp_path_factory.mktemp("crash") / "source"
     generate(root, seed=11, students=20, events=150, deliveries=2)

@@ -111,3 +111,120 @@ def test_foreign_countries_threshold(server, browser):
     box.press("Enter")
     assert wait_changed(page, foreign, before) != before
     page.close()
+
+
+# -- the login --------------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "dash-Board-pw-4-tests"
+
+
+@pytest.fixture(scope="module")
+def guarded(request, tmp_path_factory):
+    """The dashboard with LAKEHOUSE_ADMIN_PASSWORD set: Panel's basic auth, login page at /login."""
+    from apps.dashboard import spawn
+
+    lake = shared_lake(None if os.environ.get("LAKEHOUSE_TEST_LAKE") else request.getfixturevalue("spark"))
+    env = {**os.environ, "LAKEHOUSE_LAKE": lake, "LAKEHOUSE_DATA_DIR": str(tmp_path_factory.mktemp("dash-guarded")),
+           "LAKEHOUSE_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    port = free_port()
+    process = spawn(port, timeout=120, env=env)
+    yield f"http://127.0.0.1:{port}/"
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_nothing_is_served_before_the_login(guarded):
+    import httpx
+    import websockets.exceptions
+    from websockets.sync.client import connect
+
+    first = httpx.get(guarded, follow_redirects=False)
+    assert first.status_code in (302, 303) and first.headers["location"].split("?")[0].endswith("/login")
+    page = httpx.get(guarded, follow_redirects=True)
+    assert 'name="username"' in page.text and 'name="password"' in page.text
+    assert "docs_json" not in page.text and "Bokeh" not in page.text and "Page views" not in page.text
+    assert "cdn" not in page.text.lower()
+
+    def handshake(origin: str, cookies: dict | None = None) -> None:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+        with connect(guarded.replace("http", "ws") + "ws", origin=origin, additional_headers=headers, proxy=None,
+                     open_timeout=10):
+            pass
+
+    own = guarded.rstrip("/")
+    with pytest.raises(websockets.exceptions.InvalidStatus, match="403"):  # the document's socket, before login
+        handshake(own)
+
+    wrong = httpx.post(guarded + "login", data={"username": "admin", "password": "nope"}, follow_redirects=False)
+    assert "user" not in wrong.cookies
+    right = httpx.post(guarded + "login", data={"username": "admin", "password": ADMIN_PASSWORD},
+                       follow_redirects=False)
+    assert right.status_code == 302 and "user" in right.cookies
+    assert "docs_json" in httpx.get(guarded, cookies=dict(right.cookies)).text
+    handshake(own, dict(right.cookies))  # logged in, from the dashboard's own origin: the socket opens
+    with pytest.raises(websockets.exceptions.InvalidStatus, match="403"):  # logged in, but from another site
+        handshake("http://evil.example", dict(right.cookies))
+
+
+def test_logging_in_through_the_login_page_shows_the_dashboard(guarded, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(guarded, wait_until="domcontentloaded", timeout=60_000)
+    assert urlsplit(page.url).path == "/login"
+    assert page.locator(CHARTS).count() == 0
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "not-the-password")
+    page.click("button[type=submit]")
+    page.wait_for_load_state("domcontentloaded")
+    assert urlsplit(page.url).path == "/login" and page.locator(".errormessage").count() == 1
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.locator(CHARTS).nth(5).wait_for(state="attached", timeout=60_000)
+    assert urlsplit(page.url).path == "/"
+    hosts = {urlsplit(url).hostname for url in requests if not url.startswith(("data:", "blob:", "about:"))}
+    assert hosts <= {"127.0.0.1", "localhost"}, f"requests left the machine: {sorted(hosts)}"
+    page.close()
+
+
+def test_google_oauth_by_configuration_alone(tmp_path):
+    """Panel's OAuth providers replace the basic login through PANEL_OAUTH_* settings alone: /login sends the browser
+    to Google's consent page with the configured client id."""
+    import httpx
+
+    from apps.dashboard import spawn
+
+    env = {**os.environ, "LAKEHOUSE_LAKE": str(tmp_path / "lake"), "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
+           "PANEL_OAUTH_PROVIDER": "google", "PANEL_OAUTH_KEY": "client-id-for-tests",
+           "PANEL_OAUTH_SECRET": "client-secret-for-tests", "PANEL_COOKIE_SECRET": "cookie-secret-for-tests",
+           "PANEL_OAUTH_REDIRECT_URI": "https://dashboard.example.com/login"}
+    env.pop("LAKEHOUSE_ADMIN_PASSWORD", None)
+    port = free_port()
+    process = spawn(port, timeout=120, env=env)
+    try:
+        first = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=False)
+        assert first.status_code in (302, 303) and "/login" in first.headers["location"]
+        login = httpx.get(f"http://127.0.0.1:{port}/login", follow_redirects=False)
+        assert login.status_code == 302
+        assert login.headers["location"].startswith("https://accounts.google.com/o/oauth2/v2/auth")
+        assert "client_id=client-id-for-tests" in login.headers["location"]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_open_dashboard_refuses_to_listen_beyond_loopback(tmp_path):
+    import subprocess
+    import sys
+
+    from lakehouse.config import PROJECT_ROOT
+
+    env = {**os.environ, "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"), "LAKEHOUSE_BIND": "0.0.0.0"}
+    env.pop("LAKEHOUSE_ADMIN_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "dashboard", "--port", str(free_port())], env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())
+    assert "beyond this machine" in message and "LAKEHOUSE_ADMIN_PASSWORD" in message, done.stderr
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,8 @@ import yaml
 
 from lakehouse.config import PROJECT_ROOT
 
-CONTRACT_DEPLOYMENTS = {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance"}
+# the deployments README.md names
+DOCUMENTED_DEPLOYMENTS = {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance"}
 
 
 def _deployments() -> list[dict]:
@@ -22,7 +23,7 @@ def _deployments() -> list[dict]:
 
 
 def _source(settings, deliveries: int = 2) -> Path:
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=3, students=60, events=3000, deliveries=deliveries)
     return Path(settings.source_url)
@@ -48,7 +49,7 @@ def test_every_entrypoint_imports_and_needs_no_parameters():
     from prefect.flows import load_flow_from_entrypoint
 
     deployments = _deployments()
-    assert CONTRACT_DEPLOYMENTS <= {d["name"] for d in deployments}
+    assert DOCUMENTED_DEPLOYMENTS <= {d["name"] for d in deployments}
     for deployment in deployments:
         flow = load_flow_from_entrypoint(str(PROJECT_ROOT / deployment["entrypoint"]))
         missing = [p.name for p in inspect.signature(flow.fn).parameters.values() if p.default is p.empty]
@@ -120,6 +121,22 @@ def test_maintenance_refuses_a_retention_that_breaks_time_travel(harness, settin
     state = maintenance(retain_hours=1, return_state=True)
     assert state.is_failed()
     assert "would break time travel" in str(state.result(raise_on_failure=False))
+
+
+def test_a_warehouse_that_cannot_work_is_said_before_any_pipeline_work(harness, settings, monkeypatch):
+    from flows.pipeline import full_pipeline
+    from lakehouse import pgserver
+
+    _source(settings, deliveries=1)
+
+    def missing():
+        raise pgserver.PostgresError(pgserver.INSTALL_HINT)
+
+    monkeypatch.setattr(pgserver, "find_bindir", missing)
+    state = full_pipeline(return_state=True)
+    assert state.is_failed()
+    assert str(state.result(raise_on_failure=False)) == pgserver.INSTALL_HINT
+    assert not Path(settings.lake_url).exists(), "nothing was landed"
 
 
 # -- the real pipeline --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_settings_read_environment_and_env_file(tmp_path, monkeypatch):
 
 
 def test_mask_dsn_key_value_form():
-    assert mask_dsn("host=db password=abc user=u") == "host=db password=******** user=u"
+    assert mask_dsn("host=db password=abc user=u") == "user=u password=******** host=db"
 
 
 def test_unknown_layer_is_refused(settings):
@@ -56,9 +56,10 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
 
     rows = [(1, "Curso1", dt.datetime(2017, 11, 16, 2, 10, 20), True), (2, None, None, False)]
     df = spark.createDataFrame(rows, "course_id int, course_name string, as_of timestamp, is_deleted boolean")
-    delta.overwrite(df, "gold", "t_roundtrip", settings=settings)
-    delta.append_once(df, "gold", "t_roundtrip", app_id="test", version=1, settings=settings)
-    delta.append_once(df, "gold", "t_roundtrip", app_id="test", version=1, settings=settings)  # skipped
+    delta.overwrite(df, delta.Target("gold", "t_roundtrip", settings))
+    once = delta.Target("gold", "t_roundtrip", settings, app_id="test", version=1)
+    delta.append_once(df, once)
+    delta.append_once(df, once)  # skipped
 
     path = settings.table_path("gold", "t_roundtrip")
     back = spark.read.format("delta").load(path)
@@ -79,8 +80,8 @@ def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
 
     df = spark.createDataFrame([(1,)], "x int")
     for version in range(1, 13):  # Delta writes a checkpoint every 10 commits
-        delta.append_once(df, "bronze", "t_txn", app_id="a", version=version, settings=settings)
-    delta.append_once(df, "bronze", "t_txn", app_id="b", version=7, settings=settings)
+        delta.append_once(df, delta.Target("bronze", "t_txn", settings, app_id="a", version=version))
+    delta.append_once(df, delta.Target("bronze", "t_txn", settings, app_id="b", version=7))
     path = settings.table_path("bronze", "t_txn")
     assert Path(path, "_delta_log", "_last_checkpoint").exists()
     assert delta.txn_versions(path) == {"a": 12, "b": 7}
@@ -91,9 +92,8 @@ def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
 @pytest.fixture
 def pg_root():
     root = Path(tempfile.mkdtemp(prefix="lakehouse-pgtest-"))
-    root.chmod(0o755)
     yield root
-    ManagedPostgres(root).stop()
+    ManagedPostgres(root).remove()
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -134,3 +134,12 @@ def test_managed_postgres_refuses_password_less_login(pg_root):
     no_password = dsn.replace(dsn.split("//")[1].split("@")[0], "lakehouse")
     with pytest.raises(psycopg2.OperationalError):
         _select_one(no_password)
+
+
+def test_spark_jars_come_from_the_project_cache_without_resolution(spark):
+    from lakehouse import jars
+
+    assert spark.conf.get("spark.jars.packages", "") == ""
+    listed = spark.conf.get("spark.jars").split(",")
+    assert listed == jars.spark_jars() and any("delta-spark" in p for p in listed)
+    assert all(Path(p).is_file() and Path(p).parent.parent == jars.CACHE for p in listed)

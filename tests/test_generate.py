@@ -1,4 +1,4 @@
-"""Synthetic source generator: layout, determinism, and every realism property of DATA.md, read back from the files."""
+"""Synthetic source generator: layout, determinism, and every quirk docs/source-data.md lists, read back from the files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.generate import generate
+from lakehouse.tools.generate import generate
 
 SMALL = dict(seed=7, students=50, events=2000, deliveries=3)
 DELIVERIES = ["2017-11-16", "2017-11-17", "2017-11-18T06:00:00"]
@@ -432,7 +432,7 @@ def test_streaming_memory_is_bounded(tmp_path):
 def test_streaming_memory_for_200k_events(tmp_path):
     """Maximum resident memory of a fresh process writing 200k events."""
     code = (
-        "import re, sys; from pathlib import Path; from lakehouse.generate import generate; "
+        "import re, sys; from pathlib import Path; from lakehouse.tools.generate import generate; "
         "generate(sys.argv[1], seed=3, students=2000, events=200_000, deliveries=3); "
         "print(re.search(r'VmHWM:\\s*(\\d+)', Path('/proc/self/status').read_text()).group(1))"
     )

@@ -80,10 +80,11 @@ def facts(spark):
 
 def test_marts(spark):
     fv = facts(spark)
-    assert rows_of(gold.mart_country_access(fv), "country", "month", "page_views", "students") == srt([
+    assert rows_of(gold.mart_country_access(gold.activity_by_country_student(fv)), "country", "month", "page_views",
+                   "students") == srt([
         ("br", date(2017, 11, 1), 3, 1), ("us", date(2017, 11, 1), 1, 1), ("us", date(2017, 10, 1), 1, 1),
         (None, date(2017, 11, 1), 1, 1)])
-    assert rows_of(gold.mart_users_by_type(fv), "user_type", "page_views", "students") == srt([
+    assert rows_of(gold.mart_users_by_type(gold.activity_by_student(fv)), "user_type", "page_views", "students") == srt([
         ("CoreUser", 3, 2), ("NewUser", 2, 1), (None, 1, 0)])
     daily = gold.mart_daily_activity(fv)
     assert daily.columns == ["event_date", "client_type", "page_views", "students", "sessions"]
@@ -92,7 +93,7 @@ def test_marts(spark):
         (date(2017, 11, 16), None, 1, 0, 1), (date(2017, 11, 17), "Android", 1, 1, 1),
         (date(2017, 11, 17), "iOS", 1, 1, 1)])
     dim = spark.createDataFrame([("1", "SP"), ("2", "RJ"), ("3", "SP")], "student_id string, state string")
-    state = gold.mart_state_activity(fv, dim)
+    state = gold.mart_state_activity(gold.activity_by_student(fv), dim)
     assert state.columns == ["state", "page_views", "students"]
     assert rows_of(state, *state.columns) == srt([("SP", 2, 1), ("RJ", 2, 1), (None, 2, 1)])
 
@@ -154,7 +155,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
 
     # a full refresh rebuilds every table from scratch (a new commit each) to the same content, and the next
     # incremental run still knows it has nothing to do
-    existing = [t for t, _, _ in gold.PLAN if delta.table_exists(spark, "gold", t, settings)]
+    existing = [t for t in gold.TABLES if delta.table_exists(spark, "gold", t, settings)]
     layers = {"silver": ["page_views", "students", "courses"], "gold": existing}
     tables = [(layer, t) for layer, ts in layers.items() for t in ts]
     kept = {(layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))

@@ -92,7 +92,7 @@ def test_full_exports_repeat_only_when_they_add_nothing(settings):
 
 
 def test_killed_mid_landing_rerun_gives_the_clean_ledger(settings, tmp_path):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=2, students=20, events=200, deliveries=2)
     env = {**os.environ, "LAKEHOUSE_FAULT": "mid_landing"}
@@ -112,7 +112,7 @@ def test_killed_mid_landing_rerun_gives_the_clean_ledger(settings, tmp_path):
 
 
 def test_rerun_on_a_landed_source_is_fast(settings):
-    from lakehouse.generate import generate
+    from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=1, students=200, events=20_000, deliveries=5)
     first = land(settings)
@@ -203,8 +203,8 @@ def test_source_problems_are_reported_not_fatal(settings, tmp_path):
 
 @pytest.fixture
 def gcs(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # noqa: F811
-    """A gcsfs client on the emulator, with `STORAGE_EMULATOR_HOST` set and a fresh bucket."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    """A gcsfs client on the emulator, with `LAKEHOUSE_GCS_ENDPOINT` set and a fresh bucket."""
+    monkeypatch.setenv("LAKEHOUSE_GCS_ENDPOINT", gcs_emulator)
     fs = emulator_fs(gcs_emulator)
     bucket = f"landing-{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)

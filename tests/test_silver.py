@@ -116,7 +116,7 @@ def test_event_id_depends_on_values_not_on_delivery(spark):
 
 
 def write_bronze(spark, settings, table, df, batch):
-    delta.append_once(df, "bronze", table, f"bronze.{table}", batch, settings=settings)
+    delta.append_once(df, delta.Target("bronze", table, settings, app_id=f"bronze.{table}", version=batch))
 
 
 def commits(spark, settings, layer, table):
@@ -190,23 +190,39 @@ EXPECTED_STUDENTS = srt([
 ])
 
 
+STUDENT_COLUMNS = ["student_id", "registered_at", "state", "city", "university_id", "course_id", "signup_source",
+                   "is_deleted", "delivery", "as_of"]
+
+
 def test_students_history_deletion_return_casts_and_duplicates(spark):
     out = silver.students(entity_rows(spark, "students", STUDENTS))
-    assert out.columns == ["student_id", "registered_at", "state", "city", "university_id", "course_id",
-                           "signup_source", "is_deleted", "delivery", "as_of"]
-    assert rows_of(out, *out.columns) == EXPECTED_STUDENTS
+    assert out.columns == [*STUDENT_COLUMNS, "changed_batch_id"]
+    assert rows_of(out, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
+
+
+def _step(spark, history, deliveries, batch):
+    """The history after one more batch: the rows before its first delivery kept, the rest from the transform."""
+    new = silver.students(entity_rows(spark, "students", deliveries, batch=batch), history)
+    first = min(as_of(d) for d in deliveries)
+    return history.where(F.col("as_of") < F.lit(first)).unionByName(new)
 
 
 def test_students_incremental_equals_all_at_once(spark):
-    first = {k: STUDENTS[k] for k in list(STUDENTS)[:2]}
-    last = {k: STUDENTS[k] for k in list(STUDENTS)[2:]}
-    step = silver.students(entity_rows(spark, "students", first))
-    step = silver.students(entity_rows(spark, "students", last, batch=2), step)
-    assert rows_of(step, *step.columns) == EXPECTED_STUDENTS
+    ds = list(STUDENTS)
+    step = _step(spark, silver.students(entity_rows(spark, "students", {ds[0]: STUDENTS[ds[0]]})),
+                 {ds[1]: STUDENTS[ds[1]]}, 2)
+    step = _step(spark, step, {ds[2]: STUDENTS[ds[2]]}, 3)
+    assert rows_of(step, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
+    assert rows_of(step, "delivery", "changed_batch_id") == srt([(d, b) for d, n, b in ((ds[0], 3, 1), (ds[1], 3, 2),
+                                                                                       (ds[2], 4, 3)) for _ in range(n)])
     # the middle delivery arriving last gives the same history too
-    late = silver.students(entity_rows(spark, "students", {k: STUDENTS[k] for k in (list(STUDENTS)[0], list(STUDENTS)[2])}))
-    late = silver.students(entity_rows(spark, "students", {list(STUDENTS)[1]: STUDENTS[list(STUDENTS)[1]]}, batch=2), late)
-    assert rows_of(late, *late.columns) == EXPECTED_STUDENTS
+    late = silver.students(entity_rows(spark, "students", {d: STUDENTS[d] for d in (ds[0], ds[2])}))
+    late = _step(spark, late, {ds[1]: STUDENTS[ds[1]]}, 2)
+    assert rows_of(late, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
+    # and the middle delivery landed again, changed, replaces its first version
+    changed = _step(spark, late, {ds[1]: STUDENTS[ds[1]][:1]}, 3)
+    assert rows_of(changed.where(F.col("student_id") == "3"), "delivery", "is_deleted") == [
+        (ds[0], False), (ds[1], True), (ds[2], True)]
 
 
 def test_courses_cast_string_ids_and_rename(spark):
@@ -214,7 +230,7 @@ def test_courses_cast_string_ids_and_rename(spark):
         "2017-11-16": [{"Id": 1, "Name": "Direito"}, {"Id": "2", "Name": "Medicina"}],
         "2017-11-17": [{"Id": "1", "Name": "Direito (Bacharelado)"}, {"Id": 2, "Name": "Medicina"}],
     }))
-    assert rows_of(out, *out.columns) == [
+    assert rows_of(out, "course_id", "course_name", "is_deleted", "delivery", "as_of") == [
         (1, "Direito", False, "2017-11-16", datetime(2017, 11, 16)),
         (1, "Direito (Bacharelado)", False, "2017-11-17", datetime(2017, 11, 17)),
         (2, "Medicina", False, "2017-11-16", datetime(2017, 11, 16)),
@@ -252,7 +268,7 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     rep = silver.refresh(spark, settings, "r")
     assert rep["tables"]["students"]["batch"] == 3 and rep["tables"]["sessions"]["skipped"]
     hist = delta.read_table(spark, "silver", "students", settings)
-    assert rows_of(hist, *hist.columns) == EXPECTED_STUDENTS
+    assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
     assert delta.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
     assert silver.refresh(spark, settings, "r")["tables"]["students"]["skipped"]

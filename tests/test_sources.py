@@ -91,9 +91,9 @@ class DriveRoot:
 
 @pytest.fixture(scope="module")
 def gcs_bucket(gcs_emulator: str) -> Iterator[str]:
-    """The emulator with `STORAGE_EMULATOR_HOST` pointing at it and the test bucket created, for this module."""
+    """The emulator with `LAKEHOUSE_GCS_ENDPOINT` pointing at it and the test bucket created, for this module."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    mp.setenv("LAKEHOUSE_GCS_ENDPOINT", gcs_emulator)
     fs = emulator_fs(gcs_emulator)
     if not fs.exists("sources-test"):
         fs.mkdir("sources-test")

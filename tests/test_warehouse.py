@@ -102,10 +102,11 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
 
     owner, password = f"mirror_{uuid.uuid4().hex[:8]}", "owner-secret-for-tests"
     database = f"{owner}_db"
-    admin = connect(pg_server.dsn)
+    admin = connect(pg_server.admin_dsn)
     admin.cursor().execute(f"create role {owner} login createrole password %s", (password,))
     admin.cursor().execute(f"create database {database} owner {owner}")
-    dsn = psycopg2.extensions.make_dsn(pg_server.dsn, dbname=database, user=owner, password=password)
+    pg_server.allow_bi(database)
+    dsn = psycopg2.extensions.make_dsn(pg_server.admin_dsn, dbname=database, user=owner, password=password)
     monkeypatch.setenv("LAKEHOUSE_BI_PASSWORD", "bi-secret-for-tests")
     config.get_settings.cache_clear()
     try:
@@ -119,6 +120,7 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
             assert cur.fetchone()[0] is False
         bi = connect(psycopg2.extensions.make_dsn(dsn, user="bi_user", password="bi-secret-for-tests"))
         with bi.cursor() as cur:
+            cur.execute("set default_transaction_read_only = off")  # a default only: privileges still refuse
             cur.execute("select count(*) from dw.dim_student")
             assert cur.fetchone()[0] > 0
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -344,6 +346,7 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
     bi_dsn = psycopg2.extensions.make_dsn(pg_dsn, user="bi_user", password="bi-secret-for-tests")
     bi = connect(bi_dsn)
     cur = bi.cursor()
+    cur.execute("set default_transaction_read_only = off")  # read-only is the login's default: privileges still refuse
     for table in dw_tables:
         cur.execute(f"select count(*) from dw.{table}")
     denied = [

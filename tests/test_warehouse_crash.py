@@ -117,7 +117,7 @@ def test_kill_at_any_point_is_all_or_nothing(pg_server, pg_dsn, tmp_path):
     template = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
     mirror(Settings(lake=before_lake, pg_dsn=pg_dsn), dsn=pg_dsn)  # the "before" database, copied for every run
     before = state(pg_dsn)
-    server = pg_server.dsn
+    server = pg_server.admin_dsn
     forker = Forker(tmp_path / "mirrors.log")
     try:
         clean_dsn = copy_database(server, template, f"{template}_clean")

@@ -32,17 +32,30 @@ student_record = st.builds(
     st.sampled_from(STUDENT_IDS), st.sampled_from(["SP", "RJ", None]), st.sampled_from(["a", "b"]),
     st.sampled_from([1, 2]),
 )
-course_record = st.builds(lambda cid, name: {"course_id": cid, "course_name": name},
-                          st.integers(1, 4), st.sampled_from(["math", "physics", ""]))
+ENTITIES = ("student", "course", "university", "subject")
+
+
+def named_record(entity: str, names: list[str | None]):
+    """A record of a dimension that has an id and a name (course, university, subject)."""
+    return st.builds(lambda key, name: {f"{entity}_id": key, f"{entity}_name": name},
+                     st.integers(1, 4), st.sampled_from(names))
+
+
+RECORDS = {
+    "student": student_record,
+    "course": named_record("course", ["math", "physics", ""]),
+    "university": named_record("university", ["USP", "UFRJ", None]),
+    "subject": named_record("subject", ["Cálculo I", "Física", "cálculo i"]),
+}
 
 
 @st.composite
 def scenarios(draw):
     """Exports (with repeats), the arrival order of the deliveries and how arrivals are grouped into runs."""
     n = draw(st.integers(1, 6))
-    students = draw(st.lists(st.lists(student_record, max_size=7), min_size=n, max_size=n))
-    courses = draw(st.lists(st.lists(course_record, max_size=4), min_size=n, max_size=n))
-    for exports in (students, courses):  # exact duplicate records within one export
+    exports_of = {entity: draw(st.lists(st.lists(RECORDS[entity], max_size=7 if entity == "student" else 4),
+                                        min_size=n, max_size=n)) for entity in ENTITIES}
+    for exports in exports_of.values():  # exact duplicate records within one export
         for i, export in enumerate(exports):
             if export and draw(st.booleans()):
                 exports[i] = export + [dict(draw(st.sampled_from(export)))]
@@ -62,15 +75,15 @@ def scenarios(draw):
     runs.append(current)
     stamps = [START + timedelta(hours=12 * i) for i in range(n)]
     return {
-        "student": [Delivery(s.isoformat(), s, recs) for s, recs in zip(stamps, students)],
-        "course": [Delivery(s.isoformat(), s, recs) for s, recs in zip(stamps, courses)],
+        **{entity: [Delivery(s.isoformat(), s, recs) for s, recs in zip(stamps, exports_of[entity])]
+           for entity in ENTITIES},
         "runs": runs,
     }
 
 
 def gold(exports: dict, arrived: list[int], version: int) -> ArrowGold:
     tables = {}
-    for entity in ("student", "course"):
+    for entity in ENTITIES:
         key = f"{entity}_id"
         rows = history_rows(entity, [exports[entity][i] for i in arrived], keep_duplicates=True)
         tables[f"dim_{entity}_history"] = arrow_table(
@@ -79,7 +92,8 @@ def gold(exports: dict, arrived: list[int], version: int) -> ArrowGold:
 
 
 def reset(cur):
-    cur.execute("truncate dw.dim_student, dw.dim_course, dw.load_audit, dw.load_delivery restart identity cascade")
+    cur.execute("truncate dw.dim_student, dw.dim_course, dw.dim_university, dw.dim_subject, dw.load_audit,"
+                " dw.load_delivery restart identity cascade")
 
 
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -96,15 +110,15 @@ def test_history_matches_reference_model(pg_dsn, settings, scenario):
         for version, run in enumerate(scenario["runs"], start=1):
             arrived += run
             mirror(settings, gold(scenario, arrived, version), dsn=pg_dsn)
-            for entity in ("student", "course"):
+            for entity in ENTITIES:
                 check_invariants(cur, entity)
                 expected = reference_history(entity, [scenario[entity][i] for i in arrived])
                 assert dw_history(cur, entity) == expected, (entity, arrived)
-        before = {e: dw_history(cur, e) for e in ("student", "course")}
+        before = {e: dw_history(cur, e) for e in ENTITIES}
         again = mirror(settings, gold(scenario, arrived, len(scenario["runs"])), dsn=pg_dsn)
         assert again["skipped"]
         newer = mirror(settings, gold(scenario, arrived, len(scenario["runs"]) + 1), dsn=pg_dsn)
         assert newer["tables"]["dim_student"]["deliveries"] == []  # a new gold version, no new delivery
-        assert {e: dw_history(cur, e) for e in ("student", "course")} == before
+        assert {e: dw_history(cur, e) for e in ENTITIES} == before
     finally:
         conn.close()

@@ -1,4 +1,4 @@
-"""Deterministic synthetic source in the Passei Direto case-study shapes (CONTRACT.md §3, DATA.md).
+"""Deterministic synthetic source in the shapes of the Passei Direto case study (docs/source-data.md).
 
 Pure standard library. Same arguments, same bytes: every random draw comes from seeded
 `random.Random` instances, output order is fixed, and no wall-clock time is read.
@@ -13,6 +13,7 @@ import os
 import random
 from bisect import bisect_right
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
@@ -189,6 +190,22 @@ def _dump_array(records: list[dict]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Student:
+    """A student of the transactional model, as the next export shows it."""
+
+    id: str
+    registered: str  # RegisteredDate as delivered
+    state: tuple  # an entry of STATES: (code, name, weight, cities)
+    state_as_name: bool  # State delivered as the state's name instead of its code
+    city: str
+    univ: int
+    course: int
+    signup: str
+    user_type: str
+    quirks: set[str] = field(default_factory=set)  # how the export garbles this student's record
+
+
 class _World:
     """Mutable state of Base A, advanced one delivery at a time."""
 
@@ -214,7 +231,7 @@ class _World:
         n_str_course = max(1, n_course // 20)
         self.course_id_as_str = set(rng.sample(sorted(self.courses), n_str_course))
 
-        self.students: dict[str, dict] = {}
+        self.students: dict[str, _Student] = {}
         self.present: set[str] = set()
         self.next_id = 1
         self.sessions: list[dict] = []
@@ -233,41 +250,40 @@ class _World:
         self.next_id += 1
         st, city = self._location()
         days_old = (datetime(2017, 11, 16) - registered).days
-        self.students[sid] = {
-            "id": sid,
-            "registered": _ts(registered, 3),
-            "state": st,
-            "state_as_name": rng.random() < 0.03,
-            "city": city,
-            "univ": bisect_right(self.univ_cum, rng.random() * self.univ_cum[-1]) + 1,
-            "course": bisect_right(self.course_cum, rng.random() * self.course_cum[-1]) + 1,
-            "signup": _weighted(rng, self.signup_items, self.signup_cum),
-            "user_type": "NewUser" if days_old < 30 else _weighted(rng, self.utype_items, self.utype_cum),
-            "quirks": set(),
-        }
+        self.students[sid] = _Student(  # arguments are evaluated in this order: it fixes the random draws
+            id=sid,
+            registered=_ts(registered, 3),
+            state=st,
+            state_as_name=rng.random() < 0.03,
+            city=city,
+            univ=bisect_right(self.univ_cum, rng.random() * self.univ_cum[-1]) + 1,
+            course=bisect_right(self.course_cum, rng.random() * self.course_cum[-1]) + 1,
+            signup=_weighted(rng, self.signup_items, self.signup_cum),
+            user_type="NewUser" if days_old < 30 else _weighted(rng, self.utype_items, self.utype_cum),
+        )
         self.present.add(sid)
         return sid
 
     def _quirk(self, ids: list[str], rate: float, name: str, exclude=()):
-        pool = [i for i in ids if not (self.students[i]["quirks"] & set(exclude))]
+        pool = [i for i in ids if not (self.students[i].quirks & set(exclude))]
         for sid in self.rng.sample(pool, min(len(pool), _n(len(ids), rate))):
-            self.students[sid]["quirks"].add(name)
+            self.students[sid].quirks.add(name)
 
     def present_ids(self) -> list[str]:
         return sorted(self.present, key=int)
 
     def student_record(self, sid: str) -> dict:
         s = self.students[sid]
-        q = s["quirks"]
-        state_code, state_name = s["state"][0], s["state"][1]
+        q = s.quirks
+        state_code, state_name = s.state[0], s.state[1]
         rec = {
             "Id": sid,
-            "RegisteredDate": s["registered"],
-            "State": None if "null_state" in q else (state_name if s["state_as_name"] else state_code),
-            "City": s["city"],
-            "UniversityId": str(s["univ"]) if "univ_str" in q else s["univ"],
-            "CourseId": str(s["course"]) if "course_str" in q else s["course"],
-            "SignupSource": None if "null_signup" in q else s["signup"],
+            "RegisteredDate": s.registered,
+            "State": None if "null_state" in q else (state_name if s.state_as_name else state_code),
+            "City": s.city,
+            "UniversityId": str(s.univ) if "univ_str" in q else s.univ,
+            "CourseId": str(s.course) if "course_str" in q else s.course,
+            "SignupSource": None if "null_signup" in q else s.signup,
         }
         if "missing_city" in q:
             del rec["City"]
@@ -304,7 +320,7 @@ class _World:
         stable = [i for i in self.present_ids() if i not in back]
         changes: dict = {}
         # students with quirks stay, so every export keeps every quirk
-        plain = [i for i in stable if not self.students[i]["quirks"]]
+        plain = [i for i in stable if not self.students[i].quirks]
         # permanently deleted students
         deleted = sorted(rng.sample(plain, min(len(plain) // 4, _n(self.size, 0.005))), key=int)
         gone = set(deleted)
@@ -325,20 +341,20 @@ class _World:
             if n % 3 == 0:  # change state too
                 while True:
                     st, city = self._location()
-                    if st[0] != s["state"][0]:
+                    if st[0] != s.state[0]:
                         break
-                s["state"], s["city"] = st, city
+                s.state, s.city = st, city
                 moved_state.append(sid)
             else:
-                options = [c for c in s["state"][3] if c != s["city"]] or [
-                    c for st in STATES for c in st[3] if c != s["city"]]
-                s["city"] = rng.choice(options)
+                options = [c for c in s.state[3] if c != s.city] or [
+                    c for st in STATES for c in st[3] if c != s.city]
+                s.city = rng.choice(options)
         moving = set(movers)
         others = [i for i in staying if i not in moving]
         course_changed = sorted(rng.sample(others, min(len(others) // 4, _n(self.size, 0.015))), key=int)
         for sid in course_changed:
             s = self.students[sid]
-            s["course"] = rng.choice([c for c in sorted(self.courses) if c != s["course"]])
+            s.course = rng.choice([c for c in sorted(self.courses) if c != s.course])
         renamed = None
         if k == 1:
             cid = sorted(self.courses)[min(1, len(self.courses) - 1)]
@@ -453,23 +469,76 @@ def _epoch(dt: datetime) -> int:
     return int((dt - _EPOCH).total_seconds())
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page of the site, with its page fields pre-rendered in both spellings."""
+
+    glued: str  # "PageName":...,"PageCategory":...,"PageCategory1".."3"
+    spaced: str  # "Page Name":...,"Page Category":...,"Page Category 1".."3"
+    url: str  # the url as JSON text
+    category: str
+    weight: int  # how often it is viewed, relative to the others
+
+
+@dataclass(frozen=True, slots=True)
+class _Visitor:
+    """A known student as page views show them: what each event of theirs carries."""
+
+    student_id: str
+    state: str | None  # UF code; None for an id no export knows
+    city: str | None
+    university: str | None  # custom_1
+    course: str | None  # custom_2
+    user_type: str  # custom_4
+
+
+@dataclass(slots=True)
+class _Session:
+    """One browsing session, drawn once: its fixed JSON fragments and where its next page view stands."""
+
+    at: int  # epoch seconds of the next page view
+    remaining: int  # page views still to come
+    head: str  # the fields before `nth`, rendered, ending in `,"nth":`
+    tail: str  # the fields between `nth` and the page fields, rendered
+    spaced: bool  # page fields spelled with spaces (`Page Name`) rather than glued (`PageName`)
+    last_url_key: str  # `,"Last Accessed Url":` or `,"LastAccessedUrl":`
+    nth: int
+    last_url: str  # JSON of the previous page's url
+    first_page: int  # index of the first page in the pages table; -1 once it was viewed
+    late: bool  # dated before its delivery's window
+    anonymous: bool
+    country: str | None
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to build, and one is built per event
+class _Event:
+    """One page view: its line is '{"at":"' + at + '",' + rest."""
+
+    at: str
+    rest: str
+    late: bool
+    anonymous: bool
+    country: str | None
+    epoch: int  # the `at` instant, epoch seconds UTC
+
+
 class _EventFactory:
     """Builds event lines from pre-rendered JSON fragments; one instance per delivery."""
 
     POOL = 16
 
-    def __init__(self, rng: random.Random, world: _World, window_start: datetime, window_end: datetime, pages):
+    def __init__(self, rng: random.Random, world: _World, window_start: datetime, window_end: datetime,
+                 pages: list[_Page]):
         self.rng = rng
         self.ws, self.we = _epoch(window_start), _epoch(window_end)
-        self.pages = pages  # (camel fragment, spaced fragment, url json, category)
-        self.page_cum = pages_cum = list(accumulate(p[4] for p in pages))
+        self.pages = pages
+        self.page_cum = pages_cum = list(accumulate(p.weight for p in pages))
         self.page_total = pages_cum[-1]
         students = []
         for sid in world.present_ids():
             s = world.students[sid]
-            c1 = world.universities.get(s["univ"])
-            c2 = world.courses.get(s["course"])
-            students.append((sid, s["state"][0], s["city"], c1, c2, s["user_type"]))
+            students.append(_Visitor(sid, s.state[0], s.city, world.universities.get(s.univ),
+                                     world.courses.get(s.course), s.user_type))
         self.students = students
         self.max_id = world.next_id
         self.state_items, self.state_cum = world.state_items, world.state_cum
@@ -477,7 +546,7 @@ class _EventFactory:
         countries = [("br", BR_WEIGHT, None), (None, 300, None)] + [(c, w, locs) for c, w, locs in FOREIGN]
         self.country_items = [(c, locs) for c, _, locs in countries]
         self.country_cum = list(accumulate(w for _, w, _ in countries))
-        self.active: list[list] = []
+        self.active: list[_Session] = []
         self.sessions_started = 0
         self.late = 0
         self.anonymous = 0
@@ -485,7 +554,7 @@ class _EventFactory:
         self.countries_november: dict[str, int] = {}
         self.first_format: int | None = None
 
-    def _session(self) -> list:
+    def _session(self) -> _Session:
         rng = self.rng
         r = rng.random
         n = self.sessions_started
@@ -504,12 +573,13 @@ class _EventFactory:
         student = None
         if not anonymous:
             if orphan:
-                student = (str(self.max_id + 1_000_000 + rng.randrange(1_000_000)), None, None, None, None, "CasualUser")
+                student = _Visitor(str(self.max_id + 1_000_000 + rng.randrange(1_000_000)), None, None, None, None,
+                                   "CasualUser")
             else:
                 student = self.students[int(len(self.students) * r() ** 1.7)]
         if country == "br":
-            if student is not None and student[1] is not None and r() < 0.85:
-                region, city = student[1], student[2]
+            if student is not None and student.state is not None and r() < 0.85:
+                region, city = student.state, student.city
             else:
                 st = _weighted(rng, self.state_items, self.state_cum)
                 region, city = st[0], rng.choice(st[3])
@@ -538,21 +608,21 @@ class _EventFactory:
         if country is not None or r() < 0.5:
             head["country"] = country
         if student is not None:
-            if student[3] is not None:
-                head["custom_1"] = student[3]
-            if student[4] is not None:
-                head["custom_2"] = student[4]
+            if student.university is not None:
+                head["custom_1"] = student.university
+            if student.course is not None:
+                head["custom_2"] = student.course
         x = r()
         if x < 0.3:
             head["custom_3"] = rng.choice(("free", "premium", "trial"))
         elif x < 0.5:
             head["custom_3"] = None
         if student is not None:
-            head["custom_4"] = student[5]
+            head["custom_4"] = student.user_type
         elif r() < 0.3:
             head["custom_4"] = None
         head["device_new"] = r() < 0.1
-        head["first-accessed-page"] = self.pages[first_page][3]
+        head["first-accessed-page"] = self.pages[first_page].category
         head["install_uuid"] = install
         head["language"] = "pt" if r() < 0.9 else rng.choice(("pt-BR", "en", "es"))
         head["library_ver"] = rng.choice(("1.8.0", "1.9.3")) if spaced else rng.choice(("2.1.0", "2.3.4"))
@@ -568,24 +638,22 @@ class _EventFactory:
         suuid = "%032x" % rng.getrandbits(128)
         tail["session_uuid"] = f"{suuid[:8]}-{suuid[8:12]}-{suuid[12:16]}-{suuid[16:20]}-{suuid[20:]}"
         if student is not None:
-            tail["studentId_clientType"] = f"{student[0]}@{client}"
+            tail["studentId_clientType"] = f"{student.student_id}@{client}"
         elif r() < 0.5:
             tail["studentId_clientType"] = None
         tail["type"] = "e"
         tail["user_type"] = "anonymous" if student is None else "known"
         tail["uuid"] = install
-        mid1 = _j(head)[1:-1] + ',"nth":'
-        mid2 = "," + _j(tail)[1:-1] + ","
         last_key = ',"Last Accessed Url":' if spaced else ',"LastAccessedUrl":'
-        nth = rng.randrange(1, 200)
-        prev_url = '"/"'
-        return [start, length, mid1, mid2, spaced, last_key, nth, prev_url, first_page, late, anonymous, country]
+        return _Session(at=start, remaining=length, head=_j(head)[1:-1] + ',"nth":', tail="," + _j(tail)[1:-1] + ",",
+                        spaced=spaced, last_url_key=last_key, nth=rng.randrange(1, 200), last_url='"/"',
+                        first_page=first_page, late=late, anonymous=anonymous, country=country)
 
     def _page(self) -> int:
         return bisect_right(self.page_cum, self.rng.random() * self.page_total)
 
-    def next_event(self) -> tuple:
-        """One event: (at, rest, late, anonymous, country, epoch); the line is '{"at":"' + at + '",' + rest."""
+    def next_event(self) -> _Event:
+        """The next page view of one of the active sessions."""
         rng = self.rng
         active = self.active
         while len(active) < self.POOL:
@@ -593,12 +661,12 @@ class _EventFactory:
         r = rng.random
         i = int(r() * self.POOL)
         s = active[i]
-        page = s[8]
+        page = s.first_page
         if page < 0:
             page = self._page()
         else:
-            s[8] = -1
-        t = s[0]
+            s.first_page = -1
+        t = s.at
         x = r()
         if self.first_format is not None:
             mode, self.first_format = self.first_format, None
@@ -606,34 +674,34 @@ class _EventFactory:
             mode = 0 if x < 0.72 else 1 if x < 0.92 else 2 if x < 0.96 else 3
         at = _at(t, mode)
         p = self.pages[page]
-        rest = s[2] + str(s[6]) + s[3] + (p[1] if s[4] else p[0]) + s[5] + s[7] + "}"
-        s[7] = p[2]
-        s[6] += 1
-        s[0] = t + 5 + int(r() * 295)
-        s[1] -= 1
-        if s[1] <= 0:
+        rest = s.head + str(s.nth) + s.tail + (p.spaced if s.spaced else p.glued) + s.last_url_key + s.last_url + "}"
+        s.last_url = p.url
+        s.nth += 1
+        s.at = t + 5 + int(r() * 295)
+        s.remaining -= 1
+        if s.remaining <= 0:
             active[i] = active[-1]
             active.pop()
-        return at, rest, s[9], s[10], s[11], t
+        return _Event(at, rest, s.late, s.anonymous, s.country, t)
 
     def fresh(self) -> str:
-        at, rest, late, anonymous, country, t = self.next_event()
-        if late:
+        event = self.next_event()
+        if event.late:
             self.late += 1
-        if anonymous:
+        if event.anonymous:
             self.anonymous += 1
-        key = country or ""
+        key = event.country or ""
         self.countries[key] = self.countries.get(key, 0) + 1
-        if _NOV_START <= t < _DEC_START:
+        if _NOV_START <= event.epoch < _DEC_START:
             self.countries_november[key] = self.countries_november.get(key, 0) + 1
-        return '{"at":"' + at + '",' + rest
+        return '{"at":"' + event.at + '",' + event.rest
 
 
 _NOV_START = _epoch(datetime(2017, 11, 1))
 _DEC_START = _epoch(datetime(2017, 12, 1))
 
 
-def _build_pages(rng: random.Random, n: int = 400):
+def _build_pages(rng: random.Random, n: int = 400) -> list[_Page]:
     cats, cum = _table(PAGE_CATEGORIES)
     pages = []
     for i in range(n):
@@ -656,7 +724,7 @@ def _build_pages(rng: random.Random, n: int = 400):
         spaced = (f'"Page Name":{uj},"Page Category":{cj},"Page Category 1":{cj},'
                   f'"Page Category 2":{c2j},"Page Category 3":{und}')
         weight = 1 + int(50 / (1 + i))
-        pages.append((camel, spaced, uj, cat, weight))
+        pages.append(_Page(camel, spaced, uj, cat, weight))
     return pages
 
 
@@ -728,7 +796,8 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
                     elif kind == "json_scalar":
                         line = JSON_SCALARS[c % len(JSON_SCALARS)]
                     else:
-                        at, rest, *_ = factory.next_event()
+                        event = factory.next_event()
+                        at, rest = event.at, event.rest
                         if kind == "truncated_json":
                             full = '{"at":"' + at + '",' + rest
                             line = full[: rng.randrange(10, len(full) - 5)]
@@ -770,7 +839,8 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
 
 
 def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_000, deliveries: int = 3) -> dict:
-    """Write a synthetic source in the CONTRACT §3 layout; same arguments, same bytes. Returns a summary dict of what was written/injected."""
+    """Write a synthetic source in the documented source layout; same arguments, same bytes. Returns a summary dict of
+    what was written and injected."""
     if students < 20:
         raise ValueError("students must be at least 20")
     if deliveries < 1:

@@ -1,0 +1,66 @@
+"""The Prefect server of `lakehouse up`: Prefect's own app (what `prefect server start` serves), with its login
+checked first.
+
+Prefect checks a change's CSRF token before its login, so a POST without credentials would get 403; wrapped, every
+API request without the right basic credentials gets 401, then Prefect applies its own checks (login included)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hmac
+
+OPEN_PATHS = {"/api/health", "/api/ready"}  # probes, as Prefect itself leaves them open (GET only)
+
+
+class LoginFirst:
+    """ASGI wrapper: an HTTP request under /api without the basic credentials `user:password` gets 401."""
+
+    def __init__(self, app, credentials: str):
+        self.app = app
+        self.credentials = credentials.encode()
+
+    def _allowed(self, scope) -> bool:
+        method = scope.get("method", "GET").upper()
+        if method == "OPTIONS" or (method == "GET" and scope["path"] in OPEN_PATHS):
+            return True  # a CORS preflight carries no credentials; the CORS middleware answers it
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return scheme.lower() == b"basic" and hmac.compare_digest(given, self.credentials)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/api") and not self._allowed(scope):
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"exception_message": "Unauthorized"}, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve Prefect's API and UI on --host/--port; the login is PREFECT_SERVER_API_AUTH_STRING (required)."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+    from prefect.settings import get_current_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    settings = get_current_settings().server
+    if settings.api.auth_string is None or not settings.api.auth_string.get_secret_value():
+        raise SystemExit("error: PREFECT_SERVER_API_AUTH_STRING is unset: this server serves only behind a login")
+    app = LoginFirst(create_app(final=True), settings.api.auth_string.get_secret_value())
+    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=settings.api.keepalive_timeout,
+                ws_ping_interval=settings.api.websocket_ping_interval,
+                ws_ping_timeout=settings.api.websocket_ping_timeout,
+                log_level=str(settings.logging_level).lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The platform's login, where services may listen, and secret files that are private from their first byte."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from lakehouse.config import Settings
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "admin-password"  # under the data folder, mode 0600, when LAKEHOUSE_ADMIN_PASSWORD is unset
+
+
+class BindRefused(RuntimeError):
+    """A service was asked to listen beyond loopback without a login."""
+
+
+def secure_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700; tighten it to 0700 when it exists, is ours and is looser."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def secure_data_dir(settings: Settings) -> Path:
+    """The project data folder, created or tightened to mode 0700."""
+    return secure_dir(Path(settings.data_dir))
+
+
+def write_secret(path: Path, text: str, replace: bool = False) -> Path:
+    """Write a secret file created with mode 0600 (O_EXCL: never through an existing file or link); `replace`
+    writes a fresh file beside it and renames it over the old one."""
+    path = Path(path)
+    target = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp") if replace else path
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if replace:
+        os.replace(target, path)
+    return path
+
+
+def admin_password_file(settings: Settings) -> Path:
+    return Path(settings.data_dir).resolve() / ADMIN_PASSWORD_FILE
+
+
+def admin_password(settings: Settings, create: bool = False) -> tuple[str | None, Path | None]:
+    """(password, file it was read from) of the `admin` login: LAKEHOUSE_ADMIN_PASSWORD, else the stored one, else
+    (with `create`) a new random one stored 0600 under the data folder. (None, None): no login configured."""
+    if settings.admin_password is not None and settings.admin_password.get_secret_value():
+        return settings.admin_password.get_secret_value(), None
+    path = admin_password_file(settings)
+    try:
+        return path.read_text().strip(), path
+    except FileNotFoundError:
+        if not create:
+            return None, None
+    secure_data_dir(settings)
+    try:
+        write_secret(path, secrets.token_urlsafe(24))
+    except FileExistsError:  # another process made it meanwhile
+        pass
+    return path.read_text().strip(), path
+
+
+def login_set(settings: Settings) -> bool:
+    """True when LAKEHOUSE_ADMIN_PASSWORD is set (a generated password guards loopback only)."""
+    return settings.admin_password is not None and bool(settings.admin_password.get_secret_value())
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, login: bool, what: str = "`lakehouse up`") -> None:
+    """Refuse to listen beyond loopback without a login (BindRefused, one line naming the fix)."""
+    if not is_loopback(host) and not login:
+        raise BindRefused(f"{what} would listen on {host}, beyond this machine, without a login: set "
+                          "LAKEHOUSE_ADMIN_PASSWORD (user admin) first, or keep LAKEHOUSE_BIND=127.0.0.1")
+
+
+def connect_host(bind: str) -> str:
+    """The address local clients use to reach a service listening on `bind`."""
+    try:
+        if ipaddress.ip_address(bind.strip("[]")).is_unspecified:
+            return "127.0.0.1" if ":" not in bind else "::1"
+    except ValueError:
+        pass
+    return bind
+
+
+def public_host(bind: str) -> str:
+    """The host name people use for a service listening on `bind` (this machine's name for every interface)."""
+    import socket
+
+    try:
+        if ipaddress.ip_address(bind.strip("[]")).is_unspecified:
+            return socket.getfqdn()
+    except ValueError:
+        pass
+    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
