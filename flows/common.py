@@ -223,32 +223,6 @@ def stage(name: str) -> Iterator[dict]:
     emit(name, "skipped" if out.get("skipped") else "done", out)
 
 
-# -- Spark, quietly ---------------------------------------------------------------------------
-
-
-def spark_session(settings: Settings):
-    """The process's Spark session; a new JVM's own console output goes to `<data_dir>/logs/spark.log`."""
-    from pyspark.sql import SparkSession
-
-    from lakehouse.spark import get_spark
-
-    if SparkSession.getActiveSession() is not None:
-        return get_spark(settings)
-    log_path = settings.data_dir / "logs" / "spark.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "ab") as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            return get_spark(settings)
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
 # -- reports ----------------------------------------------------------------------------------
 
 _FIELDS = {

@@ -6,7 +6,8 @@ import re
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import TASK_OPTIONS, settings_for, spark_session, writer_lock
+from lakehouse.spark import get_spark
+from flows.common import TASK_OPTIONS, settings_for, writer_lock
 from lakehouse.config import LAYERS, Settings, join
 
 DELTA_LAYERS = [layer for layer in LAYERS if layer != "landing"]
@@ -54,16 +55,16 @@ def lake_tables(settings: Settings, layers: list[str]) -> list[tuple[str, str]]:
     return found
 
 
-def _table(settings: Settings, layer: str, name: str):
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark_session(settings), settings.table_path(layer, name))
+def _sql(settings: Settings, layer: str, name: str, command: str):
+    """Run `command` (with `{table}` for the table) on one lake table: SQL, so it runs over Spark Connect too."""
+    path = settings.table_path(layer, name).replace("`", "``")
+    return get_spark(settings).sql(command.format(table=f"delta.`{path}`"))
 
 
 @task(name="compact", task_run_name="compact {layer}.{name}", **TASK_OPTIONS)
 def compact(layer: str, name: str) -> dict:
     """OPTIMIZE one table: bin-pack small files."""
-    metrics = _table(settings_for(), layer, name).optimize().executeCompaction().first()["metrics"]
+    metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").first()["metrics"]
     return {"table": f"{layer}.{name}", "files removed": metrics["numFilesRemoved"],
             "files added": metrics["numFilesAdded"]}
 
@@ -71,9 +72,7 @@ def compact(layer: str, name: str) -> dict:
 @task(name="vacuum-dry-run", task_run_name="vacuum dry run {layer}.{name}", **TASK_OPTIONS)
 def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
     """List the files a vacuum with this retention would delete (nothing is deleted)."""
-    settings = settings_for()
-    path = settings.table_path(layer, name).replace("`", "``")
-    files = spark_session(settings).sql(f"VACUUM delta.`{path}` RETAIN {retain_hours} HOURS DRY RUN")
+    files = _sql(settings_for(), layer, name, f"VACUUM {{table}} RETAIN {retain_hours} HOURS DRY RUN")
     sample = [row[0].rsplit("/", 1)[-1] for row in files.limit(5).collect()]
     return {"table": f"{layer}.{name}", "would delete": files.count(), "sample": ", ".join(sample)}
 
@@ -81,14 +80,11 @@ def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
 @task(name="vacuum", task_run_name="vacuum {layer}.{name}", **TASK_OPTIONS)
 def vacuum(layer: str, name: str, retain_hours: float) -> dict:
     """VACUUM one table with a retention that keeps every version the query layer can travel to."""
-    table = _table(settings_for(), layer, name)
-    retention = retention_hours(_properties(table), retain_hours)
-    table.vacuum(retention)
+    settings = settings_for()
+    properties = dict(_sql(settings, layer, name, "DESCRIBE DETAIL {table}").first()["properties"] or {})
+    retention = retention_hours(properties, retain_hours)
+    _sql(settings, layer, name, f"VACUUM {{table}} RETAIN {retention} HOURS").collect()
     return {"table": f"{layer}.{name}", "retain hours": retention}
-
-
-def _properties(table) -> dict[str, str]:
-    return dict(table.detail().select("properties").first()["properties"] or {})
 
 
 @flow(name="maintenance", log_prints=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.common import TASK_OPTIONS, call_stage, inject_transient, publish_report, settings_for, spark_session
+from lakehouse.spark import get_spark, warm_up
+from flows.common import TASK_OPTIONS, call_stage, inject_transient, publish_report, settings_for
 from flows.common import stage as announce
 from flows.common import writer_lock
 
@@ -62,7 +62,7 @@ def bronze(source: str | None = None) -> dict:
     settings = settings_for(source)
     with announce("bronze") as out:
         inject_transient("bronze", settings)
-        out.update(call_stage(stage_module.ingest, spark_session(settings), settings, _run_id()))
+        out.update(call_stage(stage_module.ingest, get_spark(settings), settings, _run_id()))
     return out
 
 
@@ -74,7 +74,7 @@ def silver(full_refresh: bool = False) -> dict:
     settings = settings_for()
     with announce("silver") as out:
         inject_transient("silver", settings)
-        out.update(call_stage(stage_module.refresh, spark_session(settings), settings, _run_id(),
+        out.update(call_stage(stage_module.refresh, get_spark(settings), settings, _run_id(),
                               full_refresh=full_refresh))
     return out
 
@@ -87,7 +87,7 @@ def gold(full_refresh: bool = False) -> dict:
     settings = settings_for()
     with announce("gold") as out:
         inject_transient("gold", settings)
-        out.update(call_stage(stage_module.refresh, spark_session(settings), settings, _run_id(),
+        out.update(call_stage(stage_module.refresh, get_spark(settings), settings, _run_id(),
                               full_refresh=full_refresh))
     return out
 
@@ -110,17 +110,37 @@ def _skipped(name: str, reason: str) -> dict:
     return out
 
 
+def _stages_pending(settings) -> bool:
+    """Whether a Spark stage has work (read from the Delta logs and the ledger, without Spark)."""
+    from lakehouse import bronze, gold, silver
+
+    return bronze.pending(settings) or silver.pending(settings) or gold.pending(settings)
+
+
 def _spark_work_pending(landed: dict, source: str | None) -> bool:
     """False only when landing found nothing and every Spark stage says it has nothing pending."""
-    new = next((landed[k] for k in ("files_new", "new_files") if k in landed), None)
-    if new is None or (len(new) if isinstance(new, (list, dict)) else new):
-        return True
+    return bool(landed.get("files_new")) or _stages_pending(settings_for(source))
+
+
+def spark_work_expected(source: str | None = None, delivery: str | None = None) -> bool:
+    """Whether a run will need Spark: a stage has work, or the source lists a file the ledger has not seen."""
+    from lakehouse import landing
+    from lakehouse.sources import open_source
+
     settings = settings_for(source)
-    for name in SPARK_STAGES:
-        pending = getattr(importlib.import_module(f"lakehouse.{name}"), "pending", None)
-        if pending is None or pending(settings):
-            return True
-    return False
+    if _stages_pending(settings):
+        return True
+    files = open_source(settings.source_url, settings)
+    try:
+        return landing.unseen(settings, OneDelivery(files, delivery) if delivery else files)
+    except ValueError:  # no such delivery: landing says so
+        return False
+
+
+def _warm_spark(settings, expected: bool) -> None:
+    """Start Spark in the background when the run will need it: it starts while landing copies files."""
+    if expected:
+        warm_up(settings)
 
 
 def _refine(full_refresh: Layer | None) -> dict[str, dict]:
@@ -142,6 +162,7 @@ def full_pipeline(source: str | None = None, delivery: str | None = None,
                   full_refresh: Layer | None = None) -> dict:
     """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does)."""
     settings = settings_for(source)
+    _warm_spark(settings, bool(full_refresh) or spark_work_expected(source, delivery))
     check_warehouse(settings)
     with writer_lock(settings) as lock:
         reports = {"land": land(source, delivery)}
@@ -160,6 +181,7 @@ def full_pipeline(source: str | None = None, delivery: str | None = None,
 def land_bronze(source: str | None = None, delivery: str | None = None) -> dict:
     """Land new source files and ingest them into bronze."""
     settings = settings_for(source)
+    _warm_spark(settings, spark_work_expected(source, delivery))
     with writer_lock(settings) as lock:
         reports = {"land": land(source, delivery)}
         if _spark_work_pending(reports["land"], source):
@@ -172,6 +194,7 @@ def land_bronze(source: str | None = None, delivery: str | None = None) -> dict:
 @flow(name="refine", log_prints=True)
 def refine(full_refresh: Layer | None = None) -> dict:
     """Refine bronze into silver, then gold; optionally rebuild a layer from scratch."""
+    _warm_spark(settings_for(), bool(full_refresh) or _stages_pending(settings_for()))
     with writer_lock(settings_for()) as lock:
         reports = _refine(full_refresh)
     return publish_report("refine", reports, {"lock": lock})

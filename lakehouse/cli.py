@@ -219,8 +219,16 @@ def run(
         os.environ.update(client_env(settings))
     except PlatformError as exc:
         fail(str(exc))
+    get_settings.cache_clear()  # the running platform's Spark, when it lends it
+    settings = get_settings()
     from flows.common import add_listener
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline, spark_work_expected
+    from lakehouse.spark import warm_up
+    import contextlib
+
+    with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
+        if full_refresh or spark_work_expected(source, delivery):
+            warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description:<8}"), BarColumn(bar_width=24),
@@ -293,13 +301,15 @@ def up(
     prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
     dashboard_port: int = typer.Option(5006, help="dashboard port"),
     dashboard: bool = typer.Option(True, help="also serve the dashboard"),
+    spark_port: int = typer.Option(15002, help="port of the Spark Connect server the deployments share (loopback)"),
 ) -> None:
-    """Start the Prefect server, a worker serving prefect.yaml and the dashboard; Ctrl-C stops them all."""
+    """Start the Prefect server, a Spark Connect server, a worker serving prefect.yaml and the dashboard; Ctrl-C
+    stops them all."""
     from lakehouse.config import get_settings
     from lakehouse.platform import up as run_up
 
     code = run_up(get_settings(), prefect_port, dashboard_port, dashboard,
-                  say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+                  say=lambda m: console.print(m, highlight=False, soft_wrap=True), spark_port=spark_port)
     raise typer.Exit(code)
 
 

@@ -219,17 +219,18 @@ def _partition_filter(values: DataFrame) -> str:
 
 
 def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T]]) -> dict[str, T]:
-    """Run independent table writes side by side, each on its own session of the shared Spark context (its own SQL
-    conf, so one MERGE's txn settings never reach another write); every write finishes before the first error is
-    raised. Spark Connect sessions cannot be forked: there they run one after another."""
+    """Run independent table writes side by side, each on its own session of the same Spark (its own SQL conf, so one
+    MERGE's txn settings never reach another write; over Spark Connect, its own server session); every write finishes
+    before the first error is raised."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fork = getattr(spark, "newSession", None)
-    workers = min(TABLE_WRITERS, len(jobs)) if fork else 1
+    from lakehouse.spark import fork
+
+    workers = min(TABLE_WRITERS, len(jobs))
     if workers <= 1:
         return {name: job(spark) for name, job in jobs.items()}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delta-write") as pool:
-        futures = {name: pool.submit(job, fork()) for name, job in jobs.items()}
+        futures = {name: pool.submit(job, fork(spark)) for name, job in jobs.items()}
     return {name: future.result() for name, future in futures.items()}
 
 

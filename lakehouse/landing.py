@@ -198,6 +198,13 @@ class _Index:
         return latest if latest is not None and latest["sha256"] == sha256 else None
 
 
+def unseen(settings: Settings, source: Source | None = None) -> bool:
+    """Whether the source lists a file the ledger has not seen (by path, size and change marker)."""
+    source = source or open_source(settings.source_url, settings)
+    seen = {(e["path"], e["size"], e["fingerprint"]) for m in read_ledger(settings) for e in m["files"]}
+    return any((f.path, f.size, f.fingerprint) not in seen for f in source.list_files())
+
+
 def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
     """Copy every new source file into the landing zone and commit them as one ledger batch; returns a report."""
     started = time.monotonic()

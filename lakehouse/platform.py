@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.security import (
-    ADMIN_USER, admin_password, check_bind, connect_host, is_loopback, login_set, public_host,
+    ADMIN_USER, admin_password, check_bind, connect_host, is_loopback, login_set, public_host, write_secret,
 )
 
 if TYPE_CHECKING:
@@ -157,9 +157,23 @@ def client_env(settings: Settings) -> dict[str, str]:
                                 " login: set LAKEHOUSE_ADMIN_PASSWORD to its password")
         credentials = f"{ADMIN_USER}:{password}"
         api_session(state["api_url"], credentials).close()  # PlatformError, in one line, on a wrong password
-        return {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"],
-                "PREFECT_API_AUTH_STRING": credentials}
+        env = {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"],
+               "PREFECT_API_AUTH_STRING": credentials}
+        token = spark_token_file(settings)
+        if state.get("spark_url") and "spark_master" not in settings.model_fields_set and token.exists():
+            env.update(spark_env(state["spark_url"], token.read_text()))  # the platform's warm Spark
+        return env
     return {**prefect_env(settings), **auth_env(f"{ADMIN_USER}:{secrets.token_urlsafe(24)}")}
+
+
+def spark_token_file(settings: Settings) -> Path:
+    """The running platform's Spark Connect token (mode 0600), for `lakehouse run` on the same data folder."""
+    return prefect_home(settings) / "spark-connect.token"
+
+
+def spark_env(url: str, token: str) -> dict[str, str]:
+    """Environment that points this project's Spark sessions at a Spark Connect server."""
+    return {"LAKEHOUSE_SPARK_MASTER": url, "SPARK_CONNECT_AUTHENTICATE_TOKEN": token}
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -199,6 +213,8 @@ class Platform:
     say: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
     password: str | None = None
+    spark_port: int = 15002
+    spark_token: str | None = None  # the Spark Connect server's, when `lakehouse up` runs one
 
     @property
     def api_url(self) -> str:
@@ -229,18 +245,24 @@ class Platform:
         env["LAKEHOUSE_ADMIN_PASSWORD"] = self.password or ""
         env["LAKEHOUSE_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
         env["PYTHONUNBUFFERED"] = "1"
+        if self.spark_token:
+            env.update(spark_env(self.spark_url, self.spark_token))
         return env
+
+    @property
+    def spark_url(self) -> str:
+        return f"sc://localhost:{self.spark_port}"
 
     def _prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=PROJECT_ROOT, env=self.env(),
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def spawn(self, name: str, args: list[str], essential: bool = True) -> Child:
+    def spawn(self, name: str, args: list[str], essential: bool = True, extra_env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**self.env(), **(extra_env or {})}, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         child = Child(name, proc, log, essential)
         self.children.append(child)
         return child
@@ -263,6 +285,7 @@ class Platform:
         server = self.spawn("prefect-server", [sys.executable, "-m", "lakehouse.prefect_server",
                                                "--host", bind, "--port", str(self.prefect_port)])
         self._wait_healthy(server)
+        self._start_spark()
         self._ensure_pool_and_limit()
         self.say("registering the deployments of prefect.yaml")
         deployed = self._prefect("--no-prompt", "deploy", "--all")
@@ -274,6 +297,29 @@ class Platform:
             self.spawn("dashboard", [sys.executable, "-m", "lakehouse.cli", "dashboard",
                                      "--port", str(self.dashboard_port), "--address", bind], essential=False)
         self._write_state()
+
+    def _start_spark(self, timeout: float = 180) -> None:
+        """A Spark Connect server with the lake's settings, so a deployment run pays no JVM start: it listens on
+        loopback and asks for a token only the platform's processes get. Not when Spark is already remote."""
+        from lakehouse.spark import connect_server_command, jvm_environment
+
+        if self.settings.spark_master.startswith("sc://"):
+            return
+        if not port_free(self.spark_port):
+            raise RuntimeError(f"port {self.spark_port} already in use: stop what listens there (another `lakehouse up`?)")
+        self.say(f"starting Spark (a Spark Connect server on {self.spark_url}, master {self.settings.spark_master})")
+        token = secrets.token_urlsafe(24)
+        child = self.spawn("spark-connect", connect_server_command(self.settings, self.spark_port),
+                           extra_env={**jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token})
+        deadline = time.monotonic() + timeout
+        while port_free(self.spark_port):
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"the Spark Connect server exited ({child.proc.returncode}): {child.tail(1)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Spark Connect server did not listen within {timeout:.0f} s; see {child.log}")
+            time.sleep(0.5)
+        self.spark_token = token
+        write_secret(spark_token_file(self.settings), token, replace=True)
 
     def _wait_healthy(self, server: Child, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -298,6 +344,7 @@ class Platform:
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "api_url": self.api_url, "ui_url": self.ui_url,
                  "dashboard_url": self.dashboard_url if self.dashboard else None,
+                 "spark_url": self.spark_url if self.spark_token else None,
                  "children": {c.name: c.proc.pid for c in self.children}}
         _state_file(self.settings).write_text(json.dumps(state, indent=2))
 
@@ -337,6 +384,7 @@ class Platform:
         for proc in alive:
             _unless_gone(proc.kill, f"kill process {proc.pid}")
         _state_file(self.settings).unlink(missing_ok=True)
+        spark_token_file(self.settings).unlink(missing_ok=True)
 
 
 def _unless_gone(action: Callable, what: str):
@@ -362,9 +410,9 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006, dashboard: bool = True,
-       say: Callable[[str], None] = print) -> int:
+       say: Callable[[str], None] = print, spark_port: int = 15002) -> int:
     """Run the platform until Ctrl-C; every process started here is stopped on the way out."""
-    platform = Platform(settings, prefect_port, dashboard_port, dashboard, say)
+    platform = Platform(settings, prefect_port, dashboard_port, dashboard, say, spark_port=spark_port)
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
@@ -375,6 +423,8 @@ def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006,
         platform.start()
         say(f"Prefect UI      {platform.ui_url}  (deployments: {platform.ui_url}/deployments)")
         say(f"Prefect API     {platform.api_url}")
+        if platform.spark_token:
+            say(f"Spark           {platform.spark_url} (Spark Connect, warm for every deployment run)")
         if dashboard:
             say(f"Dashboard       {platform.dashboard_url}")
         say(f"Login           user {ADMIN_USER} (Prefect UI: type admin:<password>; dashboard: its login page)")

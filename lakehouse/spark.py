@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -53,64 +54,157 @@ def check_java() -> str:
     return line
 
 
-def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSession:
-    """Create (or return Spark's active) session for these settings."""
-    master = settings.spark_master
-    if master.startswith("sc://"):
-        remote = SparkSession.builder.remote(master).appName(app_name).getOrCreate()
-        for key, value in SQL_CONF.items():
-            remote.conf.set(key, value)
-        return remote
-
-    check_java()
+def session_conf(settings: Settings) -> dict[str, str]:
+    """Every Spark setting a session for these settings starts with: a local or cluster session's, and the Spark
+    Connect server's (`lakehouse up`)."""
     from lakehouse import jars, storage
 
-    # Any Python worker Spark starts runs this environment's interpreter, not whatever `python3` is on the PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # glibc gives every thread that mallocs (Parquet, Snappy, zstd through JNI) its own 64 MB arenas: at 1M events
-    # the driver JVM reached 6.4 GB RSS on a 3 GB heap; with 2 arenas it stays at 3.7 GB (bench/README.md).
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-
-    builder = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(settings.effective_shuffle_partitions()))
-        .config("spark.sql.adaptive.enabled", "true")
-        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
-        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.warehouse.dir", str(settings.data_dir / "spark-warehouse"))
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC")
-        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.executorEnv.MALLOC_ARENA_MAX", os.environ["MALLOC_ARENA_MAX"])
-        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+    shuffle = settings.effective_shuffle_partitions()
+    conf = {
+        "spark.master": settings.spark_master,
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(shuffle),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.warehouse.dir": str(settings.data_dir / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executorEnv.MALLOC_ARENA_MAX": ARENAS,
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Delta rebuilds a table's state from its log in this many tasks (default 50) before every read and
         # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
-        .config("spark.databricks.delta.snapshotPartitions", str(min(settings.effective_shuffle_partitions(), 50)))
-    )
-    if master.startswith("local"):  # a local driver serves no other machine: it listens on loopback only
-        builder = builder.config("spark.driver.memory", settings.spark_driver_memory)
-        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+        "spark.databricks.delta.snapshotPartitions": str(min(shuffle, 50)),
+    }
+    if settings.spark_master.startswith("local"):  # a local driver serves no other machine: loopback only
+        conf.update({"spark.driver.memory": settings.spark_driver_memory, "spark.driver.bindAddress": "127.0.0.1",
+                     "spark.driver.host": "127.0.0.1"})
     gcs = settings.lake_url.startswith("gs://")
-    conf = {**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}), **settings.spark_conf}
+    conf.update({**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}),
+                 **settings.spark_conf})
     # Delta (and the GCS connector) as local files from the project's jar cache: no resolution at start; a spark://
     # cluster's executors fetch them from the driver.
     conf["spark.jars"] = ",".join([*jars.spark_jars(gcs=gcs), *filter(None, [settings.spark_conf.get("spark.jars")])])
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    return conf
+
+
+# glibc gives every thread that mallocs (Parquet, Snappy, zstd through JNI) its own 64 MB arenas: at 1M events the
+# driver JVM reached 6.4 GB RSS on a 3 GB heap; with 2 arenas it stays at 3.7 GB (bench/README.md).
+ARENAS = "2"
+
+
+def jvm_environment() -> dict[str, str]:
+    """Environment a Spark JVM this project starts runs with."""
+    # Any Python worker Spark starts runs this environment's interpreter, not whatever `python3` is on the PATH.
+    return {"PYSPARK_PYTHON": sys.executable, "MALLOC_ARENA_MAX": ARENAS}
+
+
+def log_path(settings: Settings) -> Path:
+    """Where the JVMs this project starts write their console output."""
+    return Path(settings.data_dir) / "logs" / "spark.log"
+
+
+def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSession:
+    """Create (or return Spark's active) session for these settings; a new JVM's console output goes to the data
+    folder's logs/spark.log, never to the caller's terminal."""
+    global _remote
+    master = settings.spark_master
+    if master.startswith("sc://"):
+        _remote = master
+        return _remote_session(master, app_name)
+
+    check_java()
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    for key, value in jvm_environment().items():
+        os.environ.setdefault(key, value)
+    conf = SparkConf(loadDefaults=False).setAll(list(session_conf(settings).items())).setAppName(app_name)
+    if SparkContext._gateway is None:
+        log = log_path(settings)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as sink:
+            SparkContext._ensure_initialized(gateway=launch_gateway(conf, {"stdout": sink, "stderr": sink}), conf=conf)
+    spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def get_spark(settings: Settings | None = None) -> SparkSession:
-    """The one Spark session of this process (created on first use)."""
+def _remote_session(url: str, app_name: str = "lakehouse", new: bool = False) -> SparkSession:
+    from pyspark.sql.connect.session import SparkSession as RemoteSession
+
+    # pyspark.sql.functions builds Connect columns only in a process marked as a Connect client, which this one now is
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    builder = RemoteSession.builder.remote(url).appName(app_name)
+    remote = builder.create() if new else builder.getOrCreate()
+    for key, value in SQL_CONF.items():
+        remote.conf.set(key, value)
+    return remote
+
+
+_session: SparkSession | None = None
+_starting: Future | None = None
+_remote: str | None = None  # the Spark Connect server this process's sessions talk to
+
+
+def warm_up(settings: Settings | None = None) -> None:
+    """Start this process's Spark session in the background (a JVM takes seconds): the stage that needs it later
+    finds it ready. A no-op when a session exists or is starting."""
+    global _starting
     with _lock:
-        active = SparkSession.getActiveSession()
-        if active is not None:
-            return active
-        return build_session(settings or get_settings())
+        if _session is None and _starting is None:
+            _starting = ThreadPoolExecutor(1, thread_name_prefix="spark-start").submit(
+                build_session, settings or get_settings())
+
+
+def get_spark(settings: Settings | None = None) -> SparkSession:
+    """The one Spark session of this process (created on first use, or the one `warm_up` started)."""
+    global _session, _starting
+    with _lock:
+        if _session is not None:
+            return _session
+        starting = _starting
+    if starting is not None:
+        try:
+            session = starting.result()
+        finally:
+            with _lock:
+                _starting = None
+    else:
+        session = build_session(settings or get_settings())
+    with _lock:
+        _session = _session or session
+        return _session
+
+
+def fork(spark: SparkSession) -> SparkSession:
+    """Another session on the same Spark: its own SQL settings and temporary views, the same engine."""
+    if is_remote(spark):
+        return _remote_session(_remote or "", new=True)
+    return spark.newSession()
+
+
+def is_remote(spark: SparkSession) -> bool:
+    """Whether the session talks to a Spark Connect server."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def connect_server_command(settings: Settings, port: int) -> list[str]:
+    """The command that runs a Spark Connect server with this project's session settings on loopback `port` (its
+    clients must present the token in SPARK_CONNECT_AUTHENTICATE_TOKEN). The settings go through a 0600 properties
+    file in the data folder, not the command line, where any local user would read them."""
+    import pyspark
+
+    from lakehouse.security import secure_dir, write_secret
+
+    conf = {**session_conf(settings), "spark.connect.grpc.binding.address": "localhost",
+            "spark.connect.grpc.binding.port": str(port), "spark.app.name": "lakehouse Spark Connect"}
+    properties = write_secret(secure_dir(Path(settings.data_dir)) / "spark-connect.conf",
+                              "".join(f"{key} {value}\n" for key, value in conf.items()), replace=True)
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    return [str(submit), "--properties-file", str(properties), "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer", "spark-internal"]

@@ -96,10 +96,11 @@ def standalone(tmp_path_factory):
 def _bronze(spark, settings: Settings) -> None:
     events = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 1),
                                 (CAMEL_GLUED, "2017-11-16", "p0.json", 2), (ISO_ANON, "2017-11-17", "p1.json", 1)])
-    delta.append_once(events, "bronze", "events", "bronze.events", 1, settings=settings)
+    delta.append_once(events, delta.Target("bronze", "events", settings, app_id="bronze.events", version=1))
     courses = {"2017-11-16": [{"Id": 20, "Name": "Direito"}, {"Id": "21", "Name": "Medicina"}]}
     for entity, recs in {"students": STUDENTS, "courses": courses}.items():
-        delta.append_once(entity_rows(spark, entity, recs), "bronze", entity, f"bronze.{entity}", 1, settings=settings)
+        rows = entity_rows(spark, entity, recs)
+        delta.append_once(rows, delta.Target("bronze", entity, settings, app_id=f"bronze.{entity}", version=1))
 
 
 def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path):

@@ -34,7 +34,7 @@ def _database(pg_server) -> str:
     import psycopg2
 
     name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_server.dsn)
+    admin = psycopg2.connect(pg_server.admin_dsn)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"create database {name}")

@@ -83,7 +83,8 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
     log = tmp_path / "up.log"
     with open(log, "w") as out:
         up = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(prefect_port),
-                               "--dashboard-port", str(dashboard_port)], cwd=PROJECT_ROOT, env=env, stdout=out,
+                               "--dashboard-port", str(dashboard_port), "--spark-port", str(_free_port())],
+                              cwd=PROJECT_ROOT, env=env, stdout=out,
                               stderr=subprocess.STDOUT, start_new_session=True)
     ui, api = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{prefect_port}/api"
     state_file = Path(settings.data_dir) / "prefect" / "up.json"
@@ -91,7 +92,8 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
     try:
         state = _wait(lambda: state_file.exists() and json.loads(state_file.read_text()), 300, "the platform", up, log)
         children = [psutil.Process(pid) for pid in state["children"].values()]
-        assert set(state["children"]) == {"prefect-server", "prefect-worker", "dashboard"}
+        assert set(state["children"]) == {"prefect-server", "spark-connect", "prefect-worker", "dashboard"}
+        spark_token = (Path(settings.data_dir) / "prefect" / "spark-connect.token").read_text()
         assert ui in log.read_text()
 
         # the generated password: stored 0600 in a 0700 data folder, its path printed, never the password
@@ -157,6 +159,8 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         again = subprocess.run([sys.executable, "-m", "lakehouse.cli", "run"], cwd=PROJECT_ROOT, capture_output=True,
                                text=True, env=cli_env, timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        # both runs used the platform's warm Spark: neither started a JVM of its own (its console log would be here)
+        assert not (Path(settings.data_dir) / "logs" / "spark.log").exists()
         runs = api_client.post("/flow_runs/filter", json={"flows": {"name": {"any_": ["full-pipeline"]}},
                                                           "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
         assert len(runs.json()) == 2, runs.text
@@ -181,7 +185,7 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
                  "up output": log.read_text(), "lakehouse run": again.stdout + again.stderr}
         texts.update({str(p): p.read_text(errors="replace") for p in (Path(settings.data_dir) / "logs").glob("*.log")})
         texts["last run"] = (Path(settings.data_dir) / "last-run.json").read_text()
-        secrets = [password, "bi-Pass-4-platform-test", "spark-Secret-4-platform-test",
+        secrets = [password, spark_token, "bi-Pass-4-platform-test", "spark-Secret-4-platform-test",
                    psycopg2.extensions.parse_dsn(pg_dsn)["password"]]
         leaks = [(where, secret[:4]) for where, text in texts.items() for secret in secrets if secret in text]
         assert not leaks, f"secrets found in: {leaks}"
