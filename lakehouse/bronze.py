@@ -14,7 +14,7 @@ from typing import Any
 from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
 from pyspark.errors import PySparkException
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
 
@@ -306,19 +306,31 @@ def _read_documents(spark: SparkSession, paths: list[str]) -> DataFrame:
     )
 
 
-def _counts(frame: DataFrame, key: str | None, keys: list[str]) -> dict[str, Any]:
-    """Accounting per `key` value (or overall): lines read = bronze rows + quarantined (by reason) + blank lines."""
-    out: dict[str, Any] = {
-        k: {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, "blank_lines": 0, "records_cleaned": 0} for k in keys
-    }
-    for row in frame.groupBy(*([key] if key else []), "status", "reason", "cleaned").count().collect():
-        bucket = out[row[key] if key else "all"]
-        bucket["lines_read"] += row["count"]
-        bucket["records_cleaned"] += row["count"] if row["cleaned"] else 0
-        if row["status"] == "quarantine":
-            bucket["quarantined"][row["reason"]] = bucket["quarantined"].get(row["reason"], 0) + row["count"]
-        else:
-            bucket["bronze_rows" if row["status"] == "bronze" else "blank_lines"] += row["count"]
+# Every reason a bronze row can be quarantined with (docs/quarantine.md); the run report counts each.
+REASONS = ("line_too_long", "file_too_large", "set_aside", "unknown_entity", "invalid_utf8", "not_json_object",
+           "not_json_array", "not_an_object", "nesting_too_deep", "duplicate_key", "value_too_large", "missing_at",
+           "unparseable_at", "date_out_of_range", "id_too_long")
+TALLIES = ("lines_read", "bronze_rows", "blank_lines", "records_cleaned")
+
+
+def _tallies(key: str | None, keys: list[str]) -> list[Column]:
+    """The run report's accounting per `key` value (or overall) as aggregates, observed while a table is written:
+    lines read = bronze rows + quarantined (by reason) + blank lines, with no pass of its own."""
+    status, reason = F.col("status"), F.col("reason")
+    fates = {"lines_read": F.lit(True), "bronze_rows": status == "bronze", "blank_lines": status == "blank",
+             "records_cleaned": F.col("cleaned"), **{r: (status == "quarantine") & (reason == r) for r in REASONS},
+             "other": (status == "quarantine") & ~reason.isin(*REASONS)}
+    return [F.count_if((F.col(key) == k if key else F.lit(True)) & fate).alias(f"{k}/{name}")
+            for k in keys for name, fate in fates.items()]
+
+
+def _counts(observed: dict[str, int], keys: list[str]) -> dict[str, Any]:
+    """The observed tallies as the report's buckets, quarantined rows by reason."""
+    out: dict[str, Any] = {}
+    for k in keys:
+        bucket: dict[str, Any] = {t: observed[f"{k}/{t}"] for t in TALLIES}
+        bucket["quarantined"] = {r: observed[f"{k}/{r}"] for r in (*REASONS, "other") if observed[f"{k}/{r}"]}
+        out[k] = bucket
     return out
 
 
@@ -366,19 +378,21 @@ def _write_group(
     # On disk, not in the heap: at 10M events the in-memory cache builder exhausted a 2.5 GB heap (bench/README.md);
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
+    key, keys = (None, ["all"]) if group == "events" else ("entity", sorted({e["entity"] for e in entries}))
+    pending = [t for t in tables if marks[t] < version]
+    # The accounting is observed on the whole frame while the first pending table is written (that write is never
+    # skipped: its mark was read under the writer lock), so counting costs no pass of its own.
+    tally = Observation("bronze_accounting")
     try:
-        if group == "events":
-            counts = _counts(frame, None, ["all"])
-        else:
-            counts = _counts(frame, "entity", sorted({e["entity"] for e in entries}))
-
         def write(table: tuple[str, str], _session: SparkSession) -> int:
-            rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
+            source = frame.observe(tally, *_tallies(key, keys)) if table == pending[0] else frame
+            rows = outputs[table](source.filter(F.col("batch_id") > marks[table]))
             append_once(rows, Target(*table, settings, app_id=app_id(*table), version=version, stats=STATS_COLUMNS))
             faults.point("mid_bronze")
             return version
 
-        written = write_tables(spark, {".".join(t): partial(write, t) for t in tables if marks[t] < version})
+        written = write_tables(spark, {".".join(t): partial(write, t) for t in pending})
+        counts = _counts(tally.get, keys)
     finally:
         frame.unpersist()
     return {"version": version, "files": len(entries), "deliveries": sorted({e["delivery"] for e in entries}),
