@@ -162,8 +162,8 @@ def full_pipeline(source: str | None = None, delivery: str | None = None,
                   full_refresh: Layer | None = None) -> dict:
     """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does)."""
     settings = settings_for(source)
-    _warm_spark(settings, bool(full_refresh) or spark_work_expected(source, delivery))
     check_warehouse(settings)
+    _warm_spark(settings, bool(full_refresh) or spark_work_expected(source, delivery))
     with writer_lock(settings) as lock:
         reports = {"land": land(source, delivery)}
         if full_refresh or _spark_work_pending(reports["land"], source):
