@@ -10,17 +10,16 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import duckdb
 
-from lakehouse.config import Settings, get_settings, join
+from lakehouse.config import DELTA_LAYERS, Settings, get_settings, join
 
 log = logging.getLogger(__name__)
 
-DELTA_LAYERS = ("bronze", "silver", "gold", "quarantine")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 READ_STATEMENTS = {duckdb.StatementType.SELECT}
 ALIAS = "lake"  # the attached database holding the views
@@ -63,9 +62,14 @@ def discover(settings: Settings | None = None) -> list[Table]:
     settings = settings or get_settings()
     if not settings.lake_is_local:
         httpfs_path(settings)  # fail in one line before listing a lake DuckDB could not read
+    return lake_tables(settings, DELTA_LAYERS)
+
+
+def lake_tables(settings: Settings, layers: tuple[str, ...] | list[str]) -> list[Table]:
+    """Every Delta table (a `<layer>/<table>` folder holding a `_delta_log`) under these layers, sorted by key."""
     fs, _ = _fs(settings)
     found = []
-    for layer in DELTA_LAYERS:
+    for layer in layers:
         base = settings.table_path(layer, "")
         try:
             entries = fs.ls(base, detail=True)
@@ -93,7 +97,7 @@ def last_commit(table: Table, settings: Settings | None = None) -> tuple[int, da
             info = json.loads(line).get("commitInfo")
             if info and "timestamp" in info:
                 version = int(commits[-1].rsplit("/", 1)[-1][:20])
-                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc)
+                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
     return None
 
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lakehouse.reports import COLUMNS, StageReport
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
 app.add_typer(pg_app, name="pg")
@@ -190,12 +192,9 @@ class RefreshLayer(str, Enum):
     gold = "gold"
 
 
-def _stage_note(report: dict) -> str:
-    from flows.common import summary_rows
-
-    row = summary_rows({"stage": report})[0]
-    parts = [f"{row[k]} {k}" for k in ("files", "rows in", "rows out", "quarantined", "warehouse loads") if row[k] != ""]
-    return ", ".join(str(p) for p in parts)
+def _stage_note(report: StageReport) -> str:
+    row = report.row()
+    return ", ".join(f"{row[k]} {k}" for k in COLUMNS if row[k])
 
 
 @app.command()
@@ -221,13 +220,14 @@ def run(
         fail(str(exc))
     get_settings.cache_clear()  # the running platform's Spark, when it lends it
     settings = get_settings()
-    from flows.common import add_listener
-    from flows.pipeline import full_pipeline, spark_work_expected
-    from lakehouse.spark import warm_up
     import contextlib
 
+    from flows.pipeline import full_pipeline
+    from lakehouse.runs import add_listener, settings_for, spark_work_expected
+    from lakehouse.spark import warm_up
+
     with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
-        if full_refresh or spark_work_expected(source, delivery):
+        if full_refresh or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}
@@ -235,20 +235,20 @@ def run(
                         TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console, transient=False)
     ids = {name: progress.add_task(name, total=1, start=False, note="") for name in PIPELINE_STAGES}
 
-    def draw(stage: str, event: str, out: dict) -> None:
+    def draw(stage: str, event: str, out: StageReport | None, error: str) -> None:
         if stage not in ids:
             return
         if event == "start":
             progress.start_task(ids[stage])
             progress.update(ids[stage], note="running")
         elif event == "failed":
-            error = (out.get("error") or "").strip().splitlines()
-            failed.update(stage=stage, error=error[0] if error else "")
+            lines = error.strip().splitlines()
+            failed.update(stage=stage, error=lines[0] if lines else "")
             progress.update(ids[stage], note=f"[red]failed[/]: {failed['error'][:80]} (retried if transient)")
         else:
             if failed.get("stage") == stage:
                 failed.clear()
-            note = "[dim]skipped: nothing new[/]" if event == "skipped" else _stage_note(out)
+            note = "[dim]skipped: nothing new[/]" if event == "skipped" or out is None else _stage_note(out)
             progress.update(ids[stage], completed=1, note=note)
             progress.stop_task(ids[stage])
 
@@ -273,7 +273,7 @@ def run(
     (settings.data_dir / "last-run.json").write_text(payload)
     if report:
         report.write_text(payload)
-    quarantined = sum(r["quarantined"] for r in result["summary"] if isinstance(r["quarantined"], (int, float)))
+    quarantined = sum(r["quarantined"] for r in result["summary"])
     console.print(f"[green]run completed[/] ({quarantined} quarantined records); `lakehouse summary` shows the lake")
 
 
@@ -357,19 +357,23 @@ def summary() -> None:
         table.add_row(layer, name, f"{rows:,}")
         quarantined += rows if layer == "quarantine" else 0
     console.print(table)
-    if last:
-        stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
-                       title="last run")
-        for row in last.get("summary", []):
-            stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
-                                                            "warehouse loads", "status")))
+    try:
+        reports = [StageReport.from_dict(r) for r in last["stages"].values()] if last else []
+    except TypeError:  # written by an older version
+        reports = []
+        console.print(f"[dim]{last_path} is from an older version: the next `lakehouse run` rewrites it[/]")
+    if reports:
+        stages = Table("stage", *COLUMNS, "status", title="last run")
+        for report in reports:
+            row = report.row()
+            stages.add_row(*(str(row[k]) for k in ("stage", *COLUMNS, "status")))
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}")
-    land = ((last or {}).get("stages") or {}).get("land") or {}
-    for entry in land.get("skipped", []):  # delivery folders and files the layout does not take, refused links
+    land = next((r.details for r in reports if r.stage == "land"), {})
+    for entry in land.get("not_landed_files", []):  # delivery folders and files the layout does not take, links
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
-    if land.get("source_skipped", 0) > len(land.get("skipped", [])):
-        console.print(f"not landed           ... {land['source_skipped']:,} in all", highlight=False)
+    if land.get("not_landed", 0) > len(land.get("not_landed_files", [])):
+        console.print(f"not landed           ... {land['not_landed']:,} in all", highlight=False)
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)

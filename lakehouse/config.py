@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("landing", "bronze", "silver", "gold", "quarantine")
+DELTA_LAYERS = LAYERS[1:]  # the layers that hold Delta tables
 MASK = "********"
 # Spark settings whose values are hidden by `lakehouse config`: keys, secrets, passwords, tokens, credentials.
 SECRET_KEY = re.compile(r"secret|passw|token|credential|private|key|auth", re.IGNORECASE)

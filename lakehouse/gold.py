@@ -5,6 +5,7 @@ rebuild)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -14,6 +15,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Settings
+from lakehouse.reports import StageReport
 from lakehouse.silver import latest_as_of
 
 # Layer policy, measured in bench/partitioning.py (bench/README.md): tables read or replaced by day or month are
@@ -559,9 +561,10 @@ def _write(session: SparkSession, settings: Settings, table: GoldTable, reach: d
             "rows_out": delta.rows_written(run.target.path)}
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
+def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring gold up to date with silver, phase by phase, the tables of a phase side by side; a table whose silver
     inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
+    started = time.monotonic()
     marks = _silver_marks(settings)
     tables: dict[str, dict] = {}
     for phase in PHASES:
@@ -577,5 +580,5 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
                 jobs[table.name] = partial(_write, settings=settings, table=table, reach=plan[0], seen=plan[1],
                                            full_refresh=full_refresh)
         tables.update(delta.write_tables(spark, jobs))
-    return {"layer": "gold", "run_id": run_id, "full_refresh": full_refresh,
-            "tables": {name: tables[name] for name in TABLES}}
+    return StageReport.of_tables("gold", {name: tables[name] for name in TABLES}, time.monotonic() - started,
+                                 run_id=run_id, full_refresh=full_refresh)

@@ -13,13 +13,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from lakehouse.config import PROJECT_ROOT, Settings
+from lakehouse.runs import WRITER_LIMIT
 from lakehouse.security import (
-    ADMIN_USER, admin_password, check_bind, connect_host, is_loopback, login_set, public_host, write_secret,
+    ADMIN_USER,
+    admin_password,
+    check_bind,
+    connect_host,
+    is_loopback,
+    login_set,
+    public_host,
+    write_secret,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORK_POOL = "lakehouse"
-WRITER_LIMIT = "lakehouse-writer"
 
 
 class PlatformError(RuntimeError):
@@ -368,7 +376,7 @@ class Platform:
 
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
-            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),
+            descendants += _unless_gone(lambda child=child: psutil.Process(child.proc.pid).children(recursive=True),
                                         f"list the processes of {child.name}") or []
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -12,6 +13,7 @@ from lakehouse import delta
 from lakehouse import parsing as P
 from lakehouse.config import Settings
 from lakehouse.parsing import parse_at, parse_export_time
+from lakehouse.reports import StageReport
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
 
 SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities": "university_id",
@@ -430,11 +432,12 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
             "rows_out": delta.rows_written(target.path)}
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
+def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
     `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
+    started = time.monotonic()
     tables = delta.write_tables(spark, {
         table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
         for table in TABLES})
-    return {"layer": "silver", "run_id": run_id, "full_refresh": full_refresh, "tables": tables,
-            "rows_in": sum(t["rows_in"] for t in tables.values())}
+    return StageReport.of_tables("silver", tables, time.monotonic() - started, run_id=run_id,
+                                 full_refresh=full_refresh)

@@ -9,16 +9,18 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.errors
 
 from lakehouse import faults
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
+from lakehouse.reports import StageReport
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +327,7 @@ def _changed_migrations(done: dict[int, str]) -> list[str]:
     """Why migrate refuses: one line per applied migration whose file changed since it was applied."""
     found = migrations()
     problems = []
-    for version, name, path in found:
+    for version, _, path in found:
         checksum = hashlib.sha256(path.read_text().encode()).hexdigest()
         if version in done and done[version] != checksum:
             problems.append(f"warehouse_sql/{path.name} was changed after it was applied to this database"
@@ -519,7 +521,7 @@ def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], c
     )
 
 
-def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> dict:
+def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> StageReport:
     """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
     from lakehouse.pgserver import warehouse_logins
 
@@ -578,15 +580,10 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
     applied = [t for t, r in tables.items() if r["status"] == "applied"]
     seconds = time.perf_counter() - started
     staged = sum(r.get("rows_staged", 0) for r in tables.values())
-    return {
-        "load_id": load_ids[0] if load_ids else None,
-        "loads_applied": len(applied),
-        "applied": applied,
-        "rows_in": staged,
-        "rows_out": sum(r.get("rows_inserted", 0) for r in tables.values()),
-        "deliveries": sorted({d for r in tables.values() for d in r.get("deliveries", [])}),
-        "skipped": not applied,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(staged / seconds) if seconds and staged else 0,
-        "tables": tables,
-    }
+    return StageReport(
+        "mirror", rows_in=staged, rows_out=sum(r.get("rows_inserted", 0) for r in tables.values()),
+        deliveries=sorted({d for r in tables.values() for d in r.get("deliveries", [])}), skipped=not applied,
+        seconds=round(seconds, 3),
+        details={"load_id": load_ids[0] if load_ids else None, "applied": applied,
+                 "rows_per_second": round(staged / seconds) if seconds and staged else 0, "tables": tables},
+    )
