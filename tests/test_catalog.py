@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from gold_lake import shared_lake
 from typer.testing import CliRunner
 
-from gold_lake import shared_lake
 from lakehouse import catalog
 from lakehouse.config import Settings
 
@@ -31,7 +31,7 @@ HOSTILE = [
 
 
 # the first test also writes the shared lake with Spark: minutes on a busy 2-core machine
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # one shared lake built by the whole pipeline
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ spark.stop()
 """
 
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 def _bronze(spark, settings: Settings) -> None:
     events = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 1),

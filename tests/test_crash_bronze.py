@@ -14,6 +14,9 @@ from lakehouse.config import Settings
 from lakehouse.delta import read_table, table_exists
 from lakehouse.landing import land
 
+pytestmark = pytest.mark.e2e
+
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = [t for group in GROUPS.values() for t in group]
 RUN = (

@@ -8,7 +8,6 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-
 from gold_lake import shared_lake
 
 CHROMIUM = "/usr/bin/chromium"
@@ -16,7 +15,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHARTS = "svg.marks, canvas.marks"
 
-pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
               pytest.mark.timeout(1800)]  # the shared lake is written by Spark on first use
 
 

@@ -17,12 +17,11 @@ import pytest
 
 from lakehouse import bronze, catalog, gold, silver
 from lakehouse.config import PROJECT_ROOT, Settings
-from lakehouse.tools.generate import generate
 from lakehouse.landing import land, read_ledger
-from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
-from tests.test_cluster import standalone  # noqa: F401  (fixture)
+from lakehouse.tools.generate import generate
+from tests.gcs_emulator import emulator_fs
 
-pytestmark = [pytest.mark.gcs, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
 
 BUCKET = "gcs-lake-test"
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at"}

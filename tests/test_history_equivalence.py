@@ -20,7 +20,7 @@ SILVER = ("page_views", *silver.TRANSFORMS)
 GOLD = gold.TABLES
 
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 def _settings(root: Path, source: Path) -> Settings:
     return Settings(source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"),

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg2
+import pytest
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -23,6 +24,9 @@ from lakehouse.delta import read_table
 from lakehouse.landing import land
 from lakehouse.parsing import MAX_ID_CHARS, MAX_VALUE_BYTES
 from lakehouse.warehouse import mirror
+
+pytestmark = pytest.mark.e2e
+
 
 AT = "2017-11-16 02:10:20"
 MAX_LINE = 2 * MAX_VALUE_BYTES  # room for a value over its limit on a line under the line cap

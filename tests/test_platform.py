@@ -20,6 +20,9 @@ import pytest
 
 from lakehouse.config import PROJECT_ROOT
 
+pytestmark = pytest.mark.e2e
+
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
