@@ -180,7 +180,7 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
         left join dim_university u using (university_id)
         left join dim_course c using (course_id)
     """)
-    con.execute(f"""
+    con.execute("""
         create table dim_date as
         select d::date as date, year(d) as year, month(d) as month, day(d) as day, isodow(d) as weekday
         from range((select min(event_date) from fact_page_view)::timestamp,

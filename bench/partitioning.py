@@ -47,8 +47,8 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
 
     from lakehouse import delta, gold, silver
     from lakehouse.config import Settings
-    from lakehouse.tools.generate import generate
     from lakehouse.spark import get_spark
+    from lakehouse.tools.generate import generate
 
     work = Path(tempfile.mkdtemp(prefix="bench-partitioning-"))
     try:

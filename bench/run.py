@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import LAKEHOUSE, PYTHON, ROOT, fresh_database, machine, mask, run_measured, server_dsn
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
 
     signal.signal(signal.SIGTERM, _interrupted)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     result: dict = {"started_at": started.isoformat(timespec="seconds"), "machine": machine(),
                     "args": {"events": scales, "quick": args.quick, "contenders": sorted(wanted)}, "scales": {}}
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others
                 contenders[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
             save()
-    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     save()
     log(f"results: {path.relative_to(ROOT)}")
     if not args.no_docs:
