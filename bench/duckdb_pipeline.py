@@ -233,7 +233,7 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
     tables = ["quarantine_events", "fact_page_view", "dim_student", "dim_course", "dim_university", "dim_subject",
               "dim_date", "fact_session", "fact_subscription", "fact_subject_follow", "mart_country_access",
               "mart_users_by_type", "mart_state_activity", "mart_daily_activity"]
-    return {name: con.execute(f"select count(*) from {name}").fetchone()[0] for name in tables}
+    return {name: con.execute(f"select count(*) from {name}").fetchall()[0][0] for name in tables}
 
 
 def load(con: duckdb.DuckDBPyConnection, dsn: str, workdir: Path, timings: dict) -> dict:

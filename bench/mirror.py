@@ -97,7 +97,7 @@ def _versions(dsn: str) -> int:
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         cur.execute("select count(*) from dw.dim_student")
-        n = cur.fetchone()[0]
+        n = cur.fetchall()[0][0]
     conn.close()
     return n
 

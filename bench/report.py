@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TypeGuard
 
 from bench.common import ROOT
 from lakehouse.reports import StageReport
@@ -56,7 +57,7 @@ def _contenders(result: dict, events: int) -> dict:
     return (result.get("scales", {}).get(str(events)) or {}).get("contenders", {})
 
 
-def _ok(entry: dict | None) -> bool:
+def _ok(entry: dict | None) -> TypeGuard[dict]:
     return bool(entry and entry.get("ok"))
 
 
@@ -388,7 +389,7 @@ def print_tables(result: dict) -> None:
         table = Table(title=f"{events:,} events")
         for col, justify in (("contender", "left"), ("wall s", "right"), ("peak MiB", "right"),
                              ("events/s", "right"), ("× run", "right"), ("status", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
+            table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
         for r in scale_rows(result, events):
             table.add_row(r["name"], _fmt(r["wall_s"], ",.2f"), _fmt(r["peak_mib"], ",.0f"),
                           _fmt(r["events_per_s"], ",d"), _fmt(r["vs_run"], ".2f"), r["status"][:160])

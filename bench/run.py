@@ -69,7 +69,7 @@ def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, na
            "generator": _generator_digest()}
 
     def make(folder: Path) -> dict:
-        summary = generate(folder, seed=SEED, students=key["students"], events=events, deliveries=deliveries)
+        summary = generate(folder, seed=SEED, students=students_for(events), events=events, deliveries=deliveries)
         return {"event_lines": summary["totals"]["event_lines"], "events": summary["totals"]["events"],
                 "deliveries": summary["deliveries"],
                 "events_by_delivery": {d: i["events"] for d, i in summary["events_by_delivery"].items()}}
@@ -274,7 +274,7 @@ def gold_differences(a: Path, b: Path) -> dict[str, int]:
     for table in sorted(p.name for p in (a / "gold").iterdir() if (p / "_delta_log").is_dir()):
         x, y = (f"delta_scan('{lake / 'gold' / table}')" for lake in (a, b))
         diff = con.execute(f"select (select count(*) from (from {x} except all from {y})) + "
-                           f"(select count(*) from (from {y} except all from {x}))").fetchone()[0]
+                           f"(select count(*) from (from {y} except all from {x}))").fetchall()[0][0]
         if diff:
             out[table] = diff
     con.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from prefect import flow, get_run_logger, task
+from pyspark.sql import DataFrame
 
 from flows.common import TASK_OPTIONS
 from lakehouse.catalog import lake_tables
@@ -38,7 +39,7 @@ def min_retain_hours() -> float:
     return retention_hours(TABLE_PROPERTIES)
 
 
-def _sql(settings: Settings, layer: str, name: str, command: str):
+def _sql(settings: Settings, layer: str, name: str, command: str) -> DataFrame:
     """Run `command` (with `{table}` for the table) on one lake table: SQL, so it runs over Spark Connect too."""
     path = settings.table_path(layer, name).replace("`", "``")
     return get_spark(settings).sql(command.format(table=f"delta.`{path}`"))
@@ -47,7 +48,7 @@ def _sql(settings: Settings, layer: str, name: str, command: str):
 @task(name="compact", task_run_name="compact {layer}.{name}", **TASK_OPTIONS)
 def compact(layer: str, name: str) -> dict:
     """OPTIMIZE one table: bin-pack small files."""
-    metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").first()["metrics"]
+    metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").collect()[0]["metrics"]
     return {"table": f"{layer}.{name}", "files removed": metrics["numFilesRemoved"],
             "files added": metrics["numFilesAdded"]}
 
@@ -64,7 +65,7 @@ def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
 def vacuum(layer: str, name: str, retain_hours: float) -> dict:
     """VACUUM one table with a retention that keeps every version the query layer can travel to."""
     settings = settings_for()
-    properties = dict(_sql(settings, layer, name, "DESCRIBE DETAIL {table}").first()["properties"] or {})
+    properties = dict(_sql(settings, layer, name, "DESCRIBE DETAIL {table}").collect()[0]["properties"] or {})
     retention = retention_hours(properties, retain_hours)
     _sql(settings, layer, name, f"VACUUM {{table}} RETAIN {retention} HOURS").collect()
     return {"table": f"{layer}.{name}", "retain hours": retention}

@@ -7,6 +7,7 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
@@ -343,6 +344,7 @@ def _classified(
     files = _files_frame(spark, entries)
     paths = _readable(settings, entries)
     dates = P.plausible_dates(settings.plausible_since, settings.plausible_days_ahead)
+    outputs: dict[tuple[str, str], Callable[[DataFrame], DataFrame]]
     if group == "events":
         frame = classified_events(event_lines(_read_event_lines(spark, paths), files), run_id, dates)
         outputs = {("bronze", "events"): bronze_events, ("quarantine", "events"): quarantine_events}
@@ -350,7 +352,7 @@ def _classified(
         contents = _read_documents(spark, paths) if paths else spark.createDataFrame(
             [], "value string, file_path string")
         frame = transactional_records(contents, files, run_id, dates)
-        outputs = {("bronze", e): (lambda df, e=e: bronze_entity(df, e)) for e in ENTITIES}
+        outputs = {("bronze", e): partial(bronze_entity, entity=e) for e in ENTITIES}
         outputs[("quarantine", "transactional")] = quarantine_transactional
     return frame, outputs
 

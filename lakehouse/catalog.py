@@ -12,11 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import duckdb
 
 from lakehouse.config import DELTA_LAYERS, Settings, get_settings, join
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ def extension_path() -> str:
     return str(found)
 
 
-def _fs(settings: Settings):
+def _fs(settings: Settings) -> tuple[Any, str]:
     from lakehouse.storage import filesystem
 
     return filesystem(settings.lake_url, settings)
@@ -126,7 +130,7 @@ def httpfs_path(settings: Settings) -> str:
         raise CatalogError(f"DuckDB reads only local and gs:// lakes, not {settings.lake_url.split('://')[0]}://")
     wanted = f"duckdb-extension-httpfs=={duckdb.__version__}"
     try:
-        import duckdb_extension_httpfs  # type: ignore[import-not-found]
+        import duckdb_extension_httpfs
     except ImportError:
         raise CatalogError(f"a gs:// lake needs the {wanted} package (DuckDB's httpfs extension), "
                            "which is not installed") from None
@@ -155,7 +159,7 @@ def gcs_secret_sql(settings: Settings) -> str:
     return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"
 
 
-def _create_views(con, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
+def _create_views(con: duckdb.DuckDBPyConnection, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
     """Create `<database>.<layer>.<table>` views; returns the keys that could not be read."""
     versions = versions or {}
     skipped = []
@@ -181,7 +185,7 @@ def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | Non
     for table in tables:
         version = (versions or {}).get(table.key)
         oldest = None if version is None else oldest_readable_version(table.location)
-        if oldest is not None and version < oldest:
+        if version is not None and oldest is not None and version < oldest:
             return (f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
                     f" the oldest readable version is {oldest}")
     return None
@@ -191,7 +195,8 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None, con=None) -> bool:
+def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None,
+                    con: duckdb.DuckDBPyConnection | None = None) -> bool:
     """Rewrite the views of the persistent catalog file (Settings.catalog_path); False when it is locked by another process."""
     settings = settings or get_settings()
     tables = discover(settings) if tables is None else tables
@@ -222,7 +227,7 @@ def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None
             con.close()
 
 
-def _install_extension(con) -> None:
+def _install_extension(con: duckdb.DuckDBPyConnection) -> None:
     """Copy the delta extension into DuckDB's extension folder so `LOAD delta` works offline in other DuckDB 1.x clients."""
     try:
         con.execute(f"INSTALL {_literal(extension_path())}")
@@ -253,12 +258,12 @@ class LakeConnection:
             result = self.execute(sql, params)
             return [d[0] for d in result.description or []], result.fetchall()
 
-    def frame(self, sql: str, params: list | dict | None = None):
+    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
         """One read statement as a pandas DataFrame."""
         with self._lock:
             return self.execute(sql, params).df()
 
-    def frames(self, statements: list[tuple[str, list | dict | None]]):
+    def frames(self, statements: list[tuple[str, list[Any] | dict[str, Any] | None]]) -> list[pd.DataFrame]:
         """Several read statements run at once, each on its own DuckDB cursor; their pandas DataFrames in order."""
         for sql, _ in statements:
             check_read_only(sql)
@@ -267,7 +272,7 @@ class LakeConnection:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-query")
 
-        def run(cursor, statement):
+        def run(cursor: duckdb.DuckDBPyConnection, statement: tuple[str, Any]) -> pd.DataFrame:
             sql, params = statement
             try:
                 if self.database:

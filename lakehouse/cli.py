@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from lakehouse.config import Settings
 from lakehouse.reports import COLUMNS, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
@@ -29,7 +31,7 @@ def main() -> None:
     secure_data_dir(get_settings())  # the data folder holds secrets: mode 0700
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line reason and exit non-zero."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -68,7 +70,7 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-def _json_value(value):
+def _json_value(value: object) -> object:
     """JSON form of a DuckDB value (timestamps and dates as ISO 8601, decimals as numbers)."""
     import decimal
 
@@ -313,7 +315,7 @@ def up(
     raise typer.Exit(code)
 
 
-def _row_counts(settings) -> list[tuple[str, str, int]]:
+def _row_counts(settings: Settings) -> list[tuple[str, str, int]]:
     """(layer, table, rows) for every lake table, counted by DuckDB through the catalog."""
     from lakehouse import catalog
 
@@ -327,7 +329,7 @@ def _row_counts(settings) -> list[tuple[str, str, int]]:
         lake.close()
 
 
-def _warehouse_location(settings) -> str:
+def _warehouse_location(settings: Settings) -> str:
     from lakehouse.config import mask_dsn
     from lakehouse.pgserver import managed
 

@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -107,10 +107,7 @@ def dim_subject(history: DataFrame) -> DataFrame:
 
 def dim_date(*fact_dates: DataFrame) -> DataFrame:
     """gold.dim_date: one row per calendar day from the first to the last fact date (single-column inputs)."""
-    dates = None
-    for df in fact_dates:
-        one = df.select(F.col(df.columns[0]).alias("date"))
-        dates = one if dates is None else dates.unionByName(one)
+    dates = reduce(DataFrame.unionByName, [df.select(F.col(df.columns[0]).alias("date")) for df in fact_dates])
     day = F.col("date")
     return (dates.agg(F.min("date").alias("lo"), F.max("date").alias("hi")).where("lo is not null")
             .select(F.explode(F.sequence("lo", "hi")).alias("date"))
@@ -273,7 +270,7 @@ def _first_changed(run: Run, *names: str) -> str | None:
     union = bounds[0]
     for b in bounds[1:]:
         union = union.unionByName(b)
-    return union.agg(F.date_format(F.min("b"), "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+    return union.agg(F.date_format(F.min("b"), "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]
 
 
 def _as_of_from(rows: DataFrame, moment: str) -> DataFrame:
@@ -290,7 +287,7 @@ def _within(column: str, values: list) -> str:
     """A predicate selecting rows whose `column` is one of `values` (a null among them included)."""
     from datetime import date
 
-    def literal(v) -> str:
+    def literal(v: object) -> str:
         return f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
 
     known = [literal(v) for v in sorted(v for v in values if v is not None)]
@@ -394,7 +391,9 @@ def _activity(name: str, aggregate: Callable[[DataFrame], DataFrame], keys: tupl
 # -- marts -----------------------------------------------------------------------------------
 
 
-def _mart_update(column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]):
+def _mart_update(
+    column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]
+) -> Callable[[Run], None]:
     """Recompute the mart's groups the new events touch (their days, months, user types) from `rows`."""
 
     def update(run: Run) -> None:
@@ -531,7 +530,7 @@ def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
 
 def _plan(settings: Settings, table: GoldTable, marks: dict[str, int | None]) -> tuple[dict[str, int], dict[str, int] | None] | None:
     """(input marks to reach, marks consumed) for a table that lags silver, or None when it is up to date."""
-    reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+    reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
     if not reach:
         return None
     seen = _seen_marks(settings, table.name)
@@ -572,7 +571,7 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
         for table in phase:
             plan = _plan(settings, table, marks)
             if plan is None and full_refresh:
-                reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+                reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
                 plan = (reach, _seen_marks(settings, table.name)) if reach else None
             if plan is None:
                 tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 import stat
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def public_host(bind: str) -> str:
     except ValueError:
         pass
     return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (a server started next binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

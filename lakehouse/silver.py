@@ -20,7 +20,7 @@ SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities
                  "subjects": "subject_id"}
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
-PARTITION_BY: dict[str, list[str]] = {"page_views": ["event_date"]}
+PARTITION_BY: dict[str, tuple[str, ...]] = {"page_views": ("event_date",)}
 PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
 # Every silver table carries `changed_batch_id`: the bronze batch in which what gold reads of the row last changed (a
 # page view: the first batch holding the event; a snapshot row: the batch whose delivery rewrote it). Gold reads the
@@ -364,7 +364,7 @@ def pending(settings: Settings) -> bool:
 
 def _as_of(rows: DataFrame, bound: Callable[[str], Column]) -> str | None:
     """`min`/`max` of `as_of` over `rows` as exact text in the session's time zone (None: no rows)."""
-    return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+    return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]
 
 
 def latest_as_of(rows: DataFrame, moment: str | None = None, inclusive: bool = False) -> str | None:
@@ -410,7 +410,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
     target = delta.Target(
         "silver", table, settings, app_id=f"silver.{table}",
         version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
-        partition_by=tuple(PARTITION_BY.get(table, ())), stats=STATS_COLUMNS[table])
+        partition_by=PARTITION_BY.get(table, ()), stats=STATS_COLUMNS[table])
     if current is None:
         delta.overwrite(page_views(rows, run_id) if table == "page_views" else TRANSFORMS[table](rows), target)
     elif table == "page_views":

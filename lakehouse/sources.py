@@ -48,8 +48,11 @@ class SourceFile:
 @runtime_checkable
 class Source(Protocol):
     url: str
-    # what the last listing left out, each {"path": ..., "why": ...}: folders and files outside the layout, links
-    skipped: list[dict[str, str]]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What the last listing left out, each {"path": ..., "why": ...}: folders and files outside the layout,
+        links."""
 
     def list_files(self) -> Iterator[SourceFile]: ...
 
@@ -417,7 +420,7 @@ class DriveSource:
         request = self.service.files().get_media(fileId=file_id, supportsAllDrives=True)
         request.http = AuthorizedHttp(self._credentials, http=build_http())  # own connection: safe across threads
         reader = io.BufferedReader(_DriveReader(request, self.chunksize), buffer_size=1024 * 1024)
-        return reader  # type: ignore[return-value]
+        return reader
 
 
 class OneDelivery:

@@ -116,13 +116,6 @@ STUDENTS = {
 }
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
     """Wait until `proc` listens on `port`; its log tail says why when it exits or times out."""
     deadline = time.monotonic() + seconds

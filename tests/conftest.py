@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import free_port, wait_port
+from lakehouse.security import free_port
+from tests.builders import wait_port
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 

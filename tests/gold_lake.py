@@ -162,6 +162,7 @@ def shared_lake(spark: SparkSession | None) -> str:
         import tempfile
 
         lake = tempfile.mkdtemp(prefix="lakehouse-gold-") + "/lake"
+        assert spark is not None, "no prebuilt lake: a Spark session writes one"
         write_lake(spark, lake, events=3000, students=200, full=False)
         _shared["lake"] = lake
     return _shared["lake"]

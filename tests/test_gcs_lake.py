@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bucket(gcs_emulator, source) -> str:  # noqa: F811
+def bucket(gcs_emulator, source) -> Iterator[str]:
     """The emulator with the module's bucket holding the source under `source/`; GCS clients pointed at it."""
     mp = pytest.MonkeyPatch()
     mp.setenv("LAKEHOUSE_GCS_ENDPOINT", gcs_emulator)

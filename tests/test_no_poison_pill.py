@@ -8,6 +8,7 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -31,10 +32,10 @@ pytestmark = pytest.mark.e2e
 AT = "2017-11-16 02:10:20"
 MAX_LINE = 2 * MAX_VALUE_BYTES  # room for a value over its limit on a line under the line cap
 MAX_FILE = 64 * 1024
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # type: ignore[arg-type]
 
 # class -> (line, the reason bronze must give it; None: a silver event; "blank": ignored)
-BAD = {
+BAD: dict[str, Callable[[int], tuple[bytes | str, str | None]]] = {
     "duplicate_key": lambda n: ('{"at":"%s","uuid":"d%d","uuid":"e%d"}' % (AT, n, n), "duplicate_key"),
     "raw_control": lambda n: ('{"at":"%s","uuid":"c%d","PageName":"a\x00b"}' % (AT, n), "not_json_object"),
     "deep": lambda n: ('{"at":"%s","x":%s}' % (AT, "[" * 1001 + "]" * 1001), "nesting_too_deep"),

@@ -13,9 +13,10 @@ import pytest
 
 from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings
+from lakehouse.security import free_port
 from lakehouse.spark import connect_server_command, jvm_environment
 from lakehouse.tools.generate import generate
-from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta, free_port, wait_port
+from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta, wait_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 TOKEN = "a-token-only-the-platform-has"
