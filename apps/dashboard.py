@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import panel as pn
 from apps.charts import NAMES, VegaChart, spec
 from apps.queries import Filters, Gold, to_datetime
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
+from lakehouse.security import wait_listening
 
 ALL = "All"
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
@@ -200,17 +200,12 @@ def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", e
     """Start `serve` in a child process and return it once the port accepts connections."""
     command = [sys.executable, "-m", "apps.dashboard", "--port", str(port), "--address", address]
     process = subprocess.Popen(command, env=env, cwd=str(PROJECT_ROOT))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dashboard exited with code {process.returncode} before serving")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.2)
-    process.terminate()
-    raise TimeoutError(f"dashboard did not listen on port {port} within {timeout:.0f} s")
+    try:
+        wait_listening(port, process, timeout, "the dashboard")
+    except TimeoutError:
+        process.terminate()
+        raise
+    return process
 
 
 def main(argv: list[str] | None = None) -> None:

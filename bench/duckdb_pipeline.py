@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from lakehouse.schemas import BR_STATES
+
 AT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]?\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "at": ("at",), "browser": ("browser",), "city_name": ("city_name",), "country": ("country",),
@@ -28,14 +30,6 @@ EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "carrier": ("carrier",), "model": ("model",), "os_ver": ("os_ver",), "nth": ("nth",),
     "clv_total": ("clv_total",), "install_uuid": ("install_uuid",), "uuid": ("uuid",), "name": ("name",),
     "type": ("type",), "language": ("language",), "device_new": ("device_new",),
-}
-BR_STATES = {
-    "AC": "Acre", "AL": "Alagoas", "AP": "Amapá", "AM": "Amazonas", "BA": "Bahia", "CE": "Ceará",
-    "DF": "Distrito Federal", "ES": "Espírito Santo", "GO": "Goiás", "MA": "Maranhão", "MT": "Mato Grosso",
-    "MS": "Mato Grosso do Sul", "MG": "Minas Gerais", "PA": "Pará", "PB": "Paraíba", "PR": "Paraná",
-    "PE": "Pernambuco", "PI": "Piauí", "RJ": "Rio de Janeiro", "RN": "Rio Grande do Norte",
-    "RS": "Rio Grande do Sul", "RO": "Rondônia", "RR": "Roraima", "SC": "Santa Catarina", "SP": "São Paulo",
-    "SE": "Sergipe", "TO": "Tocantins",
 }
 ENTITY_COLUMNS = {
     "students": ("Id", "RegisteredDate", "State", "City", "UniversityId", "CourseId", "SignupSource"),

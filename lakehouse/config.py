@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,11 +150,9 @@ def mask_dsn(dsn: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hosts}" if ":" in userinfo else parts.netloc
         query = urlencode([(k, MASK if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
         url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-        try:
+        with contextlib.suppress(ProgrammingError):  # the URL form would not parse: the keyword form stands
             if parse_dsn(url).get("password") == MASK:
                 masked = url
-        except ProgrammingError:
-            pass
     return masked
 
 

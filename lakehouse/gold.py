@@ -429,15 +429,24 @@ def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
     return None
 
 
+def _students_moved(run: Run, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame] | None:
+    """(dim_student, the students whose attributes changed); None when those cannot be told, after rebuilding the
+    table whole with `build(dim_student)`."""
+    students = run.gold("dim_student")
+    try:
+        return students, _students_changed(run)
+    except LookupError:
+        delta.overwrite(build(students), run.target)
+        return None
+
+
 def _state_activity_update(run: Run) -> None:
     """The states whose totals change: those of students with new events (null: anonymous or unknown), and the
     states students moved from and to."""
-    students = run.gold("dim_student")
-    try:
-        moved = _students_changed(run)
-    except LookupError:
-        delta.overwrite(mart_state_activity(run.gold("activity_by_student"), students), run.target)
+    found = _students_moved(run, lambda students: mart_state_activity(run.gold("activity_by_student"), students))
+    if found is None:
         return
+    students, moved = found
     new = fact_page_view(run.changed("page_views")).select("student_id").distinct()
     states = (new.join(students, "student_id", "left").select("state")
               .unionByName(moved.select(F.col("old_state").alias("state")))
@@ -449,12 +458,10 @@ def _state_activity_update(run: Run) -> None:
 def _enriched_update(run: Run) -> None:
     """New events are appended with their student's current attributes; the events of students whose attributes
     changed are rewritten in place (a MERGE on student_id, committed once per version under its own app id)."""
-    students = run.gold("dim_student")
-    try:
-        moved = _students_changed(run)
-    except LookupError:
-        delta.overwrite(page_view_enriched(run.gold("fact_page_view"), students), run.target)
+    found = _students_moved(run, lambda students: page_view_enriched(run.gold("fact_page_view"), students))
+    if found is None:
         return
+    students, moved = found
     restate = delta.Target("gold", run.table, run.settings, app_id=f"gold.{run.table}.restate",
                            version=run.target.version)
     delta.merge_once(run.session, moved.select("student_id", "new.*"), restate, on="t.student_id = s.student_id",

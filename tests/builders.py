@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 from datetime import datetime
 from pathlib import Path
 
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse import delta
+from lakehouse.security import wait_listening
 
 EVENTS_BRONZE = StructType([
     StructField("value", StringType()), StructField("at_raw", StringType()), StructField("source_file", StringType()),
@@ -118,16 +117,10 @@ STUDENTS = {
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
     """Wait until `proc` listens on `port`; its log tail says why when it exits or times out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"port {port} not open: {log.read_text()[-2000:]}")
+    try:
+        wait_listening(port, proc, seconds)
+    except (RuntimeError, TimeoutError) as exc:
+        raise type(exc)(f"{exc}: {log.read_text()[-2000:]}") from None
 
 
 def delta_scan_sql(settings, layer, table, columns: list[str]) -> str:
