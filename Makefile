@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := data/sample
 
-.PHONY: setup system demo gcs-demo test up bench clean-data
+.PHONY: setup system demo gcs-demo lint test test-fast up bench clean-data
 
 # Spark's jars (Delta) are resolved once into .jars/; sessions then start from local files.
 setup: system $(VENV)/.synced
@@ -36,12 +36,24 @@ gcs-demo: setup $(SAMPLE)/.complete
 	@$(BIN)/python -m lakehouse.jars --gcs
 	$(BIN)/python scripts/gcs_demo.py $(SAMPLE) data/gcs-demo
 
-# The whole suite, end-to-end tests included; CI runs exactly this.
-test: setup
+# Linters over the whole tree: ruff (lint and format), mypy (settings in pyproject.toml), sqlfluff on the SQL.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/sqlfluff lint warehouse_sql/
+
+# The whole suite, end-to-end tests included, after the linters; CI runs exactly this.
+test: lint
 	@bash scripts/system-deps.sh --test
 	@bash scripts/gcs-emulator.sh
 	@$(BIN)/python -m lakehouse.jars --gcs
 	$(BIN)/pytest
+
+# The fast tier: everything but the end-to-end tests.
+test-fast: setup
+	@bash scripts/gcs-emulator.sh
+	$(BIN)/pytest -m "not e2e"
 
 up: setup
 	$(BIN)/lakehouse up

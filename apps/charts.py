@@ -146,6 +146,6 @@ class VegaChart(JSComponent):
     def __init__(self, name: str, **params):
         super().__init__(spec=spec(name), **params)
 
-    def show(self, df: pd.DataFrame, title: str) -> None:
+    def draw(self, df: pd.DataFrame, title: str) -> None:
         """Draw `df` under `title` (one batched property change)."""
         self.param.update(rows=records(df), title=title, revision=self.revision + 1)

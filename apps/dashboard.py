@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import panel as pn
 from apps.charts import NAMES, VegaChart, spec
 from apps.queries import Filters, Gold, to_datetime
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
+from lakehouse.security import wait_listening
 
 ALL = "All"
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
@@ -76,7 +76,7 @@ class Dashboard:
         self.quarantine = pn.pane.DataFrame(None, index=False, css_classes=["quarantine"], sizing_mode="stretch_width")
         self.timing = pn.pane.Str("", css_classes=["timing"], styles={"color": "#888", "font-size": "10px"})
         for widget in (self.dates, self.client, self.country, self.month, self.min_views):
-            widget._debounce = 0  # Panel waits 50 ms for more changes of a widget by default: a pick is one change
+            widget._debounce = 0  # type: ignore[misc]  # Panel waits 50 ms for more changes of a widget by default: a pick is one change
         for widget in (self.dates, self.client, self.country):
             widget.param.watch(self.update, "value")
         for widget in (self.month, self.min_views):
@@ -86,7 +86,7 @@ class Dashboard:
         self.update_freshness()
 
     def filters(self) -> Filters:
-        start, end = self.dates.value
+        start, end = self.dates.value  # type: ignore[misc]  # a range widget's value is a pair
         return Filters(start=start, end=end,
                        client_type=None if self.client.value == ALL else self.client.value,
                        country=None if self.country.value == ALL else self.country.value)
@@ -100,11 +100,11 @@ class Dashboard:
         with pn.io.hold():  # one message to the browser; each chart gets only its new rows
             for key, indicator in self.kpis.items():
                 indicator.value = headline[key]
-            self.states.show(data["states"], "Active students per state")
-            self.universities.show(data["universities"], "Top universities by page views")
-            self.courses.show(data["courses"], "Top courses by page views")
-            self.user_types.show(data["user_types"], "Page views per user type")
-            self.daily.show(data["daily"], "Daily page views by client type")
+            self.states.draw(data["states"], "Active students per state")
+            self.universities.draw(data["universities"], "Top universities by page views")
+            self.courses.draw(data["courses"], "Top courses by page views")
+            self.user_types.draw(data["user_types"], "Page views per user type")
+            self.daily.draw(data["daily"], "Daily page views by client type")
             self.timing.object = f"updated in {1000 * (time.perf_counter() - started):.0f} ms"
 
     def update_foreign(self, *_events) -> None:
@@ -112,7 +112,7 @@ class Dashboard:
         month, n = self.month.value, int(self.min_views.value or 0)
         df = self.gold.foreign(month, n)
         title = f"Foreign countries with more than {n:,} page views in {month.strftime('%B %Y')}"
-        self.foreign.show(df, title)
+        self.foreign.draw(df, title)
 
     def update_freshness(self) -> None:
         info = self.gold.freshness()
@@ -172,6 +172,7 @@ def login_options(settings: Settings, address: str, port: int) -> dict:
             pn.state.encryption = Fernet(config.oauth_encryption_key)
         return {"oauth_provider": config.oauth_provider, "cookie_secret": cookie_secret}
     if login_set(settings):
+        assert settings.admin_password is not None  # login_set
         return {"basic_auth": {ADMIN_USER: settings.admin_password.get_secret_value()},
                 "cookie_secret": cookie_secret, "basic_login_template": str(LOGIN_TEMPLATE)}
     check_bind(address, False, "the dashboard")
@@ -199,17 +200,12 @@ def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", e
     """Start `serve` in a child process and return it once the port accepts connections."""
     command = [sys.executable, "-m", "apps.dashboard", "--port", str(port), "--address", address]
     process = subprocess.Popen(command, env=env, cwd=str(PROJECT_ROOT))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dashboard exited with code {process.returncode} before serving")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.2)
-    process.terminate()
-    raise TimeoutError(f"dashboard did not listen on port {port} within {timeout:.0f} s")
+    try:
+        wait_listening(port, process, timeout, "the dashboard")
+    except TimeoutError:
+        process.terminate()
+        raise
+    return process
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,7 @@ class Gold:
             elif time.monotonic() - self._checked > self.CHECK_SECONDS and not self._checking:
                 self._checking = True
                 threading.Thread(target=self._check, daemon=True, name="gold-check").start()
+            assert self._lake is not None  # _refresh opened it
             return self._lake
 
     def _state(self) -> tuple[list[catalog.Table], set[str], dict[str, int | None]]:

@@ -82,7 +82,7 @@ class PeakSampler:
             self.sample()
             self._stop.wait(self.interval)
 
-    def start(self) -> "PeakSampler":
+    def start(self) -> PeakSampler:
         self.sample()
         self._thread.start()
         return self

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from lakehouse.security import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -65,10 +64,8 @@ def ensure_gold(lake: str, events: int, workdir: Path) -> tuple[str, bool]:
     synthetic = workdir / f"synthetic-gold-{events}" / "lake"
     marker = synthetic.parent / ".complete"
     if not marker.exists():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from gold_lake import write_lake
-
         from lakehouse.spark import build_session
+        from tests.gold_lake import write_lake
 
         spark = build_session(Settings(spark_master="local[2]", shuffle_partitions=4, data_dir=workdir))
         write_lake(spark, str(synthetic), events=events, students=max(2000, events // 50))
@@ -109,19 +106,13 @@ def query_latency(lake: str, repeat: int) -> dict:
     return {"open_ms": round(open_ms, 1), "queries": {k: _figures(v) for k, v in samples.items()}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def browser_latency(lake: str, data_dir: str, repeat: int, screenshot: str | None = None) -> dict:
     """Page interactive time and filter-change redraw time, measured in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
     from apps.dashboard import spawn
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LAKEHOUSE_LAKE": lake, "LAKEHOUSE_DATA_DIR": data_dir}
     server = spawn(port, timeout=180, env=env)
     url = f"http://127.0.0.1:{port}/"

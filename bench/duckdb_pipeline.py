@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from lakehouse.schemas import BR_STATES
+
 AT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]?\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "at": ("at",), "browser": ("browser",), "city_name": ("city_name",), "country": ("country",),
@@ -28,14 +30,6 @@ EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "carrier": ("carrier",), "model": ("model",), "os_ver": ("os_ver",), "nth": ("nth",),
     "clv_total": ("clv_total",), "install_uuid": ("install_uuid",), "uuid": ("uuid",), "name": ("name",),
     "type": ("type",), "language": ("language",), "device_new": ("device_new",),
-}
-BR_STATES = {
-    "AC": "Acre", "AL": "Alagoas", "AP": "Amapá", "AM": "Amazonas", "BA": "Bahia", "CE": "Ceará",
-    "DF": "Distrito Federal", "ES": "Espírito Santo", "GO": "Goiás", "MA": "Maranhão", "MT": "Mato Grosso",
-    "MS": "Mato Grosso do Sul", "MG": "Minas Gerais", "PA": "Pará", "PB": "Paraíba", "PR": "Paraná",
-    "PE": "Pernambuco", "PI": "Piauí", "RJ": "Rio de Janeiro", "RN": "Rio Grande do Norte",
-    "RS": "Rio Grande do Sul", "RO": "Rondônia", "RR": "Roraima", "SC": "Santa Catarina", "SP": "São Paulo",
-    "SE": "Sergipe", "TO": "Tocantins",
 }
 ENTITY_COLUMNS = {
     "students": ("Id", "RegisteredDate", "State", "City", "UniversityId", "CourseId", "SignupSource"),
@@ -180,7 +174,7 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
         left join dim_university u using (university_id)
         left join dim_course c using (course_id)
     """)
-    con.execute(f"""
+    con.execute("""
         create table dim_date as
         select d::date as date, year(d) as year, month(d) as month, day(d) as day, isodow(d) as weekday
         from range((select min(event_date) from fact_page_view)::timestamp,
@@ -233,7 +227,7 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
     tables = ["quarantine_events", "fact_page_view", "dim_student", "dim_course", "dim_university", "dim_subject",
               "dim_date", "fact_session", "fact_subscription", "fact_subject_follow", "mart_country_access",
               "mart_users_by_type", "mart_state_activity", "mart_daily_activity"]
-    return {name: con.execute(f"select count(*) from {name}").fetchone()[0] for name in tables}
+    return {name: con.execute(f"select count(*) from {name}").fetchall()[0][0] for name in tables}
 
 
 def load(con: duckdb.DuckDBPyConnection, dsn: str, workdir: Path, timings: dict) -> dict:

@@ -7,7 +7,7 @@ import json
 import random
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pyarrow as pa
@@ -23,7 +23,7 @@ COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "uni
 def history(students: int, deliveries: int, seed: int = 7) -> pa.Table:
     """Gold-shaped dim_student history: every student in every delivery, ~5% changed, ~2% absent per delivery."""
     rnd = random.Random(seed)
-    start = datetime(2017, 11, 16, 6, tzinfo=timezone.utc)
+    start = datetime(2017, 11, 16, 6, tzinfo=UTC)
     state = {s: ["SP", "RJ", "MG", "BA"][s % 4] for s in range(students)}
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for d in range(deliveries):
@@ -97,7 +97,7 @@ def _versions(dsn: str) -> int:
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         cur.execute("select count(*) from dw.dim_student")
-        n = cur.fetchone()[0]
+        n = cur.fetchall()[0][0]
     conn.close()
     return n
 
@@ -128,8 +128,8 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
                 if loader is None:  # the whole mirror (gold version check, deliveries, COPY, SCD2, audit)
                     report = warehouse.mirror(settings, warehouse.ArrowGold({"dim_student_history": table}),
                                               dsn=scratch)
-                    figures[method].append({"rows": report["rows_in"], "seconds": report["seconds"],
-                                            "rows_per_second": report["rows_per_second"]})
+                    figures[method].append({"rows": report.rows_in, "seconds": report.seconds,
+                                            "rows_per_second": report.details["rows_per_second"]})
                 else:
                     figures[method].append({**loader(scratch, table), "versions": _versions(scratch)})
             finally:

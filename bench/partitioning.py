@@ -42,13 +42,13 @@ def _files(path: Path) -> int:
 
 def measure(events: int, deliveries: int = 3) -> list[dict]:
     import duckdb
-    import duckdb_extension_delta
     from pyspark.sql import functions as F
 
     from lakehouse import delta, gold, silver
+    from lakehouse.catalog import extension_path
     from lakehouse.config import Settings
-    from lakehouse.tools.generate import generate
     from lakehouse.spark import get_spark
+    from lakehouse.tools.generate import generate
 
     work = Path(tempfile.mkdtemp(prefix="bench-partitioning-"))
     try:
@@ -60,10 +60,9 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
         settings = Settings(lake=str(work / "lake"), data_dir=str(work / "data"), spark_master="local[2]",
                             shuffle_partitions=4, spark_driver_memory="2g")
         spark = get_spark(settings)
-        ext = next(Path(duckdb_extension_delta.__file__).parent.rglob("*.duckdb_extension"))
         results = []
         for layout, cols in LAYOUTS.items():
-            silver.PARTITION_BY["page_views"] = gold.PARTITION_BY["fact_page_view"] = cols
+            silver.PARTITION_BY["page_views"] = gold.PARTITION_BY["fact_page_view"] = tuple(cols)
             for table in ("silver/page_views", "gold/fact_page_view"):
                 shutil.rmtree(work / "lake" / table, ignore_errors=True)
             first = _bronze(spark, source, lambda d: d != last)
@@ -72,10 +71,10 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             def write(df, version):
                 if cols == ["event_month"]:
                     df = df.withColumn("event_month", F.trunc("event_date", "month"))
-                delta.merge_once(spark, df, "silver", "page_views", on="t.event_id = s.event_id",
-                                 app_id="bench", version=version, update_when=silver._EARLIER,
-                                 update_set={c: f"s.{c}" for c in silver.PROVENANCE}, partition_by=cols or None,
-                                 settings=settings)
+                target = delta.Target("silver", "page_views", settings, app_id="bench", version=version,
+                                      partition_by=tuple(cols))
+                delta.merge_once(spark, df, target, on="t.event_id = s.event_id", update_when=silver._EARLIER,
+                                 update_set={c: f"s.{c}" for c in silver.PROVENANCE})
 
             t = time.perf_counter()
             write(silver.page_views(first, "bench"), 1)
@@ -88,12 +87,12 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             fact = gold.fact_page_view(pv)
             if cols == ["event_month"]:
                 fact = fact.withColumn("event_month", F.trunc("event_date", "month"))
-            delta.merge_once(spark, fact, "gold", "fact_page_view", on="t.event_id = s.event_id", app_id="bench",
-                             version=1, partition_by=cols or None, settings=settings)
-            delta.overwrite(gold.mart_daily_activity(fact), "gold", "mart_daily_activity", settings=settings)
+            delta.merge_once(spark, fact, delta.Target("gold", "fact_page_view", settings, app_id="bench", version=1,
+                                                       partition_by=tuple(cols)), on="t.event_id = s.event_id")
+            delta.overwrite(gold.mart_daily_activity(fact), delta.Target("gold", "mart_daily_activity", settings))
             gold_s = time.perf_counter() - t
             con = duckdb.connect()
-            con.execute(f"load '{ext}'")
+            con.execute(f"load '{extension_path()}'")
             fact_path = settings.table_path("gold", "fact_page_view")
             t = time.perf_counter()
             for _ in range(3):
@@ -101,7 +100,7 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
                             "where event_date between date '2017-11-01' and date '2017-11-30' "
                             "group by country").fetchall()
             duck = (time.perf_counter() - t) / 3
-            rows = con.execute(f"select count(*) from delta_scan('{fact_path}')").fetchone()[0]
+            rows = con.execute(f"select count(*) from delta_scan('{fact_path}')").fetchall()[0][0]
             results.append({
                 "events": events, "layout": layout, "rows": rows,
                 "silver_initial_s": round(initial, 2), "silver_incremental_s": round(incremental, 2),

@@ -6,28 +6,33 @@ Usage: python -m bench.pipeline_stages   (prints one BENCH_RESULT JSON line)
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 import os
 import time
 import traceback
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from bench.common import PeakSampler, emit, mask
+from lakehouse import bronze, gold, landing, silver, warehouse
+from lakehouse.reports import StageReport
 
-STAGES = (  # name, module, function, needs spark
-    ("land", "lakehouse.landing", "land", False),
-    ("bronze", "lakehouse.bronze", "ingest", True),
-    ("silver", "lakehouse.silver", "refresh", True),
-    ("gold", "lakehouse.gold", "refresh", True),
-    ("mirror", "lakehouse.warehouse", "mirror", False),
+STAGES: tuple[tuple[str, Callable[..., StageReport], bool], ...] = (  # name, stage, needs spark
+    ("land", landing.land, False),
+    ("bronze", bronze.ingest, True),
+    ("silver", silver.refresh, True),
+    ("gold", gold.refresh, True),
+    ("mirror", warehouse.mirror, False),
 )
 MAX_REPORT_CHARS = 20_000
 
 
-def _short(report) -> object:
-    text = json.dumps(report, default=str)
-    return report if len(text) <= MAX_REPORT_CHARS else {"truncated": text[:MAX_REPORT_CHARS]}
+def _short(report: StageReport) -> dict:
+    """The report as data, its details cut short when they are long."""
+    text = json.dumps(report.details, default=str)
+    details = report.details if len(text) <= MAX_REPORT_CHARS else {"truncated": text[:MAX_REPORT_CHARS]}
+    return dataclasses.replace(report, details=details).as_dict()
 
 
 def _error(exc: BaseException) -> str:
@@ -49,13 +54,13 @@ def run() -> dict:
     from lakehouse.config import Settings
 
     settings = Settings()
-    run_id = "bench-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = "bench-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     sampler = PeakSampler().start()
     stages: dict[str, dict] = {}
     spark = None
     failed = None
     start = time.perf_counter()
-    for name, module_name, function, needs_spark in (("spark_start", None, None, False), *STAGES):
+    for name, stage, needs_spark in (("spark_start", None, False), *STAGES):
         if failed:
             stages[name] = {"ok": False, "skipped": True, "error": f"not run: {failed} failed"}
             continue
@@ -69,16 +74,11 @@ def run() -> dict:
                 from lakehouse.spark import get_spark
 
                 spark = get_spark(settings)
-                report = {"master": settings.spark_master}
+                entry.update(ok=True, report={"master": settings.spark_master})
             else:
-                fn = getattr(importlib.import_module(module_name), function)
-                args = (spark, settings, run_id) if needs_spark else (settings,)
-                report = fn(*args)
-            entry.update(ok=True, report=_short(report))
-        except ModuleNotFoundError as exc:
-            entry.update(ok=False, missing=True, error=f"{module_name} does not exist yet ({exc.name})")
-        except AttributeError as exc:
-            entry.update(ok=False, missing=True, error=f"{module_name}.{function} missing: {exc}")
+                assert stage is not None
+                report = stage(spark, settings, run_id) if needs_spark else stage(settings)
+                entry.update(ok=True, report=_short(report))
         except Exception as exc:  # noqa: BLE001 - recorded, the harness goes on
             entry.update(ok=False, error=_error(exc), traceback=mask(traceback.format_exc()[-2000:]))
         entry["wall_s"] = round(time.perf_counter() - t, 3)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TypeGuard
 
 from bench.common import ROOT
+from lakehouse.reports import StageReport
 
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
@@ -25,49 +27,37 @@ STAGES = ("spark_start", "land", "bronze", "silver", "gold", "mirror")
 # -- reading figures --------------------------------------------------------------------------------------
 
 
-def _find(obj, names: tuple[str, ...]):
-    """First number under one of `names`, searching nested dicts breadth-first."""
-    queue = [obj]
-    while queue:
-        cur = queue.pop(0)
-        if isinstance(cur, dict):
-            for name in names:
-                if isinstance(cur.get(name), (int, float)) and not isinstance(cur.get(name), bool):
-                    return cur[name]
-            queue.extend(v for v in cur.values() if isinstance(v, dict))
-    return None
-
-
 def mirror_figures(entry: dict | None) -> dict:
-    """COPY+SCD2 and row-by-row rates from bench/mirror.py's report (names it may use, in order)."""
+    """COPY+SCD2 and row-by-row rates, and their ratio, from bench/mirror.py's report."""
     report = (entry or {}).get("report") or {}
-    copy = _find(report.get("copy_scd2", report.get("copy", {})), ("rows_per_s", "rows_per_second")) \
-        or _find(report, ("copy_rows_per_s", "copy_scd2_rows_per_s", "rows_per_s"))
-    insert = _find(report.get("row_by_row", report.get("insert", {})), ("rows_per_s", "rows_per_second")) \
-        or _find(report, ("insert_rows_per_s", "row_by_row_rows_per_s"))
-    speedup = _find(report, ("speedup", "ratio", "copy_vs_insert"))
-    if speedup is None and copy and insert:
-        speedup = copy / insert
-    return {"copy_rows_per_s": copy, "insert_rows_per_s": insert, "speedup": speedup}
+    return {"copy_rows_per_s": (report.get("copy_scd2") or {}).get("rows_per_s"),
+            "insert_rows_per_s": (report.get("row_by_row") or {}).get("rows_per_s"),
+            "speedup": report.get("speedup")}
 
 
 def dashboard_figures(entry: dict | None) -> dict:
     """Per-chart p50/p95 (ms) from bench/dashboard.py's report: {"queries": {chart: {"p50_ms", "p95_ms"}}}."""
     report = (entry or {}).get("report") or {}
-    queries = report.get("queries", report)
-    out = {}
-    if isinstance(queries, dict):
-        for name, q in queries.items():
-            if isinstance(q, dict) and _find(q, ("p95_ms",)) is not None:
-                out[name] = {"p50_ms": _find(q, ("p50_ms",)), "p95_ms": _find(q, ("p95_ms",))}
-    return out
+    return {name: {"p50_ms": q["p50_ms"], "p95_ms": q["p95_ms"]} for name, q in (report.get("queries") or {}).items()}
+
+
+def _stage_note(name: str, entry: dict) -> str:
+    """A pipeline stage's rows (from its StageReport) and memory, for its row in the scale table."""
+    if not entry.get("ok"):
+        return ""
+    memory = (f"Python {entry.get('peak_rss_python_mib', 0):.0f} MiB + "
+              f"JVM {entry.get('peak_rss_children_mib', 0):.0f} MiB")
+    if name == "spark_start":
+        return memory
+    stage = StageReport.from_dict(entry["report"])
+    return f"{stage.rows_in:,} rows in, {stage.rows_out:,} out, {stage.quarantined:,} quarantined; {memory}"
 
 
 def _contenders(result: dict, events: int) -> dict:
     return (result.get("scales", {}).get(str(events)) or {}).get("contenders", {})
 
 
-def _ok(entry: dict | None) -> bool:
+def _ok(entry: dict | None) -> TypeGuard[dict]:
     return bool(entry and entry.get("ok"))
 
 
@@ -119,7 +109,7 @@ def targets(result: dict) -> list[dict]:
         add("new_delivery", "one new delivery under 35% of a full run", None, None, _why(inc))
     m = mirror_figures(c.get("mirror"))
     mirror_note = _why(c.get("mirror")) if not _ok(c.get("mirror")) else "report has no rows/s figure"
-    rows = _find((c.get("mirror") or {}).get("report") or {}, ("history_rows",))
+    rows = ((c.get("mirror") or {}).get("report") or {}).get("history_rows")
     own = f"on bench/mirror.py's own history of {rows:,} rows" if rows else ""
     add("mirror_rate", "mirror at least 50,000 rows/s (COPY + SCD2)",
         f"{m['copy_rows_per_s']:,.0f} rows/s" if m["copy_rows_per_s"] else None,
@@ -229,9 +219,7 @@ def scale_rows(result: dict, events: int) -> list[dict]:
         for name in STAGES:
             s = (report.get("stages") or {}).get(name)
             if s is not None:
-                row(f"pipeline: {name}", s, eps=False, ratio=False,
-                    note=f"Python {s.get('peak_rss_python_mib', 0):.0f} MiB + JVM {s.get('peak_rss_children_mib', 0):.0f} MiB"
-                    if s.get("ok") else "")
+                row(f"pipeline: {name}", s, eps=False, ratio=False, note=_stage_note(name, s))
         row("pipeline: stages in one process", stages)
     row("`lakehouse run`", run)
     row("DuckDB script", c.get("duckdb"))
@@ -401,7 +389,7 @@ def print_tables(result: dict) -> None:
         table = Table(title=f"{events:,} events")
         for col, justify in (("contender", "left"), ("wall s", "right"), ("peak MiB", "right"),
                              ("events/s", "right"), ("× run", "right"), ("status", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
+            table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
         for r in scale_rows(result, events):
             table.add_row(r["name"], _fmt(r["wall_s"], ",.2f"), _fmt(r["peak_mib"], ",.0f"),
                           _fmt(r["events_per_s"], ",d"), _fmt(r["vs_run"], ".2f"), r["status"][:160])

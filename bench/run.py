@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import LAKEHOUSE, PYTHON, ROOT, fresh_database, machine, mask, run_measured, server_dsn
@@ -69,7 +69,7 @@ def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, na
            "generator": _generator_digest()}
 
     def make(folder: Path) -> dict:
-        summary = generate(folder, seed=SEED, students=key["students"], events=events, deliveries=deliveries)
+        summary = generate(folder, seed=SEED, students=students_for(events), events=events, deliveries=deliveries)
         return {"event_lines": summary["totals"]["event_lines"], "events": summary["totals"]["events"],
                 "deliveries": summary["deliveries"],
                 "events_by_delivery": {d: i["events"] for d, i in summary["events_by_delivery"].items()}}
@@ -274,7 +274,7 @@ def gold_differences(a: Path, b: Path) -> dict[str, int]:
     for table in sorted(p.name for p in (a / "gold").iterdir() if (p / "_delta_log").is_dir()):
         x, y = (f"delta_scan('{lake / 'gold' / table}')" for lake in (a, b))
         diff = con.execute(f"select (select count(*) from (from {x} except all from {y})) + "
-                           f"(select count(*) from (from {y} except all from {x}))").fetchone()[0]
+                           f"(select count(*) from (from {y} except all from {x}))").fetchall()[0][0]
         if diff:
             out[table] = diff
     con.close()
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
 
     signal.signal(signal.SIGTERM, _interrupted)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     result: dict = {"started_at": started.isoformat(timespec="seconds"), "machine": machine(),
                     "args": {"events": scales, "quick": args.quick, "contenders": sorted(wanted)}, "scales": {}}
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others
                 contenders[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
             save()
-    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     save()
     log(f"results: {path.relative_to(ROOT)}")
     if not args.no_docs:

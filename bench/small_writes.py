@@ -44,8 +44,8 @@ def _run_stages(spark, settings) -> dict[str, float]:
 def measure(events: int, rounds: int) -> dict:
     from lakehouse import delta
     from lakehouse.config import Settings
-    from lakehouse.tools.generate import generate
     from lakehouse.spark import get_spark
+    from lakehouse.tools.generate import generate
 
     work = Path(tempfile.mkdtemp(prefix="bench-small-writes-"))
     try:

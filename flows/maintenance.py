@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 from prefect import flow, get_run_logger, task
+from pyspark.sql import DataFrame
 
+from flows.common import TASK_OPTIONS
+from lakehouse.catalog import lake_tables
+from lakehouse.config import DELTA_LAYERS, Settings
+from lakehouse.delta import TABLE_PROPERTIES
+from lakehouse.runs import settings_for, writer_lock
 from lakehouse.spark import get_spark
-from flows.common import TASK_OPTIONS, settings_for, writer_lock
-from lakehouse.config import LAYERS, Settings, join
 
-DELTA_LAYERS = [layer for layer in LAYERS if layer != "landing"]
 _UNITS = {"hour": 1, "hours": 1, "day": 24, "days": 24, "week": 168, "weeks": 168}
 
 
@@ -33,29 +36,10 @@ def retention_hours(properties: dict[str, str], retain_hours: float = 0) -> floa
 
 def min_retain_hours() -> float:
     """The shortest vacuum retention that keeps time travel whole for the lake's tables."""
-    from lakehouse.delta import TABLE_PROPERTIES
-
     return retention_hours(TABLE_PROPERTIES)
 
 
-def lake_tables(settings: Settings, layers: list[str]) -> list[tuple[str, str]]:
-    """Every Delta table `(layer, name)` found under the given layers of the lake."""
-    from lakehouse.storage import filesystem
-
-    fs, root = filesystem(settings.lake_url, settings)
-    found = []
-    for layer in layers:
-        base = join(root, layer)
-        if not fs.isdir(base):
-            continue
-        for entry in sorted(fs.ls(base, detail=False)):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if not name.startswith(("_", ".")) and fs.isdir(join(entry, "_delta_log")):
-                found.append((layer, name))
-    return found
-
-
-def _sql(settings: Settings, layer: str, name: str, command: str):
+def _sql(settings: Settings, layer: str, name: str, command: str) -> DataFrame:
     """Run `command` (with `{table}` for the table) on one lake table: SQL, so it runs over Spark Connect too."""
     path = settings.table_path(layer, name).replace("`", "``")
     return get_spark(settings).sql(command.format(table=f"delta.`{path}`"))
@@ -64,7 +48,7 @@ def _sql(settings: Settings, layer: str, name: str, command: str):
 @task(name="compact", task_run_name="compact {layer}.{name}", **TASK_OPTIONS)
 def compact(layer: str, name: str) -> dict:
     """OPTIMIZE one table: bin-pack small files."""
-    metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").first()["metrics"]
+    metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").collect()[0]["metrics"]
     return {"table": f"{layer}.{name}", "files removed": metrics["numFilesRemoved"],
             "files added": metrics["numFilesAdded"]}
 
@@ -81,29 +65,31 @@ def vacuum_dry_run(layer: str, name: str, retain_hours: float) -> dict:
 def vacuum(layer: str, name: str, retain_hours: float) -> dict:
     """VACUUM one table with a retention that keeps every version the query layer can travel to."""
     settings = settings_for()
-    properties = dict(_sql(settings, layer, name, "DESCRIBE DETAIL {table}").first()["properties"] or {})
+    properties = dict(_sql(settings, layer, name, "DESCRIBE DETAIL {table}").collect()[0]["properties"] or {})
     retention = retention_hours(properties, retain_hours)
     _sql(settings, layer, name, f"VACUUM {{table}} RETAIN {retention} HOURS").collect()
     return {"table": f"{layer}.{name}", "retain hours": retention}
 
 
 @flow(name="maintenance", log_prints=True)
-def maintenance(layers: list[str] = DELTA_LAYERS, retain_hours: float | None = None,
+def maintenance(layers: list[str] | None = None, retain_hours: float | None = None,
                 compaction: bool = True, dry_run: bool = False) -> dict:
-    """Compact every Delta table, report what a vacuum would delete, then vacuum (unless dry_run)."""
+    """Compact every Delta table (of `layers`, all by default), report what a vacuum would delete, then vacuum (unless
+    dry_run)."""
     from prefect.artifacts import create_table_artifact
 
     floor = min_retain_hours()
     retain = floor if retain_hours is None else retain_hours
     if retain < floor:
         raise ValueError(f"retain_hours={retain_hours} would break time travel: at least {floor:g} hours")
+    layers = list(DELTA_LAYERS) if layers is None else layers
     unknown = sorted(set(layers) - set(DELTA_LAYERS))
     if unknown:
         raise ValueError(f"unknown layer(s) {', '.join(unknown)}; expected some of {', '.join(DELTA_LAYERS)}")
     settings = settings_for()
     log = get_run_logger()
-    with writer_lock(settings) as lock:
-        tables = lake_tables(settings, layers)
+    with writer_lock(settings, log) as lock:
+        tables = [(t.layer, t.name) for t in lake_tables(settings, layers)]
         log.info("%d Delta tables under %s", len(tables), ", ".join(layers))
         compacted = [compact(layer, name) for layer, name in tables] if compaction else []
         planned = [vacuum_dry_run(layer, name, retain) for layer, name in tables]

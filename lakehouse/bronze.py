@@ -7,7 +7,8 @@ import json
 import logging
 import shlex
 import time
-from datetime import date, datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
 
@@ -23,6 +24,7 @@ from lakehouse import parsing as P
 from lakehouse.config import Settings, join
 from lakehouse.delta import Target, append_once, last_txn_version, write_tables
 from lakehouse.landing import lake_fs, read_ledger
+from lakehouse.reports import StageReport
 from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
 
 log = logging.getLogger(__name__)
@@ -354,6 +356,7 @@ def _classified(
     files = _files_frame(spark, entries)
     paths = _readable(settings, entries)
     dates = P.plausible_dates(settings.plausible_since, settings.plausible_days_ahead)
+    outputs: dict[tuple[str, str], Callable[[DataFrame], DataFrame]]
     if group == "events":
         frame = classified_events(event_lines(_read_event_lines(spark, paths), files), run_id, dates)
         outputs = {("bronze", "events"): bronze_events, ("quarantine", "events"): quarantine_events}
@@ -361,7 +364,7 @@ def _classified(
         contents = _read_documents(spark, paths) if paths else spark.createDataFrame(
             [], "value string, file_path string")
         frame = transactional_records(contents, files, run_id, dates)
-        outputs = {("bronze", e): (lambda df, e=e: bronze_entity(df, e)) for e in ENTITIES}
+        outputs = {("bronze", e): partial(bronze_entity, entity=e) for e in ENTITIES}
         outputs[("quarantine", "transactional")] = quarantine_transactional
     return frame, outputs
 
@@ -454,7 +457,7 @@ def set_aside(settings: Settings, path: str, batch: int | None = None, note: str
                          "name one with --batch")
     entry = waiting[0]
     record = {"batch_id": entry["batch_id"], "landed_path": entry["landed_path"], "path": entry["path"],
-              "kind": entry["kind"], "note": note, "set_aside_at": datetime.now(timezone.utc).isoformat()}
+              "kind": entry["kind"], "note": note, "set_aside_at": datetime.now(UTC).isoformat()}
     fs, root = lake_fs(settings)
     if settings.lake_is_local:
         fs.makedirs(join(root, SET_ASIDE), exist_ok=True)
@@ -470,18 +473,25 @@ def pending(settings: Settings) -> bool:
     return any(_backlog(settings, group, manifests)[2] for group in GROUPS)
 
 
-def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, Any]:
+def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
     """Append every landed batch newer than each bronze table's watermark; returns the run's accounting."""
     started = time.monotonic()
     manifests = read_ledger(settings)
-    report: dict[str, Any] = {"run_id": run_id, "batches": [m["batch_id"] for m in manifests]}
+    groups: dict[str, dict[str, Any] | None] = {}
     for group in GROUPS:
         try:
-            report[group] = _write_group(spark, settings, group, manifests, run_id)
+            groups[group] = _write_group(spark, settings, group, manifests, run_id)
         except (PySparkException, Py4JJavaError) as exc:
             _name_the_file(spark, settings, group, manifests, run_id, exc)
             raise
-    report["deliveries"] = sorted({d for group in GROUPS for d in (report[group] or {}).get("deliveries", [])})
     faults.point("after_bronze_commit")
-    report["seconds"] = round(time.monotonic() - started, 3)
-    return report
+    written = [g for g in groups.values() if g]
+    buckets = [b for g in written for b in g["counts"].values()]
+    return StageReport(
+        "bronze", files=sum(g["files"] for g in written), rows_in=sum(b["lines_read"] for b in buckets),
+        rows_out=sum(b["bronze_rows"] for b in buckets),
+        quarantined=sum(n for b in buckets for n in b["quarantined"].values()),
+        deliveries=sorted({d for g in written for d in g["deliveries"]}), skipped=not written,
+        seconds=round(time.monotonic() - started, 3),
+        details={"run_id": run_id, "batches": [m["batch_id"] for m in manifests], **groups},
+    )

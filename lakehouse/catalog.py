@@ -10,17 +10,20 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import duckdb
 
-from lakehouse.config import Settings, get_settings, join
+from lakehouse.config import DELTA_LAYERS, Settings, get_settings, join
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
-DELTA_LAYERS = ("bronze", "silver", "gold", "quarantine")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 READ_STATEMENTS = {duckdb.StatementType.SELECT}
 ALIAS = "lake"  # the attached database holding the views
@@ -52,7 +55,7 @@ def extension_path() -> str:
     return str(found)
 
 
-def _fs(settings: Settings):
+def _fs(settings: Settings) -> tuple[Any, str]:
     from lakehouse.storage import filesystem
 
     return filesystem(settings.lake_url, settings)
@@ -63,9 +66,14 @@ def discover(settings: Settings | None = None) -> list[Table]:
     settings = settings or get_settings()
     if not settings.lake_is_local:
         httpfs_path(settings)  # fail in one line before listing a lake DuckDB could not read
+    return lake_tables(settings, DELTA_LAYERS)
+
+
+def lake_tables(settings: Settings, layers: tuple[str, ...] | list[str]) -> list[Table]:
+    """Every Delta table (a `<layer>/<table>` folder holding a `_delta_log`) under these layers, sorted by key."""
     fs, _ = _fs(settings)
     found = []
-    for layer in DELTA_LAYERS:
+    for layer in layers:
         base = settings.table_path(layer, "")
         try:
             entries = fs.ls(base, detail=True)
@@ -93,7 +101,7 @@ def last_commit(table: Table, settings: Settings | None = None) -> tuple[int, da
             info = json.loads(line).get("commitInfo")
             if info and "timestamp" in info:
                 version = int(commits[-1].rsplit("/", 1)[-1][:20])
-                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=timezone.utc)
+                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
     return None
 
 
@@ -122,7 +130,7 @@ def httpfs_path(settings: Settings) -> str:
         raise CatalogError(f"DuckDB reads only local and gs:// lakes, not {settings.lake_url.split('://')[0]}://")
     wanted = f"duckdb-extension-httpfs=={duckdb.__version__}"
     try:
-        import duckdb_extension_httpfs  # type: ignore[import-not-found]
+        import duckdb_extension_httpfs
     except ImportError:
         raise CatalogError(f"a gs:// lake needs the {wanted} package (DuckDB's httpfs extension), "
                            "which is not installed") from None
@@ -151,7 +159,7 @@ def gcs_secret_sql(settings: Settings) -> str:
     return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"
 
 
-def _create_views(con, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
+def _create_views(con: duckdb.DuckDBPyConnection, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
     """Create `<database>.<layer>.<table>` views; returns the keys that could not be read."""
     versions = versions or {}
     skipped = []
@@ -177,7 +185,7 @@ def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | Non
     for table in tables:
         version = (versions or {}).get(table.key)
         oldest = None if version is None else oldest_readable_version(table.location)
-        if oldest is not None and version < oldest:
+        if version is not None and oldest is not None and version < oldest:
             return (f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
                     f" the oldest readable version is {oldest}")
     return None
@@ -187,7 +195,8 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None, con=None) -> bool:
+def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None,
+                    con: duckdb.DuckDBPyConnection | None = None) -> bool:
     """Rewrite the views of the persistent catalog file (Settings.catalog_path); False when it is locked by another process."""
     settings = settings or get_settings()
     tables = discover(settings) if tables is None else tables
@@ -218,7 +227,7 @@ def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None
             con.close()
 
 
-def _install_extension(con) -> None:
+def _install_extension(con: duckdb.DuckDBPyConnection) -> None:
     """Copy the delta extension into DuckDB's extension folder so `LOAD delta` works offline in other DuckDB 1.x clients."""
     try:
         con.execute(f"INSTALL {_literal(extension_path())}")
@@ -249,12 +258,12 @@ class LakeConnection:
             result = self.execute(sql, params)
             return [d[0] for d in result.description or []], result.fetchall()
 
-    def frame(self, sql: str, params: list | dict | None = None):
+    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
         """One read statement as a pandas DataFrame."""
         with self._lock:
             return self.execute(sql, params).df()
 
-    def frames(self, statements: list[tuple[str, list | dict | None]]):
+    def frames(self, statements: list[tuple[str, list[Any] | dict[str, Any] | None]]) -> list[pd.DataFrame]:
         """Several read statements run at once, each on its own DuckDB cursor; their pandas DataFrames in order."""
         for sql, _ in statements:
             check_read_only(sql)
@@ -263,7 +272,7 @@ class LakeConnection:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-query")
 
-        def run(cursor, statement):
+        def run(cursor: duckdb.DuckDBPyConnection, statement: tuple[str, Any]) -> pd.DataFrame:
             sql, params = statement
             try:
                 if self.database:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from lakehouse.config import Settings
+from lakehouse.reports import COLUMNS, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
@@ -27,7 +31,7 @@ def main() -> None:
     secure_data_dir(get_settings())  # the data folder holds secrets: mode 0700
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line reason and exit non-zero."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -66,7 +70,7 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-def _json_value(value):
+def _json_value(value: object) -> object:
     """JSON form of a DuckDB value (timestamps and dates as ISO 8601, decimals as numbers)."""
     import decimal
 
@@ -190,12 +194,9 @@ class RefreshLayer(str, Enum):
     gold = "gold"
 
 
-def _stage_note(report: dict) -> str:
-    from flows.common import summary_rows
-
-    row = summary_rows({"stage": report})[0]
-    parts = [f"{row[k]} {k}" for k in ("files", "rows in", "rows out", "quarantined", "warehouse loads") if row[k] != ""]
-    return ", ".join(str(p) for p in parts)
+def _stage_note(report: StageReport) -> str:
+    row = report.row()
+    return ", ".join(f"{row[k]} {k}" for k in COLUMNS if row[k])
 
 
 @app.command()
@@ -221,13 +222,14 @@ def run(
         fail(str(exc))
     get_settings.cache_clear()  # the running platform's Spark, when it lends it
     settings = get_settings()
-    from flows.common import add_listener
-    from flows.pipeline import full_pipeline, spark_work_expected
-    from lakehouse.spark import warm_up
     import contextlib
 
+    from flows.pipeline import full_pipeline
+    from lakehouse.runs import add_listener, settings_for, spark_work_expected
+    from lakehouse.spark import warm_up
+
     with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
-        if full_refresh or spark_work_expected(source, delivery):
+        if full_refresh or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}
@@ -235,20 +237,20 @@ def run(
                         TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console, transient=False)
     ids = {name: progress.add_task(name, total=1, start=False, note="") for name in PIPELINE_STAGES}
 
-    def draw(stage: str, event: str, out: dict) -> None:
+    def draw(stage: str, event: str, out: StageReport | None, error: str) -> None:
         if stage not in ids:
             return
         if event == "start":
             progress.start_task(ids[stage])
             progress.update(ids[stage], note="running")
         elif event == "failed":
-            error = (out.get("error") or "").strip().splitlines()
-            failed.update(stage=stage, error=error[0] if error else "")
+            lines = error.strip().splitlines()
+            failed.update(stage=stage, error=lines[0] if lines else "")
             progress.update(ids[stage], note=f"[red]failed[/]: {failed['error'][:80]} (retried if transient)")
         else:
             if failed.get("stage") == stage:
                 failed.clear()
-            note = "[dim]skipped: nothing new[/]" if event == "skipped" else _stage_note(out)
+            note = "[dim]skipped: nothing new[/]" if event == "skipped" or out is None else _stage_note(out)
             progress.update(ids[stage], completed=1, note=note)
             progress.stop_task(ids[stage])
 
@@ -273,7 +275,7 @@ def run(
     (settings.data_dir / "last-run.json").write_text(payload)
     if report:
         report.write_text(payload)
-    quarantined = sum(r["quarantined"] for r in result["summary"] if isinstance(r["quarantined"], (int, float)))
+    quarantined = sum(r["quarantined"] for r in result["summary"])
     console.print(f"[green]run completed[/] ({quarantined} quarantined records); `lakehouse summary` shows the lake")
 
 
@@ -313,7 +315,7 @@ def up(
     raise typer.Exit(code)
 
 
-def _row_counts(settings) -> list[tuple[str, str, int]]:
+def _row_counts(settings: Settings) -> list[tuple[str, str, int]]:
     """(layer, table, rows) for every lake table, counted by DuckDB through the catalog."""
     from lakehouse import catalog
 
@@ -327,7 +329,7 @@ def _row_counts(settings) -> list[tuple[str, str, int]]:
         lake.close()
 
 
-def _warehouse_location(settings) -> str:
+def _warehouse_location(settings: Settings) -> str:
     from lakehouse.config import mask_dsn
     from lakehouse.pgserver import managed
 
@@ -357,19 +359,23 @@ def summary() -> None:
         table.add_row(layer, name, f"{rows:,}")
         quarantined += rows if layer == "quarantine" else 0
     console.print(table)
-    if last:
-        stages = Table("stage", "files", "rows in", "rows out", "quarantined", "warehouse loads", "status",
-                       title="last run")
-        for row in last.get("summary", []):
-            stages.add_row(*(str(row.get(k, "")) for k in ("stage", "files", "rows in", "rows out", "quarantined",
-                                                            "warehouse loads", "status")))
+    try:
+        reports = [StageReport.from_dict(r) for r in last["stages"].values()] if last else []
+    except TypeError:  # written by an older version
+        reports = []
+        console.print(f"[dim]{last_path} is from an older version: the next `lakehouse run` rewrites it[/]")
+    if reports:
+        stages = Table("stage", *COLUMNS, "status", title="last run")
+        for report in reports:
+            row = report.row()
+            stages.add_row(*(str(row[k]) for k in ("stage", *COLUMNS, "status")))
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}")
-    land = ((last or {}).get("stages") or {}).get("land") or {}
-    for entry in land.get("skipped", []):  # delivery folders and files the layout does not take, refused links
+    land = next((r.details for r in reports if r.stage == "land"), {})
+    for entry in land.get("not_landed_files", []):  # delivery folders and files the layout does not take, links
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
-    if land.get("source_skipped", 0) > len(land.get("skipped", [])):
-        console.print(f"not landed           ... {land['source_skipped']:,} in all", highlight=False)
+    if land.get("not_landed", 0) > len(land.get("not_landed_files", [])):
+        console.print(f"not landed           ... {land['not_landed']:,} in all", highlight=False)
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)

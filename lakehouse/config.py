@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("landing", "bronze", "silver", "gold", "quarantine")
+DELTA_LAYERS = LAYERS[1:]  # the layers that hold Delta tables
 MASK = "********"
 # Spark settings whose values are hidden by `lakehouse config`: keys, secrets, passwords, tokens, credentials.
 SECRET_KEY = re.compile(r"secret|passw|token|credential|private|key|auth", re.IGNORECASE)
@@ -148,11 +150,9 @@ def mask_dsn(dsn: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hosts}" if ":" in userinfo else parts.netloc
         query = urlencode([(k, MASK if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*")
         url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-        try:
+        with contextlib.suppress(ProgrammingError):  # the URL form would not parse: the keyword form stands
             if parse_dsn(url).get("password") == MASK:
                 masked = url
-        except ProgrammingError:
-            pass
     return masked
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from lakehouse.config import Settings, get_settings
 
@@ -72,7 +72,7 @@ class Target:
         return self.app_id is not None and self.version is not None
 
 
-def _writer(df: DataFrame, target: Target, mode: str):
+def _writer(df: DataFrame, target: Target, mode: str) -> DataFrameWriter:
     writer = df.write.format("delta").mode(mode)
     properties = {**TABLE_PROPERTIES, **({STATS_PROPERTY: ",".join(target.stats)} if target.stats else {})}
     for key, value in properties.items():
@@ -106,7 +106,7 @@ def advance(spark: SparkSession, target: Target) -> None:
         append_once(spark.read.format("delta").load(target.path).limit(0), target)
 
 
-def _log(path: str):
+def _log(path: str) -> tuple[Any, str, list[str]]:
     """(filesystem, log folder, its file names) of the Delta table at `path`; names is empty when there is no table."""
     from lakehouse.storage import filesystem
 
@@ -218,7 +218,7 @@ def _partition_filter(values: DataFrame) -> str:
     return " AND ".join(parts)
 
 
-def write_tables(spark: SparkSession, jobs: dict[str, Callable[[SparkSession], T]]) -> dict[str, T]:
+def write_tables(spark: SparkSession, jobs: Mapping[str, Callable[[SparkSession], T]]) -> dict[str, T]:
     """Run independent table writes side by side, each on its own session of the same Spark (its own SQL conf, so one
     MERGE's txn settings never reach another write; over Spark Connect, its own server session); every write finishes
     before the first error is raised."""
@@ -263,7 +263,7 @@ class Commit:
     user_metadata: str | None
 
 
-def _commit(fs, version: int, name: str, app_id: str) -> Commit | None:
+def _commit(fs: Any, version: int, name: str, app_id: str) -> Commit | None:
     """The commit in file `name` if it carries an `app_id` txn."""
     import json
 

@@ -5,15 +5,17 @@ rebuild)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Settings
+from lakehouse.reports import StageReport
 from lakehouse.silver import latest_as_of
 
 # Layer policy, measured in bench/partitioning.py (bench/README.md): tables read or replaced by day or month are
@@ -105,10 +107,7 @@ def dim_subject(history: DataFrame) -> DataFrame:
 
 def dim_date(*fact_dates: DataFrame) -> DataFrame:
     """gold.dim_date: one row per calendar day from the first to the last fact date (single-column inputs)."""
-    dates = None
-    for df in fact_dates:
-        one = df.select(F.col(df.columns[0]).alias("date"))
-        dates = one if dates is None else dates.unionByName(one)
+    dates = reduce(DataFrame.unionByName, [df.select(F.col(df.columns[0]).alias("date")) for df in fact_dates])
     day = F.col("date")
     return (dates.agg(F.min("date").alias("lo"), F.max("date").alias("hi")).where("lo is not null")
             .select(F.explode(F.sequence("lo", "hi")).alias("date"))
@@ -271,7 +270,7 @@ def _first_changed(run: Run, *names: str) -> str | None:
     union = bounds[0]
     for b in bounds[1:]:
         union = union.unionByName(b)
-    return union.agg(F.date_format(F.min("b"), "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+    return union.agg(F.date_format(F.min("b"), "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]
 
 
 def _as_of_from(rows: DataFrame, moment: str) -> DataFrame:
@@ -288,7 +287,7 @@ def _within(column: str, values: list) -> str:
     """A predicate selecting rows whose `column` is one of `values` (a null among them included)."""
     from datetime import date
 
-    def literal(v) -> str:
+    def literal(v: object) -> str:
         return f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
 
     known = [literal(v) for v in sorted(v for v in values if v is not None)]
@@ -392,7 +391,9 @@ def _activity(name: str, aggregate: Callable[[DataFrame], DataFrame], keys: tupl
 # -- marts -----------------------------------------------------------------------------------
 
 
-def _mart_update(column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]):
+def _mart_update(
+    column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]
+) -> Callable[[Run], None]:
     """Recompute the mart's groups the new events touch (their days, months, user types) from `rows`."""
 
     def update(run: Run) -> None:
@@ -428,15 +429,24 @@ def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
     return None
 
 
+def _students_moved(run: Run, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame] | None:
+    """(dim_student, the students whose attributes changed); None when those cannot be told, after rebuilding the
+    table whole with `build(dim_student)`."""
+    students = run.gold("dim_student")
+    try:
+        return students, _students_changed(run)
+    except LookupError:
+        delta.overwrite(build(students), run.target)
+        return None
+
+
 def _state_activity_update(run: Run) -> None:
     """The states whose totals change: those of students with new events (null: anonymous or unknown), and the
     states students moved from and to."""
-    students = run.gold("dim_student")
-    try:
-        moved = _students_changed(run)
-    except LookupError:
-        delta.overwrite(mart_state_activity(run.gold("activity_by_student"), students), run.target)
+    found = _students_moved(run, lambda students: mart_state_activity(run.gold("activity_by_student"), students))
+    if found is None:
         return
+    students, moved = found
     new = fact_page_view(run.changed("page_views")).select("student_id").distinct()
     states = (new.join(students, "student_id", "left").select("state")
               .unionByName(moved.select(F.col("old_state").alias("state")))
@@ -448,12 +458,10 @@ def _state_activity_update(run: Run) -> None:
 def _enriched_update(run: Run) -> None:
     """New events are appended with their student's current attributes; the events of students whose attributes
     changed are rewritten in place (a MERGE on student_id, committed once per version under its own app id)."""
-    students = run.gold("dim_student")
-    try:
-        moved = _students_changed(run)
-    except LookupError:
-        delta.overwrite(page_view_enriched(run.gold("fact_page_view"), students), run.target)
+    found = _students_moved(run, lambda students: page_view_enriched(run.gold("fact_page_view"), students))
+    if found is None:
         return
+    students, moved = found
     restate = delta.Target("gold", run.table, run.settings, app_id=f"gold.{run.table}.restate",
                            version=run.target.version)
     delta.merge_once(run.session, moved.select("student_id", "new.*"), restate, on="t.student_id = s.student_id",
@@ -529,7 +537,7 @@ def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
 
 def _plan(settings: Settings, table: GoldTable, marks: dict[str, int | None]) -> tuple[dict[str, int], dict[str, int] | None] | None:
     """(input marks to reach, marks consumed) for a table that lags silver, or None when it is up to date."""
-    reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+    reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
     if not reach:
         return None
     seen = _seen_marks(settings, table.name)
@@ -559,9 +567,10 @@ def _write(session: SparkSession, settings: Settings, table: GoldTable, reach: d
             "rows_out": delta.rows_written(run.target.path)}
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
+def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring gold up to date with silver, phase by phase, the tables of a phase side by side; a table whose silver
     inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
+    started = time.monotonic()
     marks = _silver_marks(settings)
     tables: dict[str, dict] = {}
     for phase in PHASES:
@@ -569,7 +578,7 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
         for table in phase:
             plan = _plan(settings, table, marks)
             if plan is None and full_refresh:
-                reach = {i: marks[i] for i in table.inputs if marks[i] is not None}
+                reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
                 plan = (reach, _seen_marks(settings, table.name)) if reach else None
             if plan is None:
                 tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
@@ -577,5 +586,5 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
                 jobs[table.name] = partial(_write, settings=settings, table=table, reach=plan[0], seen=plan[1],
                                            full_refresh=full_refresh)
         tables.update(delta.write_tables(spark, jobs))
-    return {"layer": "gold", "run_id": run_id, "full_refresh": full_refresh,
-            "tables": {name: tables[name] for name in TABLES}}
+    return StageReport.of_tables("gold", {name: tables[name] for name in TABLES}, time.monotonic() - started,
+                                 run_id=run_id, full_refresh=full_refresh)

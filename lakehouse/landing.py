@@ -7,11 +7,12 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from lakehouse import faults, storage
 from lakehouse.config import Settings, join
+from lakehouse.reports import StageReport
 from lakehouse.sources import Source, SourceError, SourceFile, open_source
 
 LEDGER = "_system/ledger"
@@ -205,7 +206,7 @@ def unseen(settings: Settings, source: Source | None = None) -> bool:
     return any((f.path, f.size, f.fingerprint) not in seen for f in source.list_files())
 
 
-def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
+def land(settings: Settings, source: Source | None = None) -> StageReport:
     """Copy every new source file into the landing zone and commit them as one ledger batch; returns a report."""
     started = time.monotonic()
     source = source or open_source(settings.source_url, settings)
@@ -239,7 +240,7 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
             "path": f.path, "kind": f.kind, "entity": f.entity, "delivery": f.delivery,
             "as_of": f.as_of.isoformat(), "size": f.size, "fingerprint": f.fingerprint,
             "bytes": size, "sha256": sha256, "landed_path": target,
-            "landed_at": datetime.now(timezone.utc).isoformat(), "batch_id": batch_id,
+            "landed_at": datetime.now(UTC).isoformat(), "batch_id": batch_id,
         }
         if f.kind == "transactional" and size > settings.max_file_bytes:
             entry.update(file_reason="file_too_large", head=head.decode("utf-8", "replace"))
@@ -262,21 +263,24 @@ def land(settings: Settings, source: Source | None = None) -> dict[str, Any]:
     new = sum(e["status"] == "new" for e in entries)
     if entries:
         _write_manifest(fs, root, settings, {
-            "batch_id": batch_id, "created_at": datetime.now(timezone.utc).isoformat(),
+            "batch_id": batch_id, "created_at": datetime.now(UTC).isoformat(),
             "source": source.url, "files": entries,
         })
         faults.point("after_landing")
     skipped = [*getattr(source, "skipped", []), *skipped]
     landed = [e for e in entries if e["status"] == "new"]
-    return {
-        "batch_id": batch_id if entries else None,
-        "files_seen": seen, "files_known": known, "files_new": new, "files_duplicate": len(entries) - new,
-        "deliveries": sorted({e["delivery"] for e in entries if e["status"] == "new"}),
-        "bytes_landed": bytes_landed, "seconds": round(time.monotonic() - started, 3),
-        "files_too_large": sum(e.get("file_reason") == "file_too_large" for e in landed),
-        "lines_too_long": sum(len(e.get("long_lines", [])) for e in landed),
-        "source_skipped": len(skipped), "skipped": skipped[:REPORTED],
-    }
+    return StageReport(
+        "land", files=new, deliveries=sorted({e["delivery"] for e in landed}), skipped=not new,
+        seconds=round(time.monotonic() - started, 3),
+        details={
+            "batch_id": batch_id if entries else None,
+            "files_seen": seen, "files_known": known, "files_duplicate": len(entries) - new,
+            "bytes_landed": bytes_landed,
+            "files_too_large": sum(e.get("file_reason") == "file_too_large" for e in landed),
+            "lines_too_long": sum(len(e.get("long_lines", [])) for e in landed),
+            "not_landed": len(skipped), "not_landed_files": skipped[:REPORTED],
+        },
+    )
 
 
 def _remove(fs: Any, paths: list[str]) -> None:

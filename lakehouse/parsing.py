@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -143,6 +143,6 @@ def field(obj: Column, name: str, control: Column) -> Column:
 
 def plausible_dates(since: date, days_ahead: int, today: date | None = None) -> tuple[date, date]:
     """The plausible range of event and record dates: [since, today + days_ahead] (UTC dates)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    return since, (today or datetime.now(timezone.utc).date()) + timedelta(days=days_ahead)
+    return since, (today or datetime.now(UTC).date()) + timedelta(days=days_ahead)

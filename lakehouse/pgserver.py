@@ -9,15 +9,18 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lakehouse.config import Settings, get_settings
-from lakehouse.security import secure_dir, write_secret
+from lakehouse.security import free_port, secure_dir, write_secret
 from lakehouse.warehouse import BI_GROUP, BI_LOGIN, SQL_DIR
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
 
 INSTALL_HINT = "PostgreSQL server binaries not found: install them with `apt-get install -y postgresql`"
 SUPERUSER = "lakehouse"  # administers the cluster only
@@ -58,12 +61,6 @@ def _postmaster(pidfile: Path) -> int | None:
         return None
     except PermissionError:
         return int(pidfile.read_text().split()[0])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -155,7 +152,7 @@ class ManagedPostgres:
         find_bindir()  # PostgresError naming the install command, before anything is made
         secure_dir(self.root)
         if not (self.root / "port").exists():
-            (self.root / "port").write_text(str(_free_port()))
+            (self.root / "port").write_text(str(free_port()))
         if self._adopt_legacy_cluster():
             return
         if self.cluster.exists():
@@ -262,7 +259,7 @@ class ManagedPostgres:
             self.bi_databases.write_text("\n".join([*names, database]) + "\n")
             self._run("pg_ctl", "reload", "-D", str(self.cluster))
 
-    def _connect(self, database: str):
+    def _connect(self, database: str) -> psycopg2.extensions.connection:
         import psycopg2
 
         deadline = time.monotonic() + 30

@@ -13,13 +13,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakehouse.config import PROJECT_ROOT, Settings
+from lakehouse.runs import WRITER_LIMIT
 from lakehouse.security import (
-    ADMIN_USER, admin_password, check_bind, connect_host, is_loopback, login_set, public_host, write_secret,
+    ADMIN_USER,
+    admin_password,
+    check_bind,
+    connect_host,
+    is_loopback,
+    login_set,
+    public_host,
+    write_secret,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORK_POOL = "lakehouse"
-WRITER_LIMIT = "lakehouse-writer"
 
 
 class PlatformError(RuntimeError):
@@ -368,7 +376,7 @@ class Platform:
 
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
-            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),
+            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),  # noqa: B023
                                         f"list the processes of {child.name}") or []
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -387,7 +395,7 @@ class Platform:
         spark_token_file(self.settings).unlink(missing_ok=True)
 
 
-def _unless_gone(action: Callable, what: str):
+def _unless_gone(action: Callable[[], Any], what: str) -> Any:
     """Run `action` on a process that may have exited meanwhile (then nothing happens); log any other failure."""
     import psutil
 
@@ -414,7 +422,7 @@ def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006,
     """Run the platform until Ctrl-C; every process started here is stopped on the way out."""
     platform = Platform(settings, prefect_port, dashboard_port, dashboard, say, spark_port=spark_port)
 
-    def _terminate(signum, frame):
+    def _terminate(signum: int, frame: object) -> NoReturn:
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}

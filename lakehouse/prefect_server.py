@@ -10,6 +10,10 @@ import argparse
 import base64
 import binascii
 import hmac
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = {"/api/health", "/api/ready"}  # probes, as Prefect itself leaves them open (GET only)
 
@@ -17,11 +21,11 @@ OPEN_PATHS = {"/api/health", "/api/ready"}  # probes, as Prefect itself leaves t
 class LoginFirst:
     """ASGI wrapper: an HTTP request under /api without the basic credentials `user:password` gets 401."""
 
-    def __init__(self, app, credentials: str):
+    def __init__(self, app: ASGIApp, credentials: str) -> None:
         self.app = app
         self.credentials = credentials.encode()
 
-    def _allowed(self, scope) -> bool:
+    def _allowed(self, scope: Scope) -> bool:
         method = scope.get("method", "GET").upper()
         if method == "OPTIONS" or (method == "GET" and scope["path"] in OPEN_PATHS):
             return True  # a CORS preflight carries no credentials; the CORS middleware answers it
@@ -33,7 +37,7 @@ class LoginFirst:
             return False
         return scheme.lower() == b"basic" and hmac.compare_digest(given, self.credentials)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api") and not self._allowed(scope):
             from starlette.responses import JSONResponse
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 from lakehouse.config import Settings
@@ -94,13 +97,18 @@ def check_bind(host: str, login: bool, what: str = "`lakehouse up`") -> None:
                           "LAKEHOUSE_ADMIN_PASSWORD (user admin) first, or keep LAKEHOUSE_BIND=127.0.0.1")
 
 
+def _every_interface(bind: str) -> bool:
+    """Whether `bind` is the unspecified address (0.0.0.0 or ::); a host name is not."""
+    try:
+        return ipaddress.ip_address(bind.strip("[]")).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
 def connect_host(bind: str) -> str:
     """The address local clients use to reach a service listening on `bind`."""
-    try:
-        if ipaddress.ip_address(bind.strip("[]")).is_unspecified:
-            return "127.0.0.1" if ":" not in bind else "::1"
-    except ValueError:
-        pass
+    if _every_interface(bind):
+        return "127.0.0.1" if ":" not in bind else "::1"
     return bind
 
 
@@ -108,9 +116,28 @@ def public_host(bind: str) -> str:
     """The host name people use for a service listening on `bind` (this machine's name for every interface)."""
     import socket
 
-    try:
-        if ipaddress.ip_address(bind.strip("[]")).is_unspecified:
-            return socket.getfqdn()
-    except ValueError:
-        pass
+    if _every_interface(bind):
+        return socket.getfqdn()
     return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (a server started next binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float, name: str = "the server") -> None:
+    """Wait until `proc` accepts connections on loopback `port`: RuntimeError when it exits first, TimeoutError when
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{name} did not listen on port {port} within {timeout:.0f} s")

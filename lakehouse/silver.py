@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -12,13 +13,14 @@ from lakehouse import delta
 from lakehouse import parsing as P
 from lakehouse.config import Settings
 from lakehouse.parsing import parse_at, parse_export_time
+from lakehouse.reports import StageReport
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
 
 SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities": "university_id",
                  "subjects": "subject_id"}
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
-PARTITION_BY: dict[str, list[str]] = {"page_views": ["event_date"]}
+PARTITION_BY: dict[str, tuple[str, ...]] = {"page_views": ("event_date",)}
 PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
 # Every silver table carries `changed_batch_id`: the bronze batch in which what gold reads of the row last changed (a
 # page view: the first batch holding the event; a snapshot row: the batch whose delivery rewrote it). Gold reads the
@@ -362,7 +364,7 @@ def pending(settings: Settings) -> bool:
 
 def _as_of(rows: DataFrame, bound: Callable[[str], Column]) -> str | None:
     """`min`/`max` of `as_of` over `rows` as exact text in the session's time zone (None: no rows)."""
-    return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+    return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]
 
 
 def latest_as_of(rows: DataFrame, moment: str | None = None, inclusive: bool = False) -> str | None:
@@ -408,7 +410,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
     target = delta.Target(
         "silver", table, settings, app_id=f"silver.{table}",
         version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
-        partition_by=tuple(PARTITION_BY.get(table, ())), stats=STATS_COLUMNS[table])
+        partition_by=PARTITION_BY.get(table, ()), stats=STATS_COLUMNS[table])
     if current is None:
         delta.overwrite(page_views(rows, run_id) if table == "page_views" else TRANSFORMS[table](rows), target)
     elif table == "page_views":
@@ -430,11 +432,12 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
             "rows_out": delta.rows_written(target.path)}
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> dict:
+def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
     `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
+    started = time.monotonic()
     tables = delta.write_tables(spark, {
         table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
         for table in TABLES})
-    return {"layer": "silver", "run_id": run_id, "full_refresh": full_refresh, "tables": tables,
-            "rows_in": sum(t["rows_in"] for t in tables.values())}
+    return StageReport.of_tables("silver", tables, time.monotonic() - started, run_id=run_id,
+                                 full_refresh=full_refresh)

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from lakehouse.config import Settings
@@ -47,8 +48,11 @@ class SourceFile:
 @runtime_checkable
 class Source(Protocol):
     url: str
-    # what the last listing left out, each {"path": ..., "why": ...}: folders and files outside the layout, links
-    skipped: list[dict[str, str]]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What the last listing left out, each {"path": ..., "why": ...}: folders and files outside the layout,
+        links."""
 
     def list_files(self) -> Iterator[SourceFile]: ...
 
@@ -66,7 +70,7 @@ def parse_delivery(name: str) -> datetime | None:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _parse_rfc3339(value: str) -> datetime:
@@ -75,7 +79,7 @@ def _parse_rfc3339(value: str) -> datetime:
 
 def _from_ns(ns: int) -> datetime:
     seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
 
 
 class _Layout:
@@ -416,7 +420,30 @@ class DriveSource:
         request = self.service.files().get_media(fileId=file_id, supportsAllDrives=True)
         request.http = AuthorizedHttp(self._credentials, http=build_http())  # own connection: safe across threads
         reader = io.BufferedReader(_DriveReader(request, self.chunksize), buffer_size=1024 * 1024)
-        return reader  # type: ignore[return-value]
+        return reader
+
+
+class OneDelivery:
+    """A source narrowed to one delivery folder."""
+
+    def __init__(self, source: Source, delivery: str) -> None:
+        self.source, self.delivery, self.url = source, delivery, source.url
+
+    def list_files(self) -> Iterator[SourceFile]:
+        """The files of the delivery; none is an error, in one line."""
+        found = [f for f in self.source.list_files() if f.delivery == self.delivery]
+        if not found:
+            raise ValueError(f"no file of delivery {self.delivery!r} in {self.url}")
+        return iter(found)
+
+    def open(self, f: SourceFile) -> BinaryIO:
+        """Open one file of the delivery."""
+        return self.source.open(f)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What the underlying source's listing left out."""
+        return self.source.skipped
 
 
 def open_source(url: str, settings: Settings | None = None) -> Source:

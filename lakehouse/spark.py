@@ -143,7 +143,7 @@ def _remote_session(url: str, app_name: str = "lakehouse", new: bool = False) ->
     remote = builder.create() if new else builder.getOrCreate()
     for key, value in SQL_CONF.items():
         remote.conf.set(key, value)
-    return remote
+    return remote  # type: ignore[return-value]  # the Connect session serves the same DataFrame API
 
 
 _session: SparkSession | None = None

@@ -9,16 +9,22 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg2
 import psycopg2.errors
 
 from lakehouse import faults
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
+from lakehouse.reports import StageReport
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+    from psycopg2.extensions import cursor as Cursor
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +120,7 @@ class GoldSource(Protocol):
     def version(self, table: str) -> int | None:
         """The table's current version (None: no such table)."""
 
-    def relation(self, con, table: str, version: int) -> str:
+    def relation(self, con: DuckDBPyConnection, table: str, version: int) -> str:
         """SQL text of a relation reading `table` at `version` in DuckDB connection `con`."""
 
 
@@ -138,7 +144,7 @@ class DeltaGold:
         versions = [int(m.group(1)) for n in names if (m := re.fullmatch(r"(\d{20})\.json", n.rsplit("/", 1)[-1]))]
         return max(versions) if versions else None
 
-    def relation(self, con, table: str, version: int) -> str:
+    def relation(self, con: DuckDBPyConnection, table: str, version: int) -> str:
         from lakehouse.catalog import extension_path
 
         con.execute(f"load '{extension_path()}'")  # a no-op once loaded
@@ -161,13 +167,13 @@ class ArrowGold:
     def version(self, table: str) -> int | None:
         return self.versions.get(table) if table in self.tables else None
 
-    def relation(self, con, table: str, version: int) -> str:
+    def relation(self, con: DuckDBPyConnection, table: str, version: int) -> str:
         name = f"gold_{table}_v{int(version)}"
         con.register(name, self.tables[table])
         return name
 
 
-def duckdb_connection():
+def duckdb_connection() -> DuckDBPyConnection:
     """An in-memory DuckDB connection with UTC as its time zone, and no progress bar on stdout."""
     import duckdb
 
@@ -202,7 +208,7 @@ class CsvStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _put(self, item) -> bool:
+    def _put(self, item: bytes | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -250,7 +256,7 @@ class CsvStream(io.RawIOBase):
         super().close()
 
 
-def copy_batches(cur, table: str, columns: Iterable[str], batches: Iterable,
+def copy_batches(cur: Cursor, table: str, columns: Iterable[str], batches: Iterable[Any],
                  on_batch: Callable[[int], None] | None = None) -> int:
     """COPY Arrow record batches into `table` (CSV over the wire); returns the rows sent."""
     stream = CsvStream(batches, on_batch)
@@ -325,7 +331,7 @@ def _changed_migrations(done: dict[int, str]) -> list[str]:
     """Why migrate refuses: one line per applied migration whose file changed since it was applied."""
     found = migrations()
     problems = []
-    for version, name, path in found:
+    for version, _, path in found:
         checksum = hashlib.sha256(path.read_text().encode()).hexdigest()
         if version in done and done[version] != checksum:
             problems.append(f"warehouse_sql/{path.name} was changed after it was applied to this database"
@@ -415,12 +421,19 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
 
 # -- the mirror ------------------------------------------------------------------------------
 
-def _applied_deliveries(cur, target: str) -> set[tuple[str, datetime]]:
+def _applied_deliveries(cur: Cursor, target: str) -> set[tuple[str, datetime]]:
     cur.execute("select delivery, as_of from dw.load_delivery where table_name = %s", (target,))
     return set(cur.fetchall())
 
 
-def _last_gold_version(cur, target: str) -> int | None:
+def _one(cur: Cursor) -> Any:
+    """The first column of the row the last statement returned (one it always returns)."""
+    row = cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _last_gold_version(cur: Cursor, target: str) -> int | None:
     cur.execute("select gold_version from dw.load_audit where table_name = %s order by load_id desc limit 1", (target,))
     row = cur.fetchone()
     return row[0] if row else None
@@ -432,7 +445,7 @@ def _last_gold_version(cur, target: str) -> int | None:
 LOAD_SETTINGS = {"timezone": "UTC", "work_mem": "64MB", "synchronous_commit": "off"}
 
 
-def load_session(cur) -> None:
+def load_session(cur: Cursor) -> None:
     """Apply LOAD_SETTINGS to the current transaction (SET LOCAL)."""
     for name, value in LOAD_SETTINGS.items():
         cur.execute(f"set local {name} = %s", (value,))
@@ -455,7 +468,7 @@ def stage_query(load: Load, relation: str, where: str = "") -> str:
     return f"select {', '.join(rendered)} from ({query}) as staged({columns})"
 
 
-def _stage(cur, duck, load: Load, relation: str, where: str = "", params: list | None = None) -> int:
+def _stage(cur: Cursor, duck: DuckDBPyConnection, load: Load, relation: str, where: str = "", params: list | None = None) -> int:
     """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history)."""
     stage = f"stage.{load.target}_history" if load.is_dimension else f"stage.{load.target}"
     extra = f", stage.{load.target}_version" if load.is_dimension else ""
@@ -465,7 +478,7 @@ def _stage(cur, duck, load: Load, relation: str, where: str = "", params: list |
     return copy_batches(cur, stage, load.columns, reader, on_batch=lambda _: faults.point(point))
 
 
-def _apply(cur, target: str) -> dict[str, int]:
+def _apply(cur: Cursor, target: str) -> dict[str, int]:
     counts = {}
     for name, sql in load_statements(target):
         cur.execute(sql)
@@ -473,7 +486,7 @@ def _apply(cur, target: str) -> dict[str, int]:
     return counts
 
 
-def _load_dimension(cur, duck, load: Load, source: GoldSource, version: int, load_id: Callable[[], int]) -> dict:
+def _load_dimension(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: GoldSource, version: int, load_id: Callable[[], int]) -> dict:
     relation = source.relation(duck, load.gold, version)
     in_gold = {(d, a) for d, a in duck.execute(f"select distinct cast(delivery as varchar), cast(as_of as timestamptz)"
                                                  f" from {relation} where as_of is not null").fetchall()}
@@ -497,7 +510,7 @@ def _load_dimension(cur, duck, load: Load, source: GoldSource, version: int, loa
     return report
 
 
-def _load_fact(cur, duck, load: Load, source: GoldSource, version: int | None, load_id: Callable[[], int]) -> dict:
+def _load_fact(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: GoldSource, version: int | None, load_id: Callable[[], int]) -> dict:
     counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
     if version is None:  # gold table gone while its dimensions changed: the fact is empty
         cur.execute(f"truncate stage.{load.target}")
@@ -510,7 +523,7 @@ def _load_fact(cur, duck, load: Load, source: GoldSource, version: int | None, l
     return {"status": "applied", "gold_version": version, **counts}
 
 
-def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], counts: dict[str, int]) -> None:
+def _audit(cur: Cursor, load_id: int, load: Load, version: int, deliveries: list[str], counts: dict[str, int]) -> None:
     cur.execute(
         "insert into dw.load_audit (load_id, table_name, gold_table, gold_version, deliveries, rows_staged,"
         " rows_inserted, rows_closed, rows_removed) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -519,7 +532,7 @@ def _audit(cur, load_id: int, load: Load, version: int, deliveries: list[str], c
     )
 
 
-def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> dict:
+def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> StageReport:
     """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
     from lakehouse.pgserver import warehouse_logins
 
@@ -543,7 +556,7 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
             def load_id() -> int:
                 if not load_ids:
                     cur.execute("select nextval('dw.load_id_seq')")
-                    load_ids.append(cur.fetchone()[0])
+                    load_ids.append(_one(cur))
                 return load_ids[0]
 
             changed: set[str] = set()
@@ -578,15 +591,10 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
     applied = [t for t, r in tables.items() if r["status"] == "applied"]
     seconds = time.perf_counter() - started
     staged = sum(r.get("rows_staged", 0) for r in tables.values())
-    return {
-        "load_id": load_ids[0] if load_ids else None,
-        "loads_applied": len(applied),
-        "applied": applied,
-        "rows_in": staged,
-        "rows_out": sum(r.get("rows_inserted", 0) for r in tables.values()),
-        "deliveries": sorted({d for r in tables.values() for d in r.get("deliveries", [])}),
-        "skipped": not applied,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(staged / seconds) if seconds and staged else 0,
-        "tables": tables,
-    }
+    return StageReport(
+        "mirror", rows_in=staged, rows_out=sum(r.get("rows_inserted", 0) for r in tables.values()),
+        deliveries=sorted({d for r in tables.values() for d in r.get("deliveries", [])}), skipped=not applied,
+        seconds=round(seconds, 3),
+        details={"load_id": load_ids[0] if load_ids else None, "applied": applied,
+                 "rows_per_second": round(staged / seconds) if seconds and staged else 0, "tables": tables},
+    )

@@ -18,8 +18,8 @@ BUCKET = "lakehouse-demo"
 
 def main() -> int:
     from lakehouse.config import PROJECT_ROOT, Settings
-    from lakehouse.tools.emulator import run_emulator
     from lakehouse.storage import gcs_filesystem
+    from lakehouse.tools.emulator import run_emulator
 
     sample, data = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     lakehouse = str(Path(sys.executable).with_name("lakehouse"))

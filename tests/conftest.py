@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from lakehouse.security import free_port
+from tests.builders import wait_port
+
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+# fixtures that live with what they fake: the GCS emulator, the Drive fake
+pytest_plugins = ["tests.gcs_emulator", "tests.fake_drive"]
 
 
 @pytest.fixture
@@ -72,3 +80,41 @@ def pg_dsn(pg_server, settings, monkeypatch):
     config.get_settings.cache_clear()
     yield dsn
     config.get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """spark://127.0.0.1:<port> of a running master with one 1-core, 1 GB worker."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = str(home / "bin" / "spark-class")
+    root = tmp_path_factory.mktemp("standalone")
+    env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               SPARK_WORKER_DIR=str(root / "work"), SPARK_LOG_DIR=str(root / "logs"))
+    port, ui, worker_ui = free_port(), free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
+        log = root / f"{name}.log"
+        proc = subprocess.Popen([spark_class, *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc, log
+
+    try:
+        master, log = start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                             "--webui-port", str(ui)], "master")
+        wait_port(port, master, log)
+        worker, wlog = start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host",
+                              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui)], "worker")
+        wait_port(worker_ui, worker, wlog)
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

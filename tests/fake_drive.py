@@ -9,10 +9,11 @@ import json
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -25,7 +26,7 @@ DEFAULT_FIELDS = ("kind", "id", "name", "mimeType")
 
 
 def rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 @dataclass
@@ -71,7 +72,7 @@ class FakeDrive:
     def url(self) -> str:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}/"
 
     def start(self) -> FakeDrive:
         fake = self
@@ -104,7 +105,7 @@ class FakeDrive:
     def new_root(self, name: str = "root") -> str:
         """A new top-level folder; returns its id."""
         with self.lock:
-            item = Item(self._new_id(), name, FOLDER, [], datetime.now(timezone.utc))
+            item = Item(self._new_id(), name, FOLDER, [], datetime.now(UTC))
             self.items[item.id] = item
             return item.id
 
@@ -114,7 +115,7 @@ class FakeDrive:
             for item in self.children(parent):
                 if item.name == name and item.mime_type == FOLDER:
                     return item.id
-            item = Item(self._new_id(), name, FOLDER, [parent], datetime.now(timezone.utc))
+            item = Item(self._new_id(), name, FOLDER, [parent], datetime.now(UTC))
             self.items[item.id] = item
             return item.id
 
@@ -126,7 +127,7 @@ class FakeDrive:
             parent = root
             for folder in folders:
                 parent = self.mkdir(parent, folder)
-            modified = modified or datetime.now(timezone.utc)
+            modified = modified or datetime.now(UTC)
             for item in self.children(parent):
                 if item.name == name and item.mime_type != FOLDER:
                     item.data, item.modified = data, modified

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from lakehouse.tools.emulator import free_port, run_emulator  # noqa: F401  (re-exported for the tests)
+from lakehouse.tools.emulator import run_emulator
 
 # gcsfs reads this at import: without it every bucket first stalls 60 s on a gRPC lookup the emulator lacks.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

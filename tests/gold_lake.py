@@ -4,7 +4,6 @@ written by Spark from `range`."""
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 AS_OF = "2017-11-18 06:00:00"
 START = "2017-10-16 00:00:00"
@@ -95,8 +94,8 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
     ).selectExpr("date", "year(date) as year", "month(date) as month", "day(date) as day", "dayofweek(date) as weekday")
     tables["gold", "fact_page_view"] = fact
     tables["gold", "fact_session"] = spark.sql(
-        f"select student_id, min(event_at) as session_start_at, first(client_type) as client_type "
-        f"from f where student_id is not null group by student_id, session_uuid, event_date")
+        "select student_id, min(event_at) as session_start_at, first(client_type) as client_type "
+        "from f where student_id is not null group by student_id, session_uuid, event_date")
     tables["gold", "fact_subscription"] = spark.range(max(students // 8, 1)).selectExpr(
         f"cast({_h('id', 30, students)} as string) as student_id",
         f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 31, DAYS * 86400)}) as payment_at",
@@ -163,6 +162,7 @@ def shared_lake(spark: SparkSession | None) -> str:
         import tempfile
 
         lake = tempfile.mkdtemp(prefix="lakehouse-gold-") + "/lake"
+        assert spark is not None, "no prebuilt lake: a Spark session writes one"
         write_lake(spark, lake, events=3000, students=200, full=False)
         _shared["lake"] = lake
     return _shared["lake"]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
-import pytest
 
 from lakehouse.bronze import ingest
 from lakehouse.delta import read_table
 from lakehouse.landing import land, read_ledger
 
-UTC = timezone.utc
+UTC = UTC
 AT = "2017-11-16 02:10:20"
 BIG = "x" * (10 * 1024 * 1024)
 
@@ -54,10 +52,10 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
     src = Path(settings.source_url)
     put(src, "events/2017-11-16/nested/part-0.json", EVENTS)
     put(src, "events/2017-11-16/empty.json", b"")
-    assert land(settings)["files_new"] == 2
+    assert land(settings).files == 2
     report = ingest(spark, settings, "r1")
 
-    assert report["events"]["counts"] == {"all": {
+    assert report.details["events"]["counts"] == {"all": {
         "lines_read": 12, "bronze_rows": 2, "blank_lines": 2, "records_cleaned": 0,
         "quarantined": {"not_json_object": 3, "unparseable_at": 1, "missing_at": 2, "invalid_utf8": 1,
                         "value_too_large": 1},
@@ -101,7 +99,7 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
     land(settings)
     report = ingest(spark, settings, "r1")
 
-    counts = report["transactional"]["counts"]
+    counts = report.details["transactional"]["counts"]
     nothing_cleaned = {"blank_lines": 0, "records_cleaned": 0}
     assert counts["students"] == {"lines_read": 5, "bronze_rows": 2, "quarantined": {"not_an_object": 3},
                                   **nothing_cleaned}
@@ -129,15 +127,15 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
 
 
 def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, settings, tmp_path):
-    from lakehouse.tools.generate import generate
     from lakehouse.bronze import GROUPS, pending
+    from lakehouse.tools.generate import generate
 
     summary = generate(Path(settings.source_url), seed=5, students=20, events=300, deliveries=2)
     land(settings)
     assert pending(settings)
     report = ingest(spark, settings, "r1")
     assert not pending(settings)
-    counts = report["events"]["counts"]["all"]
+    counts = report.details["events"]["counts"]["all"]
     assert counts["lines_read"] == counts["bronze_rows"] + sum(counts["quarantined"].values()) + counts["blank_lines"]
     by_delivery = summary["events_by_delivery"].values()
     assert counts["blank_lines"] == sum(d["blank_lines"] for d in by_delivery)
@@ -157,9 +155,9 @@ def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, sett
 
     tables = [t for group in GROUPS.values() for t in group]
     before = versions(spark, settings, tables)
-    assert land(settings)["files_new"] == 0
+    assert land(settings).files == 0
     again = ingest(spark, settings, "r2")
-    assert again["events"] is None and again["transactional"] is None
+    assert again.skipped
     assert versions(spark, settings, tables) == before
 
 
@@ -174,7 +172,7 @@ def test_duplicates_new_versions_and_watermarks(spark, settings):
     put(src, "events/2017-11-16/part-0.json", line + line)  # new bytes, known name: a new version
     put(src, "transactional/2017-11-17/courses.json", b'[{"Id":1,"Name":"A"}]')
     report = land(settings)
-    assert (report["files_new"], report["files_duplicate"], report["batch_id"]) == (2, 1, 2)
+    assert (report.files, report.details["files_duplicate"], report.details["batch_id"]) == (2, 1, 2)
     ingest(spark, settings, "r2")
     events = read_table(spark, "bronze", "events", settings)
     assert rows(events, "source_file", "line_number", "batch_id") == [
@@ -188,11 +186,11 @@ def test_duplicates_new_versions_and_watermarks(spark, settings):
     put(src, "events/2017-11-18/part-0.json", f'{{"at":"{AT}","n":3}}\n'.encode())  # events only: batch 3
     land(settings)
     report = ingest(spark, settings, "r3")
-    assert report["transactional"] is None and report["events"]["version"] == 3
+    assert report.details["transactional"] is None and report.details["events"]["version"] == 3
     put(src, "transactional/2017-11-19/courses.json", b'[{"Id":2,"Name":"B"}]')  # transactional only: batch 4
     land(settings)
     report = ingest(spark, settings, "r4")
-    assert report["events"] is None and report["transactional"]["files"] == 1
+    assert report.details["events"] is None and report.details["transactional"]["files"] == 1
     assert rows(read_table(spark, "bronze", "courses", settings), "record", "batch_id") == [
         ('{"Id":1,"Name":"A"}', 2), ('{"Id":2,"Name":"B"}', 4),
     ]

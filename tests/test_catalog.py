@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gold_lake import shared_lake
 from lakehouse import catalog
 from lakehouse.config import Settings
+from tests.gold_lake import shared_lake
 
 HOSTILE = [
     "'",
@@ -31,16 +32,16 @@ HOSTILE = [
 
 
 # the first test also writes the shared lake with Spark: minutes on a busy 2-core machine
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # one shared lake built by the whole pipeline
 
 
 @pytest.fixture(scope="module")
-def lake(request) -> str:
+def lake(request: pytest.FixtureRequest) -> str:
     return shared_lake(None if os.environ.get("LAKEHOUSE_TEST_LAKE") else request.getfixturevalue("spark"))
 
 
 @pytest.fixture
-def lake_settings(lake, tmp_path, monkeypatch) -> Settings:
+def lake_settings(lake, tmp_path, monkeypatch) -> Iterator[Settings]:
     """Settings (and environment, for the CLI) on the shared lake with this test's own data folder."""
     from lakehouse import config
 
@@ -203,7 +204,7 @@ def test_dashboard_queries_bind_every_filter(lake_settings):
             assert gold.breakdown(name, hostile).empty
         assert gold.frame("daily", hostile.params()).empty
     with pytest.raises(ValueError):
-        gold.foreign(date(2017, 11, 1), "100 or 1=1")  # type: ignore[arg-type]
+        gold.foreign(date(2017, 11, 1), "100 or 1=1")
     with pytest.raises(ValueError):
         gold.breakdown("state; drop", Filters(start, end))
     assert gold.headline(Filters(start, end))["page_views"] == 3000

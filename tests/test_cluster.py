@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from pyspark.sql.types import MapType
 
 from lakehouse import delta, gold, silver
 from lakehouse.config import Settings
-from tests.test_silver import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows
+from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows
 
 SCRIPT = """
 import json, sys
@@ -27,71 +25,15 @@ from lakehouse.spark import get_spark
 settings = get_settings()
 spark = get_spark(settings)
 assert spark.sparkContext.master.startswith("spark://"), spark.sparkContext.master
-report = {"silver": silver.refresh(spark, settings, "cluster"), "gold": gold.refresh(spark, settings, "cluster")}
+report = {"silver": silver.refresh(spark, settings, "cluster").as_dict(),
+          "gold": gold.refresh(spark, settings, "cluster").as_dict()}
 report["executors"] = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
 print("REPORT " + json.dumps(report, default=str))
 spark.stop()
 """
 
 
-pytestmark = pytest.mark.timeout(1800)
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"port {port} not open: {log.read_text()[-2000:]}")
-
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
-    """spark://127.0.0.1:<port> of a running master with one 1-core, 1 GB worker."""
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    spark_class = str(home / "bin" / "spark-class")
-    root = tmp_path_factory.mktemp("standalone")
-    env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               SPARK_WORKER_DIR=str(root / "work"), SPARK_LOG_DIR=str(root / "logs"))
-    port, ui, worker_ui = _free_port(), _free_port(), _free_port()
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
-        log = root / f"{name}.log"
-        proc = subprocess.Popen([spark_class, *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        procs.append(proc)
-        return proc, log
-
-    try:
-        master, log = start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                             "--webui-port", str(ui)], "master")
-        _wait_port(port, master, log)
-        worker, wlog = start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host",
-                              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui)], "worker")
-        _wait_port(worker_ui, worker, wlog)
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 def _bronze(spark, settings: Settings) -> None:
     events = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 1),
@@ -121,7 +63,7 @@ def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path)
     assert done.returncode == 0 and lines, done.stderr[-4000:]
     report = json.loads(lines[-1][len("REPORT "):])
     assert report["executors"] >= 2  # the driver plus the worker's executor
-    assert not report["gold"]["tables"]["fact_page_view"]["skipped"]
+    assert not report["gold"]["details"]["tables"]["fact_page_view"]["skipped"]
 
     tables = [("silver", t) for t in ("page_views", *silver.TRANSFORMS)] + [("gold", t) for t in gold.TABLES]
     for layer, table in tables:

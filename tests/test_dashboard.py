@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from urllib.parse import urlsplit
 
 import pytest
 
-from gold_lake import shared_lake
+from lakehouse.security import free_port
+from tests.gold_lake import shared_lake
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHARTS = "svg.marks, canvas.marks"
 
-pytestmark = [pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
               pytest.mark.timeout(1800)]  # the shared lake is written by Spark on first use
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +132,7 @@ def test_nothing_is_served_before_the_login(guarded):
     import httpx
     import websockets.exceptions
     from websockets.sync.client import connect
+    from websockets.typing import Origin
 
     first = httpx.get(guarded, follow_redirects=False)
     assert first.status_code in (302, 303) and first.headers["location"].split("?")[0].endswith("/login")
@@ -147,7 +143,7 @@ def test_nothing_is_served_before_the_login(guarded):
 
     def handshake(origin: str, cookies: dict | None = None) -> None:
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
-        with connect(guarded.replace("http", "ws") + "ws", origin=origin, additional_headers=headers, proxy=None,
+        with connect(guarded.replace("http", "ws") + "ws", origin=Origin(origin), additional_headers=headers, proxy=None,
                      open_timeout=10):
             pass
 

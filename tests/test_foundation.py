@@ -104,7 +104,7 @@ def _postmaster_pid(server: ManagedPostgres) -> int:
 def _select_one(dsn: str) -> int:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("select 1")
-        return cur.fetchone()[0]
+        return cur.fetchall()[0][0]
 
 
 def test_managed_postgres_start_reuse_stop_and_restart_after_crash(pg_root):

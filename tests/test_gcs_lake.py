@@ -11,18 +11,18 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lakehouse import bronze, catalog, gold, silver
 from lakehouse.config import PROJECT_ROOT, Settings
-from lakehouse.tools.generate import generate
 from lakehouse.landing import land, read_ledger
-from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
-from tests.test_cluster import standalone  # noqa: F401  (fixture)
+from lakehouse.tools.generate import generate
+from tests.gcs_emulator import emulator_fs
 
-pytestmark = [pytest.mark.gcs, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
 
 BUCKET = "gcs-lake-test"
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at"}
@@ -80,7 +80,7 @@ def source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bucket(gcs_emulator, source) -> str:  # noqa: F811
+def bucket(gcs_emulator, source) -> Iterator[str]:
     """The emulator with the module's bucket holding the source under `source/`; GCS clients pointed at it."""
     mp = pytest.MonkeyPatch()
     mp.setenv("LAKEHOUSE_GCS_ENDPOINT", gcs_emulator)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,7 @@ def parse_at(value) -> datetime | None:
         return None
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d%H:%M:%S"):
         try:
-            return datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)
+            return datetime.strptime(value, fmt).replace(tzinfo=UTC)
         except ValueError:
             pass
     if "T" in value:
@@ -55,7 +55,7 @@ def parse_at(value) -> datetime | None:
             dt = datetime.fromisoformat(value)
         except ValueError:
             return None
-        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     return None
 
 
@@ -129,8 +129,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def window_start(delivery: str) -> datetime:
-    day = datetime.fromisoformat(delivery[:10]).replace(tzinfo=timezone.utc)
-    return datetime(2017, 11, 1, tzinfo=timezone.utc) if delivery == DELIVERIES[0] else day - timedelta(days=1)
+    day = datetime.fromisoformat(delivery[:10]).replace(tzinfo=UTC)
+    return datetime(2017, 11, 1, tzinfo=UTC) if delivery == DELIVERIES[0] else day - timedelta(days=1)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -386,7 +386,7 @@ def test_late_events_and_windows(small):
     root, summary = small
     for d in DELIVERIES:
         start = window_start(d)
-        end = datetime.fromisoformat(d[:10]).replace(tzinfo=timezone.utc)
+        end = datetime.fromisoformat(d[:10]).replace(tzinfo=UTC)
         times = [parse_at(e["at"]) for _, _, e in valid_events(root, d)]
         assert all(t < end for t in times)
         late = [t for t in times if t < start]  # includes lines re-delivered from earlier deliveries

@@ -5,8 +5,19 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from lakehouse import delta, gold, silver
-from tests.test_silver import (CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, commits, entity_rows, event_rows, line,
-                               rows_of, srt, write_bronze)
+from tests.builders import (
+    CAMEL_GLUED,
+    ISO_ANON,
+    SPACED,
+    STUDENTS,
+    commits,
+    entity_rows,
+    event_rows,
+    line,
+    rows_of,
+    srt,
+    write_bronze,
+)
 
 D1, D2, D3 = datetime(2017, 11, 16), datetime(2017, 11, 17), datetime(2017, 11, 18, 6)
 
@@ -130,17 +141,17 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         write_bronze(spark, settings, entity, entity_rows(spark, entity, recs), 1)
     silver.refresh(spark, settings, "r1")
     rep = gold.refresh(spark, settings, "r1")
-    built = {t for t, r in rep["tables"].items() if not r["skipped"]}
+    built = {t for t, r in rep.details["tables"].items() if not r["skipped"]}
     assert {"fact_page_view", "dim_student", "dim_student_history", "mart_daily_activity", "dim_date",
             "page_view_enriched"} <= built
-    assert rep["tables"]["fact_session"]["skipped"]
-    assert rep["tables"]["fact_page_view"]["rows_out"] == 3
+    assert rep.details["tables"]["fact_session"]["skipped"]
+    assert rep.details["tables"]["fact_page_view"]["rows_out"] == 3
     # the late event of a later delivery: its own day and month
     write_bronze(spark, settings, "events", event_rows(spark, [(late, "2017-11-18T06:00:00", "p.json", 1),
                                                                (SPACED, "2017-11-18T06:00:00", "p.json", 2)], 2), 2)
     silver.refresh(spark, settings, "r2")
     rep = gold.refresh(spark, settings, "r2")
-    assert rep["tables"]["fact_page_view"]["rows_out"] == 1 and rep["tables"]["dim_student"]["skipped"]
+    assert rep.details["tables"]["fact_page_view"]["rows_out"] == 1 and rep.details["tables"]["dim_student"]["skipped"]
     read = lambda t: delta.read_table(spark, "gold", t, settings)  # noqa: E731
     assert rows_of(read("fact_page_view").where("page_name = '/late'"), "event_date") == [(date(2017, 10, 31),)]
     assert rows_of(read("mart_country_access").where("country = 'ar'"), "month", "page_views") == [
@@ -148,9 +159,9 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
     dd = read("dim_date")
     assert rows_of(dd.selectExpr("min(date)", "max(date)", "count(*)"), "*") == [
         (date(2017, 10, 31), date(2017, 11, 16), 17)]
-    before = {t: commits(spark, settings, "gold", t) for t in rep["tables"] if not rep["tables"][t]["skipped"]}
+    before = {t: commits(spark, settings, "gold", t) for t in rep.details["tables"] if not rep.details["tables"][t]["skipped"]}
     again = gold.refresh(spark, settings, "r3")
-    assert all(r["skipped"] for r in again["tables"].values())
+    assert all(r["skipped"] for r in again.details["tables"].values())
     assert {t: commits(spark, settings, "gold", t) for t in before} == before
 
     # a full refresh rebuilds every table from scratch (a new commit each) to the same content, and the next
@@ -160,11 +171,11 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
     tables = [(layer, t) for layer, ts in layers.items() for t in ts]
     kept = {(layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))
             for layer, t in tables}
-    assert not silver.refresh(spark, settings, "full", full_refresh=True)["tables"]["page_views"]["skipped"]
-    rebuilt = gold.refresh(spark, settings, "full", full_refresh=True)["tables"]
+    assert not silver.refresh(spark, settings, "full", full_refresh=True).details["tables"]["page_views"]["skipped"]
+    rebuilt = gold.refresh(spark, settings, "full", full_refresh=True).details["tables"]
     assert {t for t, r in rebuilt.items() if not r["skipped"]} == set(existing)  # those with silver inputs
     for (layer, t), (rows, n) in kept.items():
         assert commits(spark, settings, layer, t) == n + 1, (layer, t)
         assert sorted(map(repr, _snapshot(spark, settings, layer, t).collect())) == sorted(map(repr, rows)), (layer, t)
-    assert all(r["skipped"] for r in silver.refresh(spark, settings, "r4")["tables"].values())
-    assert all(r["skipped"] for r in gold.refresh(spark, settings, "r4")["tables"].values())
+    assert all(r["skipped"] for r in silver.refresh(spark, settings, "r4").details["tables"].values())
+    assert all(r["skipped"] for r in gold.refresh(spark, settings, "r4").details["tables"].values())

@@ -11,15 +11,16 @@ import pytest
 
 from lakehouse import bronze, gold, silver
 from lakehouse.config import Settings
-from lakehouse.tools.generate import STATES, generate
 from lakehouse.landing import land
+from lakehouse.tools.generate import STATES, generate
+from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta
 
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
 SILVER = ("page_views", *silver.TRANSFORMS)
 GOLD = gold.TABLES
 
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 def _settings(root: Path, source: Path) -> Settings:
     return Settings(source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"),
@@ -69,23 +70,19 @@ TABLES = [("silver", t) for t in SILVER] + [("gold", t) for t in GOLD]
 def test_incremental_equals_full_build_after_every_delivery(lakes, n, layer, table):
     """Read with DuckDB's delta extension: an independent reader of both lakes' tables."""
     full, step = lakes[1][n]
-    con = _connect()
+    con = duckdb_with_delta()
 
     def column_types(settings) -> dict[str, str]:
-        return {r[0]: r[1] for r in con.execute(f"describe {_table_sql(settings, layer, table, ['*'])}").fetchall()}
+        return {r[0]: r[1] for r in con.execute(f"describe {delta_scan_sql(settings, layer, table, ['*'])}").fetchall()}
 
     types = column_types(full)
     assert list(types) == list(column_types(step))
     # maps as JSON text (sorted keys), so set operations compare them by content
     kept = [f'to_json("{c}")' if types[c].startswith("MAP") else f'"{c}"' for c in sorted(set(types) - IGNORED)]
-    a, b = _table_sql(full, layer, table, kept), _table_sql(step, layer, table, kept)
+    a, b = delta_scan_sql(full, layer, table, kept), delta_scan_sql(step, layer, table, kept)
     assert con.execute(f"select count(*) from ({a})").fetchone()[0] == \
         con.execute(f"select count(*) from ({b})").fetchone()[0]
-    _same(con, a, b)
-
-
-def _table_sql(settings, layer, table, columns: list[str]) -> str:
-    return f"select {', '.join(columns)} from delta_scan('{settings.table_path(layer, table)}')"
+    assert_same_rows(con, a, b)
 
 
 def _latest_commit(path: str) -> int:
@@ -98,23 +95,12 @@ def test_rerun_with_nothing_new_commits_nothing(spark, lakes, kind):
     paths = [lake.table_path(layer, t) for layer, ts in (("silver", SILVER), ("gold", GOLD)) for t in ts]
     before = [_latest_commit(p) for p in paths]
     report = _run(spark, lake, "again")
-    assert all(t["skipped"] for layer in report.values() for t in layer["tables"].values())
+    assert all(t["skipped"] for layer in report.values() for t in layer.details["tables"].values())
     assert [_latest_commit(p) for p in paths] == before
 
 
-def _connect():
-    import duckdb
-    import duckdb_extension_delta
-
-    ext = next(Path(duckdb_extension_delta.__file__).parent.rglob("delta.duckdb_extension"))
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.execute(f"load '{ext}'")
-    con.execute("set TimeZone = 'UTC'")
-    return con
-
-
 def _duckdb(source: Path, settings: Settings):
-    con = _connect()
+    con = duckdb_with_delta()
     for t in GOLD:
         con.execute(f"create view gold_{t} as select * from delta_scan('{settings.table_path('gold', t)}')")
     states = [(code.lower(), code) for code, _, _, _ in STATES] + [(name, code) for code, name, _, _ in STATES]
@@ -165,34 +151,28 @@ def _duckdb(source: Path, settings: Settings):
     return con
 
 
-def _same(con, expected: str, actual: str) -> None:
-    missing = con.execute(f"select count(*) from (({expected}) except all ({actual}))").fetchone()[0]
-    extra = con.execute(f"select count(*) from (({actual}) except all ({expected}))").fetchone()[0]
-    assert (missing, extra) == (0, 0), (expected, con.execute(f"({expected}) except all ({actual}) limit 5").fetchall())
-
-
 def test_gold_agrees_with_independent_duckdb_sql(lakes):
     source, one = lakes[0], lakes[1][-1][0]
     con = _duckdb(source, one)
     assert con.execute("select count(*) from ev").fetchone()[0] > 800
-    _same(con, "select count(*) from ev", "select count(*) from gold_fact_page_view")
-    _same(con, "select country, date_trunc('month', event_date)::date, count(*), count(distinct student_id) "
+    assert_same_rows(con, "select count(*) from ev", "select count(*) from gold_fact_page_view")
+    assert_same_rows(con, "select country, date_trunc('month', event_date)::date, count(*), count(distinct student_id) "
                "from ev group by all",
           "select country, month, page_views, students from gold_mart_country_access")
-    _same(con, "select user_type, count(*), count(distinct student_id) from ev group by all",
+    assert_same_rows(con, "select user_type, count(*), count(distinct student_id) from ev group by all",
           "select user_type, page_views, students from gold_mart_users_by_type")
-    _same(con, "select event_date, client_type, count(*), count(distinct student_id), count(distinct session_uuid) "
+    assert_same_rows(con, "select event_date, client_type, count(*), count(distinct student_id), count(distinct session_uuid) "
                "from ev group by all",
           "select event_date, client_type, page_views, students, sessions from gold_mart_daily_activity")
-    _same(con, "select s.state, count(*), count(distinct e.student_id) from ev e "
+    assert_same_rows(con, "select s.state, count(*), count(distinct e.student_id) from ev e "
                "left join students_now s using (student_id) group by all",
           "select state, page_views, students from gold_mart_state_activity")
-    _same(con, "select student_id, state from students_now", "select student_id, state from gold_dim_student")
-    _same(con, f"""select count(*) from (select distinct trim(StudentId), SessionStartTime, StudentClient
+    assert_same_rows(con, "select student_id, state from students_now", "select student_id, state from gold_dim_student")
+    assert_same_rows(con, f"""select count(*) from (select distinct trim(StudentId), SessionStartTime, StudentClient
                     from read_json('{source}/transactional/*/sessions.json', format = 'array',
                     columns = {{StudentId: 'VARCHAR', SessionStartTime: 'VARCHAR', StudentClient: 'VARCHAR'}}))""",
           "select count(*) from gold_fact_session")
-    _same(con, "select min(d), max(d), datediff('day', min(d), max(d)) + 1 from (select event_date as d from ev "
+    assert_same_rows(con, "select min(d), max(d), datediff('day', min(d), max(d)) + 1 from (select event_date as d from ev "
                "union all select session_date from gold_fact_session union all select payment_date "
                "from gold_fact_subscription union all select followed_date from gold_fact_subject_follow) x",
           "select min(date), max(date), count(*) from gold_dim_date")

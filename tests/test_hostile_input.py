@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,8 +32,8 @@ def rows(df, *cols):
 
 
 def test_every_event_class_gets_its_reason_and_silver_reads_what_bronze_checked(spark, settings):
-    soon = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
-    later = (datetime.now(timezone.utc) + timedelta(days=5)).strftime("%Y-%m-%d %H:%M:%S")
+    soon = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    later = (datetime.now(UTC) + timedelta(days=5)).strftime("%Y-%m-%d %H:%M:%S")
     lines = [
         ('\ufeff{"at":"%s","uuid":"bom"}' % AT, None),  # a byte-order mark before the first line
         ('{"at":"%s","at":"yesterday"}' % AT, "duplicate_key"),  # bronze read the first, silver the last
@@ -61,7 +61,7 @@ def test_every_event_class_gets_its_reason_and_silver_reads_what_bronze_checked(
     land(settings)
     report = ingest(spark, settings, "r1")
 
-    counts = report["events"]["counts"]["all"]
+    counts = report.details["events"]["counts"]["all"]
     assert counts["records_cleaned"] == 4
     quarantine = read_table(spark, "quarantine", "events", settings)
     assert rows(quarantine, "line_number", "reason") == [(n + 1, r) for n, (_, r) in enumerate(lines) if r]
@@ -104,7 +104,7 @@ def test_every_record_class_gets_its_reason(spark, settings):
     land(settings)
     report = ingest(spark, settings, "r1")
 
-    counts = report["transactional"]["counts"]
+    counts = report.details["transactional"]["counts"]
     assert counts["students"]["records_cleaned"] == 1 and counts["sessions"]["records_cleaned"] == 1
     quarantine = read_table(spark, "quarantine", "transactional", settings)
     assert rows(quarantine, "entity", "line_number", "reason") == [
@@ -136,7 +136,7 @@ def test_line_and_file_caps_at_landing(spark, settings):
     put(src, "events/2017-11-16/part-0.json", events)
     put(src, "transactional/2017-11-16/students.json", "[" + " " * 120 + "this is not JSON")
     report = land(settings)
-    assert (report["lines_too_long"], report["files_too_large"]) == (2, 1)
+    assert (report.details["lines_too_long"], report.details["files_too_large"]) == (2, 1)
 
     entry = next(e for m in read_ledger(settings) for e in m["files"] if e["kind"] == "events")
     lake = Path(settings.lake_url)
@@ -180,7 +180,7 @@ def test_a_file_bronze_fails_on_is_named_and_set_aside_by_one_command(spark, set
     put(src, "events/2017-11-17/later.json", '{"at":"%s","n":4}\n' % AT)
     land(settings)
     report = ingest(spark, settings, "r2")
-    assert report["events"]["counts"]["all"]["quarantined"] == {"set_aside": 1}
+    assert report.details["events"]["counts"]["all"]["quarantined"] == {"set_aside": 1}
     assert rows(read_table(spark, "bronze", "events", settings), "source_file") == [
         ("events/2017-11-16/good.json",), ("events/2017-11-17/later.json",)]
     assert rows(read_table(spark, "quarantine", "events", settings), "source_file", "line_number", "reason") == [

@@ -9,17 +9,20 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from lakehouse.config import Settings
-from lakehouse.landing import _LineCap, land, lake_fs, read_ledger
-from tests.fake_drive import FakeDrive, fake_drive  # noqa: F401  (fixture)
-from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401  (fixture)
+from lakehouse.landing import _LineCap, lake_fs, land, read_ledger
+from tests.fake_drive import FakeDrive
+from tests.gcs_emulator import emulator_fs
 
 LINE = b'{"at":"2017-11-16 02:10:20","n":1}\n'
 
@@ -48,7 +51,7 @@ def test_lands_once_keeps_folders_and_ledgers_by_content(settings):
     put(src, "transactional/2017-11-16T06:00:00/students.json", b"[]")
     put(src, "transactional/2017-11-16T06:00:00/courses.json", b"[]")  # same bytes, other entity: not a duplicate
     report = land(settings)
-    assert (report["batch_id"], report["files_new"], report["files_duplicate"]) == (1, 3, 0)
+    assert (report.details["batch_id"], report.files, report.details["files_duplicate"]) == (1, 3, 0)
     sha = hashlib.sha256(LINE).hexdigest()
     empty = hashlib.sha256(b"[]").hexdigest()[:16]
     assert landed(settings) == {
@@ -63,21 +66,21 @@ def test_lands_once_keeps_folders_and_ledgers_by_content(settings):
     }
 
     again = land(settings)
-    assert (again["batch_id"], again["files_new"], again["files_seen"], again["files_known"]) == (None, 0, 3, 3)
+    assert (again.details["batch_id"], again.files, again.details["files_seen"], again.details["files_known"]) == (None, 0, 3, 3)
     assert len(read_ledger(settings)) == 1  # nothing new: no manifest
 
     put(src, "events/2017-11-17/copy.json", LINE)  # same bytes under another name
     put(src, "events/2017-11-16/a/part-0.json", LINE + LINE)  # new bytes under a known name
     os.utime(src / "transactional/2017-11-16T06:00:00/students.json", ns=(1, 10**18))  # touched, same bytes
     report = land(settings)
-    assert (report["batch_id"], report["files_new"], report["files_duplicate"]) == (2, 1, 2)
+    assert (report.details["batch_id"], report.files, report.details["files_duplicate"]) == (2, 1, 2)
     assert statuses(settings)[3:] == [
         (2, "events/2017-11-16/a/part-0.json", "new"),
         (2, "transactional/2017-11-16T06:00:00/students.json", "duplicate"),
         (2, "events/2017-11-17/copy.json", "duplicate"),
     ]
     assert len(landed(settings)) == 4
-    assert (land(settings)["files_known"], land(settings)["batch_id"]) == (4, None)  # nothing downloaded again
+    assert (land(settings).details["files_known"], land(settings).details["batch_id"]) == (4, None)  # nothing downloaded again
 
 
 def test_full_exports_repeat_only_when_they_add_nothing(settings):
@@ -119,9 +122,9 @@ def test_rerun_on_a_landed_source_is_fast(settings):
     started = time.monotonic()
     again = land(settings)
     elapsed = time.monotonic() - started
-    print(f"\nlanded {first['files_new']} files ({first['bytes_landed']} bytes) in {first['seconds']} s; "
-          f"re-run: {again['files_new']} new of {again['files_seen']} in {elapsed:.3f} s")
-    assert again["files_new"] == 0 and again["files_seen"] == first["files_seen"]
+    print(f"\nlanded {first.files} files ({first.details['bytes_landed']} bytes) in {first.seconds} s; "
+          f"re-run: {again.files} new of {again.details['files_seen']} in {elapsed:.3f} s")
+    assert again.files == 0 and again.details["files_seen"] == first.details["files_seen"]
     assert elapsed < 20
 
 
@@ -174,8 +177,8 @@ def test_source_problems_are_reported_not_fatal(settings, tmp_path):
     (src / "events" / "2017-11-16" / "link.json").symlink_to(outside)
 
     report = land(settings)
-    assert report["files_new"] == 1 and report["source_skipped"] == 3
-    assert report["skipped"] == [
+    assert report.files == 1 and report.details["not_landed"] == 3
+    assert report.details["not_landed_files"] == [
         {"path": "Events", "why": "not a folder of the source layout (transactional or events)"},
         {"path": "events/2017-11-16/link.json", "why": "symbolic link to outside the source folder: refused"},
         {"path": "events/today", "why": "delivery folder name is not an ISO date or timestamp"},
@@ -193,7 +196,7 @@ def test_source_problems_are_reported_not_fatal(settings, tmp_path):
 
     put(src, "events/2017-11-17/part-0.json", LINE + LINE)
     report = land(settings, Swapped(str(src), src))
-    assert report["files_new"] == 0 and report["skipped"][-1] == {
+    assert report.files == 0 and report.details["not_landed_files"][-1] == {
         "path": "events/2017-11-17/part-0.json",
         "why": "cannot be read: events/2017-11-17/part-0.json resolves outside the source folder: refused"}
 
@@ -219,16 +222,16 @@ def test_gcs_source_into_a_gcs_lake(gcs, settings):
     gcs.pipe(f"{source}/transactional/2017-11-16/courses.json", b'[{"Id":1}]')
     remote = Settings(_env_file=None, source=f"gs://{source}", lake=f"gs://{gcs.bucket}/lake", gcs_token="anon")
     report = land(remote)
-    assert (report["files_new"], report["files_duplicate"]) == (2, 1)
+    assert (report.files, report.details["files_duplicate"]) == (2, 1)
     assert sorted(landed(remote).values()) == [b'[{"Id":1}]', LINE]
-    assert land(remote)["files_known"] == 3 and len(read_ledger(remote)) == 1
+    assert land(remote).details["files_known"] == 3 and len(read_ledger(remote)) == 1
 
     gcs.pipe(f"{source}/events/2017-11-16/part-0.json", LINE + LINE)  # new generation, new bytes
-    assert land(remote)["files_new"] == 1
+    assert land(remote).files == 1
 
     long = b'{"at":"2017-11-16 02:10:20","pad":"' + b"p" * 100 + b'"}'
     gcs.pipe(f"{source}/events/2017-11-17/part-0.json", LINE + long + b"\n" + LINE)  # a line over the cap
-    assert land(remote.model_copy(update={"max_line_bytes": 64}))["lines_too_long"] == 1
+    assert land(remote.model_copy(update={"max_line_bytes": 64})).details["lines_too_long"] == 1
     entry = read_ledger(remote)[-1]["files"][0]
     assert landed(remote)[entry["landed_path"]] == LINE + b"\n" + LINE
     assert [x["line_number"] for x in entry["long_lines"]] == [2]
@@ -245,8 +248,8 @@ def test_drive_source(fake_drive: FakeDrive, settings):  # noqa: F811
         gdrive_credentials=json.dumps(fake_drive.service_account_info()),
     )
     report = land(drive)
-    assert (report["files_new"], report["files_duplicate"]) == (2, 1)
+    assert (report.files, report.details["files_duplicate"]) == (2, 1)
     assert sorted(landed(drive).values()) == sorted([LINE, b'[{"Id":"1"}]'])
     downloads = fake_drive.count("GET", "/drive/v3/files/")
-    assert land(drive)["files_new"] == 0
+    assert land(drive).files == 0
     assert fake_drive.count("GET", "/drive/v3/files/") - downloads <= 1  # the root check only, no download

@@ -8,11 +8,15 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import psycopg2
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from lakehouse import gold, silver
 from lakehouse.bronze import ingest
@@ -22,13 +26,16 @@ from lakehouse.landing import land
 from lakehouse.parsing import MAX_ID_CHARS, MAX_VALUE_BYTES
 from lakehouse.warehouse import mirror
 
+pytestmark = pytest.mark.e2e
+
+
 AT = "2017-11-16 02:10:20"
 MAX_LINE = 2 * MAX_VALUE_BYTES  # room for a value over its limit on a line under the line cap
 MAX_FILE = 64 * 1024
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # type: ignore[arg-type]
 
 # class -> (line, the reason bronze must give it; None: a silver event; "blank": ignored)
-BAD = {
+BAD: dict[str, Callable[[int], tuple[bytes | str, str | None]]] = {
     "duplicate_key": lambda n: ('{"at":"%s","uuid":"d%d","uuid":"e%d"}' % (AT, n, n), "duplicate_key"),
     "raw_control": lambda n: ('{"at":"%s","uuid":"c%d","PageName":"a\x00b"}' % (AT, n), "not_json_object"),
     "deep": lambda n: ('{"at":"%s","x":%s}' % (AT, "[" * 1001 + "]" * 1001), "nesting_too_deep"),
@@ -167,7 +174,7 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
 
         report = run_all(spark, s, dsn, "r1")  # completes: nothing raises
 
-        assert {(e["path"], e["why"].split(":")[0]) for e in report["land"]["skipped"]} == {
+        assert {(e["path"], e["why"].split(":")[0]) for e in report["land"].details["not_landed_files"]} == {
             ("events/latest", "delivery folder name is not an ISO date or timestamp"),
             ("events/2017-11-16/link.json", "symbolic link to outside the source folder")}
         bronze = read_table(spark, "bronze", "events", s)
@@ -180,7 +187,7 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
         views = read_table(spark, "silver", "page_views", s)
         assert views.where("event_at is null").count() == 0
         assert views.count() == sum(r is None for r in expected.values())  # every valid event is distinct
-        assert report["bronze"]["events"]["counts"]["all"]["records_cleaned"] == sum(
+        assert report["bronze"].details["events"]["counts"]["all"]["records_cleaned"] == sum(
             cleaned(t) for lines in files for t, r in lines if r is None)
 
         records = read_table(spark, "quarantine", "transactional", s)
@@ -200,7 +207,7 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
             for k in range(3)) + "\n")
         put(src, f"transactional/{later}/students.json", json.dumps([student(1), student(2)]))
         again = run_all(spark, s, dsn, "r2")
-        assert again["mirror"]["loads_applied"] > 0
+        assert again["mirror"].details["applied"]
         assert dw(dsn, "select coalesce(sum(page_views), 0) from dw.fact_page_view_daily")[0][0] == daily + 3
         assert dw(dsn, "select student_id, is_deleted from dw.dim_student where is_current order by student_id") == [
             ("1", False), ("2", False), ("3", True), ("4", True)]

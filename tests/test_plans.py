@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lakehouse import delta, gold, silver
-from tests.test_silver import CAMEL_GLUED, ISO_ANON, SPACED, event_rows
+from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, event_rows
 
 
 def _plan(df) -> str:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,16 +18,14 @@ import psycopg2.extensions
 import pytest
 
 from lakehouse.config import PROJECT_ROOT
+from lakehouse.security import free_port
+
+pytestmark = pytest.mark.e2e
+
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -38,7 +35,7 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"`lakehouse up` exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"`lakehouse up` exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:] if log else ''}")
         time.sleep(1)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -77,13 +74,13 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
     from lakehouse.tools.generate import generate
 
     generate(Path(settings.source_url), seed=5, students=60, events=3000, deliveries=2)
-    prefect_port, dashboard_port = _free_port(), _free_port()
+    prefect_port, dashboard_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAKEHOUSE_ADMIN_PASSWORD"}
     env.update(SECRETS)
     log = tmp_path / "up.log"
     with open(log, "w") as out:
         up = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(prefect_port),
-                               "--dashboard-port", str(dashboard_port), "--spark-port", str(_free_port())],
+                               "--dashboard-port", str(dashboard_port), "--spark-port", str(free_port())],
                               cwd=PROJECT_ROOT, env=env, stdout=out,
                               stderr=subprocess.STDOUT, start_new_session=True)
     ui, api = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{prefect_port}/api"
@@ -203,8 +200,8 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 def test_up_refuses_to_listen_beyond_loopback_without_a_password(settings, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAKEHOUSE_ADMIN_PASSWORD"}
     env["LAKEHOUSE_BIND"] = "0.0.0.0"
-    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(_free_port()),
-                           "--dashboard-port", str(_free_port())], cwd=PROJECT_ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(free_port()),
+                           "--dashboard-port", str(free_port())], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1
     said = " ".join(done.stdout.split())

@@ -2,74 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime
 
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import TimestampType
 
 from lakehouse import delta, silver
-
-EVENTS_BRONZE = StructType([
-    StructField("value", StringType()), StructField("at_raw", StringType()), StructField("source_file", StringType()),
-    StructField("landed_path", StringType()), StructField("line_number", LongType()),
-    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
-    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
-])
-ENTITY_BRONZE = StructType([
-    StructField("record", StringType()), StructField("source_file", StringType()),
-    StructField("landed_path", StringType()), StructField("line_number", LongType()),
-    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
-    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
-])
-T0 = datetime(2020, 1, 1)
-
-
-def as_of(delivery: str) -> datetime:
-    return datetime.fromisoformat(delivery)
-
-
-def event_rows(spark, lines, batch=1):
-    """lines: (json_text, delivery, source_file, line_number)."""
-    rows = [(text, json.loads(text).get("at"), f"events/{d}/{f}", f"landing/{f}", n, d, as_of(d), batch, T0, "r")
-            for text, d, f, n in lines]
-    return spark.createDataFrame(rows, EVENTS_BRONZE)
-
-
-def entity_rows(spark, entity, deliveries, batch=1):
-    """deliveries: {delivery: [record dict, ...]} -> bronze.<entity> rows."""
-    rows = [(json.dumps(rec), f"transactional/{d}/{entity}.json", "x", i + 1, d, as_of(d), batch, T0, "r")
-            for d, recs in deliveries.items() for i, rec in enumerate(recs)]
-    return spark.createDataFrame(rows, ENTITY_BRONZE)
-
-
-def _null_safe(row):
-    return tuple((x is not None, x) for x in row)
-
-
-def srt(rows):
-    """Rows sorted with nulls first, whatever the column types."""
-    return sorted(rows, key=_null_safe)
-
-
-def rows_of(df, *cols):
-    return srt(tuple(r) for r in df.select(*cols).collect())
-
-
-def line(**fields):
-    return json.dumps(fields, ensure_ascii=False)
-
-
-SPACED = line(at="2017-11-16 02:10:20", **{"Page Name": "/busca", "Page Category": "busca",
-              "Page Category 1": "busca", "Last Accessed Url": "/x", "first-accessed-page": "home"},
-              studentId_clientType="12@Website", custom_4="CoreUser", user_type="known", nth=3, device_new=False,
-              country="br", session_uuid="s1")
-CAMEL_GLUED = line(at="2017-11-1603:00:00", PageName="/arquivo/1", PageCategory="arquivo", PageCategory1="arquivo",
-                   LastAccessedUrl="/y", studentId_clientType="7@Android", custom_4="NewUser", nth="4",
-                   country="us", session_uuid="s2", shiny_new_field={"a": 1})
-ISO_ANON = line(at="2017-11-15T23:30:00-03:00", PageName="/home", user_type="anonymous", studentId_clientType=None,
-                country="br", session_uuid="s3")
+from tests.builders import (
+    CAMEL_GLUED,
+    ISO_ANON,
+    SPACED,
+    STUDENTS,
+    as_of,
+    commits,
+    entity_rows,
+    event_rows,
+    line,
+    rows_of,
+    srt,
+    write_bronze,
+)
 
 
 def test_page_views_fold_spellings_parse_all_at_formats_split_student(spark):
@@ -115,28 +68,18 @@ def test_event_id_depends_on_values_not_on_delivery(spark):
     assert len(a.first()[0]) == 64
 
 
-def write_bronze(spark, settings, table, df, batch):
-    delta.append_once(df, delta.Target("bronze", table, settings, app_id=f"bronze.{table}", version=batch))
-
-
-def commits(spark, settings, layer, table):
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark, settings.table_path(layer, table)).history().count()
-
-
 def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
     write_bronze(spark, settings, "events",
                  event_rows(spark, [(SPACED, "2017-11-17", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 2),
                                     (ISO_ANON, "2017-11-17", "p0.json", 3)], batch=1), 1)
     rep = silver.refresh(spark, settings, "run-1")
-    assert rep["tables"]["page_views"] == {"skipped": False, "batch": 1, "rows_in": 3, "rows_out": 2}
+    assert rep.details["tables"]["page_views"] == {"skipped": False, "batch": 1, "rows_in": 3, "rows_out": 2}
     # batch 2: one known event again (delivered earlier: its provenance moves), one new event
     write_bronze(spark, settings, "events",
                  event_rows(spark, [(SPACED, "2017-11-16", "old.json", 4), (CAMEL_GLUED, "2017-11-18", "p.json", 1)],
                             batch=2), 2)
     rep = silver.refresh(spark, settings, "run-2")
-    assert rep["tables"]["page_views"]["rows_in"] == 2
+    assert rep.details["tables"]["page_views"]["rows_in"] == 2
     table = delta.read_table(spark, "silver", "page_views", settings)
     assert rows_of(table, "student_id", "delivery", "source_file", "line_number", "batch_id") == srt([
         ("12", "2017-11-16", "events/2017-11-16/old.json", 4, 2),
@@ -145,35 +88,10 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
     ])
     before = commits(spark, settings, "silver", "page_views")
     rep = silver.refresh(spark, settings, "run-3")
-    assert rep["tables"]["page_views"]["skipped"] is True
+    assert rep.details["tables"]["page_views"]["skipped"] is True
     assert commits(spark, settings, "silver", "page_views") == before
 
 
-STUDENTS = {
-    "2017-11-16": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "SP", "City": "Campinas",
-         "UniversityId": 10, "CourseId": "20", "SignupSource": "Google"},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
-         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
-         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
-        {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "rio de janeiro",
-         "UniversityId": 10, "CourseId": 20},
-    ],
-    "2017-11-17": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
-         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
-        {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "RJ", "UniversityId": 10, "CourseId": 20},
-    ],
-    "2017-11-18T06:00:00": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
-         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "SP", "City": "Santos",
-         "UniversityId": 11, "CourseId": 22, "SignupSource": None},
-        {"Id": "4", "RegisteredDate": "2017-11-17 10:00:00.000", "State": None, "City": "Natal",
-         "UniversityId": 11, "CourseId": 22, "SignupSource": "Email"},
-    ],
-}
 D1, D2, D3 = (datetime.fromisoformat(d) for d in STUDENTS)
 R1, R2, R3 = datetime(2017, 8, 22, 13, 37, 20), datetime(2017, 9, 1), datetime(2017, 10, 1)
 EXPECTED_STUDENTS = srt([
@@ -266,12 +184,12 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     write_bronze(spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]},
                                                           batch=3), 3)
     rep = silver.refresh(spark, settings, "r")
-    assert rep["tables"]["students"]["batch"] == 3 and rep["tables"]["sessions"]["skipped"]
+    assert rep.details["tables"]["students"]["batch"] == 3 and rep.details["tables"]["sessions"]["skipped"]
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
     assert delta.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
-    assert silver.refresh(spark, settings, "r")["tables"]["students"]["skipped"]
+    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
     assert commits(spark, settings, "silver", "students") == before
 
 

@@ -9,9 +9,10 @@ import logging
 import os
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,10 +27,10 @@ from lakehouse.sources import (
     open_source,
     parse_delivery,
 )
-from tests.fake_drive import FakeDrive, fake_drive  # noqa: F401, F811  (fixture)
-from tests.gcs_emulator import emulator_fs, gcs_emulator  # noqa: F401, F811  (fixture)
+from tests.fake_drive import FakeDrive
+from tests.gcs_emulator import emulator_fs
 
-UTC = timezone.utc
+UTC = UTC
 D16 = datetime(2017, 11, 16, tzinfo=UTC)
 T17 = datetime(2017, 11, 17, 6, tzinfo=UTC)
 LINE_16 = b'{"at": "2017-11-16 02:10:20"}\n'

@@ -13,12 +13,12 @@ import pytest
 
 from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings
+from lakehouse.security import free_port
 from lakehouse.spark import connect_server_command, jvm_environment
 from lakehouse.tools.generate import generate
-from tests.test_cluster import _free_port, _wait_port
-from tests.test_history_equivalence import _connect, _same, _table_sql
+from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta, wait_port
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 TOKEN = "a-token-only-the-platform-has"
 
 
@@ -26,7 +26,7 @@ TOKEN = "a-token-only-the-platform-has"
 def server(tmp_path_factory):
     """sc://localhost:<port> of a running Spark Connect server (the command `lakehouse up` runs)."""
     root = tmp_path_factory.mktemp("connect")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     settings = Settings(data_dir=str(root / "data"), spark_master="local[2]", shuffle_partitions=2,
                         spark_driver_memory="1g")
@@ -35,7 +35,7 @@ def server(tmp_path_factory):
                                 env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": TOKEN},
                                 start_new_session=True)
     try:
-        _wait_port(port, proc, log)
+        wait_port(port, proc, log)
         yield f"sc://localhost:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -93,12 +93,12 @@ def test_stages_on_the_connect_server_equal_a_local_run(spark, server, tmp_path)
     landing.land(b)
     for stage in (bronze.ingest, silver.refresh, gold.refresh):
         stage(spark, b, "r")
-    con = _connect()
+    con = duckdb_with_delta()
     for layer, tables in (("silver", silver.TABLES), ("gold", gold.TABLES)):
         for table in tables:
-            columns = [r[0] for r in con.execute(f"describe {_table_sql(a, layer, table, ['*'])}").fetchall()
+            columns = [r[0] for r in con.execute(f"describe {delta_scan_sql(a, layer, table, ['*'])}").fetchall()
                        if r[0] not in ("run_id", "loaded_at") and not r[1].startswith("MAP")]
-            _same(con, _table_sql(b, layer, table, columns), _table_sql(a, layer, table, columns))
+            assert_same_rows(con, delta_scan_sql(b, layer, table, columns), delta_scan_sql(a, layer, table, columns))
 
 
 def test_writes_run_side_by_side_on_the_connect_server(server):

@@ -111,7 +111,7 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
     config.get_settings.cache_clear()
     try:
         report = mirror(config.get_settings(), ArrowGold(sample_gold()), dsn=dsn)
-        assert report["loads_applied"] == 8
+        assert len(report.details["applied"]) == 8
         with connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("select rolsuper from pg_roles where rolname = current_user")
             assert cur.fetchone()[0] is False
@@ -144,7 +144,7 @@ def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
         raise RuntimeError("gold read failed")
 
     def rejected_rows():
-        for i in range(50):  # more batches than the render thread may hold ahead
+        for _ in range(50):  # more batches than the render thread may hold ahead
             yield pa.record_batch({"course_id": ["not a number"] * 1000, "course_name": ["x"] * 1000})
 
     conn = psycopg2.connect(pg_dsn)
@@ -161,7 +161,7 @@ def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
 
 def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
     report = mirror(settings, ArrowGold(sample_gold()), dsn=pg_dsn)
-    assert report["loads_applied"] == 8 and not report["skipped"]
+    assert len(report.details["applied"]) == 8 and not report.skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
@@ -197,7 +197,7 @@ def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
         before = canonical(cur)
 
     again = mirror(settings, ArrowGold(sample_gold()), dsn=pg_dsn)
-    assert again["skipped"] and again["loads_applied"] == 0
+    assert again.skipped and not again.details["applied"]
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         assert canonical(cur) == before
 
@@ -210,7 +210,7 @@ def test_run_per_delivery_equals_one_run(pg_dsn, settings):
     for k in (1, 2, 3):
         tables = sample_gold(upto=k)
         report = mirror(settings, ArrowGold(tables, {name: k for name in tables}), dsn=pg_dsn)
-        assert report["tables"]["dim_student"]["deliveries"] == [f"2017-11-{15 + k}"]
+        assert report.details["tables"]["dim_student"]["deliveries"] == [f"2017-11-{15 + k}"]
         with connect(pg_dsn) as conn, conn.cursor() as cur:
             for entity in DIM_ATTRS:
                 check_invariants(cur, entity)
@@ -244,12 +244,12 @@ def test_fact_loads_rewrite_only_changed_rows(pg_dsn, settings):
 
     before = rows_with_xmin()
     report = mirror(settings, ArrowGold(changed, versions), dsn=pg_dsn)
-    assert report["applied"] == ["fact_session"]
+    assert report.details["applied"] == ["fact_session"]
     after = rows_with_xmin()
     gone = {tuple(r.values()) for r in sessions.slice(0, 10).to_pylist()} - \
         {tuple(r.values()) for r in sessions.slice(10).to_pylist()}
-    assert report["tables"]["fact_session"]["rows_removed"] == len(gone)
-    assert report["tables"]["fact_session"]["rows_inserted"] == 3
+    assert report.details["tables"]["fact_session"]["rows_removed"] == len(gone)
+    assert report.details["tables"]["fact_session"]["rows_inserted"] == 3
     kept = set(before) & set(after)
     assert len(kept) == len(before) - len(gone) and all(before[k] == after[k] for k in kept)  # not rewritten
     with connect(pg_dsn) as conn, conn.cursor() as cur:
@@ -277,9 +277,9 @@ def test_late_delivery_rewinds_to_its_as_of(pg_dsn, settings):
 
     mirror(settings, source([0, 2], 1), dsn=pg_dsn)
     report = mirror(settings, source([0, 1, 2], 2), dsn=pg_dsn)
-    assert report["tables"]["dim_student"]["deliveries"] == ["2017-11-17"]
-    assert report["tables"]["dim_student"]["replayed"] == ["2017-11-18"]
-    assert report["tables"]["fact_session"]["status"] == "applied"  # same gold facts, re-resolved keys
+    assert report.details["tables"]["dim_student"]["deliveries"] == ["2017-11-17"]
+    assert report.details["tables"]["dim_student"]["replayed"] == ["2017-11-18"]
+    assert report.details["tables"]["fact_session"]["status"] == "applied"  # same gold facts, re-resolved keys
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
             assert dw_history(cur, entity) == reference_history(entity, exports[entity])
@@ -321,7 +321,7 @@ def test_two_mirrors_serialize(pg_dsn, settings):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert sorted(r["loads_applied"] for r in results) == [0, 8]
+    assert sorted(len(r.details["applied"]) for r in results) == [0, 8]
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         cur.execute("select count(distinct load_id), count(*) from dw.load_audit")
         assert cur.fetchone() == (1, 8)
@@ -384,13 +384,13 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
     lake = settings.lake_url
     write_delta(spark, lake, sample_gold(upto=2))
     first = mirror(settings, dsn=pg_dsn)
-    assert first["loads_applied"] == 8
-    assert first["tables"]["dim_student"]["deliveries"] == ["2017-11-16", "2017-11-17"]
+    assert len(first.details["applied"]) == 8
+    assert first.details["tables"]["dim_student"]["deliveries"] == ["2017-11-16", "2017-11-17"]
     write_delta(spark, lake, sample_gold(upto=3))
     second = mirror(settings, dsn=pg_dsn)
-    assert second["tables"]["dim_student"]["deliveries"] == ["2017-11-18"]
-    assert second["tables"]["dim_student"]["gold_version"] == 1
-    assert mirror(settings, dsn=pg_dsn)["skipped"]
+    assert second.details["tables"]["dim_student"]["deliveries"] == ["2017-11-18"]
+    assert second.details["tables"]["dim_student"]["gold_version"] == 1
+    assert mirror(settings, dsn=pg_dsn).skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:

@@ -20,6 +20,9 @@ from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.warehouse import LOADS, mirror
 from tests.warehouse_data import canonical, sample_gold, write_delta_files
 
+pytestmark = pytest.mark.e2e
+
+
 SEED = 20171116
 POINTS = ["mirror.locked", *(f"mirror.{load.target}.{step}" for load in LOADS
                              for step in ("copying", "staged", "applied")),

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import psycopg2
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from lakehouse.warehouse import ArrowGold, migrate, mirror
 from tests.warehouse_data import (
@@ -116,9 +118,9 @@ def test_history_matches_reference_model(pg_dsn, settings, scenario):
                 assert dw_history(cur, entity) == expected, (entity, arrived)
         before = {e: dw_history(cur, e) for e in ENTITIES}
         again = mirror(settings, gold(scenario, arrived, len(scenario["runs"])), dsn=pg_dsn)
-        assert again["skipped"]
+        assert again.skipped
         newer = mirror(settings, gold(scenario, arrived, len(scenario["runs"]) + 1), dsn=pg_dsn)
-        assert newer["tables"]["dim_student"]["deliveries"] == []  # a new gold version, no new delivery
+        assert newer.details["tables"]["dim_student"]["deliveries"] == []  # a new gold version, no new delivery
         assert {e: dw_history(cur, e) for e in ENTITIES} == before
     finally:
         conn.close()

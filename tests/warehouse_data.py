@@ -8,12 +8,12 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
-UTC = timezone.utc
+UTC = UTC
 TS = pa.timestamp("us", tz="UTC")
 
 STUDENT_ATTRS = ("registered_at", "state", "city", "university_id", "university_name", "course_id", "course_name",

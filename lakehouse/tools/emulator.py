@@ -6,25 +6,19 @@ honours generation preconditions, on which Delta's GCS log store builds its put-
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from lakehouse.config import PROJECT_ROOT
+from lakehouse.security import free_port
 
 BINARY = PROJECT_ROOT / ".tools" / "bin" / "fake-gcs-server"
 BUILD = PROJECT_ROOT / "scripts" / "gcs-emulator.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def binary() -> Path:

@@ -13,10 +13,12 @@ import os
 import random
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 FIRST_DELIVERY = date(2017, 11, 16)
 FIRST_WINDOW_START = date(2017, 11, 1)
@@ -135,15 +137,15 @@ BAD_AT = ("not-a-date", "2017-13-45 99:99:99", "2017-11-31 10:00:00", "16/11/201
 BLANKS = ("", "   ", "\t", " \t ")
 
 
-def _j(value) -> str:
+def _j(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _weighted(rng: random.Random, items, cum):
+def _weighted(rng: random.Random, items: Sequence[Any], cum: Sequence[float]) -> Any:
     return items[bisect_right(cum, rng.random() * cum[-1])]
 
 
-def _table(pairs):
+def _table(pairs: Sequence[tuple[Any, float]]) -> tuple[list[Any], list[float]]:
     items = [p[0] for p in pairs]
     return items, list(accumulate(p[1] for p in pairs))
 
@@ -240,7 +242,7 @@ class _World:
         self.follow_pairs: set[tuple[str, int]] = set()
 
     # -- helpers
-    def _location(self):
+    def _location(self) -> tuple[Any, str]:
         st = _weighted(self.rng, self.state_items, self.state_cum)
         return st, self.rng.choice(st[3])
 
@@ -264,7 +266,7 @@ class _World:
         self.present.add(sid)
         return sid
 
-    def _quirk(self, ids: list[str], rate: float, name: str, exclude=()):
+    def _quirk(self, ids: list[str], rate: float, name: str, exclude: Iterable[str] = ()) -> None:
         pool = [i for i in ids if not (self.students[i].quirks & set(exclude))]
         for sid in self.rng.sample(pool, min(len(pool), _n(len(ids), rate))):
             self.students[sid].quirks.add(name)
@@ -303,7 +305,7 @@ class _World:
                     history_start=datetime(2017, 3, 1))
         return {"initial_students": len(ids)}
 
-    def _student_quirks(self, ids: list[str]):
+    def _student_quirks(self, ids: list[str]) -> None:
         self._quirk(ids, 0.01, "missing_city")
         self._quirk(ids, 0.01, "null_state")
         self._quirk(ids, 0.01, "null_signup")
@@ -355,7 +357,7 @@ class _World:
         for sid in course_changed:
             s = self.students[sid]
             s.course = rng.choice([c for c in sorted(self.courses) if c != s.course])
-        renamed = None
+        renamed: dict[str, Any] | None = None
         if k == 1:
             cid = sorted(self.courses)[min(1, len(self.courses) - 1)]
             renamed = {"id": cid, "old": self.courses[cid], "new": self.courses[cid] + " (Bacharelado)"}
@@ -372,7 +374,8 @@ class _World:
                        moved=movers, moved_state=moved_state, course_changed=course_changed, renamed_course=renamed)
         return changes
 
-    def _facts(self, ids, window_start, window_end, sessions, subs, follows, history_start):
+    def _facts(self, ids: list[str], window_start: datetime, window_end: datetime, sessions: float, subs: float,
+               follows: float, history_start: datetime) -> None:
         rng = self.rng
         new_sessions = []
         for _ in range(_n(self.size, sessions, 5)):
@@ -411,7 +414,7 @@ class _World:
             r["FollowDate"] = None
         self.follows.extend(new_follows)
 
-    def export(self) -> dict[str, list[dict]]:
+    def export(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
         """Full export of every entity as of now, with a few exact duplicate records."""
         rng = self.rng
         present = self.present
@@ -600,7 +603,7 @@ class _EventFactory:
         install = "%032x" % rng.getrandbits(128)
         install = f"{install[:8]}-{install[8:12]}-{install[12:16]}-{install[16:20]}-{install[20:]}"
         first_page = self._page()
-        head = {"browser": browser}
+        head: dict[str, Any] = {"browser": browser}
         if carrier and r() > 0.05:
             head["carrier"] = carrier
         head["city_name"] = city if r() > 0.02 else None
@@ -739,6 +742,7 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
     dups = {"within_file": _n(n_events, 1 / 500, 2), "cross_file": _n(n_events, 1 / 1000),
             "cross_delivery": 0 if first else _n(n_events, 1 / 1000)}
     plan: list[list[str]] = [[] for _ in range(parts)]
+    kind: str | None
     for kind, count in list(malformed.items()) + [("blank", blank)] + list(dups.items()):
         for _ in range(count):
             lo = 1 if kind == "cross_file" else 0
@@ -854,7 +858,7 @@ def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_0
     per_delivery = [max(MIN_EVENTS_PER_DELIVERY, events * w // sum(weights)) for w in weights]
     per_delivery[0] = max(MIN_EVENTS_PER_DELIVERY, events - sum(per_delivery[1:]))
 
-    summary: dict = {
+    summary: dict[str, Any] = {
         "out": str(out), "seed": seed, "students": students, "events": events,
         "deliveries": names,
         "transactional": {}, "transactional_duplicates": {}, "changes": {}, "events_by_delivery": {},

@@ -1,0 +1,147 @@
+"""Builders the tests share: bronze-shaped rows, sample lines and records, ports, DuckDB over Delta."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+
+from lakehouse import delta
+from lakehouse.security import wait_listening
+
+EVENTS_BRONZE = StructType([
+    StructField("value", StringType()), StructField("at_raw", StringType()), StructField("source_file", StringType()),
+    StructField("landed_path", StringType()), StructField("line_number", LongType()),
+    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
+    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
+])
+ENTITY_BRONZE = StructType([
+    StructField("record", StringType()), StructField("source_file", StringType()),
+    StructField("landed_path", StringType()), StructField("line_number", LongType()),
+    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
+    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
+])
+T0 = datetime(2020, 1, 1)
+
+
+def as_of(delivery: str) -> datetime:
+    """The as-of time of a delivery folder name."""
+    return datetime.fromisoformat(delivery)
+
+
+def event_rows(spark, lines, batch=1):
+    """lines: (json_text, delivery, source_file, line_number)."""
+    rows = [(text, json.loads(text).get("at"), f"events/{d}/{f}", f"landing/{f}", n, d, as_of(d), batch, T0, "r")
+            for text, d, f, n in lines]
+    return spark.createDataFrame(rows, EVENTS_BRONZE)
+
+
+def entity_rows(spark, entity, deliveries, batch=1):
+    """deliveries: {delivery: [record dict, ...]} -> bronze.<entity> rows."""
+    rows = [(json.dumps(rec), f"transactional/{d}/{entity}.json", "x", i + 1, d, as_of(d), batch, T0, "r")
+            for d, recs in deliveries.items() for i, rec in enumerate(recs)]
+    return spark.createDataFrame(rows, ENTITY_BRONZE)
+
+
+def _null_safe(row):
+    return tuple((x is not None, x) for x in row)
+
+
+def srt(rows):
+    """Rows sorted with nulls first, whatever the column types."""
+    return sorted(rows, key=_null_safe)
+
+
+def rows_of(df, *cols):
+    """The rows of these columns, sorted with nulls first."""
+    return srt(tuple(r) for r in df.select(*cols).collect())
+
+
+def line(**fields):
+    """One raw event line."""
+    return json.dumps(fields, ensure_ascii=False)
+
+
+SPACED = line(at="2017-11-16 02:10:20", **{"Page Name": "/busca", "Page Category": "busca",
+              "Page Category 1": "busca", "Last Accessed Url": "/x", "first-accessed-page": "home"},
+              studentId_clientType="12@Website", custom_4="CoreUser", user_type="known", nth=3, device_new=False,
+              country="br", session_uuid="s1")
+CAMEL_GLUED = line(at="2017-11-1603:00:00", PageName="/arquivo/1", PageCategory="arquivo", PageCategory1="arquivo",
+                   LastAccessedUrl="/y", studentId_clientType="7@Android", custom_4="NewUser", nth="4",
+                   country="us", session_uuid="s2", shiny_new_field={"a": 1})
+ISO_ANON = line(at="2017-11-15T23:30:00-03:00", PageName="/home", user_type="anonymous", studentId_clientType=None,
+                country="br", session_uuid="s3")
+
+
+def write_bronze(spark, settings, table, df, batch):
+    """Append rows to bronze.<table> as landing batch `batch`."""
+    delta.append_once(df, delta.Target("bronze", table, settings, app_id=f"bronze.{table}", version=batch))
+
+
+def commits(spark, settings, layer, table):
+    """How many commits a lake table has."""
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, settings.table_path(layer, table)).history().count()
+
+
+STUDENTS = {
+    "2017-11-16": [
+        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "SP", "City": "Campinas",
+         "UniversityId": 10, "CourseId": "20", "SignupSource": "Google"},
+        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
+         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
+        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
+         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
+        {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "rio de janeiro",
+         "UniversityId": 10, "CourseId": 20},
+    ],
+    "2017-11-17": [
+        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
+         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
+        {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "RJ", "UniversityId": 10, "CourseId": 20},
+    ],
+    "2017-11-18T06:00:00": [
+        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
+         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
+        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "SP", "City": "Santos",
+         "UniversityId": 11, "CourseId": 22, "SignupSource": None},
+        {"Id": "4", "RegisteredDate": "2017-11-17 10:00:00.000", "State": None, "City": "Natal",
+         "UniversityId": 11, "CourseId": 22, "SignupSource": "Email"},
+    ],
+}
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    """Wait until `proc` listens on `port`; its log tail says why when it exits or times out."""
+    try:
+        wait_listening(port, proc, seconds)
+    except (RuntimeError, TimeoutError) as exc:
+        raise type(exc)(f"{exc}: {log.read_text()[-2000:]}") from None
+
+
+def delta_scan_sql(settings, layer, table, columns: list[str]) -> str:
+    """DuckDB SQL selecting `columns` of one lake table."""
+    return f"select {', '.join(columns)} from delta_scan('{settings.table_path(layer, table)}')"
+
+
+def duckdb_with_delta():
+    """An in-memory DuckDB connection with the delta extension loaded and UTC as its time zone."""
+    import duckdb
+
+    from lakehouse.catalog import extension_path
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"load '{extension_path()}'")
+    con.execute("set TimeZone = 'UTC'")
+    return con
+
+
+def assert_same_rows(con, expected: str, actual: str) -> None:
+    """Both queries give the same rows, as multisets."""
+    missing = con.execute(f"select count(*) from (({expected}) except all ({actual}))").fetchone()[0]
+    extra = con.execute(f"select count(*) from (({actual}) except all ({expected}))").fetchone()[0]
+    assert (missing, extra) == (0, 0), (expected, con.execute(f"({expected}) except all ({actual}) limit 5").fetchall())
