@@ -15,12 +15,10 @@ import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 RUN = """
@@ -41,32 +39,14 @@ print(round(time.perf_counter() - started, 3))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _connect_server(work: Path, token: str) -> tuple[subprocess.Popen, str]:
+def _connect_server(work: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
     from lakehouse.config import Settings
-    from lakehouse.spark import connect_server_command, jvm_environment
+    from lakehouse.security import free_port
+    from lakehouse.spark import start_connect_server
 
-    port = _free_port()
+    port = free_port()
     settings = Settings(_env_file=None, data_dir=str(work / "connect"), shuffle_partitions=2)
-    log = open(work / "connect.log", "wb")  # noqa: SIM115 - open for the server's life
-    proc = subprocess.Popen(connect_server_command(settings, port), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"sc://localhost:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the Connect server exited: see {work / 'connect.log'}") from None
-            time.sleep(1)
-    raise RuntimeError("the Connect server did not listen within 300 s")
+    return start_connect_server(settings, port, token, work / "connect.log"), f"sc://localhost:{port}"
 
 
 def measure(events: int, rounds: int) -> dict:

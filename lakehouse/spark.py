@@ -208,3 +208,20 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     return [str(submit), "--properties-file", str(properties), "--class",
             "org.apache.spark.sql.connect.service.SparkConnectServer", "spark-internal"]
+
+
+def start_connect_server(settings: Settings, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
+    """Run the Spark Connect server of `connect_server_command` in its own process group, its console to `log`; it
+    returns once the server listens (`lakehouse up` runs the same command under its own supervision)."""
+    from lakehouse.security import wait_listening
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(connect_server_command(settings, port), stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
+                                start_new_session=True)
+    try:
+        wait_listening(port, proc, 300, f"the Spark Connect server (log: {log})")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc

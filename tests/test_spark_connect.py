@@ -14,9 +14,9 @@ import pytest
 from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings
 from lakehouse.security import free_port
-from lakehouse.spark import connect_server_command, jvm_environment
+from lakehouse.spark import start_connect_server
 from lakehouse.tools.generate import generate
-from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta, wait_port
+from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 TOKEN = "a-token-only-the-platform-has"
@@ -27,15 +27,10 @@ def server(tmp_path_factory):
     """sc://localhost:<port> of a running Spark Connect server (the command `lakehouse up` runs)."""
     root = tmp_path_factory.mktemp("connect")
     port = free_port()
-    log = root / "server.log"
     settings = Settings(data_dir=str(root / "data"), spark_master="local[2]", shuffle_partitions=2,
                         spark_driver_memory="1g")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(connect_server_command(settings, port), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": TOKEN},
-                                start_new_session=True)
+    proc = start_connect_server(settings, port, TOKEN, root / "server.log")
     try:
-        wait_port(port, proc, log)
         yield f"sc://localhost:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
