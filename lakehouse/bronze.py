@@ -22,6 +22,7 @@ from lakehouse import faults
 from lakehouse import parsing as P
 from lakehouse.config import Settings, join
 from lakehouse.delta import Target, append_once, last_txn_version, write_tables
+from lakehouse.erasure import mark_erased, scrub_landing, tombstoned
 from lakehouse.landing import lake_fs, read_ledger
 from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
 
@@ -309,7 +310,8 @@ def _read_documents(spark: SparkSession, paths: list[str]) -> DataFrame:
 def _counts(frame: DataFrame, key: str | None, keys: list[str]) -> dict[str, Any]:
     """Accounting per `key` value (or overall): lines read = bronze rows + quarantined (by reason) + blank lines."""
     out: dict[str, Any] = {
-        k: {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, "blank_lines": 0, "records_cleaned": 0} for k in keys
+        k: {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, "blank_lines": 0, "records_cleaned": 0,
+            "erased_dropped": 0} for k in keys
     }
     for row in frame.groupBy(*([key] if key else []), "status", "reason", "cleaned").count().collect():
         bucket = out[row[key] if key else "all"]
@@ -318,7 +320,9 @@ def _counts(frame: DataFrame, key: str | None, keys: list[str]) -> dict[str, Any
         if row["status"] == "quarantine":
             bucket["quarantined"][row["reason"]] = bucket["quarantined"].get(row["reason"], 0) + row["count"]
         else:
-            bucket["bronze_rows" if row["status"] == "bronze" else "blank_lines"] += row["count"]
+            status = row["status"]
+            bucket["bronze_rows" if status == "bronze" else "erased_dropped" if status == "erased"
+                   else "blank_lines"] += row["count"]
     return out
 
 
@@ -363,6 +367,7 @@ def _write_group(
     if not entries:
         return None
     frame, outputs = _classified(spark, settings, group, entries, run_id)
+    frame = mark_erased(frame, settings, group)  # records of erased students (tombstones): kept nowhere, counted
     # On disk, not in the heap: at 10M events the in-memory cache builder exhausted a 2.5 GB heap (bench/README.md);
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
@@ -468,6 +473,10 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> dict[str, An
             _name_the_file(spark, settings, group, manifests, run_id, exc)
             raise
     report["deliveries"] = sorted({d for group in GROUPS for d in (report[group] or {}).get("deliveries", [])})
+    report["erased_dropped"] = sum(c["erased_dropped"] for group in GROUPS
+                                   for c in ((report[group] or {}).get("counts") or {}).values())
+    if report["erased_dropped"]:  # a delivery brought erased students back: their landed copies lose them too
+        scrub_landing(settings, tombstoned(settings))
     faults.point("after_bronze_commit")
     report["seconds"] = round(time.monotonic() - started, 3)
     return report

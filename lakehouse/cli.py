@@ -297,6 +297,47 @@ def quarantine_file(
 
 
 @app.command()
+def erase(
+    student: list[str] = typer.Option(None, "--student", help="a student id to erase (repeatable)"),
+    verify: str = typer.Option(None, "--verify", help="scan everything for this student id instead; exit 1 if found"),
+) -> None:
+    """A learner's right to erasure: remove students from every layer, older version, landed file and dw
+    (the `erase-students` flow, run here); `--verify ID` reports where an id is still found (docs/erasure.md)."""
+    from lakehouse.config import get_settings
+
+    if verify:
+        from lakehouse import erasure
+        from lakehouse.spark import get_spark
+
+        settings = get_settings()
+        found = erasure.verify(get_spark(settings), settings, verify)
+        for place, count in found.items():
+            console.print(f"[red]found[/] {count:,} in {place}", highlight=False)
+        if found:
+            raise typer.Exit(1)
+        console.print(f"student {verify!r} is found nowhere (lake, every readable version, landed files, dw)",
+                      highlight=False)
+        return
+    if not student:
+        fail("name the students to erase with --student ID (or check one with --verify ID)")
+    import os
+
+    from lakehouse.platform import PlatformError, client_env
+
+    try:
+        os.environ.update(client_env(get_settings()))
+    except PlatformError as exc:
+        fail(str(exc))
+    get_settings.cache_clear()
+    from flows.erasure import erase_students
+
+    result = erase_students(student_ids=student)
+    report = result["stages"]["erase"]
+    console.print(f"erased {report['students']} student(s) ({report['mode']}) in {report['seconds']:.1f} s; "
+                  f"audit row {report['erasure_id']} in _system.erasures", highlight=False)
+
+
+@app.command()
 def up(
     prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
     dashboard_port: int = typer.Option(5006, help="dashboard port"),
