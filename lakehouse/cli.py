@@ -406,6 +406,9 @@ def summary() -> None:
                                                             "warehouse loads", "status")))
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}")
+    dropped = (((last or {}).get("stages") or {}).get("bronze") or {}).get("erased_dropped", 0)
+    if dropped:  # records of erased learners a delivery brought again (docs/erasure.md)
+        console.print(f"erased, dropped      {dropped:,} records of erased students in the last run", highlight=False)
     land = ((last or {}).get("stages") or {}).get("land") or {}
     for entry in land.get("skipped", []):  # delivery folders and files the layout does not take, refused links
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
