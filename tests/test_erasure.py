@@ -206,13 +206,25 @@ def test_the_warehouse_holds_no_version_of_the_student(erased):
 
 
 def test_verify_exits_non_zero_when_it_finds_the_student(erased, spark):
+    from typer.testing import CliRunner
+
+    from lakehouse import config
+    from lakehouse.cli import app
+
     settings, student = erased["settings"], erased["student"]
     other = spark.read.format("delta").load(settings.table_path("silver", "page_views")).where(
         "student_id is not null").first()["student_id"]
-    said = subprocess.run([sys.executable, "-m", "lakehouse.cli", "erase", "--verify", other], env=_env(settings),
-                          cwd=PROJECT_ROOT, timeout=900, capture_output=True)
-    assert said.returncode == 1, said.stderr.decode()[-2000:]
-    assert b"found" in said.stdout and b"silver.page_views" in said.stdout
+    env = {k: v for k, v in _env(settings).items() if k.startswith("LAKEHOUSE_") and "SPARK" not in k}
+    config.get_settings.cache_clear()
+    try:
+        found = CliRunner().invoke(app, ["erase", "--verify", other], env=env)
+        config.get_settings.cache_clear()
+        clean = CliRunner().invoke(app, ["erase", "--verify", student], env=env)
+    finally:
+        config.get_settings.cache_clear()
+    assert found.exit_code == 1, found.output
+    assert "found" in found.output and "silver.page_views" in found.output
+    assert clean.exit_code == 0 and "found nowhere" in clean.output, clean.output
 
 
 def test_the_audit_log_counts_rows_without_the_id(erased, spark):
@@ -247,3 +259,44 @@ def test_a_later_delivery_stays_erased_and_incremental_equals_a_rebuild(erased, 
                     for c, t in a.dtypes if c not in IGNORED]
             a, b = a.select(*cols), b.select(*cols)
             assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, f"{layer}.{table}"
+
+
+def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings):
+    """Unit level, on a hand-made bronze: anonymize keeps the client type and each session as one session under a
+    new uuid; delete removes the rows; other students are untouched."""
+    from datetime import datetime
+
+    from lakehouse import delta
+
+    def line(student: str, session: str, n: int) -> str:
+        return json.dumps({"at": f"2017-11-16T08:1{n}:00-03:00", "studentId_clientType": f"{student}@Android",
+                           "session_uuid": session, "install_uuid": f"i-{student}", "uuid": f"u-{student}",
+                           "custom_4": "NewUser", "nth": n})
+
+    lines = [line("7", "s1", 1), line("7", "s1", 2), line("7", "s2", 3), line("17", "s3", 4)]
+    rows = [(v, None, "f", i + 1, "d1", datetime(2017, 11, 17), 1, datetime(2017, 11, 17), "r")
+            for i, v in enumerate(lines)]
+    events = spark.createDataFrame(rows, "value string, at_raw string, source_file string, line_number long, "
+                                   "delivery string, as_of timestamp, batch_id long, landed_at timestamp, run_id string")
+    delta.overwrite(events, delta.Target("bronze", "events", settings))
+    sessions = spark.createDataFrame([('{"StudentId": "7", "SessionStartTime": "2017-11-10 00:40:41.000"}', 1)],
+                                     "record string, batch_id long")
+    delta.overwrite(sessions, delta.Target("bronze", "sessions", settings))
+
+    counts = erasure.erase_lake(spark, settings, {"7"}, "anonymize")
+    assert counts["bronze.events"] == 3 and counts["bronze.sessions"] == 1
+    views = silver.page_views(delta.read_table(spark, "bronze", "events", settings), "t").collect()
+    anonymous = [v for v in views if v["student_id"] is None]
+    assert len(anonymous) == 3 and {v["client_type"] for v in anonymous} == {"Android"}
+    assert len({v["session_uuid"] for v in anonymous}) == 2
+    assert not {"s1", "s2", "i-7", "u-7"} & {v[c] for v in anonymous for c in ("session_uuid", "install_uuid", "uuid")}
+    assert [v["student_id"] for v in views if v["student_id"]] == ["17"]
+    record = json.loads(delta.read_table(spark, "bronze", "sessions", settings).first()["record"])
+    assert "StudentId" not in record and record["SessionStartTime"] == "2017-11-10 00:40:41.000"
+
+    assert erasure.erase_lake(spark, settings, {"17"}, "delete")["bronze.events"] == 1
+    assert delta.read_table(spark, "bronze", "events", settings).count() == 3
+    assert "bronze.events (any version still readable)" in erasure.verify(spark, settings, "17")  # version 0
+    assert erasure.vacuum_all(settings)["bronze.events"] > 0
+    assert erasure.verify(spark, settings, "17") == {}
+    assert delta.oldest_readable_version(settings.table_path("bronze", "events")) == 2
