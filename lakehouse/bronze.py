@@ -23,6 +23,7 @@ from lakehouse import faults
 from lakehouse import parsing as P
 from lakehouse.config import Settings, join
 from lakehouse.delta import Target, append_once, last_txn_version, write_tables
+from lakehouse.erasure import mark_erased, scrub_landing, tombstoned
 from lakehouse.landing import lake_fs, read_ledger
 from lakehouse.reports import StageReport
 from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
@@ -312,7 +313,7 @@ def _read_documents(spark: SparkSession, paths: list[str]) -> DataFrame:
 REASONS = ("line_too_long", "file_too_large", "set_aside", "unknown_entity", "invalid_utf8", "not_json_object",
            "not_json_array", "not_an_object", "nesting_too_deep", "duplicate_key", "value_too_large", "missing_at",
            "unparseable_at", "date_out_of_range", "id_too_long")
-TALLIES = ("lines_read", "bronze_rows", "blank_lines", "records_cleaned")
+TALLIES = ("lines_read", "bronze_rows", "blank_lines", "records_cleaned", "erased_dropped")
 
 
 def _tallies(key: str | None, keys: list[str]) -> list[Column]:
@@ -320,7 +321,8 @@ def _tallies(key: str | None, keys: list[str]) -> list[Column]:
     lines read = bronze rows + quarantined (by reason) + blank lines, with no pass of its own."""
     status, reason = F.col("status"), F.col("reason")
     fates = {"lines_read": F.lit(True), "bronze_rows": status == "bronze", "blank_lines": status == "blank",
-             "records_cleaned": F.col("cleaned"), **{r: (status == "quarantine") & (reason == r) for r in REASONS},
+             "records_cleaned": F.col("cleaned"),
+             "erased_dropped": status == "erased", **{r: (status == "quarantine") & (reason == r) for r in REASONS},
              "other": (status == "quarantine") & ~reason.isin(*REASONS)}
     return [F.count_if((F.col(key) == k if key else F.lit(True)) & fate).alias(f"{k}/{name}")
             for k in keys for name, fate in fates.items()]
@@ -378,6 +380,7 @@ def _write_group(
     if not entries:
         return None
     frame, outputs = _classified(spark, settings, group, entries, run_id)
+    frame = mark_erased(frame, settings, group)  # records of erased students (tombstones): kept nowhere, counted
     # On disk, not in the heap: at 10M events the in-memory cache builder exhausted a 2.5 GB heap (bench/README.md);
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
@@ -484,6 +487,9 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
         except (PySparkException, Py4JJavaError) as exc:
             _name_the_file(spark, settings, group, manifests, run_id, exc)
             raise
+    erased = sum(b["erased_dropped"] for g in groups.values() if g for b in g["counts"].values())
+    if erased:  # a delivery brought erased students back: their landed copies lose them too
+        scrub_landing(settings, tombstoned(settings))
     faults.point("after_bronze_commit")
     written = [g for g in groups.values() if g]
     buckets = [b for g in written for b in g["counts"].values()]
@@ -493,5 +499,5 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
         quarantined=sum(n for b in buckets for n in b["quarantined"].values()),
         deliveries=sorted({d for g in written for d in g["deliveries"]}), skipped=not written,
         seconds=round(time.monotonic() - started, 3),
-        details={"run_id": run_id, "batches": [m["batch_id"] for m in manifests], **groups},
+        details={"run_id": run_id, "batches": [m["batch_id"] for m in manifests], "erased_dropped": erased, **groups},
     )

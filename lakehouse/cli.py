@@ -299,6 +299,48 @@ def quarantine_file(
 
 
 @app.command()
+def erase(
+    student: list[str] = typer.Option(None, "--student", help="a student id to erase (repeatable)"),
+    verify: str = typer.Option(None, "--verify", help="scan everything for this student id instead; exit 1 if found"),
+) -> None:
+    """A learner's right to erasure: remove students from every layer, older version, landed file and dw
+    (the `erase-students` flow, run here); `--verify ID` reports where an id is still found (docs/erasure.md)."""
+    from lakehouse.config import get_settings
+
+    if verify:
+        from lakehouse import erasure
+        from lakehouse.spark import get_spark
+
+        settings = get_settings()
+        found = erasure.verify(get_spark(settings), settings, verify)
+        for place, count in found.items():
+            console.print(f"[red]found[/] {count:,} in {place}", highlight=False)
+        if found:
+            raise typer.Exit(1)
+        console.print(f"student {verify!r} is found nowhere (lake, every readable version, landed files, dw)",
+                      highlight=False)
+        return
+    if not student:
+        fail("name the students to erase with --student ID (or check one with --verify ID)")
+    import os
+
+    from lakehouse.platform import PlatformError, client_env
+
+    try:
+        os.environ.update(client_env(get_settings()))
+    except PlatformError as exc:
+        fail(str(exc))
+    get_settings.cache_clear()
+    from flows.erasure import erase_students
+
+    result = erase_students(student_ids=student)
+    report = StageReport.from_dict(result["stages"]["erase"])
+    console.print(f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
+                  f"{report.seconds:.1f} s; audit row {report.details['erasure_id']} in _system.erasures",
+                  highlight=False)
+
+
+@app.command()
 def up(
     prefect_port: int = typer.Option(4200, help="Prefect UI and API port"),
     dashboard_port: int = typer.Option(5006, help="dashboard port"),
@@ -371,6 +413,10 @@ def summary() -> None:
             stages.add_row(*(str(row[k]) for k in ("stage", *COLUMNS, "status")))
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}")
+    bronze = next((r.details for r in reports if r.stage == "bronze"), {})
+    dropped = bronze.get("erased_dropped", 0)
+    if dropped:  # records of erased learners a delivery brought again (docs/erasure.md)
+        console.print(f"erased, dropped      {dropped:,} records of erased students in the last run", highlight=False)
     land = next((r.details for r in reports if r.stage == "land"), {})
     for entry in land.get("not_landed_files", []):  # delivery folders and files the layout does not take, links
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)

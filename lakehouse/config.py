@@ -9,6 +9,7 @@ import re
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,11 @@ class Settings(BaseSettings):
         date(2000, 1, 1), description="events and records dated earlier are quarantined (date_out_of_range)")
     plausible_days_ahead: int = Field(
         2, description="events and records dated later than today plus this many days are quarantined")
+    erasure_mode: Literal["anonymize", "delete"] = Field(
+        "anonymize", description="`lakehouse erase`: keep an erased learner's events, sessions, subscriptions and "
+        "follows without the learner (anonymize) or remove them (delete); docs/erasure.md")
+    erasure_salt: SecretStr | None = Field(
+        None, description="salt of the erased ids' hashes (tombstones); unset: a random one stored 0600 under the data folder")
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
     admin_password: SecretStr | None = Field(
         None, description="password of the platform login `admin` (Prefect UI/API, dashboard); unset: generated"

@@ -409,8 +409,8 @@ def _students_changed(run: Run) -> DataFrame:
     that version is no longer readable."""
     path = run.settings.table_path("gold", "dim_student")
     seen = _seen(path, "gold.dim_student", run.seen)
-    if seen is None:
-        raise LookupError("dim_student as this table last saw it is not in the log")
+    if seen is None or seen < (delta.oldest_readable_version(path) or 0):  # an erasure vacuums every old version
+        raise LookupError("dim_student as this table last saw it is not in the log, or no longer readable")
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
     now = run.gold("dim_student")
     attrs = F.struct(*ENRICHMENT)

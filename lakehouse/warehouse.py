@@ -426,7 +426,7 @@ def _applied_deliveries(cur: Cursor, target: str) -> set[tuple[str, datetime]]:
     return set(cur.fetchall())
 
 
-def _one(cur: Cursor) -> Any:
+def first_value(cur: Cursor) -> Any:
     """The first column of the row the last statement returned (one it always returns)."""
     row = cur.fetchone()
     assert row is not None
@@ -556,7 +556,7 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
             def load_id() -> int:
                 if not load_ids:
                     cur.execute("select nextval('dw.load_id_seq')")
-                    load_ids.append(_one(cur))
+                    load_ids.append(first_value(cur))
                 return load_ids[0]
 
             changed: set[str] = set()
