@@ -23,17 +23,26 @@ def _bar(category: str, measure: str, color: str) -> alt.LayerChart:
 
 
 def _daily() -> alt.Chart:
-    return alt.Chart(alt.NamedData(DATA)).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=alt.X("event_date:T", title=None, axis=alt.Axis(format="%b %d")),
-        y=alt.Y("page_views:Q", title="page views"),
-        color=alt.Color("client_type:N", title="client type"),
-        tooltip=["event_date:T", "client_type:N", alt.Tooltip("page_views:Q", format=",")],
-    ).properties(height=260)
+    return (
+        alt.Chart(alt.NamedData(DATA))
+        .mark_line(point=alt.OverlayMarkDef(size=18))
+        .encode(
+            x=alt.X("event_date:T", title=None, axis=alt.Axis(format="%b %d")),
+            y=alt.Y("page_views:Q", title="page views"),
+            color=alt.Color("client_type:N", title="client type"),
+            tooltip=["event_date:T", "client_type:N", alt.Tooltip("page_views:Q", format=",")],
+        )
+        .properties(height=260)
+    )
 
 
-BARS = {"states": ("state", "students", "#4c78a8"), "universities": ("university", "page_views", "#f58518"),
-        "courses": ("course", "page_views", "#54a24b"), "user_types": ("user_type", "page_views", "#b279a2"),
-        "foreign": ("country", "page_views", "#e45756")}
+BARS = {
+    "states": ("state", "students", "#4c78a8"),
+    "universities": ("university", "page_views", "#f58518"),
+    "courses": ("course", "page_views", "#54a24b"),
+    "user_types": ("user_type", "page_views", "#b279a2"),
+    "foreign": ("country", "page_views", "#e45756"),
+}
 NAMES = ("daily", *BARS)
 _specs: dict[str, dict] = {}
 
@@ -71,11 +80,15 @@ class VegaChart(JSComponent):
     spec = param.Dict(default={}, doc="Vega-Lite spec reading the named dataset DATA")
     rows = param.List(default=[], doc="the dataset's rows")
     title = param.String(default="")
-    revision = param.Integer(default=0, doc="bumped by every show(): the browser draws once per show, even unchanged rows")
+    revision = param.Integer(
+        default=0, doc="bumped by every show(): the browser draws once per show, even unchanged rows"
+    )
 
     # an empty chart keeps its title (and its drawn marks element) but shows a message instead of bare axes
-    _stylesheets = [".is-empty .role-axis, .is-empty .role-legend { display: none; } "
-                    ".no-data { color: #666; font: 13px sans-serif; padding: 4px 0 8px 0; }"]
+    _stylesheets = [
+        ".is-empty .role-axis, .is-empty .role-legend { display: none; } "
+        ".no-data { color: #666; font: 13px sans-serif; padding: 4px 0 8px 0; }"
+    ]
 
     _esm = """
     const EMPTY = %(empty)s

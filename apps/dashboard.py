@@ -19,8 +19,10 @@ from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 from lakehouse.security import wait_listening
 
 ALL = "All"
+# fmt: off
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
             "gold.mart_daily_activity", "gold.mart_country_access", "gold.dim_date")
+# fmt: on
 DEFAULT_MONTH = date(2017, 11, 1)
 DEFAULT_MIN_VIEWS = 100
 LOGIN_TEMPLATE = Path(__file__).with_name("login.html")  # Panel's own loads its images from a CDN
@@ -49,22 +51,38 @@ class Dashboard:
         self.gold = gold
         first, last = gold.bounds()
         months = [pd.Timestamp(m).date() for m in gold.options("months")]
-        self.dates = pn.widgets.DateRangePicker(name="Period", value=(first, last), start=first, end=last,
-                                                css_classes=["filter-dates"], width=240)
-        self.client = pn.widgets.Select(name="Client type", options=[ALL, *gold.options("client_types")],
-                                        css_classes=["filter-client"], width=160)
-        self.country = pn.widgets.Select(name="Country", options=[ALL, *gold.options("countries")],
-                                         css_classes=["filter-country"], width=140)
+        self.dates = pn.widgets.DateRangePicker(
+            name="Period", value=(first, last), start=first, end=last, css_classes=["filter-dates"], width=240
+        )
+        self.client = pn.widgets.Select(
+            name="Client type", options=[ALL, *gold.options("client_types")], css_classes=["filter-client"], width=160
+        )
+        self.country = pn.widgets.Select(
+            name="Country", options=[ALL, *gold.options("countries")], css_classes=["filter-country"], width=140
+        )
         month_options = {m.strftime("%B %Y"): m for m in months} or {DEFAULT_MONTH.strftime("%B %Y"): DEFAULT_MONTH}
         default_month = DEFAULT_MONTH if DEFAULT_MONTH in month_options.values() else list(month_options.values())[-1]
-        self.month = pn.widgets.Select(name="Month", options=month_options, value=default_month,
-                                       css_classes=["filter-month"], width=160)
-        self.min_views = pn.widgets.IntInput(name="More than N page views", value=DEFAULT_MIN_VIEWS, start=0,
-                                             step=10, css_classes=["filter-min-views"], width=160)
+        self.month = pn.widgets.Select(
+            name="Month", options=month_options, value=default_month, css_classes=["filter-month"], width=160
+        )
+        self.min_views = pn.widgets.IntInput(
+            name="More than N page views",
+            value=DEFAULT_MIN_VIEWS,
+            start=0,
+            step=10,
+            css_classes=["filter-min-views"],
+            width=160,
+        )
         number = dict(font_size="28pt", title_size="11pt", format="{value:,}", width=190)
-        self.kpis = {key: pn.indicators.Number(name=label, value=0, **number) for key, label in (
-            ("page_views", "Page views"), ("active_students", "Active students"),
-            ("sessions", "Sessions"), ("paying_students", "Paying students"))}
+        self.kpis = {
+            key: pn.indicators.Number(name=label, value=0, **number)
+            for key, label in (
+                ("page_views", "Page views"),
+                ("active_students", "Active students"),
+                ("sessions", "Sessions"),
+                ("paying_students", "Paying students"),
+            )
+        }
         chart = dict(sizing_mode="stretch_width")
         self.states = VegaChart("states", css_classes=["chart-states"], **chart)
         self.foreign = VegaChart("foreign", css_classes=["chart-foreign"], **chart)
@@ -87,9 +105,12 @@ class Dashboard:
 
     def filters(self) -> Filters:
         start, end = self.dates.value  # type: ignore[misc]  # a range widget's value is a pair
-        return Filters(start=start, end=end,
-                       client_type=None if self.client.value == ALL else self.client.value,
-                       country=None if self.country.value == ALL else self.country.value)
+        return Filters(
+            start=start,
+            end=end,
+            client_type=None if self.client.value == ALL else self.client.value,
+            country=None if self.country.value == ALL else self.country.value,
+        )
 
     def update(self, *_events) -> None:
         """Redraw everything that depends on the period, client type and country."""
@@ -127,19 +148,26 @@ class Dashboard:
         self.quarantine.object = quarantine if len(quarantine) else None
 
     def view(self) -> pn.viewable.Viewable:
-        card = dict(styles={"background": "white", "border-radius": "6px", "padding": "6px"}, margin=6,
-                    sizing_mode="stretch_width")
+        card = dict(
+            styles={"background": "white", "border-radius": "6px", "padding": "6px"},
+            margin=6,
+            sizing_mode="stretch_width",
+        )
         return pn.Column(
             pn.pane.Markdown("## Learning-platform activity", margin=(0, 10)),
             pn.Row(self.dates, self.client, self.country, self.timing),
             pn.Row(*self.kpis.values()),
             pn.Row(pn.Column(self.daily, **card), pn.Column(self.states, **card)),
-            pn.Row(pn.Column(self.user_types, **card),
-                   pn.Column(pn.Row(self.month, self.min_views), self.foreign, **card)),
+            pn.Row(
+                pn.Column(self.user_types, **card), pn.Column(pn.Row(self.month, self.min_views), self.foreign, **card)
+            ),
             pn.Row(pn.Column(self.universities, **card), pn.Column(self.courses, **card)),
-            pn.Row(pn.Column(pn.pane.Markdown("### Data freshness and quality"), self.freshness, **card),
-                   pn.Column(pn.pane.Markdown("### Quarantined rows by reason"), self.quarantine, **card)),
-            sizing_mode="stretch_width", styles={"background": "#f4f5f7"},
+            pn.Row(
+                pn.Column(pn.pane.Markdown("### Data freshness and quality"), self.freshness, **card),
+                pn.Column(pn.pane.Markdown("### Quarantined rows by reason"), self.quarantine, **card),
+            ),
+            sizing_mode="stretch_width",
+            styles={"background": "#f4f5f7"},
         )
 
 
@@ -151,7 +179,8 @@ def create_app(settings: Settings | None = None) -> pn.viewable.Viewable:
     if missing:
         return pn.pane.Markdown(
             f"## No gold data yet\nThe lake at `{gold.settings.lake_url}` lacks {', '.join(missing)}.\n\n"
-            "Run `lakehouse run` (or `make demo`), then reload this page.")
+            "Run `lakehouse run` (or `make demo`), then reload this page."
+        )
     return Dashboard(gold).view()
 
 
@@ -173,8 +202,11 @@ def login_options(settings: Settings, address: str, port: int) -> dict:
         return {"oauth_provider": config.oauth_provider, "cookie_secret": cookie_secret}
     if login_set(settings):
         assert settings.admin_password is not None  # login_set
-        return {"basic_auth": {ADMIN_USER: settings.admin_password.get_secret_value()},
-                "cookie_secret": cookie_secret, "basic_login_template": str(LOGIN_TEMPLATE)}
+        return {
+            "basic_auth": {ADMIN_USER: settings.admin_password.get_secret_value()},
+            "cookie_secret": cookie_secret,
+            "basic_login_template": str(LOGIN_TEMPLATE),
+        }
     check_bind(address, False, "the dashboard")
     return {}
 
@@ -192,11 +224,21 @@ def serve(port: int = 5006, show: bool = False, address: str | None = None, sett
         spec(name)
     public = public_url(settings.model_copy(update={"bind": address}), port, settings.dashboard_url)
     allowed = [o.split("://", 1)[1] for o in origins(settings.model_copy(update={"bind": address}), port, public)]
-    pn.serve({"/": lambda: create_app(settings)}, port=port, address=address, show=show, title="Lakehouse dashboard",
-             websocket_origin=allowed, verbose=False, **login)
+    pn.serve(
+        {"/": lambda: create_app(settings)},
+        port=port,
+        address=address,
+        show=show,
+        title="Lakehouse dashboard",
+        websocket_origin=allowed,
+        verbose=False,
+        **login,
+    )
 
 
-def spawn(port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", env: dict | None = None) -> subprocess.Popen:
+def spawn(
+    port: int = 5006, timeout: float = 60.0, address: str = "127.0.0.1", env: dict | None = None
+) -> subprocess.Popen:
     """Start `serve` in a child process and return it once the port accepts connections."""
     command = [sys.executable, "-m", "apps.dashboard", "--port", str(port), "--address", address]
     process = subprocess.Popen(command, env=env, cwd=str(PROJECT_ROOT))

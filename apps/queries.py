@@ -21,19 +21,27 @@ _UNKNOWN = "'" + UNKNOWN + "'"
 # gold read once into small tables of the connection's in-memory database (`memory.main`, shared by its cursors, so
 # one filter change runs its statements at once), rebuilt when a source gets a new Delta commit: a filter change then
 # scans per-day aggregates in memory; only distinct students need the (day, student) grain
-PAGE_VIEWS = (f"select f.event_date, coalesce(f.client_type, {_UNKNOWN}) as client_type, "
-              f"coalesce(f.country, {_UNKNOWN}) as country, coalesce(f.user_type, '(anonymous)') as user_type, "
-              "f.student_id, d.state, d.university_name as university, d.course_name as course "
-              "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id")
+PAGE_VIEWS = (
+    f"select f.event_date, coalesce(f.client_type, {_UNKNOWN}) as client_type, "
+    f"coalesce(f.country, {_UNKNOWN}) as country, coalesce(f.user_type, '(anonymous)') as user_type, "
+    "f.student_id, d.state, d.university_name as university, d.course_name as course "
+    "from gold.fact_page_view f left join gold.dim_student d on f.student_id = d.student_id"
+)
 # dimension of the `cube` temp table -> its value expression (allow-list)
-DIMENSIONS = {"user_type": "user_type", "state": "coalesce(state, '(unknown)')",
-              "university": "coalesce(university, '(unknown)')", "course": "coalesce(course, '(unknown)')"}
+DIMENSIONS = {
+    "user_type": "user_type",
+    "state": "coalesce(state, '(unknown)')",
+    "university": "coalesce(university, '(unknown)')",
+    "course": "coalesce(course, '(unknown)')",
+}
 CACHE = [
     f"create or replace table memory.main.pv as {PAGE_VIEWS}",
-    "create or replace table memory.main.cube as " + " union all ".join(
+    "create or replace table memory.main.cube as "
+    + " union all ".join(
         f"select '{dim}' as dim, {expr} as value, event_date, client_type, country, count(*) as page_views "
         f"from memory.main.pv {'' if dim == 'user_type' else 'where student_id is not null '}group by all"
-        for dim, expr in DIMENSIONS.items()),
+        for dim, expr in DIMENSIONS.items()
+    ),
     "create or replace table memory.main.student_days as select distinct event_date, client_type, country, "
     "hash(student_id) as student_key, coalesce(state, '(unknown)') as state from memory.main.pv where student_id is not null",
     "drop table memory.main.pv",
@@ -43,8 +51,13 @@ CACHE = [
     "from gold.fact_subscription",
     "create or replace table memory.main.calendar as select cast(date as date) as day from gold.dim_date",
 ]
-CACHE_SOURCES = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
-                 "gold.dim_date")
+CACHE_SOURCES = (
+    "gold.fact_page_view",
+    "gold.dim_student",
+    "gold.fact_session",
+    "gold.fact_subscription",
+    "gold.dim_date",
+)
 # one filter clause for page views; $client / $country null means "all"
 PV_FILTER = (
     "event_date between $start and $end"
@@ -57,41 +70,43 @@ SQL = {
     "bounds": "select min(event_date) as first, max(event_date) as last from gold.mart_daily_activity",
     # known values first, then UNKNOWN when some rows lack one
     "client_types": f"select coalesce(client_type, {_UNKNOWN}) from (select distinct client_type "
-                    f"from gold.mart_daily_activity) order by client_type is null, 1",
+    f"from gold.mart_daily_activity) order by client_type is null, 1",
     "countries": f"select coalesce(country, {_UNKNOWN}) from (select distinct country "
-                 f"from gold.mart_country_access) order by country is null, 1",
+    f"from gold.mart_country_access) order by country is null, 1",
     "months": "select distinct month from gold.mart_country_access where month is not null order by 1",
     "page_views": f"select coalesce(sum(page_views), 0) as page_views from memory.main.cube where dim = 'user_type' and {PV_FILTER}",
     "sessions": "select coalesce(sum(sessions), 0) as sessions from memory.main.sessions_daily "
-                "where session_date between $start and $end and ($client::varchar is null or client_type = $client)",
+    "where session_date between $start and $end and ($client::varchar is null or client_type = $client)",
     "paying": "select count(distinct student_id) as paying_students from memory.main.payments "
-              "where payment_date between $start and $end",
+    "where payment_date between $start and $end",
     "user_type": f"select value as user_type, sum(page_views) as page_views from memory.main.cube "
-                 f"where dim = 'user_type' and {PV_FILTER} group by 1 order by 2 desc, 1",
+    f"where dim = 'user_type' and {PV_FILTER} group by 1 order by 2 desc, 1",
     # every calendar day of the period for each client type shown: a day without page views is a zero, not a line
     # drawn straight across it
     "daily": f"with counts as (select event_date, client_type, sum(page_views) as page_views from memory.main.cube "
-             f"where dim = 'user_type' and {PV_FILTER} group by 1, 2) "
-             "select d.day as event_date, c.client_type, coalesce(n.page_views, 0) as page_views "
-             "from memory.main.calendar d cross join (select distinct client_type from counts) c "
-             "left join counts n on n.event_date = d.day and n.client_type = c.client_type "
-             "where d.day between $start and $end order by 1, 2",
+    f"where dim = 'user_type' and {PV_FILTER} group by 1, 2) "
+    "select d.day as event_date, c.client_type, coalesce(n.page_views, 0) as page_views "
+    "from memory.main.calendar d cross join (select distinct client_type from counts) c "
+    "left join counts n on n.event_date = d.day and n.client_type = c.client_type "
+    "where d.day between $start and $end order by 1, 2",
     "by_state": f"select s.state, s.students, coalesce(v.page_views, 0) as page_views from "
-                f"(select state, count(distinct student_key) as students from memory.main.student_days where {PV_FILTER} group by 1) s "
-                f"left join (select value as state, sum(page_views) as page_views from memory.main.cube "
-                f"where dim = 'state' and {PV_FILTER} group by 1) v on s.state = v.state "
-                f"order by students desc, state",
+    f"(select state, count(distinct student_key) as students from memory.main.student_days where {PV_FILTER} group by 1) s "
+    f"left join (select value as state, sum(page_views) as page_views from memory.main.cube "
+    f"where dim = 'state' and {PV_FILTER} group by 1) v on s.state = v.state "
+    f"order by students desc, state",
     "foreign": f"select country, page_views, students from gold.mart_country_access "
-               f"where month = $month and {FOREIGN} and page_views > $min_views order by page_views desc, country",
+    f"where month = $month and {FOREIGN} and page_views > $min_views order by page_views desc, country",
     "as_of": "select (select max(as_of) from gold.dim_student) as gold_as_of, "
-             "(select max(as_of) from bronze.events) as bronze_as_of",
+    "(select max(as_of) from bronze.events) as bronze_as_of",
     "quarantine": "select 'events' as source, reason, count(*) as rows from quarantine.events group by 1, 2 "
-                  "union all select 'transactional', reason, count(*) from quarantine.transactional group by 1, 2 "
-                  "order by rows desc",
+    "union all select 'transactional', reason, count(*) from quarantine.transactional group by 1, 2 "
+    "order by rows desc",
 }
 for _name in ("university", "course"):
-    SQL[f"by_{_name}"] = (f"select value as {_name}, sum(page_views) as page_views from memory.main.cube "
-                          f"where dim = '{_name}' and {PV_FILTER} group by 1 order by 2 desc, 1 limit $top")
+    SQL[f"by_{_name}"] = (
+        f"select value as {_name}, sum(page_views) as page_views from memory.main.cube "
+        f"where dim = '{_name}' and {PV_FILTER} group by 1 order by 2 desc, 1 limit $top"
+    )
 
 
 @dataclass(frozen=True)
@@ -197,10 +212,12 @@ class Gold:
         """Page views, active students, sessions, paying students in the filters' period."""
         params = filters.params()
         states = self.breakdown("state", filters) if states is None else states
-        out = {"page_views": self.frame("page_views", params).iloc[0, 0],
-               "active_students": states["students"].sum(),  # one state per student: the per-state sum is exact
-               "sessions": self.frame("sessions", params).iloc[0, 0],
-               "paying_students": self.frame("paying", params).iloc[0, 0]}
+        out = {
+            "page_views": self.frame("page_views", params).iloc[0, 0],
+            "active_students": states["students"].sum(),  # one state per student: the per-state sum is exact
+            "sessions": self.frame("sessions", params).iloc[0, 0],
+            "paying_students": self.frame("paying", params).iloc[0, 0],
+        }
         return {k: int(v or 0) for k, v in out.items()}
 
     def breakdown(self, name: str, filters: Filters, top: int = 10) -> pd.DataFrame:
@@ -213,13 +230,35 @@ class Gold:
 
         Its eight statements run at once, each on its own cursor."""
         params = {**filters.params(), "top": int(top)}
-        out = self.frames({name: params for name in (
-            "by_state", "page_views", "sessions", "paying", "by_university", "by_course", "user_type", "daily")})
-        headline = {"page_views": out["page_views"].iloc[0, 0], "active_students": out["by_state"]["students"].sum(),
-                    "sessions": out["sessions"].iloc[0, 0], "paying_students": out["paying"].iloc[0, 0]}
-        return {"headline": {k: int(v or 0) for k, v in headline.items()}, "states": out["by_state"],
-                "universities": out["by_university"], "courses": out["by_course"],
-                "user_types": out["user_type"], "daily": out["daily"]}
+        out = self.frames(
+            {
+                name: params
+                for name in (
+                    "by_state",
+                    "page_views",
+                    "sessions",
+                    "paying",
+                    "by_university",
+                    "by_course",
+                    "user_type",
+                    "daily",
+                )
+            }
+        )
+        headline = {
+            "page_views": out["page_views"].iloc[0, 0],
+            "active_students": out["by_state"]["students"].sum(),
+            "sessions": out["sessions"].iloc[0, 0],
+            "paying_students": out["paying"].iloc[0, 0],
+        }
+        return {
+            "headline": {k: int(v or 0) for k, v in headline.items()},
+            "states": out["by_state"],
+            "universities": out["by_university"],
+            "courses": out["by_course"],
+            "user_types": out["user_type"],
+            "daily": out["daily"],
+        }
 
     def foreign(self, month: date, min_views: int) -> pd.DataFrame:
         return self.frame("foreign", {"month": month, "min_views": int(min_views)})

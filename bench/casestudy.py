@@ -14,10 +14,15 @@ import shutil
 import time
 from pathlib import Path
 
-SPELLINGS = {"page_name": ("Page Name", "PageName"), "page_category": ("Page Category", "PageCategory"),
-             "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl")}
+SPELLINGS = {
+    "page_name": ("Page Name", "PageName"),
+    "page_category": ("Page Category", "PageCategory"),
+    "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl"),
+}
+# fmt: off
 FORMATS = ("yyyy-MM-dd HH:mm:ss", "yyyy-MM-ddHH:mm:ss", "yyyy-MM-dd'T'HH:mm:ssXXX", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX",
            "yyyy-MM-dd'T'HH:mm:ss'Z'", "yyyy-MM-dd'T'HH:mm:ss")
+# fmt: on
 
 
 def spark_session(master: str):
@@ -26,15 +31,18 @@ def spark_session(master: str):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the UDF's workers run this environment's Python
-    return (SparkSession.builder.master(master).appName("casestudy")
-            .config("spark.sql.execution.pythonUDF.arrow.enabled", "false")
-            .config("spark.sql.shuffle.partitions", "200")
-            .config("spark.sql.adaptive.enabled", "false")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.driver.memory", "4g")
-            .getOrCreate())
+    return (
+        SparkSession.builder.master(master)
+        .appName("casestudy")
+        .config("spark.sql.execution.pythonUDF.arrow.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "200")
+        .config("spark.sql.adaptive.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
 
 
 def transform(spark, source: Path, timings: dict):
@@ -62,34 +70,55 @@ def transform(spark, source: Path, timings: dict):
         return F.coalesce(*present) if present else F.lit(None).cast("string")
 
     at = F.coalesce(*(F.try_to_timestamp(F.col("at"), F.lit(fmt)) for fmt in FORMATS))
-    events = (raw.where(~bad).withColumn("event_at", at).where(F.col("event_at").isNotNull())
-              .withColumn("sc", split_student(F.col("studentId_clientType")))
-              .select("event_at", F.to_date("event_at").alias("event_date"),
-                      F.col("sc.student_id").alias("student_id"), F.col("sc.client_type").alias("client_type"),
-                      pick("country").alias("country"), pick("region").alias("region"),
-                      pick("city_name").alias("city_name"), pick("browser").alias("browser"),
-                      pick("platform").alias("platform"), pick("custom_4").alias("user_type"),
-                      pick("session_uuid").alias("session_uuid"),
-                      *(pick(*s).alias(name) for name, s in SPELLINGS.items()))
-              .dropDuplicates())
+    events = (
+        raw.where(~bad)
+        .withColumn("event_at", at)
+        .where(F.col("event_at").isNotNull())
+        .withColumn("sc", split_student(F.col("studentId_clientType")))
+        .select(
+            "event_at",
+            F.to_date("event_at").alias("event_date"),
+            F.col("sc.student_id").alias("student_id"),
+            F.col("sc.client_type").alias("client_type"),
+            pick("country").alias("country"),
+            pick("region").alias("region"),
+            pick("city_name").alias("city_name"),
+            pick("browser").alias("browser"),
+            pick("platform").alias("platform"),
+            pick("custom_4").alias("user_type"),
+            pick("session_uuid").alias("session_uuid"),
+            *(pick(*s).alias(name) for name, s in SPELLINGS.items()),
+        )
+        .dropDuplicates()
+    )
 
     def latest(entity, key_cols):
-        df = (spark.read.option("multiLine", "true").json(str(source / "transactional" / "*" / f"{entity}.json"))
-              .withColumn("delivery", F.regexp_extract(F.input_file_name(), r"/transactional/([^/]+)/", 1)))
+        df = (
+            spark.read.option("multiLine", "true")
+            .json(str(source / "transactional" / "*" / f"{entity}.json"))
+            .withColumn("delivery", F.regexp_extract(F.input_file_name(), r"/transactional/([^/]+)/", 1))
+        )
         w = Window.partitionBy(*key_cols).orderBy(F.col("delivery").desc())
         return df.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n")
 
     students = latest("students", ["Id"]).select(
-        F.col("Id").cast("string").alias("student_id"), F.col("State").alias("state"), F.col("City").alias("city"),
-        F.col("UniversityId").cast("int").alias("university_id"), F.col("CourseId").cast("int").alias("course_id"),
-        F.col("SignupSource").alias("signup_source"))
-    courses = latest("courses", ["Id"]).select(F.col("Id").cast("int").alias("course_id"),
-                                               F.col("Name").alias("course_name"))
-    universities = latest("universities", ["Id"]).select(F.col("Id").cast("int").alias("university_id"),
-                                                         F.col("Name").alias("university_name"))
-    subjects = latest("subjects", ["Id"]).select(F.col("Id").cast("int").alias("subject_id"),
-                                                 F.col("Name").alias("subject_name"))
-    dim_student = (students.join(universities, "university_id", "left").join(courses, "course_id", "left"))
+        F.col("Id").cast("string").alias("student_id"),
+        F.col("State").alias("state"),
+        F.col("City").alias("city"),
+        F.col("UniversityId").cast("int").alias("university_id"),
+        F.col("CourseId").cast("int").alias("course_id"),
+        F.col("SignupSource").alias("signup_source"),
+    )
+    courses = latest("courses", ["Id"]).select(
+        F.col("Id").cast("int").alias("course_id"), F.col("Name").alias("course_name")
+    )
+    universities = latest("universities", ["Id"]).select(
+        F.col("Id").cast("int").alias("university_id"), F.col("Name").alias("university_name")
+    )
+    subjects = latest("subjects", ["Id"]).select(
+        F.col("Id").cast("int").alias("subject_id"), F.col("Name").alias("subject_name")
+    )
+    dim_student = students.join(universities, "university_id", "left").join(courses, "course_id", "left")
     full = events.join(dim_student, "student_id", "left")
 
     def records(entity, cols):
@@ -97,28 +126,43 @@ def transform(spark, source: Path, timings: dict):
         return df.select(*(F.col(c).cast("string").alias(a) for c, a in cols)).dropDuplicates()
 
     outputs = {
-        "dim_student": dim_student, "dim_course": courses, "dim_university": universities, "dim_subject": subjects,
-        "fact_session": records("sessions", [("StudentId", "student_id"), ("SessionStartTime", "session_start_at"),
-                                             ("StudentClient", "client_type")]),
-        "fact_subscription": records("subscriptions", [("StudentId", "student_id"), ("PaymentDate", "payment_at"),
-                                                       ("PlanType", "plan_type")]),
-        "fact_subject_follow": records("student_follow_subject", [("StudentId", "student_id"),
-                                                                  ("SubjectId", "subject_id"),
-                                                                  ("FollowDate", "followed_at")]),
+        "dim_student": dim_student,
+        "dim_course": courses,
+        "dim_university": universities,
+        "dim_subject": subjects,
+        "fact_session": records(
+            "sessions",
+            [("StudentId", "student_id"), ("SessionStartTime", "session_start_at"), ("StudentClient", "client_type")],
+        ),
+        "fact_subscription": records(
+            "subscriptions", [("StudentId", "student_id"), ("PaymentDate", "payment_at"), ("PlanType", "plan_type")]
+        ),
+        "fact_subject_follow": records(
+            "student_follow_subject",
+            [("StudentId", "student_id"), ("SubjectId", "subject_id"), ("FollowDate", "followed_at")],
+        ),
         "fact_page_view_daily": events.groupBy("event_date", "student_id", "client_type", "country").agg(
-            F.count(F.lit(1)).alias("page_views"), F.min("event_at").alias("first_event_at"),
-            F.max("event_at").alias("last_event_at")),
+            F.count(F.lit(1)).alias("page_views"),
+            F.min("event_at").alias("first_event_at"),
+            F.max("event_at").alias("last_event_at"),
+        ),
         "mart_country_access": events.groupBy("country", F.trunc("event_date", "month").alias("month")).agg(
-            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")),
+            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")
+        ),
         "mart_users_by_type": events.groupBy("user_type").agg(
-            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")),
-        "mart_state_activity": full.where(F.col("state").isNotNull()).groupBy("state").agg(
-            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")),
+            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")
+        ),
+        "mart_state_activity": full.where(F.col("state").isNotNull())
+        .groupBy("state")
+        .agg(F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students")),
         "mart_daily_activity": events.groupBy("event_date", "client_type").agg(
-            F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students"),
-            F.countDistinct("session_uuid").alias("sessions")),
+            F.count(F.lit(1)).alias("page_views"),
+            F.countDistinct("student_id").alias("students"),
+            F.countDistinct("session_uuid").alias("sessions"),
+        ),
         "events_by_city_client_university_course": full.groupBy(
-            "city_name", "client_type", "university_name", "course_name").agg(F.count(F.lit(1)).alias("page_views")),
+            "city_name", "client_type", "university_name", "course_name"
+        ).agg(F.count(F.lit(1)).alias("page_views")),
     }
     return full, outputs
 
@@ -163,9 +207,13 @@ def run(source: Path, dsn: str | None, workdir: Path, master: str = "local[*]") 
         timings["insert_rows_s"] = round(time.perf_counter() - t, 3)
     timings["total_s"] = round(time.perf_counter() - start, 3)
     n_inserted = sum(inserted.values())
-    return {"timings": timings, "rows": rows, "inserted": inserted,
-            "insert_rows_per_s": round(n_inserted / timings["insert_rows_s"], 1) if inserted else None,
-            "events_per_s": round(rows["full_dataset"] / timings["total_s"], 1)}
+    return {
+        "timings": timings,
+        "rows": rows,
+        "inserted": inserted,
+        "insert_rows_per_s": round(n_inserted / timings["insert_rows_s"], 1) if inserted else None,
+        "events_per_s": round(rows["full_dataset"] / timings["total_s"], 1),
+    }
 
 
 def insert_row_by_row(dsn: str, frames: dict) -> dict:
@@ -198,7 +246,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load")
+    parser.add_argument(
+        "--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load"
+    )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--master", default="local[*]")
     args = parser.parse_args()

@@ -31,7 +31,7 @@ def emit(result: dict) -> None:
 def read_result(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return None
 
 
@@ -92,16 +92,22 @@ class PeakSampler:
         self._thread.join(timeout=2)
 
     def figures(self) -> dict:
-        return {"peak_rss_mib": round(self.peak_total / MIB, 1), "peak_rss_python_mib": round(self.peak_root / MIB, 1),
-                "peak_rss_children_mib": round(self.peak_children / MIB, 1)}
+        return {
+            "peak_rss_mib": round(self.peak_total / MIB, 1),
+            "peak_rss_python_mib": round(self.peak_root / MIB, 1),
+            "peak_rss_children_mib": round(self.peak_children / MIB, 1),
+        }
 
 
-def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None = None, log: Path | None = None) -> dict:
+def run_measured(
+    cmd: list[str], env: dict | None = None, timeout: float | None = None, log: Path | None = None
+) -> dict:
     """Run `cmd` as a subprocess; wall time, peak RSS of its process tree, its BENCH_RESULT (if any), errors."""
     full_env = {**os.environ, **(env or {})}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     sampler = PeakSampler(proc.pid).start()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -119,8 +125,13 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None 
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ {' '.join(map(str, cmd))}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n")
-    out = {"cmd": mask(" ".join(str(c) for c in cmd)), "returncode": proc.returncode, "wall_s": round(wall, 3),
-           **sampler.figures(), "ok": proc.returncode == 0 and not timed_out}
+    out = {
+        "cmd": mask(" ".join(str(c) for c in cmd)),
+        "returncode": proc.returncode,
+        "wall_s": round(wall, 3),
+        **sampler.figures(),
+        "ok": proc.returncode == 0 and not timed_out,
+    }
     result = read_result(stdout)
     if result is not None:
         out["report"] = result

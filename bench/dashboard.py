@@ -18,8 +18,10 @@ from lakehouse.security import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+# fmt: off
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# fmt: on
 FILTERED_CHARTS = (".chart-daily", ".chart-states", ".chart-user-types", ".chart-universities", ".chart-courses")
 # the drawn marks (svg.marks / canvas.marks) inside each chart host matching `css`, searched through shadow roots
 MARKS_JS = """(css) => {
@@ -39,9 +41,11 @@ MARKS_JS = """(css) => {
 # tag what is drawn now with its draw count (`data-drawn`, set by apps.charts.VegaChart after each draw); a redraw
 # is done when every chart shows a mark element drawn since: a new element (re-embedded) or a higher draw count
 STALE_JS = "(css) => { (%s)(css).forEach(ms => ms.forEach(m => m.dataset.stale = m.dataset.drawn || '0')); }" % MARKS_JS
-REDRAWN_JS = "(css) => { const all = (%s)(css); return all.length > 0 && " \
-             "all.every(ms => ms.some(m => m.dataset.stale === undefined || " \
-             "m.dataset.stale !== (m.dataset.drawn || '0'))); }" % MARKS_JS
+REDRAWN_JS = (
+    "(css) => { const all = (%s)(css); return all.length > 0 && "
+    "all.every(ms => ms.some(m => m.dataset.stale === undefined || "
+    "m.dataset.stale !== (m.dataset.drawn || '0'))); }" % MARKS_JS
+)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -50,8 +54,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _figures(samples: list[float]) -> dict:
-    return {"p50_ms": round(_pct(samples, 0.5), 1), "p95_ms": round(_pct(samples, 0.95), 1),
-            "max_ms": round(max(samples), 1), "n": len(samples)}
+    return {
+        "p50_ms": round(_pct(samples, 0.5), 1),
+        "p95_ms": round(_pct(samples, 0.95), 1),
+        "max_ms": round(max(samples), 1),
+        "n": len(samples),
+    }
 
 
 def ensure_gold(lake: str, events: int, workdir: Path) -> tuple[str, bool]:
@@ -153,8 +161,15 @@ def browser_latency(lake: str, data_dir: str, repeat: int, screenshot: str | Non
     return {"page_interactive_ms": _figures(loads), "filter_redraw_ms": _figures(redraws), "request_hosts": hosts}
 
 
-def run(lake: str | None = None, data_dir: str | None = None, events: int = 1_000_000, repeat: int = 30,
-        workdir: str | None = None, quick: bool = False, screenshot: str | None = None) -> dict:
+def run(
+    lake: str | None = None,
+    data_dir: str | None = None,
+    events: int = 1_000_000,
+    repeat: int = 30,
+    workdir: str | None = None,
+    quick: bool = False,
+    screenshot: str | None = None,
+) -> dict:
     """Measure the dashboard on `lake` (default: the configured lake); the report the bench harness reads."""
     from lakehouse.config import get_settings
 
@@ -190,8 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("measure", "p50 ms", "p95 ms", "max ms", "n",
-                  title=f"dashboard on {report['lake']}{' (synthetic gold)' if report['synthetic_gold'] else ''}")
+    table = Table(
+        "measure",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "n",
+        title=f"dashboard on {report['lake']}{' (synthetic gold)' if report['synthetic_gold'] else ''}",
+    )
     rows = dict(report["queries"])
     if "page_interactive_ms" in report:
         rows["page interactive (browser)"] = report["page_interactive_ms"]

@@ -19,21 +19,43 @@ from lakehouse.schemas import BR_STATES
 
 AT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]?\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
-    "at": ("at",), "browser": ("browser",), "city_name": ("city_name",), "country": ("country",),
-    "region": ("region",), "platform": ("platform",), "session_uuid": ("session_uuid",),
-    "student_client": ("studentId_clientType",), "user_type": ("custom_4",), "visitor_type": ("user_type",),
-    "page_name": ("Page Name", "PageName"), "page_category": ("Page Category", "PageCategory"),
-    "page_category_1": ("Page Category 1", "PageCategory1"), "page_category_2": ("Page Category 2", "PageCategory2"),
+    "at": ("at",),
+    "browser": ("browser",),
+    "city_name": ("city_name",),
+    "country": ("country",),
+    "region": ("region",),
+    "platform": ("platform",),
+    "session_uuid": ("session_uuid",),
+    "student_client": ("studentId_clientType",),
+    "user_type": ("custom_4",),
+    "visitor_type": ("user_type",),
+    "page_name": ("Page Name", "PageName"),
+    "page_category": ("Page Category", "PageCategory"),
+    "page_category_1": ("Page Category 1", "PageCategory1"),
+    "page_category_2": ("Page Category 2", "PageCategory2"),
     "page_category_3": ("Page Category 3", "PageCategory3"),
-    "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl"), "first_accessed_page": ("first-accessed-page",),
-    "university_name": ("custom_1",), "course_name": ("custom_2",), "custom_3": ("custom_3",),
-    "carrier": ("carrier",), "model": ("model",), "os_ver": ("os_ver",), "nth": ("nth",),
-    "clv_total": ("clv_total",), "install_uuid": ("install_uuid",), "uuid": ("uuid",), "name": ("name",),
-    "type": ("type",), "language": ("language",), "device_new": ("device_new",),
+    "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl"),
+    "first_accessed_page": ("first-accessed-page",),
+    "university_name": ("custom_1",),
+    "course_name": ("custom_2",),
+    "custom_3": ("custom_3",),
+    "carrier": ("carrier",),
+    "model": ("model",),
+    "os_ver": ("os_ver",),
+    "nth": ("nth",),
+    "clv_total": ("clv_total",),
+    "install_uuid": ("install_uuid",),
+    "uuid": ("uuid",),
+    "name": ("name",),
+    "type": ("type",),
+    "language": ("language",),
+    "device_new": ("device_new",),
 }
 ENTITY_COLUMNS = {
     "students": ("Id", "RegisteredDate", "State", "City", "UniversityId", "CourseId", "SignupSource"),
-    "courses": ("Id", "Name"), "universities": ("Id", "Name"), "subjects": ("Id", "Name"),
+    "courses": ("Id", "Name"),
+    "universities": ("Id", "Name"),
+    "subjects": ("Id", "Name"),
     "sessions": ("StudentId", "SessionStartTime", "StudentClient"),
     "subscriptions": ("StudentId", "PaymentDate", "PlanType"),
     "student_follow_subject": ("StudentId", "SubjectId", "FollowDate"),
@@ -56,16 +78,25 @@ LOADS = {
     "mart_state_activity": "select * from mart_state_activity",
     "mart_daily_activity": "select * from mart_daily_activity",
 }
-PG_TYPES = {"VARCHAR": "text", "BIGINT": "bigint", "INTEGER": "integer", "DATE": "date", "BOOLEAN": "boolean",
-            "TIMESTAMP": "timestamp", "TIMESTAMP WITH TIME ZONE": "timestamptz", "HUGEINT": "numeric",
-            "DOUBLE": "double precision"}
+PG_TYPES = {
+    "VARCHAR": "text",
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "DATE": "date",
+    "BOOLEAN": "boolean",
+    "TIMESTAMP": "timestamp",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "HUGEINT": "numeric",
+    "DOUBLE": "double precision",
+}
 
 
 def parse_time(expr: str) -> str:
     """SQL: a UTC timestamp from the accepted text forms, null otherwise."""
     spaced = rf"regexp_replace(trim({expr}), '^(\d{{4}}-\d{{2}}-\d{{2}})(\d{{2}}:)', '\1 \2')"
-    return (f"case when regexp_matches(trim({expr}), '{AT_PATTERN}') "
-            f"then try_cast({spaced} as timestamptz)::timestamp end")
+    return (
+        f"case when regexp_matches(trim({expr}), '{AT_PATTERN}') then try_cast({spaced} as timestamptz)::timestamp end"
+    )
 
 
 def export_time(expr: str) -> str:
@@ -98,10 +129,12 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
     json_paths = "[" + ", ".join("'$.\"" + p + "\"'" for p in paths) + "]"
     picked = ",\n".join(
         f"coalesce({', '.join(f'v[{index[s]}]' for s in spellings)}) as {col}"
-        for col, spellings in EVENT_FIELDS.items() if col != "at")
+        for col, spellings in EVENT_FIELDS.items()
+        if col != "at"
+    )
     con.execute(f"""
         create table parsed as
-        select source_file, line_number, delivery, line, is_object, v[{index['at']}] as at_raw,
+        select source_file, line_number, delivery, line, is_object, v[{index["at"]}] as at_raw,
                {parse_time(f"v[{index['at']}]")} as event_at, {picked}
         from (select *, case when is_object then json_extract_string(line, {json_paths}) end as v from raw_events)
     """)
@@ -116,15 +149,15 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
     cols = [c for c in EVENT_FIELDS if c != "at"]
     con.execute(f"""
         create table fact_page_view as
-        select md5(concat_ws('|', event_at::varchar, {', '.join(f"coalesce({c}, '')" for c in cols)})) as event_id,
+        select md5(concat_ws('|', event_at::varchar, {", ".join(f"coalesce({c}, '')" for c in cols)})) as event_id,
                event_at, event_at::date as event_date,
                nullif(trim(split_part(student_client, '@', 1)), '') as student_id,
                case when contains(student_client, '@') then nullif(trim(split_part(student_client, '@', 2)), '') end
                    as client_type,
-               {', '.join(c for c in cols if c != 'student_client')}
-        from (select distinct on (event_at, {', '.join(cols)}) *
+               {", ".join(c for c in cols if c != "student_client")}
+        from (select distinct on (event_at, {", ".join(cols)}) *
               from parsed where is_object and event_at is not null
-              order by event_at, {', '.join(cols)}, delivery, source_file, line_number)
+              order by event_at, {", ".join(cols)}, delivery, source_file, line_number)
     """)
     con.execute("drop table parsed")
     timings["events_s"] = round(time.perf_counter() - t, 3)
@@ -139,7 +172,7 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
             from read_json('{files}', format = 'array', columns = {spec}, filename = true)
         """)
         con.execute(f"""alter table raw_{entity} add column as_of timestamp;
-                        update raw_{entity} set as_of = {export_time('delivery')}""")
+                        update raw_{entity} set as_of = {export_time("delivery")}""")
     con.execute("create table deliveries as select distinct delivery, as_of from raw_students")
     lookup = {name.lower(): code for code, name in BR_STATES.items()} | {c.lower(): c for c in BR_STATES}
     values = ", ".join(f"('{strip}', '{code}')" for strip, code in sorted(lookup.items()))
@@ -154,10 +187,13 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
             select distinct on ({key}_id) {key}_id, {key}_name, as_of < (select as_of from latest) as is_deleted, as_of
             from present order by {key}_id, as_of desc
         """)
-    con.execute("""
+    con.execute(
+        """
         create table dim_student as
         with present as (
-            select trim(Id) as student_id, """ + export_time("RegisteredDate") + """ as registered_at,
+            select trim(Id) as student_id, """
+        + export_time("RegisteredDate")
+        + """ as registered_at,
                    coalesce(l.code, nullif(trim(State), '')) as state, nullif(trim(City), '') as city,
                    try_cast(trim(UniversityId) as integer) as university_id,
                    try_cast(trim(CourseId) as integer) as course_id,
@@ -173,7 +209,8 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
         from latest s
         left join dim_university u using (university_id)
         left join dim_course c using (course_id)
-    """)
+    """
+    )
     con.execute("""
         create table dim_date as
         select d::date as date, year(d) as year, month(d) as month, day(d) as day, isodow(d) as weekday
@@ -182,20 +219,20 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
     """)
     con.execute(f"""
         create table fact_session as
-        select distinct trim(StudentId) as student_id, {export_time('SessionStartTime')} as session_start_at,
+        select distinct trim(StudentId) as student_id, {export_time("SessionStartTime")} as session_start_at,
                nullif(trim(StudentClient), '') as client_type
         from raw_sessions
     """)
     con.execute(f"""
         create table fact_subscription as
-        select distinct trim(StudentId) as student_id, {export_time('PaymentDate')} as payment_at,
+        select distinct trim(StudentId) as student_id, {export_time("PaymentDate")} as payment_at,
                nullif(trim(PlanType), '') as plan_type
         from raw_subscriptions
     """)
     con.execute(f"""
         create table fact_subject_follow as
         select distinct trim(StudentId) as student_id, try_cast(trim(SubjectId) as integer) as subject_id,
-               {export_time('FollowDate')} as followed_at
+               {export_time("FollowDate")} as followed_at
         from raw_student_follow_subject
     """)
     timings["dims_facts_s"] = round(time.perf_counter() - t, 3)
@@ -224,9 +261,11 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
         from fact_page_view group by all
     """)
     timings["marts_s"] = round(time.perf_counter() - t, 3)
+    # fmt: off
     tables = ["quarantine_events", "fact_page_view", "dim_student", "dim_course", "dim_university", "dim_subject",
               "dim_date", "fact_session", "fact_subscription", "fact_subject_follow", "mart_country_access",
               "mart_users_by_type", "mart_state_activity", "mart_daily_activity"]
+    # fmt: on
     return {name: con.execute(f"select count(*) from {name}").fetchall()[0][0] for name in tables}
 
 
@@ -272,8 +311,12 @@ def run(source: Path, dsn: str | None, workdir: Path, threads: int | None = None
     loaded = load(con, dsn, workdir, timings) if dsn else {}
     con.close()
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    return {"timings": timings, "rows": rows, "loaded": loaded,
-            "events_per_s": round(rows["fact_page_view"] / timings["total_s"], 1) if timings["total_s"] else None}
+    return {
+        "timings": timings,
+        "rows": rows,
+        "loaded": loaded,
+        "events_per_s": round(rows["fact_page_view"] / timings["total_s"], 1) if timings["total_s"] else None,
+    }
 
 
 def main() -> None:
@@ -281,7 +324,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load")
+    parser.add_argument(
+        "--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load"
+    )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()

@@ -38,8 +38,11 @@ def call(module_name: str, context: dict) -> dict:
         return {"ok": False, "error": mask(f"import failed: {exc}")}
     fn = find_function(module)
     if fn is None:
-        return {"ok": False, "missing": True,
-                "error": f"bench/{module_name}.py has none of the functions {', '.join(FUNCTIONS)}"}
+        return {
+            "ok": False,
+            "missing": True,
+            "error": f"bench/{module_name}.py has none of the functions {', '.join(FUNCTIONS)}",
+        }
     kwargs = {}
     params = inspect.signature(fn).parameters
     for name, param in params.items():
@@ -54,14 +57,22 @@ def call(module_name: str, context: dict) -> dict:
         elif param.kind is inspect.Parameter.VAR_KEYWORD:
             kwargs.update({k: v for k, v in context.items() if k not in kwargs})
         elif param.default is inspect.Parameter.empty and param.kind not in (
-                inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            return {"ok": False, "error": f"bench.{module_name}.{fn.__name__} needs {name!r}, which the harness "
-                                          f"does not provide (it provides {', '.join(CONTEXT_KEYS)}, settings)"}
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            return {
+                "ok": False,
+                "error": f"bench.{module_name}.{fn.__name__} needs {name!r}, which the harness "
+                f"does not provide (it provides {', '.join(CONTEXT_KEYS)}, settings)",
+            }
     try:
         report = fn(**kwargs)
     except Exception as exc:  # noqa: BLE001 - recorded, the harness goes on
-        return {"ok": False, "error": mask(f"{type(exc).__name__}: {exc}")[:600],
-                "traceback": mask(traceback.format_exc()[-2000:])}
+        return {
+            "ok": False,
+            "error": mask(f"{type(exc).__name__}: {exc}")[:600],
+            "traceback": mask(traceback.format_exc()[-2000:]),
+        }
     if not isinstance(report, dict):
         report = {"value": report}
     return {"ok": True, "function": fn.__name__, "report": report}

@@ -63,9 +63,13 @@ def measure(events: int, rounds: int) -> dict:
         for round_ in range(rounds + 1):
             for name, master in masters.items():
                 root = work / f"{name}-{round_}"
-                done = subprocess.run([sys.executable, "-c", RUN, name, str(source), str(root), master],
-                                      capture_output=True, text=True, timeout=1800,
-                                      env={**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": token})
+                done = subprocess.run(
+                    [sys.executable, "-c", RUN, name, str(source), str(root), master],
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                    env={**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
+                )
                 if done.returncode:
                     raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
                 if round_:
@@ -74,9 +78,14 @@ def measure(events: int, rounds: int) -> dict:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    return {"events": events, "rounds": rounds, "load_average": os.getloadavg(), "seconds": seconds,
-            "median_s": medians,
-            "vs_sequential": {name: round(m / medians["sequential"], 3) for name, m in medians.items()}}
+    return {
+        "events": events,
+        "rounds": rounds,
+        "load_average": os.getloadavg(),
+        "seconds": seconds,
+        "median_s": medians,
+        "vs_sequential": {name: round(m / medians["sequential"], 3) for name, m in medians.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

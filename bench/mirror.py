@@ -16,8 +16,10 @@ from lakehouse import warehouse
 from lakehouse.config import get_settings
 from lakehouse.pgserver import warehouse_logins
 
+# fmt: off
 COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
            "course_name", "signup_source", "is_deleted", "as_of", "delivery")
+# fmt: on
 
 
 def history(students: int, deliveries: int, seed: int = 7) -> pa.Table:
@@ -31,14 +33,30 @@ def history(students: int, deliveries: int, seed: int = 7) -> pa.Table:
         for s in range(students):
             if d and rnd.random() < 0.05:
                 state[s] = rnd.choice(["SP", "RJ", "MG", "BA"])
-            row = (str(s), start - timedelta(minutes=s), state[s], f"city {s % 97}", s % 50, f"University {s % 50}",
-                   s % 300, f"Course {s % 300}", "web" if s % 3 else "app", d > 0 and rnd.random() < 0.02, as_of,
-                   as_of.date().isoformat())
+            row = (
+                str(s),
+                start - timedelta(minutes=s),
+                state[s],
+                f"city {s % 97}",
+                s % 50,
+                f"University {s % 50}",
+                s % 300,
+                f"Course {s % 300}",
+                "web" if s % 3 else "app",
+                d > 0 and rnd.random() < 0.02,
+                as_of,
+                as_of.date().isoformat(),
+            )
             for c, v in zip(COLUMNS, row):
                 cols[c].append(v)
     ts = pa.timestamp("us", tz="UTC")
-    types = {"registered_at": ts, "as_of": ts, "university_id": pa.int32(), "course_id": pa.int32(),
-             "is_deleted": pa.bool_()}
+    types = {
+        "registered_at": ts,
+        "as_of": ts,
+        "university_id": pa.int32(),
+        "course_id": pa.int32(),
+        "is_deleted": pa.bool_(),
+    }
     return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
 
 
@@ -89,8 +107,13 @@ def load_with_inserts(dsn: str, table: pa.Table) -> dict:
 
 
 def _figures(rows: int, started: float, staged: float, done: float) -> dict:
-    return {"rows": rows, "stage_seconds": round(staged - started, 3), "seconds": round(done - started, 3),
-            "stage_rows_per_second": round(rows / (staged - started)), "rows_per_second": round(rows / (done - started))}
+    return {
+        "rows": rows,
+        "stage_seconds": round(staged - started, 3),
+        "seconds": round(done - started, 3),
+        "stage_rows_per_second": round(rows / (staged - started)),
+        "rows_per_second": round(rows / (done - started)),
+    }
 
 
 def _versions(dsn: str) -> int:
@@ -115,8 +138,14 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
     settings = get_settings()
     admin = dsn or warehouse_logins(settings)[1]  # creates scratch databases
     table = history(students, deliveries)
-    result: dict = {"benchmark": "mirror", "table": "dim_student", "students": students, "deliveries": deliveries,
-                    "history_rows": table.num_rows, "rounds": rounds}
+    result: dict = {
+        "benchmark": "mirror",
+        "table": "dim_student",
+        "students": students,
+        "deliveries": deliveries,
+        "history_rows": table.num_rows,
+        "rounds": rounds,
+    }
     suffix = uuid.uuid4().hex[:8]
     figures: dict[str, list[dict]] = {"copy": [], "insert": [], "mirror": []}
     for _ in range(rounds):
@@ -126,10 +155,16 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
             try:
                 warehouse.migrate(scratch)
                 if loader is None:  # the whole mirror (gold version check, deliveries, COPY, SCD2, audit)
-                    report = warehouse.mirror(settings, warehouse.ArrowGold({"dim_student_history": table}),
-                                              dsn=scratch)
-                    figures[method].append({"rows": report.rows_in, "seconds": report.seconds,
-                                            "rows_per_second": report.details["rows_per_second"]})
+                    report = warehouse.mirror(
+                        settings, warehouse.ArrowGold({"dim_student_history": table}), dsn=scratch
+                    )
+                    figures[method].append(
+                        {
+                            "rows": report.rows_in,
+                            "seconds": report.seconds,
+                            "rows_per_second": report.details["rows_per_second"],
+                        }
+                    )
                 else:
                     figures[method].append({**loader(scratch, table), "versions": _versions(scratch)})
             finally:
@@ -141,8 +176,9 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
     result["copy_scd2"] = {"rows_per_s": result["copy"]["rows_per_second"]}
     result["row_by_row"] = {"rows_per_s": result["insert"]["rows_per_second"]}
     result["speedup"] = round(result["copy"]["rows_per_second"] / result["insert"]["rows_per_second"], 1)
-    result["speedup_stage"] = round(result["copy"]["stage_rows_per_second"]
-                                    / result["insert"]["stage_rows_per_second"], 1)
+    result["speedup_stage"] = round(
+        result["copy"]["stage_rows_per_second"] / result["insert"]["stage_rows_per_second"], 1
+    )
     return result
 
 

@@ -24,16 +24,25 @@ def _bronze(spark, source: Path, delivery_filter):
     from lakehouse.parsing import parse_at
 
     lines = spark.read.text(str(source / "events" / "*" / "*.json")).select(
-        F.regexp_replace("value", "\r$", "").alias("value"), F.col("_metadata.file_path").alias("path"))
+        F.regexp_replace("value", "\r$", "").alias("value"), F.col("_metadata.file_path").alias("path")
+    )
     delivery = F.translate(F.regexp_extract("path", r"/events/([^/]+)/", 1), "_", ":")
     at = F.get_json_object("value", "$.at")
-    return (lines.where(F.trim("value") != "").where(F.col("value").startswith("{"))
-            .where(parse_at(at).isNotNull())
-            .select("value", at.alias("at_raw"), F.regexp_extract("path", r"(events/.*)$", 1).alias("source_file"),
-                    F.monotonically_increasing_id().alias("line_number"), delivery.alias("delivery"),
-                    F.to_timestamp(F.regexp_replace(delivery, "T", " ")).alias("as_of"),
-                    F.lit(1).cast("bigint").alias("batch_id"))
-            .where(delivery_filter(F.col("delivery"))))
+    return (
+        lines.where(F.trim("value") != "")
+        .where(F.col("value").startswith("{"))
+        .where(parse_at(at).isNotNull())
+        .select(
+            "value",
+            at.alias("at_raw"),
+            F.regexp_extract("path", r"(events/.*)$", 1).alias("source_file"),
+            F.monotonically_increasing_id().alias("line_number"),
+            delivery.alias("delivery"),
+            F.to_timestamp(F.regexp_replace(delivery, "T", " ")).alias("as_of"),
+            F.lit(1).cast("bigint").alias("batch_id"),
+        )
+        .where(delivery_filter(F.col("delivery")))
+    )
 
 
 def _files(path: Path) -> int:
@@ -57,8 +66,13 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
         for folder in (source / "events").iterdir():  # Hadoop paths cannot hold ':' (bench reads files directly)
             folder.rename(folder.with_name(folder.name.replace(":", "_")))
         last = sorted(p.name for p in (source / "events").iterdir())[-1].replace("_", ":")
-        settings = Settings(lake=str(work / "lake"), data_dir=str(work / "data"), spark_master="local[2]",
-                            shuffle_partitions=4, spark_driver_memory="2g")
+        settings = Settings(
+            lake=str(work / "lake"),
+            data_dir=str(work / "data"),
+            spark_master="local[2]",
+            shuffle_partitions=4,
+            spark_driver_memory="2g",
+        )
         spark = get_spark(settings)
         results = []
         for layout, cols in LAYOUTS.items():
@@ -71,10 +85,17 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             def write(df, version):
                 if cols == ["event_month"]:
                     df = df.withColumn("event_month", F.trunc("event_date", "month"))
-                target = delta.Target("silver", "page_views", settings, app_id="bench", version=version,
-                                      partition_by=tuple(cols))
-                delta.merge_once(spark, df, target, on="t.event_id = s.event_id", update_when=silver._EARLIER,
-                                 update_set={c: f"s.{c}" for c in silver.PROVENANCE})
+                target = delta.Target(
+                    "silver", "page_views", settings, app_id="bench", version=version, partition_by=tuple(cols)
+                )
+                delta.merge_once(
+                    spark,
+                    df,
+                    target,
+                    on="t.event_id = s.event_id",
+                    update_when=silver._EARLIER,
+                    update_set={c: f"s.{c}" for c in silver.PROVENANCE},
+                )
 
             t = time.perf_counter()
             write(silver.page_views(first, "bench"), 1)
@@ -87,8 +108,12 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             fact = gold.fact_page_view(pv)
             if cols == ["event_month"]:
                 fact = fact.withColumn("event_month", F.trunc("event_date", "month"))
-            delta.merge_once(spark, fact, delta.Target("gold", "fact_page_view", settings, app_id="bench", version=1,
-                                                       partition_by=tuple(cols)), on="t.event_id = s.event_id")
+            delta.merge_once(
+                spark,
+                fact,
+                delta.Target("gold", "fact_page_view", settings, app_id="bench", version=1, partition_by=tuple(cols)),
+                on="t.event_id = s.event_id",
+            )
             delta.overwrite(gold.mart_daily_activity(fact), delta.Target("gold", "mart_daily_activity", settings))
             gold_s = time.perf_counter() - t
             con = duckdb.connect()
@@ -96,18 +121,26 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             fact_path = settings.table_path("gold", "fact_page_view")
             t = time.perf_counter()
             for _ in range(3):
-                con.execute(f"select country, count(*), count(distinct student_id) from delta_scan('{fact_path}') "
-                            "where event_date between date '2017-11-01' and date '2017-11-30' "
-                            "group by country").fetchall()
+                con.execute(
+                    f"select country, count(*), count(distinct student_id) from delta_scan('{fact_path}') "
+                    "where event_date between date '2017-11-01' and date '2017-11-30' "
+                    "group by country"
+                ).fetchall()
             duck = (time.perf_counter() - t) / 3
             rows = con.execute(f"select count(*) from delta_scan('{fact_path}')").fetchall()[0][0]
-            results.append({
-                "events": events, "layout": layout, "rows": rows,
-                "silver_initial_s": round(initial, 2), "silver_incremental_s": round(incremental, 2),
-                "gold_fact_and_mart_s": round(gold_s, 2), "duckdb_month_query_s": round(duck, 3),
-                "silver_files": _files(work / "lake" / "silver" / "page_views"),
-                "fact_files": _files(work / "lake" / "gold" / "fact_page_view"),
-            })
+            results.append(
+                {
+                    "events": events,
+                    "layout": layout,
+                    "rows": rows,
+                    "silver_initial_s": round(initial, 2),
+                    "silver_incremental_s": round(incremental, 2),
+                    "gold_fact_and_mart_s": round(gold_s, 2),
+                    "duckdb_month_query_s": round(duck, 3),
+                    "silver_files": _files(work / "lake" / "silver" / "page_views"),
+                    "fact_files": _files(work / "lake" / "gold" / "fact_page_view"),
+                }
+            )
             print(json.dumps(results[-1]), flush=True)
         return results
     finally:
@@ -122,12 +155,16 @@ def main() -> None:
     results = []
     for n in args.events or [100_000]:
         results += measure(n)
-    print(f"{'events':>9} {'layout':<12} {'silver init':>11} {'silver incr':>11} {'gold':>7} {'duckdb':>8} "
-          f"{'files s/g':>10}")
+    print(
+        f"{'events':>9} {'layout':<12} {'silver init':>11} {'silver incr':>11} {'gold':>7} {'duckdb':>8} "
+        f"{'files s/g':>10}"
+    )
     for r in results:
-        print(f"{r['events']:>9} {r['layout']:<12} {r['silver_initial_s']:>11} {r['silver_incremental_s']:>11} "
-              f"{r['gold_fact_and_mart_s']:>7} {r['duckdb_month_query_s']:>8} "
-              f"{r['silver_files']:>4}/{r['fact_files']:<5}")
+        print(
+            f"{r['events']:>9} {r['layout']:<12} {r['silver_initial_s']:>11} {r['silver_incremental_s']:>11} "
+            f"{r['gold_fact_and_mart_s']:>7} {r['duckdb_month_query_s']:>8} "
+            f"{r['silver_files']:>4}/{r['fact_files']:<5}"
+        )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

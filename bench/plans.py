@@ -28,8 +28,11 @@ def measure(rows: int, rounds: int) -> dict:
     key = "spark.sql.maxConcurrentOutputFileWriters"
     variants = {"sort by partition first (0 writers)": "0", f"{SQL_CONF[key]} files open per task": SQL_CONF[key]}
     data = spark.range(rows).selectExpr(
-        "sha2(cast(id as string), 256) as event_id", "date_add(date'2017-10-17', cast(rand(7) * 30 as int)) as event_date",
-        "cast(rand(8) * 1e6 as bigint) as n", "repeat('x', 200) as payload")
+        "sha2(cast(id as string), 256) as event_id",
+        "date_add(date'2017-10-17', cast(rand(7) * 30 as int)) as event_date",
+        "cast(rand(8) * 1e6 as bigint) as n",
+        "repeat('x', 200) as payload",
+    )
     data = data.persist()
     data.count()
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -49,8 +52,13 @@ def measure(rows: int, rounds: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     medians = {name: round(statistics.median(s), 2) for name, s in seconds.items()}
     sorted_first, concurrent = medians.values()
-    return {"rows": rows, "rounds": rounds, "seconds": seconds, "median_s": medians,
-            "ratio": round(sorted_first / concurrent, 2)}
+    return {
+        "rows": rows,
+        "rounds": rounds,
+        "seconds": seconds,
+        "median_s": medians,
+        "ratio": round(sorted_first / concurrent, 2),
+    }
 
 
 def main() -> None:

@@ -30,9 +30,11 @@ STAGES = ("spark_start", "land", "bronze", "silver", "gold", "mirror")
 def mirror_figures(entry: dict | None) -> dict:
     """COPY+SCD2 and row-by-row rates, and their ratio, from bench/mirror.py's report."""
     report = (entry or {}).get("report") or {}
-    return {"copy_rows_per_s": (report.get("copy_scd2") or {}).get("rows_per_s"),
-            "insert_rows_per_s": (report.get("row_by_row") or {}).get("rows_per_s"),
-            "speedup": report.get("speedup")}
+    return {
+        "copy_rows_per_s": (report.get("copy_scd2") or {}).get("rows_per_s"),
+        "insert_rows_per_s": (report.get("row_by_row") or {}).get("rows_per_s"),
+        "speedup": report.get("speedup"),
+    }
 
 
 def dashboard_figures(entry: dict | None) -> dict:
@@ -45,8 +47,9 @@ def _stage_note(name: str, entry: dict) -> str:
     """A pipeline stage's rows (from its StageReport) and memory, for its row in the scale table."""
     if not entry.get("ok"):
         return ""
-    memory = (f"Python {entry.get('peak_rss_python_mib', 0):.0f} MiB + "
-              f"JVM {entry.get('peak_rss_children_mib', 0):.0f} MiB")
+    memory = (
+        f"Python {entry.get('peak_rss_python_mib', 0):.0f} MiB + JVM {entry.get('peak_rss_children_mib', 0):.0f} MiB"
+    )
     if name == "spark_start":
         return memory
     stage = StageReport.from_dict(entry["report"])
@@ -77,8 +80,16 @@ def targets(result: dict) -> list[dict]:
     def add(tid: str, target: str, figure, met, note: str = "", at: int | None = scale) -> None:
         if at is not None and at != TARGET_SCALE and tid not in ("complete_10m", "sixth_delivery", "growth"):
             note = (note + "; " if note else "") + f"measured at {at:,} events, the target names {TARGET_SCALE:,}"
-        out.append({"id": tid, "target": target, "scale": at, "figure": figure,
-                    "met": None if figure is None else met, "note": note})
+        out.append(
+            {
+                "id": tid,
+                "target": target,
+                "scale": at,
+                "figure": figure,
+                "met": None if figure is None else met,
+                "note": note,
+            }
+        )
 
     c = _contenders(result, scale) if scale else {}
     run, duck, case = c.get("lakehouse_run"), c.get("duckdb"), c.get("casestudy")
@@ -89,11 +100,14 @@ def targets(result: dict) -> list[dict]:
         add("vs_duckdb", "`lakehouse run` within 4x the DuckDB script", None, None, _why(run, duck))
     if _ok(run) and _ok(case):
         ratio = case["wall_s"] / run["wall_s"]
-        add("vs_casestudy", "`lakehouse run` at least 5x faster than the case study's way", f"{ratio:.2f}x faster",
-            ratio >= 5)
+        add(
+            "vs_casestudy",
+            "`lakehouse run` at least 5x faster than the case study's way",
+            f"{ratio:.2f}x faster",
+            ratio >= 5,
+        )
     else:
-        add("vs_casestudy", "`lakehouse run` at least 5x faster than the case study's way", None, None,
-            _why(run, case))
+        add("vs_casestudy", "`lakehouse run` at least 5x faster than the case study's way", None, None, _why(run, case))
     inc = c.get("incremental") or {}
     rerun = inc.get("rerun_nothing_new")
     if _ok(rerun):
@@ -102,68 +116,123 @@ def targets(result: dict) -> list[dict]:
         add("rerun", "re-run with nothing new under 20 s", None, None, _why(rerun) if rerun else _why(inc))
     if inc.get("new_delivery_vs_full") is not None:
         share = inc["new_delivery_vs_full"]
-        add("new_delivery", "one new delivery under 35% of a full run",
+        add(
+            "new_delivery",
+            "one new delivery under 35% of a full run",
             f"{share:.0%} ({inc['new_delivery']['wall_s']:.1f} s vs {inc['full_rebuild']['wall_s']:.1f} s)",
-            share < 0.35)
+            share < 0.35,
+        )
     else:
         add("new_delivery", "one new delivery under 35% of a full run", None, None, _why(inc))
     m = mirror_figures(c.get("mirror"))
     mirror_note = _why(c.get("mirror")) if not _ok(c.get("mirror")) else "report has no rows/s figure"
     rows = ((c.get("mirror") or {}).get("report") or {}).get("history_rows")
     own = f"on bench/mirror.py's own history of {rows:,} rows" if rows else ""
-    add("mirror_rate", "mirror at least 50,000 rows/s (COPY + SCD2)",
+    add(
+        "mirror_rate",
+        "mirror at least 50,000 rows/s (COPY + SCD2)",
         f"{m['copy_rows_per_s']:,.0f} rows/s" if m["copy_rows_per_s"] else None,
-        bool(m["copy_rows_per_s"] and m["copy_rows_per_s"] >= 50_000), own if m["copy_rows_per_s"] else mirror_note)
-    add("mirror_vs_insert", "mirror at least 10x row-by-row INSERT",
-        f"{m['speedup']:.1f}x" if m["speedup"] else None, bool(m["speedup"] and m["speedup"] >= 10),
-        own if m["speedup"] else mirror_note)
+        bool(m["copy_rows_per_s"] and m["copy_rows_per_s"] >= 50_000),
+        own if m["copy_rows_per_s"] else mirror_note,
+    )
+    add(
+        "mirror_vs_insert",
+        "mirror at least 10x row-by-row INSERT",
+        f"{m['speedup']:.1f}x" if m["speedup"] else None,
+        bool(m["speedup"] and m["speedup"] >= 10),
+        own if m["speedup"] else mirror_note,
+    )
     d = {k: v for k, v in dashboard_figures(c.get("dashboard")).items() if not k.startswith(NOT_A_CHART_QUERY)}
     if d:
         worst = max(d.items(), key=lambda kv: kv[1]["p95_ms"])
         synthetic = ((c.get("dashboard") or {}).get("report") or {}).get("synthetic_gold")
-        add("dashboard_p95", "dashboard queries p95 under 300 ms (each chart's query)",
-            f"worst p95 {worst[1]['p95_ms']:.0f} ms ({worst[0]})", worst[1]["p95_ms"] < 300,
-            "on a synthetic gold-shaped lake (the pipeline's gold was missing)" if synthetic else "")
+        add(
+            "dashboard_p95",
+            "dashboard queries p95 under 300 ms (each chart's query)",
+            f"worst p95 {worst[1]['p95_ms']:.0f} ms ({worst[0]})",
+            worst[1]["p95_ms"] < 300,
+            "on a synthetic gold-shaped lake (the pipeline's gold was missing)" if synthetic else "",
+        )
     else:
-        add("dashboard_p95", "dashboard queries p95 under 300 ms (each chart's query)", None, None,
-            _why(c.get("dashboard")) if not _ok(c.get("dashboard")) else "report has no p95_ms figure")
+        add(
+            "dashboard_p95",
+            "dashboard queries p95 under 300 ms (each chart's query)",
+            None,
+            None,
+            _why(c.get("dashboard")) if not _ok(c.get("dashboard")) else "report has no p95_ms figure",
+        )
     if _ok(run):
         peak = run["peak_rss_mib"]
-        add("memory", "peak memory under 4 GiB (`lakehouse run`, whole process tree)", f"{peak / GIB:.2f} GiB",
-            peak < 4 * GIB)
+        add(
+            "memory",
+            "peak memory under 4 GiB (`lakehouse run`, whole process tree)",
+            f"{peak / GIB:.2f} GiB",
+            peak < 4 * GIB,
+        )
     else:
         add("memory", "peak memory under 4 GiB (`lakehouse run`, whole process tree)", None, None, _why(run))
     series = _contenders(result, SERIES_SCALE)
     six, growth = series.get("six_deliveries") or {}, series.get("growth") or {}
     if six.get("last_vs_full") is not None:
         runs = six["runs"]
-        add("sixth_delivery", "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)",
+        add(
+            "sixth_delivery",
+            "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)",
             f"{six['last_vs_full']:.0%} ({runs[-1]['wall_s']:.1f} s vs {six['full']['wall_s']:.1f} s; "
             f"gold {'equal' if not six.get('differences') else 'DIFFERS'})",
-            six["last_vs_full"] <= 0.30 and not six.get("differences"), at=SERIES_SCALE)
+            six["last_vs_full"] <= 0.30 and not six.get("differences"),
+            at=SERIES_SCALE,
+        )
     else:
-        add("sixth_delivery", "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)", None,
-            None, _why(six) if six else "not run", at=SERIES_SCALE)
+        add(
+            "sixth_delivery",
+            "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)",
+            None,
+            None,
+            _why(six) if six else "not run",
+            at=SERIES_SCALE,
+        )
     if growth.get("last_vs_third") is not None:
         runs = growth["runs"]
-        add("growth", "12 daily deliveries: the 12th run at most 1.3x the 3rd",
+        add(
+            "growth",
+            "12 daily deliveries: the 12th run at most 1.3x the 3rd",
             f"{growth['last_vs_third']:.2f}x ({runs[-1]['wall_s']:.1f} s vs {runs[2]['wall_s']:.1f} s)",
-            growth["last_vs_third"] <= 1.3, at=SERIES_SCALE)
+            growth["last_vs_third"] <= 1.3,
+            at=SERIES_SCALE,
+        )
     else:
-        add("growth", "12 daily deliveries: the 12th run at most 1.3x the 3rd", None, None,
-            _why(growth) if growth else "not run", at=SERIES_SCALE)
+        add(
+            "growth",
+            "12 daily deliveries: the 12th run at most 1.3x the 3rd",
+            None,
+            None,
+            _why(growth) if growth else "not run",
+            at=SERIES_SCALE,
+        )
     big, source = _big_run(result)
     if big is None:
-        add("complete_10m", "10M events in under 1,200 s", None, None,
-            "not run (make bench EVENTS=10000000)", at=BIG_SCALE)
+        add(
+            "complete_10m",
+            "10M events in under 1,200 s",
+            None,
+            None,
+            "not run (make bench EVENTS=10000000)",
+            at=BIG_SCALE,
+        )
     else:
         note = "" if big.get("ok") else _why(big)
         if source:
             note = (note + "; " if note else "") + f"from the run in `{source}` (10M runs on request only)"
-        add("complete_10m", "10M events in under 1,200 s",
+        add(
+            "complete_10m",
+            "10M events in under 1,200 s",
             f"{'completed' if big.get('ok') else 'failed'} in {big.get('wall_s', 0):.0f} s, "
-            f"peak {big.get('peak_rss_mib', 0) / GIB:.2f} GiB", bool(big.get("ok")) and big["wall_s"] < 1200, note,
-            at=BIG_SCALE)
+            f"peak {big.get('peak_rss_mib', 0) / GIB:.2f} GiB",
+            bool(big.get("ok")) and big["wall_s"] < 1200,
+            note,
+            at=BIG_SCALE,
+        )
     return out
 
 
@@ -206,12 +275,16 @@ def scale_rows(result: dict, events: int) -> list[dict]:
             return
         ok = entry.get("ok", False)
         wall = entry.get("wall_s")
-        rows.append({
-            "name": name, "wall_s": wall if ok else None, "peak_mib": entry.get("peak_rss_mib") if ok else None,
-            "events_per_s": round(events / wall) if ok and eps and wall else None,
-            "vs_run": round(wall / run_wall, 2) if ok and ratio and run_wall and wall else None,
-            "status": "ok" + (f"; {note}" if note else "") if ok else _why(entry),
-        })
+        rows.append(
+            {
+                "name": name,
+                "wall_s": wall if ok else None,
+                "peak_mib": entry.get("peak_rss_mib") if ok else None,
+                "events_per_s": round(events / wall) if ok and eps and wall else None,
+                "vs_run": round(wall / run_wall, 2) if ok and ratio and run_wall and wall else None,
+                "status": "ok" + (f"; {note}" if note else "") if ok else _why(entry),
+            }
+        )
 
     stages = c.get("pipeline_stages")
     if stages is not None:
@@ -232,23 +305,34 @@ def scale_rows(result: dict, events: int) -> list[dict]:
             row("incremental runs", inc)
         plus = (inc.get("source_plus") or {}).get("extra_events")
         row("re-run, nothing new", inc.get("rerun_nothing_new"), eps=False)
-        row("one new delivery (incremental)", inc.get("new_delivery"), eps=False,
+        row(
+            "one new delivery (incremental)",
+            inc.get("new_delivery"),
+            eps=False,
             note=f"{plus:,} new events; {inc['new_delivery_vs_full']:.0%} of the full rebuild"
-            if plus and inc.get("new_delivery_vs_full") is not None else "")
+            if plus and inc.get("new_delivery_vs_full") is not None
+            else "",
+        )
         row("full rebuild incl. the new delivery", inc.get("full_rebuild"), eps=False)
     mirror = c.get("mirror")
     if mirror is not None:
         m = mirror_figures(mirror)
-        note = ", ".join(x for x in (
-            f"COPY+SCD2 {m['copy_rows_per_s']:,.0f} rows/s" if m["copy_rows_per_s"] else "",
-            f"row-by-row {m['insert_rows_per_s']:,.0f} rows/s" if m["insert_rows_per_s"] else "",
-            f"{m['speedup']:.1f}x" if m["speedup"] else "") if x)
+        note = ", ".join(
+            x
+            for x in (
+                f"COPY+SCD2 {m['copy_rows_per_s']:,.0f} rows/s" if m["copy_rows_per_s"] else "",
+                f"row-by-row {m['insert_rows_per_s']:,.0f} rows/s" if m["insert_rows_per_s"] else "",
+                f"{m['speedup']:.1f}x" if m["speedup"] else "",
+            )
+            if x
+        )
         row("warehouse mirror benchmark", mirror, note=note, eps=False, ratio=False)
     dash = c.get("dashboard")
     if dash is not None:
         d = dashboard_figures(dash)
-        note = "; ".join(f"{k} p50 {v['p50_ms']:.0f} / p95 {v['p95_ms']:.0f} ms" for k, v in d.items()
-                         if v["p50_ms"] is not None)
+        note = "; ".join(
+            f"{k} p50 {v['p50_ms']:.0f} / p95 {v['p95_ms']:.0f} ms" for k, v in d.items() if v["p50_ms"] is not None
+        )
         row("dashboard queries", dash, note=note, eps=False, ratio=False)
     return rows
 
@@ -269,26 +353,40 @@ def chart(result: dict, path: Path | None = None) -> bool:
     import altair as alt
     import pandas as pd
 
+    # fmt: off
     wanted = ("pipeline: stages in one process", "`lakehouse run`", "DuckDB script", "case study's way",
               "re-run, nothing new", "one new delivery (incremental)", "full rebuild incl. the new delivery")
-    data = [{"contender": r["name"].replace("`", ""), "scale": f"{int(ev):,} events", "seconds": r["wall_s"]}
-            for ev in result.get("scales", {}) for r in scale_rows(result, int(ev))
-            if r["name"] in wanted and r["wall_s"]]
+    # fmt: on
+    data = [
+        {"contender": r["name"].replace("`", ""), "scale": f"{int(ev):,} events", "seconds": r["wall_s"]}
+        for ev in result.get("scales", {})
+        for r in scale_rows(result, int(ev))
+        if r["name"] in wanted and r["wall_s"]
+    ]
     if not data:
         return False
     frame = pd.DataFrame(data)
     order = [w.replace("`", "") for w in wanted]
-    bars = alt.Chart(frame).mark_bar().encode(
-        y=alt.Y("contender:N", sort=order, title=None),
-        x=alt.X("seconds:Q", title="wall time (s)"),
-        color=alt.Color("contender:N", sort=order, legend=None),
-        tooltip=["contender", "scale", "seconds"],
+    bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y("contender:N", sort=order, title=None),
+            x=alt.X("seconds:Q", title="wall time (s)"),
+            color=alt.Color("contender:N", sort=order, legend=None),
+            tooltip=["contender", "scale", "seconds"],
+        )
     )
     text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("seconds:Q", format=".1f"), color=alt.value("black"))
     layered = alt.layer(bars, text, data=frame).properties(width=420, height=24 * len(order))
     scales = [f"{int(ev):,} events" for ev in sorted(int(e) for e in result.get("scales", {}))]
-    final = layered.facet(row=alt.Row("scale:N", title=None, sort=scales)).resolve_scale(x="independent").properties(
-        title=f"Wall time per contender ({result['machine'].get('cpu_count')} cores, {result['started_at']})")
+    final = (
+        layered.facet(row=alt.Row("scale:N", title=None, sort=scales))
+        .resolve_scale(x="independent")
+        .properties(
+            title=f"Wall time per contender ({result['machine'].get('cpu_count')} cores, {result['started_at']})"
+        )
+    )
     path = path or CHART
     path.parent.mkdir(parents=True, exist_ok=True)
     final.save(str(path), format="png", scale_factor=1.5)
@@ -304,7 +402,8 @@ def markdown(result: dict, results_path: Path | None, has_chart: bool) -> str:
         "Scales: `make bench EVENTS=100000,1000000` (default), `EVENTS=10000000` on request, `--quick` for 20k.",
         "",
         f"Run {result['started_at']} → {result.get('finished_at', '?')}"
-        + (f", raw figures in `{results_path.relative_to(ROOT)}`" if results_path else "") + ".",
+        + (f", raw figures in `{results_path.relative_to(ROOT)}`" if results_path else "")
+        + ".",
         "",
         f"Machine: {m.get('cpu_count')} × {m.get('cpu_model')}, {m.get('memory_gib')} GiB RAM "
         f"(load average at start {m.get('load_average_at_start')}); Python {m.get('python')}, {m.get('java')}, "
@@ -313,26 +412,36 @@ def markdown(result: dict, results_path: Path | None, has_chart: bool) -> str:
     ]
     load = m.get("load_average_at_start") or [0]
     if load and load[0] and m.get("cpu_count") and load[0] > m["cpu_count"]:
-        lines += [f"> **Noisy run**: the load average ({load[0]}) exceeded the core count when it started; "
-                  "take these figures as a check of the harness, not as measurements.", ""]
+        lines += [
+            f"> **Noisy run**: the load average ({load[0]}) exceeded the core count when it started; "
+            "take these figures as a check of the harness, not as measurements.",
+            "",
+        ]
     lines += ["## Targets", "", "| target | scale | figure | verdict | note |", "|---|---|---|---|---|"]
     for t in result.get("targets", []):
-        lines.append(f"| {t['target']} | {_fmt(t['scale'], ',d')} | {t['figure'] or '–'} | {_met(t)} | "
-                     f"{_cell(t['note'])} |")
+        lines.append(
+            f"| {t['target']} | {_fmt(t['scale'], ',d')} | {t['figure'] or '–'} | {_met(t)} | {_cell(t['note'])} |"
+        )
     lines.append("")
     if has_chart:
         lines += ["![wall time per contender](benchmarks.png)", ""]
     for events in sorted(int(e) for e in result.get("scales", {})):
         s = result["scales"][str(events)]
         src = s.get("source", {})
-        lines += [f"## {events:,} events", "",
-                  f"Source: {src.get('event_lines', '?'):,} event lines in {len(src.get('deliveries', []))} deliveries, "
-                  f"{src.get('key', {}).get('students', '?'):,} students, seed {src.get('key', {}).get('seed', '?')}.",
-                  "", "| contender | wall (s) | peak RSS (MiB) | events/s | × `lakehouse run` | status |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {events:,} events",
+            "",
+            f"Source: {src.get('event_lines', '?'):,} event lines in {len(src.get('deliveries', []))} deliveries, "
+            f"{src.get('key', {}).get('students', '?'):,} students, seed {src.get('key', {}).get('seed', '?')}.",
+            "",
+            "| contender | wall (s) | peak RSS (MiB) | events/s | × `lakehouse run` | status |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for r in scale_rows(result, events):
-            lines.append(f"| {r['name']} | {_fmt(r['wall_s'], ',.2f')} | {_fmt(r['peak_mib'], ',.0f')} | "
-                         f"{_fmt(r['events_per_s'], ',d')} | {_fmt(r['vs_run'], '.2f')} | {_cell(r['status'])} |")
+            lines.append(
+                f"| {r['name']} | {_fmt(r['wall_s'], ',.2f')} | {_fmt(r['peak_mib'], ',.0f')} | "
+                f"{_fmt(r['events_per_s'], ',d')} | {_fmt(r['vs_run'], '.2f')} | {_cell(r['status'])} |"
+            )
         lines.append("")
     lines += [
         "## What is measured",
@@ -359,8 +468,8 @@ def markdown(result: dict, results_path: Path | None, has_chart: bool) -> str:
         "- **mirror** (`bench/mirror.py`) and **dashboard** (`bench/dashboard.py`) are run through "
         "`bench/external.py`: their function (`run`, `benchmark`, `bench`, `measure` or `main`) gets the keyword "
         "arguments it names among `lake`, `source`, `data_dir`, `dsn`, `events`, `workdir`, `quick`, `repeat`, "
-        "`settings`. Read back: mirror `{\"copy_scd2\": {\"rows_per_s\"}, \"row_by_row\": {\"rows_per_s\"}}`, "
-        "dashboard `{\"queries\": {<chart>: {\"p50_ms\", \"p95_ms\"}}}`.",
+        '`settings`. Read back: mirror `{"copy_scd2": {"rows_per_s"}, "row_by_row": {"rows_per_s"}}`, '
+        'dashboard `{"queries": {<chart>: {"p50_ms", "p95_ms"}}}`.',
         "",
     ]
     return "\n".join(lines)
@@ -387,12 +496,24 @@ def print_tables(result: dict) -> None:
     console = Console()
     for events in sorted(int(e) for e in result.get("scales", {})):
         table = Table(title=f"{events:,} events")
-        for col, justify in (("contender", "left"), ("wall s", "right"), ("peak MiB", "right"),
-                             ("events/s", "right"), ("× run", "right"), ("status", "left")):
+        for col, justify in (
+            ("contender", "left"),
+            ("wall s", "right"),
+            ("peak MiB", "right"),
+            ("events/s", "right"),
+            ("× run", "right"),
+            ("status", "left"),
+        ):
             table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
         for r in scale_rows(result, events):
-            table.add_row(r["name"], _fmt(r["wall_s"], ",.2f"), _fmt(r["peak_mib"], ",.0f"),
-                          _fmt(r["events_per_s"], ",d"), _fmt(r["vs_run"], ".2f"), r["status"][:160])
+            table.add_row(
+                r["name"],
+                _fmt(r["wall_s"], ",.2f"),
+                _fmt(r["peak_mib"], ",.0f"),
+                _fmt(r["events_per_s"], ",d"),
+                _fmt(r["vs_run"], ".2f"),
+                r["status"][:160],
+            )
         console.print(table)
     table = Table(title="targets")
     for col in ("target", "figure", "verdict", "note"):

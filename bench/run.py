@@ -22,8 +22,10 @@ from bench.common import LAKEHOUSE, PYTHON, ROOT, fresh_database, machine, mask,
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
+# fmt: off
 CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
               "six_deliveries", "growth")
+# fmt: on
 # The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
 SERIES_EVENTS = 600_000
 SERIES = {"six_deliveries": 6, "growth": 12}
@@ -61,18 +63,28 @@ def _cached(folder: Path, key: dict, make) -> tuple[Path, dict]:
     return folder, {**info, "cached": False}
 
 
-def ensure_source(scale_dir: Path, events: int, deliveries: int = DELIVERIES, name: str = "source") -> tuple[Path, dict]:
+def ensure_source(
+    scale_dir: Path, events: int, deliveries: int = DELIVERIES, name: str = "source"
+) -> tuple[Path, dict]:
     """The scale's source (`deliveries` daily deliveries), generated unless an identical one is cached."""
     from lakehouse.tools.generate import generate
 
-    key = {"seed": SEED, "students": students_for(events), "events": events, "deliveries": deliveries,
-           "generator": _generator_digest()}
+    key = {
+        "seed": SEED,
+        "students": students_for(events),
+        "events": events,
+        "deliveries": deliveries,
+        "generator": _generator_digest(),
+    }
 
     def make(folder: Path) -> dict:
         summary = generate(folder, seed=SEED, students=students_for(events), events=events, deliveries=deliveries)
-        return {"event_lines": summary["totals"]["event_lines"], "events": summary["totals"]["events"],
-                "deliveries": summary["deliveries"],
-                "events_by_delivery": {d: i["events"] for d, i in summary["events_by_delivery"].items()}}
+        return {
+            "event_lines": summary["totals"]["event_lines"],
+            "events": summary["totals"]["events"],
+            "deliveries": summary["deliveries"],
+            "events_by_delivery": {d: i["events"] for d, i in summary["events_by_delivery"].items()},
+        }
 
     return _cached(scale_dir / name, key, make)
 
@@ -81,25 +93,38 @@ def ensure_source_plus(scale_dir: Path, source: Path, events: int) -> tuple[Path
     """The source plus one new delivery of about 10% more events (and that day's transactional exports)."""
     from lakehouse.tools.generate import generate
 
-    key = {"base": json.loads((source / ".bench-source.json").read_text())["key"], "extra_share": EXTRA_SHARE,
-           "delivery": EXTRA_DELIVERY}
+    key = {
+        "base": json.loads((source / ".bench-source.json").read_text())["key"],
+        "extra_share": EXTRA_SHARE,
+        "delivery": EXTRA_DELIVERY,
+    }
 
     def make(folder: Path) -> dict:
         shutil.copytree(source, folder, copy_function=os.link, ignore=shutil.ignore_patterns(".bench-source.json"))
         scratch = scale_dir / "extra-scratch"
         shutil.rmtree(scratch, ignore_errors=True)
         # transactional: the 4th export of the same world (same seed and size, one delivery more)
-        world = generate(scratch / "world", seed=SEED, students=students_for(events), events=1000,
-                         deliveries=DELIVERIES + 1)
-        shutil.copytree(scratch / "world" / "transactional" / world["deliveries"][-1],
-                        folder / "transactional" / EXTRA_DELIVERY)
+        world = generate(
+            scratch / "world", seed=SEED, students=students_for(events), events=1000, deliveries=DELIVERIES + 1
+        )
+        shutil.copytree(
+            scratch / "world" / "transactional" / world["deliveries"][-1], folder / "transactional" / EXTRA_DELIVERY
+        )
         # events: a new day's traffic, another seed so that no event repeats the base source
-        extra = generate(scratch / "events", seed=SEED + 1, students=students_for(events),
-                         events=max(1000, events // EXTRA_SHARE), deliveries=1)
+        extra = generate(
+            scratch / "events",
+            seed=SEED + 1,
+            students=students_for(events),
+            events=max(1000, events // EXTRA_SHARE),
+            deliveries=1,
+        )
         shutil.copytree(scratch / "events" / "events" / extra["deliveries"][0], folder / "events" / EXTRA_DELIVERY)
         shutil.rmtree(scratch, ignore_errors=True)
-        return {"extra_events": extra["totals"]["events"], "extra_event_lines": extra["totals"]["event_lines"],
-                "delivery": EXTRA_DELIVERY}
+        return {
+            "extra_events": extra["totals"]["events"],
+            "extra_event_lines": extra["totals"]["event_lines"],
+            "delivery": EXTRA_DELIVERY,
+        }
 
     return _cached(scale_dir / "source_plus", key, make)
 
@@ -134,9 +159,13 @@ class Scale:
         return folder
 
     def lakehouse_env(self, source: Path, folder: Path, dsn: str | None) -> dict:
-        env = {"LAKEHOUSE_SOURCE": str(source), "LAKEHOUSE_LAKE": str(folder / "lake"),
-               "LAKEHOUSE_DATA_DIR": str(folder / "data"), "PREFECT_HOME": str(self.dir.parent / "prefect"),
-               "BENCH_EVENTS": str(self.events)}
+        env = {
+            "LAKEHOUSE_SOURCE": str(source),
+            "LAKEHOUSE_LAKE": str(folder / "lake"),
+            "LAKEHOUSE_DATA_DIR": str(folder / "data"),
+            "PREFECT_HOME": str(self.dir.parent / "prefect"),
+            "BENCH_EVENTS": str(self.events),
+        }
         if dsn:
             env["LAKEHOUSE_PG_DSN"] = dsn
         return env
@@ -153,14 +182,21 @@ def pipeline_stages(scale: Scale, source: Path) -> dict:
     dsn, db_error = scale.database("stages")
     progress = folder / "progress.json"
     env = {**scale.lakehouse_env(source, folder, dsn), "BENCH_PROGRESS": str(progress)}
-    result = run_measured([str(PYTHON), "-m", "bench.pipeline_stages"], env=env,
-                          timeout=scale.timeout, log=scale.logs / "pipeline_stages.log")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.pipeline_stages"],
+        env=env,
+        timeout=scale.timeout,
+        log=scale.logs / "pipeline_stages.log",
+    )
     if "report" not in result and progress.exists():  # stopped (timeout, crash): keep the stages it finished
         partial = json.loads(progress.read_text())
         running = partial.get("running")
         if running:
-            partial["stages"][running] = {"ok": False, "error": f"still running when the process ended "
-                                                                f"({result.get('error', 'exit ' + str(result['returncode']))})"}
+            partial["stages"][running] = {
+                "ok": False,
+                "error": f"still running when the process ended "
+                f"({result.get('error', 'exit ' + str(result['returncode']))})",
+            }
         result["report"] = {"ok": False, "partial": True, "failed_stage": running, "stages": partial["stages"]}
     report = result.get("report") or {}
     if report:
@@ -171,17 +207,21 @@ def pipeline_stages(scale: Scale, source: Path) -> dict:
     return _with_db_error(result, db_error)
 
 
-def lakehouse_run(scale: Scale, source: Path, name: str = "lakehouse_run", keep: bool = False,
-                  dsn: str | None = None) -> dict:
+def lakehouse_run(
+    scale: Scale, source: Path, name: str = "lakehouse_run", keep: bool = False, dsn: str | None = None
+) -> dict:
     folder = scale.workspace(name, keep=keep)
     db_error = None
     if dsn is None:
         dsn, db_error = scale.database(name)
     tag = f"{name}-{len(list(folder.glob('run-report*.json')))}"
     report_file = folder / f"run-report-{tag}.json"
-    result = run_measured([str(LAKEHOUSE), "run", "--report", str(report_file)],
-                          env=scale.lakehouse_env(source, folder, dsn), timeout=scale.timeout,
-                          log=scale.logs / f"{tag}.log")
+    result = run_measured(
+        [str(LAKEHOUSE), "run", "--report", str(report_file)],
+        env=scale.lakehouse_env(source, folder, dsn),
+        timeout=scale.timeout,
+        log=scale.logs / f"{tag}.log",
+    )
     if report_file.exists():
         result["run_report"] = str(report_file.relative_to(ROOT))
     result["_dsn"] = dsn
@@ -192,8 +232,12 @@ def duckdb_script(scale: Scale, source: Path) -> dict:
     folder = scale.workspace("duckdb")
     dsn, db_error = scale.database("duckdb")
     env = {"BENCH_PG_DSN": dsn} if dsn else {}
-    result = run_measured([str(PYTHON), "-m", "bench.duckdb_pipeline", "--source", str(source),
-                           "--workdir", str(folder)], env=env, timeout=scale.timeout, log=scale.logs / "duckdb.log")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.duckdb_pipeline", "--source", str(source), "--workdir", str(folder)],
+        env=env,
+        timeout=scale.timeout,
+        log=scale.logs / "duckdb.log",
+    )
     return _with_db_error(result, db_error)
 
 
@@ -201,8 +245,12 @@ def casestudy(scale: Scale, source: Path) -> dict:
     folder = scale.workspace("casestudy")
     dsn, db_error = scale.database("casestudy")
     env = {"BENCH_PG_DSN": dsn} if dsn else {}
-    result = run_measured([str(PYTHON), "-m", "bench.casestudy", "--source", str(source), "--workdir", str(folder)],
-                          env=env, timeout=scale.timeout, log=scale.logs / "casestudy.log")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.casestudy", "--source", str(source), "--workdir", str(folder)],
+        env=env,
+        timeout=scale.timeout,
+        log=scale.logs / "casestudy.log",
+    )
     return _with_db_error(result, db_error)
 
 
@@ -223,8 +271,9 @@ def incremental(scale: Scale, source: Path, first_run: dict | None) -> dict:
     out["ok"] = all(out[p]["ok"] for p in ("rerun_nothing_new", "new_delivery", "full_rebuild"))
     if out["new_delivery"]["ok"] and out["full_rebuild"]["ok"]:
         out["new_delivery_vs_full"] = round(out["new_delivery"]["wall_s"] / out["full_rebuild"]["wall_s"], 3)
-    errors = [f"{p}: {out[p]['error']}" for p in ("rerun_nothing_new", "new_delivery", "full_rebuild")
-              if out[p].get("error")]
+    errors = [
+        f"{p}: {out[p]['error']}" for p in ("rerun_nothing_new", "new_delivery", "full_rebuild") if out[p].get("error")
+    ]
     if errors:
         out["error"] = " ; ".join(errors)
     return out
@@ -246,13 +295,17 @@ def delivery_series(scale: Scale, deliveries: int) -> dict:
         runs.append({"delivery": delivery, "events": info["events_by_delivery"][delivery], **run})
         log(f"  {name}: delivery {len(runs)}/{deliveries} {run.get('wall_s', '-')} s")
         if not run["ok"]:
-            return _with_db_error({"ok": False, "source": info, "runs": runs,
-                                   "error": f"delivery {delivery}: {run.get('error')}"}, db_error)
+            return _with_db_error(
+                {"ok": False, "source": info, "runs": runs, "error": f"delivery {delivery}: {run.get('error')}"},
+                db_error,
+            )
     full = lakehouse_run(scale, staged, name=f"{name}-full")
     full.pop("_dsn", None)
     out = {"ok": full["ok"], "source": info, "runs": runs, "full": full}
     if full["ok"]:
-        out["differences"] = gold_differences(scale.dir / "runs" / name / "lake", scale.dir / "runs" / f"{name}-full" / "lake")
+        out["differences"] = gold_differences(
+            scale.dir / "runs" / name / "lake", scale.dir / "runs" / f"{name}-full" / "lake"
+        )
         out["ok"] = not out["differences"]
         out["last_vs_full"] = round(runs[-1]["wall_s"] / full["wall_s"], 3)
     if len(runs) >= 3:
@@ -273,8 +326,10 @@ def gold_differences(a: Path, b: Path) -> dict[str, int]:
     out = {}
     for table in sorted(p.name for p in (a / "gold").iterdir() if (p / "_delta_log").is_dir()):
         x, y = (f"delta_scan('{lake / 'gold' / table}')" for lake in (a, b))
-        diff = con.execute(f"select (select count(*) from (from {x} except all from {y})) + "
-                           f"(select count(*) from (from {y} except all from {x}))").fetchall()[0][0]
+        diff = con.execute(
+            f"select (select count(*) from (from {x} except all from {y})) + "
+            f"(select count(*) from (from {y} except all from {x}))"
+        ).fetchall()[0][0]
         if diff:
             out[table] = diff
     con.close()
@@ -285,12 +340,23 @@ def external(scale: Scale, module: str, source: Path, lake_folder: Path, quick: 
     dsn, db_error = (None, None)
     if module == "mirror":
         dsn, db_error = scale.database("mirror")
-    context = {"lake": str(lake_folder / "lake"), "source": str(source), "data_dir": str(lake_folder / "data"),
-               "dsn": dsn, "events": scale.events, "workdir": str(scale.workspace(module)), "quick": quick,
-               "repeat": 5 if quick else 30}
+    context = {
+        "lake": str(lake_folder / "lake"),
+        "source": str(source),
+        "data_dir": str(lake_folder / "data"),
+        "dsn": dsn,
+        "events": scale.events,
+        "workdir": str(scale.workspace(module)),
+        "quick": quick,
+        "repeat": 5 if quick else 30,
+    }
     env = scale.lakehouse_env(source, lake_folder, dsn)
-    result = run_measured([str(PYTHON), "-m", "bench.external", module, json.dumps(context)], env=env,
-                          timeout=scale.timeout, log=scale.logs / f"{module}.log")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.external", module, json.dumps(context)],
+        env=env,
+        timeout=scale.timeout,
+        log=scale.logs / f"{module}.log",
+    )
     result["cmd"] = f"python -m bench.external {module} <context>"
     report = result.pop("report", None) or {}
     result["ok"] = result["ok"] and report.get("ok", False)
@@ -302,8 +368,18 @@ def external(scale: Scale, module: str, source: Path, lake_folder: Path, quick: 
     return _with_db_error(result, db_error)
 
 
-def bench_scale(events: int, bench_dir: Path, wanted: set[str], server: str | None, server_error: str | None,
-                timeout: float, quick: bool, out: dict, save, casestudy_max: int) -> dict:
+def bench_scale(
+    events: int,
+    bench_dir: Path,
+    wanted: set[str],
+    server: str | None,
+    server_error: str | None,
+    timeout: float,
+    quick: bool,
+    out: dict,
+    save,
+    casestudy_max: int,
+) -> dict:
     scale = Scale(events, bench_dir, server, server_error, timeout)
     log(f"{events:,} events: source")
     source, info = ensure_source(scale.dir, events)
@@ -329,9 +405,12 @@ def bench_scale(events: int, bench_dir: Path, wanted: set[str], server: str | No
     if events <= casestudy_max:
         step("casestudy", casestudy, scale, source)
     elif "casestudy" in wanted:
-        c["casestudy"] = {"ok": False, "skipped": True,
-                          "error": f"skipped above {casestudy_max:,} events (--casestudy-max-events): toPandas() of "
-                                   "the whole dataset and one INSERT per row take hours at this scale"}
+        c["casestudy"] = {
+            "ok": False,
+            "skipped": True,
+            "error": f"skipped above {casestudy_max:,} events (--casestudy-max-events): toPandas() of "
+            "the whole dataset and one INSERT per row take hours at this scale",
+        }
     step("incremental", incremental, scale, source, first)
     if first is not None:
         first.pop("_dsn", None)
@@ -347,22 +426,33 @@ def _interrupted(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmarks of the lakehouse against the alternatives.")
-    parser.add_argument("--events", default=None,
-                        help="comma-separated scales (default 100000,1000000; --quick: 20000); 10000000 on request")
+    parser.add_argument(
+        "--events",
+        default=None,
+        help="comma-separated scales (default 100000,1000000; --quick: 20000); 10000000 on request",
+    )
     parser.add_argument("--quick", action="store_true", help="a small scale and fewer query repetitions")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--skip", default="", help="comma-separated contenders to leave out")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed to each contender process")
-    parser.add_argument("--casestudy-max-events", type=int, default=1_000_000,
-                        help="largest scale the case study's way is run at")
-    parser.add_argument("--series-events", type=int, default=SERIES_EVENTS,
-                        help="events in all of a delivery-series scenario (six_deliveries, growth)")
+    parser.add_argument(
+        "--casestudy-max-events", type=int, default=1_000_000, help="largest scale the case study's way is run at"
+    )
+    parser.add_argument(
+        "--series-events",
+        type=int,
+        default=SERIES_EVENTS,
+        help="events in all of a delivery-series scenario (six_deliveries, growth)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate docs/benchmarks.md")
     args = parser.parse_args(argv)
 
-    scales = [int(x.replace("_", "")) for x in args.events.split(",")] if args.events else \
-        list(QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
+    scales = (
+        [int(x.replace("_", "")) for x in args.events.split(",")]
+        if args.events
+        else list(QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
+    )
     wanted = set(args.only.split(",")) if args.only else set(CONTENDERS)
     wanted -= set(filter(None, args.skip.split(",")))
     unknown = wanted - set(CONTENDERS)
@@ -371,8 +461,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _interrupted)
     started = datetime.now(UTC)
-    result: dict = {"started_at": started.isoformat(timespec="seconds"), "machine": machine(),
-                    "args": {"events": scales, "quick": args.quick, "contenders": sorted(wanted)}, "scales": {}}
+    result: dict = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": {"events": scales, "quick": args.quick, "contenders": sorted(wanted)},
+        "scales": {},
+    }
     args.workdir.mkdir(parents=True, exist_ok=True)
     server, server_error = None, None
     if wanted & {"pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror"}:
@@ -395,8 +489,18 @@ def main(argv: list[str] | None = None) -> int:
 
     for events in scales if wanted - set(SERIES) else []:
         result["scales"][str(events)] = {}
-        bench_scale(events, args.workdir.resolve(), wanted, server, server_error, args.timeout, args.quick,
-                    result["scales"][str(events)], save, args.casestudy_max_events)
+        bench_scale(
+            events,
+            args.workdir.resolve(),
+            wanted,
+            server,
+            server_error,
+            args.timeout,
+            args.quick,
+            result["scales"][str(events)],
+            save,
+            args.casestudy_max_events,
+        )
     series = [n for n in SERIES if n in wanted]
     if series:
         key = str(args.series_events)

@@ -24,8 +24,10 @@ def _variants(shuffle: int, writers: int) -> dict[str, dict]:
     return {
         "spark default (50 snapshot partitions), one write at a time": {"snapshot_partitions": 50, "writers": 1},
         f"{shuffle} snapshot partitions, one write at a time": {"snapshot_partitions": shuffle, "writers": 1},
-        f"{shuffle} snapshot partitions, {writers} writes side by side": {"snapshot_partitions": shuffle,
-                                                                          "writers": writers},
+        f"{shuffle} snapshot partitions, {writers} writes side by side": {
+            "snapshot_partitions": shuffle,
+            "writers": writers,
+        },
     }
 
 
@@ -71,8 +73,10 @@ def measure(events: int, rounds: int) -> dict:
                     print(json.dumps({"round": round_no, "variant": name, **seconds}), flush=True)
         finally:
             delta.TABLE_WRITERS = default_writers
-        results = {name: {stage: round(statistics.median(s[stage] for s in runs), 2) for stage in STAGES}
-                   for name, runs in samples.items()}
+        results = {
+            name: {stage: round(statistics.median(s[stage] for s in runs), 2) for stage in STAGES}
+            for name, runs in samples.items()
+        }
         baseline = results[next(iter(variants))]
         for figures in results.values():
             total = sum(figures[s] for s in STAGES)

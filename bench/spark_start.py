@@ -46,8 +46,9 @@ spark.stop()
 def start_once(way: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-spark-start-") as lake:
         started = time.perf_counter()
-        done = subprocess.run([str(PYTHON), "-c", CHILD, way, lake], capture_output=True, text=True, cwd=ROOT,
-                              timeout=600)
+        done = subprocess.run(
+            [str(PYTHON), "-c", CHILD, way, lake], capture_output=True, text=True, cwd=ROOT, timeout=600
+        )
         wall = time.perf_counter() - started
     result = read_result(done.stdout)
     if done.returncode != 0 or result is None:
@@ -66,14 +67,19 @@ def measure(rounds: int) -> dict:
     start_once("ivy")  # warm-up: OS file cache, bytecode
     runs: dict[str, list[dict]] = {way: [] for way in WAYS}
     for n in range(rounds):
-        for way in (WAYS if n % 2 == 0 else WAYS[::-1]):
+        for way in WAYS if n % 2 == 0 else WAYS[::-1]:
             runs[way].append(start_once(way))
-            print(f"round {n + 1} {way}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs[way][-1].items()),
-                  file=sys.stderr)
+            print(
+                f"round {n + 1} {way}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs[way][-1].items()), file=sys.stderr
+            )
     median = {way: {k: statistics.median(r[k] for r in runs[way]) for k in runs[way][0]} for way in WAYS}
-    return {"rounds": rounds, "runs": runs, "median": median,
-            "ratio_session": median["cache"]["session_s"] / median["ivy"]["session_s"],
-            "ratio_process": median["cache"]["process_s"] / median["ivy"]["process_s"]}
+    return {
+        "rounds": rounds,
+        "runs": runs,
+        "median": median,
+        "ratio_session": median["cache"]["session_s"] / median["ivy"]["session_s"],
+        "ratio_process": median["cache"]["process_s"] / median["ivy"]["process_s"],
+    }
 
 
 def main() -> None:
@@ -83,8 +89,10 @@ def main() -> None:
     result = measure(args.rounds)
     for way in WAYS:
         m = result["median"][way]
-        print(f"{way:6} session {m['session_s']:.2f} s, process {m['process_s']:.2f} s, "
-              f"first Delta write+read {m['first_delta_s']:.2f} s")
+        print(
+            f"{way:6} session {m['session_s']:.2f} s, process {m['process_s']:.2f} s, "
+            f"first Delta write+read {m['first_delta_s']:.2f} s"
+        )
     print(f"cache/ivy: session {result['ratio_session']:.2f}, process {result['ratio_process']:.2f}")
     emit(json.loads(json.dumps(result)))
 

@@ -23,8 +23,11 @@ def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
 
 
 TASK_OPTIONS: dict[str, Any] = dict(
-    retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE, persist_result=False,
+    retries=len(RETRY_DELAYS),
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
 
 
@@ -36,6 +39,9 @@ def publish_report(flow: str, reports: list[StageReport], lock: dict[str, Any]) 
     stages = {r.stage: r.as_dict() for r in reports}
     create_table_artifact(table=rows, key=f"{flow}-report", description=f"{flow}: rows in and out per layer")
     body = json.dumps({"stages": stages, "lock": lock}, indent=2, default=str)
-    create_markdown_artifact(markdown=f"# {flow}\n\n```json\n{body}\n```\n", key=f"{flow}-details",
-                             description=f"{flow}: every stage's report")
+    create_markdown_artifact(
+        markdown=f"# {flow}\n\n```json\n{body}\n```\n",
+        key=f"{flow}-details",
+        description=f"{flow}: every stage's report",
+    )
     return {"flow": flow, "summary": rows, "stages": stages, "lock": lock}

@@ -49,8 +49,11 @@ def _sql(settings: Settings, layer: str, name: str, command: str) -> DataFrame:
 def compact(layer: str, name: str) -> dict:
     """OPTIMIZE one table: bin-pack small files."""
     metrics = _sql(settings_for(), layer, name, "OPTIMIZE {table}").collect()[0]["metrics"]
-    return {"table": f"{layer}.{name}", "files removed": metrics["numFilesRemoved"],
-            "files added": metrics["numFilesAdded"]}
+    return {
+        "table": f"{layer}.{name}",
+        "files removed": metrics["numFilesRemoved"],
+        "files added": metrics["numFilesAdded"],
+    }
 
 
 @task(name="vacuum-dry-run", task_run_name="vacuum dry run {layer}.{name}", **TASK_OPTIONS)
@@ -72,8 +75,9 @@ def vacuum(layer: str, name: str, retain_hours: float) -> dict:
 
 
 @flow(name="maintenance", log_prints=True)
-def maintenance(layers: list[str] | None = None, retain_hours: float | None = None,
-                compaction: bool = True, dry_run: bool = False) -> dict:
+def maintenance(
+    layers: list[str] | None = None, retain_hours: float | None = None, compaction: bool = True, dry_run: bool = False
+) -> dict:
     """Compact every Delta table (of `layers`, all by default), report what a vacuum would delete, then vacuum (unless
     dry_run)."""
     from prefect.artifacts import create_table_artifact
@@ -94,10 +98,20 @@ def maintenance(layers: list[str] | None = None, retain_hours: float | None = No
         compacted = [compact(layer, name) for layer, name in tables] if compaction else []
         planned = [vacuum_dry_run(layer, name, retain) for layer, name in tables]
         if planned:
-            create_table_artifact(table=planned, key="maintenance-vacuum-dry-run",
-                                  description=f"files a vacuum retaining {retain:g} h would delete")
+            create_table_artifact(
+                table=planned,
+                key="maintenance-vacuum-dry-run",
+                description=f"files a vacuum retaining {retain:g} h would delete",
+            )
         vacuumed = [] if dry_run else [vacuum(layer, name, retain) for layer, name in tables]
     if compacted:
         create_table_artifact(table=compacted, key="maintenance-compaction", description="OPTIMIZE per table")
-    return {"flow": "maintenance", "retain_hours": retain, "tables": len(tables), "compacted": compacted,
-            "vacuum_dry_run": planned, "vacuumed": vacuumed, "lock": lock}
+    return {
+        "flow": "maintenance",
+        "retain_hours": retain,
+        "tables": len(tables),
+        "compacted": compacted,
+        "vacuum_dry_run": planned,
+        "vacuumed": vacuumed,
+        "lock": lock,
+    }

@@ -52,16 +52,18 @@ def bronze() -> StageReport:
 def silver(full_refresh: bool = False) -> StageReport:
     """Refresh silver from new bronze rows."""
     settings = settings_for()
-    return run_stage("silver", settings,
-                     lambda: silver_stage.refresh(get_spark(settings), settings, _run_id(), full_refresh))
+    return run_stage(
+        "silver", settings, lambda: silver_stage.refresh(get_spark(settings), settings, _run_id(), full_refresh)
+    )
 
 
 @task(name="gold", **TASK_OPTIONS)
 def gold(full_refresh: bool = False) -> StageReport:
     """Refresh the gold star schema and marts from silver."""
     settings = settings_for()
-    return run_stage("gold", settings,
-                     lambda: gold_stage.refresh(get_spark(settings), settings, _run_id(), full_refresh))
+    return run_stage(
+        "gold", settings, lambda: gold_stage.refresh(get_spark(settings), settings, _run_id(), full_refresh)
+    )
 
 
 @task(name="mirror", **TASK_OPTIONS)

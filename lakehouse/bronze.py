@@ -42,22 +42,34 @@ STATS_COLUMNS = ("batch_id", "as_of")
 # The landed file a Spark row came from: the lake-relative tail of `_metadata.file_path`.
 LANDED_TAIL = r"(landing/[^/]+/[^/]+/[^/]+/[^/]+)$"
 
-FILES_SCHEMA = StructType([
-    StructField("landed_path", StringType(), False),
-    StructField("source_file", StringType(), False),
-    StructField("entity", StringType(), True),
-    StructField("delivery", StringType(), False),
-    StructField("as_of", TimestampType(), False),
-    StructField("batch_id", LongType(), False),
-    StructField("landed_at", TimestampType(), False),
-    # why landing or a person set the whole file aside (its content is not read), and the start of that content
-    StructField("file_reason", StringType(), True),
-    StructField("head", StringType(), True),
-    # event lines landing found longer than the line cap: blank in the landed copy, kept whole beside it
-    StructField("long_lines", ArrayType(StructType([
-        StructField("line_number", LongType(), False), StructField("bytes", LongType(), False),
-        StructField("head", StringType(), True)])), True),
-])
+FILES_SCHEMA = StructType(
+    [
+        StructField("landed_path", StringType(), False),
+        StructField("source_file", StringType(), False),
+        StructField("entity", StringType(), True),
+        StructField("delivery", StringType(), False),
+        StructField("as_of", TimestampType(), False),
+        StructField("batch_id", LongType(), False),
+        StructField("landed_at", TimestampType(), False),
+        # why landing or a person set the whole file aside (its content is not read), and the start of that content
+        StructField("file_reason", StringType(), True),
+        StructField("head", StringType(), True),
+        # event lines landing found longer than the line cap: blank in the landed copy, kept whole beside it
+        StructField(
+            "long_lines",
+            ArrayType(
+                StructType(
+                    [
+                        StructField("line_number", LongType(), False),
+                        StructField("bytes", LongType(), False),
+                        StructField("head", StringType(), True),
+                    ]
+                )
+            ),
+            True,
+        ),
+    ]
+)
 # The fields bronze checks (events; transactional: every entity's), read by the parser silver reads them with.
 EVENT_CHECKED = "at string, studentId_clientType string, country string"
 RECORD_CHECKED = ", ".join(f"`{f}` string" for f in sorted({f for s in ENTITY_RAW.values() for f in s.fieldNames()}))
@@ -81,32 +93,45 @@ def event_lines(raw_lines: DataFrame, files: DataFrame) -> DataFrame:
     # Only the per-split counts (a few rows per file) are aggregated; the lines themselves are never shuffled.
     split = ["file_path", "block_start"]
     earlier = Window.partitionBy("file_path").orderBy("block_start").rowsBetween(Window.unboundedPreceding, -1)
-    splits = (raw_lines.groupBy(*split).agg(F.min("seq").alias("first_seq"), F.count(F.lit(1)).alias("lines"))
-              .select(*split, "first_seq", F.coalesce(F.sum("lines").over(earlier), F.lit(0)).alias("before")))
+    splits = (
+        raw_lines.groupBy(*split)
+        .agg(F.min("seq").alias("first_seq"), F.count(F.lit(1)).alias("lines"))
+        .select(*split, "first_seq", F.coalesce(F.sum("lines").over(earlier), F.lit(0)).alias("before"))
+    )
     stripped = (
         raw_lines.join(F.broadcast(splits), split)
         .withColumn("line_number", (F.col("before") + F.col("seq") - F.col("first_seq") + 1).cast("long"))
         .withColumn("raw_bytes", F.col("value").cast("binary"))
-        .withColumn("raw_bytes", F.when(
-            F.col("value").endswith("\r"), F.expr("substring(raw_bytes, 1, octet_length(raw_bytes) - 1)")
-        ).otherwise(F.col("raw_bytes")))
+        .withColumn(
+            "raw_bytes",
+            F.when(
+                F.col("value").endswith("\r"), F.expr("substring(raw_bytes, 1, octet_length(raw_bytes) - 1)")
+            ).otherwise(F.col("raw_bytes")),
+        )
         .withColumn("value", F.col("raw_bytes").cast("string"))
         .withColumn("landed_path", F.regexp_extract("file_path", LANDED_TAIL, 1))
     )
     meta = files.drop("entity")
     lines = stripped.join(F.broadcast(meta.where(F.col("file_reason").isNull())), "landed_path")
-    long_line = F.when(F.size("long_lines") > 0, F.get(F.filter(
-        "long_lines", lambda x: x.getField("line_number") == F.col("line_number")), 0))
-    lines = (lines.withColumn("_long", long_line)
-             .withColumn("file_reason", F.when(F.col("_long").isNotNull(), F.lit("line_too_long")))
-             .withColumn("value", F.coalesce(F.regexp_replace(F.col("_long").getField("head"), "\r$", ""),
-                                             F.col("value")))
-             .withColumn("raw_bytes", F.when(F.col("_long").isNull(), F.col("raw_bytes"))))
+    long_line = F.when(
+        F.size("long_lines") > 0,
+        F.get(F.filter("long_lines", lambda x: x.getField("line_number") == F.col("line_number")), 0),
+    )
+    lines = (
+        lines.withColumn("_long", long_line)
+        .withColumn("file_reason", F.when(F.col("_long").isNotNull(), F.lit("line_too_long")))
+        .withColumn("value", F.coalesce(F.regexp_replace(F.col("_long").getField("head"), "\r$", ""), F.col("value")))
+        .withColumn("raw_bytes", F.when(F.col("_long").isNull(), F.col("raw_bytes")))
+    )
     whole = meta.where(F.col("file_reason").isNotNull()).select(
-        "*", F.col("head").alias("value"), F.lit(None).cast("long").alias("line_number"),
-        F.lit(None).cast("binary").alias("raw_bytes"))
+        "*",
+        F.col("head").alias("value"),
+        F.lit(None).cast("long").alias("line_number"),
+        F.lit(None).cast("binary").alias("raw_bytes"),
+    )
     return lines.unionByName(whole, allowMissingColumns=True).drop(
-        "file_path", "block_start", "seq", "first_seq", "before", "_long", "long_lines", "head")
+        "file_path", "block_start", "seq", "first_seq", "before", "_long", "long_lines", "head"
+    )
 
 
 def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | None = None) -> DataFrame:
@@ -118,20 +143,26 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
     # repeating the JSON parses and the time parse made classification 2.5x slower (bench/README.md). The fields are
     # read as silver reads them (lakehouse.parsing), so an event bronze keeps is the event silver types.
     text = F.col("_text")
-    checked = lines.select(
-        "*",
-        F.expr("is_valid_utf8(value)").alias("_valid"),
-        F.col("value").rlike(r"^\s*$").alias("_blank"),
-        P.json_text(F.col("value")).alias("_text"),
-        P.may_hold_control(F.col("value")).alias("_control"),
-    ).select(
-        "*", F.json_object_keys(text).alias("_keys"), P.read_object(text, EVENT_CHECKED).alias("_obj"),
-    ).select(
-        "*",
-        (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"),
-        P.field(F.col("_obj"), "at", F.col("_control")).alias("_at"),
-        P.field(F.col("_obj"), "studentId_clientType", F.col("_control")).alias("_sc"),
-        P.field(F.col("_obj"), "country", F.col("_control")).alias("_country"),
+    checked = (
+        lines.select(
+            "*",
+            F.expr("is_valid_utf8(value)").alias("_valid"),
+            F.col("value").rlike(r"^\s*$").alias("_blank"),
+            P.json_text(F.col("value")).alias("_text"),
+            P.may_hold_control(F.col("value")).alias("_control"),
+        )
+        .select(
+            "*",
+            F.json_object_keys(text).alias("_keys"),
+            P.read_object(text, EVENT_CHECKED).alias("_obj"),
+        )
+        .select(
+            "*",
+            (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"),
+            P.field(F.col("_obj"), "at", F.col("_control")).alias("_at"),
+            P.field(F.col("_obj"), "studentId_clientType", F.col("_control")).alias("_sc"),
+            P.field(F.col("_obj"), "country", F.col("_control")).alias("_country"),
+        )
     )
     student, client = P.student_and_client(F.col("_sc"))
     checked = checked.select(
@@ -142,7 +173,8 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
         F.when(F.col("_object"), P.value_too_large(text)).alias("_big"),
         F.when(F.col("_object"), P.changed_by_cleaning(text, F.col("_control"))).alias("_changed"),
         F.when(P.may_be_too_long(F.col("_sc"), F.col("_country")), P.too_long(student, client, F.col("_country")))
-        .otherwise(F.lit(False)).alias("_long_id"),
+        .otherwise(F.lit(False))
+        .alias("_long_id"),
     )
     valid = F.col("_valid")
     reason = (
@@ -165,13 +197,19 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
         reason.alias("reason"),
         F.when(~valid & F.col("raw_bytes").isNotNull(), F.base64("raw_bytes")).alias("raw_base64"),
         F.lit(run_id).alias("run_id"),
-        "_blank", "_changed",
+        "_blank",
+        "_changed",
     )
-    status = (F.when(F.col("reason").isNotNull(), F.lit("quarantine"))
-              .when(F.col("_blank"), F.lit("blank")).otherwise(F.lit("bronze")))
+    status = (
+        F.when(F.col("reason").isNotNull(), F.lit("quarantine"))
+        .when(F.col("_blank"), F.lit("blank"))
+        .otherwise(F.lit("bronze"))
+    )
     return classified.select("*", status.alias("status")).select(
-        *(c for c in classified.columns if not c.startswith("_")), "status",
-        (F.coalesce(F.col("_changed"), F.lit(False)) & (F.col("status") == "bronze")).alias("cleaned"))
+        *(c for c in classified.columns if not c.startswith("_")),
+        "status",
+        (F.coalesce(F.col("_changed"), F.lit(False)) & (F.col("status") == "bronze")).alias("cleaned"),
+    )
 
 
 def bronze_events(classified: DataFrame) -> DataFrame:
@@ -195,14 +233,16 @@ def _by_entity(make: Any) -> Column:
     return out if out is not F else F.lit(None)
 
 
-def transactional_records(contents: DataFrame, files: DataFrame, run_id: str,
-                          dates: tuple[date, date] | None = None) -> DataFrame:
+def transactional_records(
+    contents: DataFrame, files: DataFrame, run_id: str, dates: tuple[date, date] | None = None
+) -> DataFrame:
     """Each exported record (or unreadable file) with its fate; a zero-byte export is `not_json_array`. `cleaned`
     marks bronze records silver will remove control characters from; `dates` is the plausible range of dates."""
     dates = dates or P.plausible_dates(date(2000, 1, 1), 2)
     docs = files.join(
         contents.select(F.regexp_extract("file_path", LANDED_TAIL, 1).alias("landed_path"), "value"),
-        "landed_path", "left",
+        "landed_path",
+        "left",
     ).withColumn("value", F.coalesce("value", F.lit("")))
     valid = F.expr("is_valid_utf8(value)")
     readable_file = F.col("file_reason").isNull() & F.col("entity").isin(*ENTITIES)
@@ -213,20 +253,29 @@ def transactional_records(contents: DataFrame, files: DataFrame, run_id: str,
     )
     meta = [c for c in FILES_SCHEMA.fieldNames() if c not in ("head", "long_lines")]
     record = F.col("record")
-    checked = parsed.filter(F.col("items").isNotNull()).select(
-        *meta, F.posexplode("items").alias("pos", "record"),
-    ).select(
-        "*", F.json_object_keys(record).alias("_keys"), P.read_object(record, RECORD_CHECKED).alias("_obj"),
-        P.may_hold_control(record).alias("_control"),
-    ).select("*", (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"))
+    checked = (
+        parsed.filter(F.col("items").isNotNull())
+        .select(
+            *meta,
+            F.posexplode("items").alias("pos", "record"),
+        )
+        .select(
+            "*",
+            F.json_object_keys(record).alias("_keys"),
+            P.read_object(record, RECORD_CHECKED).alias("_obj"),
+            P.may_hold_control(record).alias("_control"),
+        )
+        .select("*", (F.col("_keys").isNotNull() & P.parsed(F.col("_obj"))).alias("_object"))
+    )
     obj = F.col("_obj")
     checked = checked.select(
         "*",
         (F.size(F.array_distinct(P.cleaned_keys(F.col("_keys"), F.col("_control")))) < F.size("_keys")).alias("_dup"),
         F.when(F.col("_object"), P.value_too_large(record)).alias("_big"),
         F.when(F.col("_object"), P.changed_by_cleaning(record, F.col("_control"))).alias("_changed"),
-        _by_entity(lambda e: P.parse_export_time(P.clean(obj.getField(ENTITY_DATES[e]))) if e in ENTITY_DATES
-                   else None).alias("_time"),
+        _by_entity(
+            lambda e: P.parse_export_time(P.clean(obj.getField(ENTITY_DATES[e]))) if e in ENTITY_DATES else None
+        ).alias("_time"),
         _by_entity(lambda e: P.too_long(*(P.clean(obj.getField(f)) for f in ENTITY_IDS[e]))).alias("_long_id"),
     )
     readable = checked.select(
@@ -237,7 +286,8 @@ def transactional_records(contents: DataFrame, files: DataFrame, run_id: str,
         .when(F.col("_dup"), F.lit("duplicate_key"))
         .when(F.col("_big"), F.lit("value_too_large"))
         .when(P.outside(F.col("_time"), *dates), F.lit("date_out_of_range"))
-        .when(F.col("_long_id"), F.lit("id_too_long")).alias("reason"),
+        .when(F.col("_long_id"), F.lit("id_too_long"))
+        .alias("reason"),
         F.col("record").alias("raw"),
         F.lit(None).cast("string").alias("raw_base64"),
         F.coalesce(F.col("_changed"), F.lit(False)).alias("_changed"),
@@ -251,9 +301,12 @@ def transactional_records(contents: DataFrame, files: DataFrame, run_id: str,
         .when(~F.col("entity").isin(*ENTITIES), F.lit("unknown_entity"))
         .when(~F.col("valid"), F.lit("invalid_utf8"))
         .when(P.too_deep(P.json_text(F.col("value"))), F.lit("nesting_too_deep"))
-        .otherwise(F.lit("not_json_array")).alias("reason"),
-        F.when(whole, F.col("head")).when(F.col("valid"), F.col("value"))
-        .otherwise(F.expr("make_valid_utf8(value)")).alias("raw"),
+        .otherwise(F.lit("not_json_array"))
+        .alias("reason"),
+        F.when(whole, F.col("head"))
+        .when(F.col("valid"), F.col("value"))
+        .otherwise(F.expr("make_valid_utf8(value)"))
+        .alias("raw"),
         F.when(~whole & ~F.col("valid"), F.base64(F.col("value").cast("binary"))).alias("raw_base64"),
         F.lit(False).alias("_changed"),
     )
@@ -278,9 +331,18 @@ def quarantine_transactional(records: DataFrame) -> DataFrame:
 
 def _files_frame(spark: SparkSession, entries: list[dict[str, Any]]) -> DataFrame:
     rows = [
-        (e["landed_path"], e["path"], e["entity"], e["delivery"], datetime.fromisoformat(e["as_of"]),
-         int(e["batch_id"]), datetime.fromisoformat(e["landed_at"]), e.get("file_reason"), e.get("head"),
-         [(x["line_number"], x["bytes"], x["head"]) for x in e.get("long_lines", [])])
+        (
+            e["landed_path"],
+            e["path"],
+            e["entity"],
+            e["delivery"],
+            datetime.fromisoformat(e["as_of"]),
+            int(e["batch_id"]),
+            datetime.fromisoformat(e["landed_at"]),
+            e.get("file_reason"),
+            e.get("head"),
+            [(x["line_number"], x["bytes"], x["head"]) for x in e.get("long_lines", [])],
+        )
         for e in entries
     ]
     return spark.createDataFrame(rows, FILES_SCHEMA)
@@ -288,8 +350,11 @@ def _files_frame(spark: SparkSession, entries: list[dict[str, Any]]) -> DataFram
 
 def _readable(settings: Settings, entries: list[dict[str, Any]]) -> list[str]:
     """The landed files bronze reads: not set aside whole, and (exports) not empty."""
-    return [join(settings.lake_url, e["landed_path"]) for e in entries
-            if not e.get("file_reason") and (e["kind"] == "events" or e["bytes"] > 0)]
+    return [
+        join(settings.lake_url, e["landed_path"])
+        for e in entries
+        if not e.get("file_reason") and (e["kind"] == "events" or e["bytes"] > 0)
+    ]
 
 
 def _read_event_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
@@ -304,15 +369,15 @@ def _read_event_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
 
 
 def _read_documents(spark: SparkSession, paths: list[str]) -> DataFrame:
-    return spark.read.text(paths, wholetext=True).select(
-        "value", F.col("_metadata.file_path").alias("file_path")
-    )
+    return spark.read.text(paths, wholetext=True).select("value", F.col("_metadata.file_path").alias("file_path"))
 
 
 # Every reason a bronze row can be quarantined with (docs/quarantine.md); the run report counts each.
+# fmt: off
 REASONS = ("line_too_long", "file_too_large", "set_aside", "unknown_entity", "invalid_utf8", "not_json_object",
            "not_json_array", "not_an_object", "nesting_too_deep", "duplicate_key", "value_too_large", "missing_at",
            "unparseable_at", "date_out_of_range", "id_too_long")
+# fmt: on
 TALLIES = ("lines_read", "bronze_rows", "blank_lines", "records_cleaned", "erased_dropped")
 
 
@@ -320,12 +385,20 @@ def _tallies(key: str | None, keys: list[str]) -> list[Column]:
     """The run report's accounting per `key` value (or overall) as aggregates, observed while a table is written:
     lines read = bronze rows + quarantined (by reason) + blank lines, with no pass of its own."""
     status, reason = F.col("status"), F.col("reason")
-    fates = {"lines_read": F.lit(True), "bronze_rows": status == "bronze", "blank_lines": status == "blank",
-             "records_cleaned": F.col("cleaned"),
-             "erased_dropped": status == "erased", **{r: (status == "quarantine") & (reason == r) for r in REASONS},
-             "other": (status == "quarantine") & ~reason.isin(*REASONS)}
-    return [F.count_if((F.col(key) == k if key else F.lit(True)) & fate).alias(f"{k}/{name}")
-            for k in keys for name, fate in fates.items()]
+    fates = {
+        "lines_read": F.lit(True),
+        "bronze_rows": status == "bronze",
+        "blank_lines": status == "blank",
+        "records_cleaned": F.col("cleaned"),
+        "erased_dropped": status == "erased",
+        **{r: (status == "quarantine") & (reason == r) for r in REASONS},
+        "other": (status == "quarantine") & ~reason.isin(*REASONS),
+    }
+    return [
+        F.count_if((F.col(key) == k if key else F.lit(True)) & fate).alias(f"{k}/{name}")
+        for k in keys
+        for name, fate in fates.items()
+    ]
 
 
 def _counts(observed: dict[str, int], keys: list[str]) -> dict[str, Any]:
@@ -339,20 +412,30 @@ def _counts(observed: dict[str, int], keys: list[str]) -> dict[str, Any]:
 
 
 def _backlog(
-    settings: Settings, group: str, manifests: list[dict[str, Any]],
+    settings: Settings,
+    group: str,
+    manifests: list[dict[str, Any]],
 ) -> tuple[dict[tuple[str, str], int], int, list[dict[str, Any]]]:
     """Each table's watermark, the newest batch, and the new files of the group some table still lacks."""
     marks = {t: last_txn_version(settings.table_path(*t), app_id(*t)) or 0 for t in GROUPS[group]}
     low = min(marks.values())
     behind = [m for m in manifests if m["batch_id"] > low]
     aside = read_set_aside(settings)
-    entries = [dict(e, batch_id=m["batch_id"], **aside.get((m["batch_id"], e["landed_path"]), {}))
-               for m in behind for e in m["files"] if e["status"] == "new" and e["kind"] == group]
+    entries = [
+        dict(e, batch_id=m["batch_id"], **aside.get((m["batch_id"], e["landed_path"]), {}))
+        for m in behind
+        for e in m["files"]
+        if e["status"] == "new" and e["kind"] == group
+    ]
     return marks, (behind[-1]["batch_id"] if behind else low), entries
 
 
 def _classified(
-    spark: SparkSession, settings: Settings, group: str, entries: list[dict[str, Any]], run_id: str,
+    spark: SparkSession,
+    settings: Settings,
+    group: str,
+    entries: list[dict[str, Any]],
+    run_id: str,
 ) -> tuple[DataFrame, dict[tuple[str, str], Any]]:
     """The group's landed files, every line or record with its fate, and the function giving each table its rows."""
     files = _files_frame(spark, entries)
@@ -363,8 +446,9 @@ def _classified(
         frame = classified_events(event_lines(_read_event_lines(spark, paths), files), run_id, dates)
         outputs = {("bronze", "events"): bronze_events, ("quarantine", "events"): quarantine_events}
     else:
-        contents = _read_documents(spark, paths) if paths else spark.createDataFrame(
-            [], "value string, file_path string")
+        contents = (
+            _read_documents(spark, paths) if paths else spark.createDataFrame([], "value string, file_path string")
+        )
         frame = transactional_records(contents, files, run_id, dates)
         outputs = {("bronze", e): partial(bronze_entity, entity=e) for e in ENTITIES}
         outputs[("quarantine", "transactional")] = quarantine_transactional
@@ -372,7 +456,11 @@ def _classified(
 
 
 def _write_group(
-    spark: SparkSession, settings: Settings, group: str, manifests: list[dict[str, Any]], run_id: str,
+    spark: SparkSession,
+    settings: Settings,
+    group: str,
+    manifests: list[dict[str, Any]],
+    run_id: str,
 ) -> dict[str, Any] | None:
     """Read the landed files the group's tables still lack and append them, one idempotent commit per table."""
     tables = GROUPS[group]
@@ -390,6 +478,7 @@ def _write_group(
     # skipped: its mark was read under the writer lock), so counting costs no pass of its own.
     tally = Observation("bronze_accounting")
     try:
+
         def write(table: tuple[str, str], _session: SparkSession) -> int:
             source = frame.observe(tally, *_tallies(key, keys)) if table == pending[0] else frame
             rows = outputs[table](source.filter(F.col("batch_id") > marks[table]))
@@ -401,16 +490,27 @@ def _write_group(
         counts = _counts(tally.get, keys)
     finally:
         frame.unpersist()
-    return {"version": version, "files": len(entries), "deliveries": sorted({e["delivery"] for e in entries}),
-            "counts": counts, "committed": written}
+    return {
+        "version": version,
+        "files": len(entries),
+        "deliveries": sorted({e["delivery"] for e in entries}),
+        "counts": counts,
+        "committed": written,
+    }
 
 
 class FileFailure(RuntimeError):
     """Bronze fails on one landed file, every time: the message names it, its batch, and how to set it aside."""
 
 
-def _name_the_file(spark: SparkSession, settings: Settings, group: str, manifests: list[dict[str, Any]],
-                   run_id: str, error: BaseException) -> None:
+def _name_the_file(
+    spark: SparkSession,
+    settings: Settings,
+    group: str,
+    manifests: list[dict[str, Any]],
+    run_id: str,
+    error: BaseException,
+) -> None:
     """After the group failed: read its pending files one by one; raise FileFailure for the first that fails alone."""
     for entry in _backlog(settings, group, manifests)[2]:
         if entry.get("file_reason"):
@@ -424,7 +524,8 @@ def _name_the_file(spark: SparkSession, settings: Settings, group: str, manifest
                 f"bronze cannot ingest {entry['path']} of batch {entry['batch_id']} (landed as "
                 f"{entry['landed_path']}): {cause}. It fails alone, so every run would; set it aside in quarantine "
                 f"with `lakehouse quarantine --batch {entry['batch_id']} {shlex.quote(entry['path'])}` and later "
-                "deliveries flow") from None
+                "deliveries flow"
+            ) from None
 
 
 def read_set_aside(settings: Settings) -> dict[tuple[int, str], dict[str, Any]]:
@@ -445,28 +546,42 @@ def set_aside(settings: Settings, path: str, batch: int | None = None, note: str
     """Set a landed file bronze has not ingested yet aside: the next run quarantines it whole (reason `set_aside`,
     content not read) and ingests the rest. `path` is its source path or landed path; `batch` picks one landing."""
     manifests = read_ledger(settings)
-    found = [dict(e, batch_id=m["batch_id"]) for m in manifests for e in m["files"]
-             if e["status"] == "new" and path in (e["path"], e["landed_path"])
-             and (batch is None or m["batch_id"] == batch)]
+    found = [
+        dict(e, batch_id=m["batch_id"])
+        for m in manifests
+        for e in m["files"]
+        if e["status"] == "new" and path in (e["path"], e["landed_path"]) and (batch is None or m["batch_id"] == batch)
+    ]
     if not found:
         where = f" in batch {batch}" if batch is not None else ""
         raise ValueError(f"no file {path!r} was landed{where}: name it as the error does (its source path)")
     waiting = [e for e in found if e["batch_id"] > min(_backlog(settings, e["kind"], manifests)[0].values())]
     if not waiting:
-        raise ValueError(f"{path!r} (batch {', '.join(str(e['batch_id']) for e in found)}) is already in bronze: "
-                         "nothing to set aside")
+        raise ValueError(
+            f"{path!r} (batch {', '.join(str(e['batch_id']) for e in found)}) is already in bronze: "
+            "nothing to set aside"
+        )
     if len(waiting) > 1:
-        raise ValueError(f"{path!r} was landed in batches {', '.join(str(e['batch_id']) for e in waiting)}: "
-                         "name one with --batch")
+        raise ValueError(
+            f"{path!r} was landed in batches {', '.join(str(e['batch_id']) for e in waiting)}: name one with --batch"
+        )
     entry = waiting[0]
-    record = {"batch_id": entry["batch_id"], "landed_path": entry["landed_path"], "path": entry["path"],
-              "kind": entry["kind"], "note": note, "set_aside_at": datetime.now(UTC).isoformat()}
+    record = {
+        "batch_id": entry["batch_id"],
+        "landed_path": entry["landed_path"],
+        "path": entry["path"],
+        "kind": entry["kind"],
+        "note": note,
+        "set_aside_at": datetime.now(UTC).isoformat(),
+    }
     fs, root = lake_fs(settings)
     if settings.lake_is_local:
         fs.makedirs(join(root, SET_ASIDE), exist_ok=True)
     name = hashlib.sha256(entry["landed_path"].encode()).hexdigest()[:16]
-    fs.pipe_file(join(root, SET_ASIDE, f"batch-{entry['batch_id']:06d}-{name}.json"),
-                 json.dumps(record, indent=1, sort_keys=True).encode())
+    fs.pipe_file(
+        join(root, SET_ASIDE, f"batch-{entry['batch_id']:06d}-{name}.json"),
+        json.dumps(record, indent=1, sort_keys=True).encode(),
+    )
     return record
 
 
@@ -494,10 +609,13 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
     written = [g for g in groups.values() if g]
     buckets = [b for g in written for b in g["counts"].values()]
     return StageReport(
-        "bronze", files=sum(g["files"] for g in written), rows_in=sum(b["lines_read"] for b in buckets),
+        "bronze",
+        files=sum(g["files"] for g in written),
+        rows_in=sum(b["lines_read"] for b in buckets),
         rows_out=sum(b["bronze_rows"] for b in buckets),
         quarantined=sum(n for b in buckets for n in b["quarantined"].values()),
-        deliveries=sorted({d for g in written for d in g["deliveries"]}), skipped=not written,
+        deliveries=sorted({d for g in written for d in g["deliveries"]}),
+        skipped=not written,
         seconds=round(time.monotonic() - started, 3),
         details={"run_id": run_id, "batches": [m["batch_id"] for m in manifests], "erased_dropped": erased, **groups},
     )

@@ -132,11 +132,19 @@ def httpfs_path(settings: Settings) -> str:
     try:
         import duckdb_extension_httpfs
     except ImportError:
-        raise CatalogError(f"a gs:// lake needs the {wanted} package (DuckDB's httpfs extension), "
-                           "which is not installed") from None
-    found = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+        raise CatalogError(
+            f"a gs:// lake needs the {wanted} package (DuckDB's httpfs extension), which is not installed"
+        ) from None
+    found = (
+        Path(duckdb_extension_httpfs.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / "httpfs.duckdb_extension"
+    )
     if not found.is_file():
-        raise CatalogError(f"a gs:// lake needs {wanted}: no httpfs extension for DuckDB {duckdb.__version__} at {found}")
+        raise CatalogError(
+            f"a gs:// lake needs {wanted}: no httpfs extension for DuckDB {duckdb.__version__} at {found}"
+        )
     return str(found)
 
 
@@ -150,16 +158,23 @@ def gcs_secret_sql(settings: Settings) -> str:
     if key_id and secret:
         options += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
     elif settings.gcs_token != "anon" and not custom:
-        raise CatalogError("DuckDB reads a gs:// lake with GCS HMAC keys: set LAKEHOUSE_GCS_HMAC_KEY_ID and "
-                           "LAKEHOUSE_GCS_HMAC_SECRET, or LAKEHOUSE_GCS_TOKEN=anon for a public bucket")
+        raise CatalogError(
+            "DuckDB reads a gs:// lake with GCS HMAC keys: set LAKEHOUSE_GCS_HMAC_KEY_ID and "
+            "LAKEHOUSE_GCS_HMAC_SECRET, or LAKEHOUSE_GCS_TOKEN=anon for a public bucket"
+        )
     if custom:
         endpoint = urlsplit(custom if "://" in custom else f"http://{custom}")
-        options += [f"ENDPOINT {_literal(endpoint.netloc)}", "URL_STYLE 'path'",
-                    f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
+        options += [
+            f"ENDPOINT {_literal(endpoint.netloc)}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}",
+        ]
     return f"CREATE OR REPLACE SECRET lake_gcs ({', '.join(options)})"
 
 
-def _create_views(con: duckdb.DuckDBPyConnection, database: str, tables: list[Table], versions: dict[str, int] | None = None) -> list[str]:
+def _create_views(
+    con: duckdb.DuckDBPyConnection, database: str, tables: list[Table], versions: dict[str, int] | None = None
+) -> list[str]:
     """Create `<database>.<layer>.<table>` views; returns the keys that could not be read."""
     versions = versions or {}
     skipped = []
@@ -186,8 +201,10 @@ def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | Non
         version = (versions or {}).get(table.key)
         oldest = None if version is None else oldest_readable_version(table.location)
         if version is not None and oldest is not None and version < oldest:
-            return (f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
-                    f" the oldest readable version is {oldest}")
+            return (
+                f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
+                f" the oldest readable version is {oldest}"
+            )
     return None
 
 
@@ -195,8 +212,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def refresh_catalog(settings: Settings | None = None, tables: list[Table] | None = None,
-                    con: duckdb.DuckDBPyConnection | None = None) -> bool:
+def refresh_catalog(
+    settings: Settings | None = None, tables: list[Table] | None = None, con: duckdb.DuckDBPyConnection | None = None
+) -> bool:
     """Rewrite the views of the persistent catalog file (Settings.catalog_path); False when it is locked by another process."""
     settings = settings or get_settings()
     tables = discover(settings) if tables is None else tables
@@ -238,8 +256,9 @@ def _install_extension(con: duckdb.DuckDBPyConnection) -> None:
 class LakeConnection:
     """A locked-down DuckDB connection: views read-only, file access limited to the lake, configuration locked."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str],
-                 database: str | None = None):
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str], database: str | None = None
+    ):
         self.con = con
         self.tables = tables
         self.skipped = skipped
@@ -303,12 +322,17 @@ def check_read_only(sql: str) -> None:
         if inner != statement.query:
             return check_read_only(inner)
     if statement.type not in READ_STATEMENTS:
-        raise CatalogError(f"only read-only queries are allowed (SELECT, WITH, SHOW, DESCRIBE); got {statement.type.name}")
+        raise CatalogError(
+            f"only read-only queries are allowed (SELECT, WITH, SHOW, DESCRIBE); got {statement.type.name}"
+        )
 
 
 def connect(
-    settings: Settings | None = None, read_only: bool = True, versions: dict[str, int] | None = None,
-    tables: list[Table] | None = None, refresh: bool = False,
+    settings: Settings | None = None,
+    read_only: bool = True,
+    versions: dict[str, int] | None = None,
+    tables: list[Table] | None = None,
+    refresh: bool = False,
 ) -> LakeConnection:
     """Open DuckDB with every lake table as a view `<layer>.<table>`; `versions` pins tables to a Delta version."""
     settings = settings or get_settings()
@@ -346,7 +370,10 @@ def _lock_down(lake: LakeConnection, settings: Settings) -> LakeConnection:
 
 
 def query(
-    sql: str, settings: Settings | None = None, version: int | None = None, params: list | dict | None = None,
+    sql: str,
+    settings: Settings | None = None,
+    version: int | None = None,
+    params: list | dict | None = None,
     refresh: bool = True,
 ) -> tuple[list[str], list[tuple], list[str]]:
     """Run one read-only query over the lake; `version` reads the lake tables it names as of that Delta version.

@@ -60,8 +60,9 @@ def generate(
     from lakehouse.tools.generate import generate as run_generate
 
     summary = run_generate(out, seed=seed, students=students, events=events, deliveries=deliveries)
-    console.print(f"wrote a source to {out} ({summary['event_lines']} event lines, "
-                  f"{deliveries} deliveries, seed {seed})")
+    console.print(
+        f"wrote a source to {out} ({summary['event_lines']} event lines, {deliveries} deliveries, seed {seed})"
+    )
 
 
 class OutputFormat(str, Enum):
@@ -83,10 +84,11 @@ def _json_value(value: object) -> object:
 
 @app.command()
 def query(
-    sql: str = typer.Argument(..., help="one read-only statement, e.g. \"select * from gold.mart_users_by_type\""),
+    sql: str = typer.Argument(..., help='one read-only statement, e.g. "select * from gold.mart_users_by_type"'),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json (one array)"),
     version: int | None = typer.Option(
-        None, "--version", "-v", help="read the lake tables the SQL names as they were at this Delta version"),
+        None, "--version", "-v", help="read the lake tables the SQL names as they were at this Delta version"
+    ),
 ) -> None:
     """DuckDB over the lake: every Delta table is a view <layer>.<table> (bronze, silver, gold, quarantine).
 
@@ -233,8 +235,15 @@ def run(
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<8}"), BarColumn(bar_width=24),
-                        TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console, transient=False)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<8}"),
+        BarColumn(bar_width=24),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        transient=False,
+    )
     ids = {name: progress.add_task(name, total=1, start=False, note="") for name in PIPELINE_STAGES}
 
     def draw(stage: str, event: str, out: StageReport | None, error: str) -> None:
@@ -257,8 +266,12 @@ def run(
     remove = add_listener(draw)
     try:
         with progress:
-            state = full_pipeline(source=source, delivery=delivery,
-                                  full_refresh=full_refresh.value if full_refresh else None, return_state=True)
+            state = full_pipeline(
+                source=source,
+                delivery=delivery,
+                full_refresh=full_refresh.value if full_refresh else None,
+                return_state=True,
+            )
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # the orchestration itself failed (e.g. Prefect's API did not start)
@@ -293,9 +306,11 @@ def quarantine_file(
         record = set_aside(get_settings(), path, batch, note)
     except ValueError as exc:
         fail(str(exc))
-    console.print(f"{record['path']} (batch {record['batch_id']}) is set aside: the next run puts it in "
-                  "quarantine.events or quarantine.transactional (reason set_aside) and ingests the rest",
-                  highlight=False)
+    console.print(
+        f"{record['path']} (batch {record['batch_id']}) is set aside: the next run puts it in "
+        "quarantine.events or quarantine.transactional (reason set_aside) and ingests the rest",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -317,8 +332,9 @@ def erase(
             console.print(f"[red]found[/] {count:,} in {place}", highlight=False)
         if found:
             raise typer.Exit(1)
-        console.print(f"student {verify!r} is found nowhere (lake, every readable version, landed files, dw)",
-                      highlight=False)
+        console.print(
+            f"student {verify!r} is found nowhere (lake, every readable version, landed files, dw)", highlight=False
+        )
         return
     if not student:
         fail("name the students to erase with --student ID (or check one with --verify ID)")
@@ -335,9 +351,11 @@ def erase(
 
     result = erase_students(student_ids=student)
     report = StageReport.from_dict(result["stages"]["erase"])
-    console.print(f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
-                  f"{report.seconds:.1f} s; audit row {report.details['erasure_id']} in _system.erasures",
-                  highlight=False)
+    console.print(
+        f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
+        f"{report.seconds:.1f} s; audit row {report.details['erasure_id']} in _system.erasures",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -352,8 +370,14 @@ def up(
     from lakehouse.config import get_settings
     from lakehouse.platform import up as run_up
 
-    code = run_up(get_settings(), prefect_port, dashboard_port, dashboard,
-                  say=lambda m: console.print(m, highlight=False, soft_wrap=True), spark_port=spark_port)
+    code = run_up(
+        get_settings(),
+        prefect_port,
+        dashboard_port,
+        dashboard,
+        say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+        spark_port=spark_port,
+    )
     raise typer.Exit(code)
 
 
@@ -364,9 +388,11 @@ def _row_counts(settings: Settings) -> list[tuple[str, str, int]]:
     lake = catalog.connect(settings, read_only=True)
     unreadable = {entry.split(":", 1)[0] for entry in lake.skipped}
     try:
-        return [(t.layer, t.name, lake.rows(f"select count(*) from {t.key}")[1][0][0])
-                for t in sorted(lake.tables, key=lambda t: (catalog.DELTA_LAYERS.index(t.layer), t.name))
-                if t.key not in unreadable]
+        return [
+            (t.layer, t.name, lake.rows(f"select count(*) from {t.key}")[1][0][0])
+            for t in sorted(lake.tables, key=lambda t: (catalog.DELTA_LAYERS.index(t.layer), t.name))
+            if t.key not in unreadable
+        ]
     finally:
         lake.close()
 
@@ -430,8 +456,10 @@ def summary() -> None:
         console.print(f"dashboard            {state.get('dashboard_url') or 'not started'}", highlight=False)
     else:
         console.print("Prefect UI           `make up` (or `lakehouse up`), then http://127.0.0.1:4200", highlight=False)
-        console.print("dashboard            `make up`, then http://127.0.0.1:5006 "
-                      "(or `lakehouse dashboard` alone)", highlight=False)
+        console.print(
+            "dashboard            `make up`, then http://127.0.0.1:5006 (or `lakehouse dashboard` alone)",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":

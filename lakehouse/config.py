@@ -36,14 +36,21 @@ class Settings(BaseSettings):
     """Effective configuration; see `.env.example` for every key."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LAKEHOUSE_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_prefix="LAKEHOUSE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
         env_ignore_empty=True,
     )
 
     data_dir: Path = Field(PROJECT_ROOT / "data", description="project data folder (sample, lake, managed PostgreSQL)")
-    source: str | None = Field(None, description="raw deliveries: local path, file://, gs://bucket/prefix, gdrive://<folder-id>")
+    source: str | None = Field(
+        None, description="raw deliveries: local path, file://, gs://bucket/prefix, gdrive://<folder-id>"
+    )
     lake: str | None = Field(None, description="lake root: local path or gs://bucket/prefix")
-    pg_dsn: SecretStr | None = Field(None, description="PostgreSQL DSN of the warehouse; unset: a project-managed local cluster")
+    pg_dsn: SecretStr | None = Field(
+        None, description="PostgreSQL DSN of the warehouse; unset: a project-managed local cluster"
+    )
     spark_master: str = Field("local[*]", description="local[*], spark://host:port or sc://host:port")
     shuffle_partitions: int = Field(0, description="spark.sql.shuffle.partitions; 0: twice the local core count")
     spark_driver_memory: str = Field("2560m", description="driver memory for a local Spark session")
@@ -51,19 +58,28 @@ class Settings(BaseSettings):
         default_factory=dict, description='extra Spark settings as JSON, e.g. {"spark.executor.memory": "8g"}'
     )
     max_line_bytes: int = Field(
-        16 * 1024 * 1024, description="event lines longer than this are set aside at landing (line_too_long)")
+        16 * 1024 * 1024, description="event lines longer than this are set aside at landing (line_too_long)"
+    )
     max_file_bytes: int = Field(
-        64 * 1024 * 1024, description="transactional exports larger than this are set aside at landing "
-        "(file_too_large); event files of any size are read line by line")
+        64 * 1024 * 1024,
+        description="transactional exports larger than this are set aside at landing "
+        "(file_too_large); event files of any size are read line by line",
+    )
     plausible_since: date = Field(
-        date(2000, 1, 1), description="events and records dated earlier are quarantined (date_out_of_range)")
+        date(2000, 1, 1), description="events and records dated earlier are quarantined (date_out_of_range)"
+    )
     plausible_days_ahead: int = Field(
-        2, description="events and records dated later than today plus this many days are quarantined")
+        2, description="events and records dated later than today plus this many days are quarantined"
+    )
     erasure_mode: Literal["anonymize", "delete"] = Field(
-        "anonymize", description="`lakehouse erase`: keep an erased learner's events, sessions, subscriptions and "
-        "follows without the learner (anonymize) or remove them (delete); docs/erasure.md")
+        "anonymize",
+        description="`lakehouse erase`: keep an erased learner's events, sessions, subscriptions and "
+        "follows without the learner (anonymize) or remove them (delete); docs/erasure.md",
+    )
     erasure_salt: SecretStr | None = Field(
-        None, description="salt of the erased ids' hashes (tombstones); unset: a random one stored 0600 under the data folder")
+        None,
+        description="salt of the erased ids' hashes (tombstones); unset: a random one stored 0600 under the data folder",
+    )
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
     admin_password: SecretStr | None = Field(
         None, description="password of the platform login `admin` (Prefect UI/API, dashboard); unset: generated"
@@ -92,7 +108,7 @@ class Settings(BaseSettings):
     def lake_url(self) -> str:
         lake = self.lake or str(self.data_dir / "lake")
         if lake.startswith("file://"):
-            lake = lake[len("file://"):]
+            lake = lake[len("file://") :]
         return lake if _is_url(lake) else str(Path(lake).resolve())
 
     @property

@@ -156,8 +156,14 @@ def last_txn_version(path: str, app_id: str) -> int | None:
 
 
 def merge_once(
-    spark: SparkSession, source: DataFrame, target: Target, on: str, update_when: str | None = None,
-    update_set: dict[str, str] | None = None, insert: bool = True, within: DataFrame | None = None,
+    spark: SparkSession,
+    source: DataFrame,
+    target: Target,
+    on: str,
+    update_when: str | None = None,
+    update_set: dict[str, str] | None = None,
+    insert: bool = True,
+    within: DataFrame | None = None,
 ) -> None:
     """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows (unless `insert` is false),
     optionally update matched ones; committed at most once per (app_id, version). A missing table is created by an
@@ -186,8 +192,12 @@ def merge_once(
     path = target.path.replace("`", "``")
     confs = {"spark.databricks.delta.commitInfo.userMetadata": target.user_metadata}
     if target.once:
-        confs.update({"spark.databricks.delta.write.txnAppId": target.app_id,
-                      "spark.databricks.delta.write.txnVersion": str(target.version)})
+        confs.update(
+            {
+                "spark.databricks.delta.write.txnAppId": target.app_id,
+                "spark.databricks.delta.write.txnVersion": str(target.version),
+            }
+        )
     source.createOrReplaceTempView(view)
     for key, value in confs.items():
         if value is not None:
@@ -212,8 +222,10 @@ def _partition_filter(values: DataFrame) -> str:
             return "true"
         if not found:
             return "false"
-        literals = ", ".join(f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
-                             for v in sorted(found))
+        literals = ", ".join(
+            f"DATE'{v.isoformat()}'" if isinstance(v, date) else "'" + str(v).replace("'", "''") + "'"
+            for v in sorted(found)
+        )
         parts.append(f"t.`{name}` IN ({literals})")
     return " AND ".join(parts)
 
@@ -312,11 +324,11 @@ def oldest_readable_version(path: str) -> int | None:
     if not commits:
         return None
     root = log[: -len("/_delta_log")]
-    existing = {f[len(root) + 1:] for f in fs.find(root) if "/_delta_log/" not in f}
+    existing = {f[len(root) + 1 :] for f in fs.find(root) if "/_delta_log/" not in f}
 
     def relative(file: str) -> str:
         file = unquote(file)
-        return file[len(root) + 1:] if file.startswith(root + "/") else file
+        return file[len(root) + 1 :] if file.startswith(root + "/") else file
 
     latest = max(commits)
     active: set[str] = set()
@@ -329,8 +341,9 @@ def oldest_readable_version(path: str) -> int | None:
         base = usable[0]
         for part in sorted(n for n in names if re.search(rf"/{base:020d}\.checkpoint(\.\d+\.\d+)?\.parquet$", n)):
             with fs.open(part, "rb") as f:
-                active.update(relative(a["path"]) for a in pq.read_table(f, columns=["add"]).column("add").to_pylist()
-                              if a)
+                active.update(
+                    relative(a["path"]) for a in pq.read_table(f, columns=["add"]).column("add").to_pylist() if a
+                )
         if active <= existing:
             return base
     for version in range(base + 1, latest + 1):

@@ -28,8 +28,7 @@ AUDIT = ("_system", "erasures")
 REDACTED = "[erased]"
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # The field naming the student, per kind of raw record.
-STUDENT_FIELD = {"events": "studentId_clientType", "students": "Id",
-                 **{e: "StudentId" for e in RECORD_ENTITIES}}
+STUDENT_FIELD = {"events": "studentId_clientType", "students": "Id", **{e: "StudentId" for e in RECORD_ENTITIES}}
 PERSON_UUIDS = ("session_uuid", "install_uuid", "uuid")
 DELTA_LAYERS = ("bronze", "quarantine", "silver", "gold")
 
@@ -79,8 +78,7 @@ def _write_tombstones(settings: Settings, hashes: Iterable[str]) -> None:
     if settings.lake_is_local:
         fs.makedirs(folder, exist_ok=True)
     for h in hashes:
-        fs.pipe_file(join(folder, f"{h}.json"),
-                     json.dumps({"erased_at": datetime.now(UTC).isoformat()}).encode())
+        fs.pipe_file(join(folder, f"{h}.json"), json.dumps({"erased_at": datetime.now(UTC).isoformat()}).encode())
 
 
 # -- who a raw line or record belongs to -----------------------------------------------------------
@@ -100,8 +98,9 @@ def record_student(entity: Column | str, record: Column) -> Column:
     """The student id of a raw export record of `entity` (students: Id; sessions, subscriptions, follows:
     StudentId); null for other entities."""
     entity = F.lit(entity) if isinstance(entity, str) else entity
-    field = (F.when(entity == "students", F.get_json_object(record, "$.Id"))
-             .when(entity.isin(*RECORD_ENTITIES), F.get_json_object(record, "$.StudentId")))
+    field = F.when(entity == "students", F.get_json_object(record, "$.Id")).when(
+        entity.isin(*RECORD_ENTITIES), F.get_json_object(record, "$.StudentId")
+    )
     return F.nullif(_clean(field), F.lit(""))
 
 
@@ -124,8 +123,7 @@ def mark_erased(frame: DataFrame, settings: Settings, group: str) -> DataFrame:
     key = salt(settings)
     if key is None:
         return frame
-    student = (event_student(F.col("value")) if group == "events"
-               else record_student(F.col("entity"), F.col("record")))
+    student = event_student(F.col("value")) if group == "events" else record_student(F.col("entity"), F.col("record"))
     digest = F.sha2(F.concat(F.lit(key), student), 256)
     erased = student.isNotNull() & digest.isin(*sorted(found))
     return frame.withColumn("status", F.when(erased, F.lit("erased")).otherwise(F.col("status")))
@@ -167,8 +165,7 @@ def _scrub_export(data: bytes, entity: str, erased: Erased, pattern: re.Pattern)
 
 def _scrub_lines(data: bytes, pattern: re.Pattern, erased: Erased) -> bytes:
     """Event lines with every line naming an erased student left blank (line numbers stay exact)."""
-    return b"\n".join(b"" if _names(ln.decode("utf-8", "replace"), pattern, erased) else ln
-                      for ln in data.split(b"\n"))
+    return b"\n".join(b"" if _names(ln.decode("utf-8", "replace"), pattern, erased) else ln for ln in data.split(b"\n"))
 
 
 def _landed_files(settings: Settings, batches: set[int] | None = None) -> list[tuple[dict[str, Any], str]]:
@@ -203,8 +200,11 @@ def scrub_landing(settings: Settings, erased: Erased, batches: set[int] | None =
         data = fs.cat_file(path)
         if not _names(data.decode("utf-8", "replace"), pattern, erased):
             continue
-        new = _scrub_lines(data, pattern, erased) if entry["kind"] == "events" else _scrub_export(
-            data, entry["entity"], erased, pattern)
+        new = (
+            _scrub_lines(data, pattern, erased)
+            if entry["kind"] == "events"
+            else _scrub_export(data, entry["entity"], erased, pattern)
+        )
         _replace(fs, settings, path, new)
         rewritten += 1
     manifests = 0
@@ -217,8 +217,12 @@ def scrub_landing(settings: Settings, erased: Erased, batches: set[int] | None =
                     holder["head"] = _redact(holder["head"], pattern, erased)
                     changed = True
         if changed:
-            _replace(fs, settings, join(root, LEDGER, f"batch-{m['batch_id']:06d}.json"),
-                     json.dumps(m, indent=1, sort_keys=True).encode())
+            _replace(
+                fs,
+                settings,
+                join(root, LEDGER, f"batch-{m['batch_id']:06d}.json"),
+                json.dumps(m, indent=1, sort_keys=True).encode(),
+            )
             manifests += 1
     incoming = join(root, "_system/incoming")
     if fs.exists(incoming):  # leftovers of a killed landing: copies of source files
@@ -299,26 +303,39 @@ def erase_lake(spark: SparkSession, settings: Settings, ids: set[str], mode: str
 
     nonce = secrets.token_hex(16)
     listed = _sql_list(ids)
-    event = ("nullif(trim(substring_index(trim(regexp_replace(get_json_object(value, '$.studentId_clientType'), "
-             "'[\\\\x00-\\\\x1F\\\\x7F]', '')), '@', 1)), '')")
+    event = (
+        "nullif(trim(substring_index(trim(regexp_replace(get_json_object(value, '$.studentId_clientType'), "
+        "'[\\\\x00-\\\\x1F\\\\x7F]', '')), '@', 1)), '')"
+    )
 
     def record(field: str) -> str:
-        return (f"nullif(trim(regexp_replace(get_json_object(record, '$.{field}'), '[\\\\x00-\\\\x1F\\\\x7F]', '')), "
-                "'')")
+        return f"nullif(trim(regexp_replace(get_json_object(record, '$.{field}'), '[\\\\x00-\\\\x1F\\\\x7F]', '')), '')"
 
     raw = {"events": quarantined(ids, "events")[0], "transactional": quarantined(ids, "transactional")[0]}
     statements: dict[str, list[str]] = {
-        "bronze.events": [f"DELETE FROM {{t}} WHERE {event} IN ({listed})" if mode == "delete" else
-                          f"UPDATE {{t}} SET value = {_anonymized_event(nonce)} WHERE {event} IN ({listed})"],
+        "bronze.events": [
+            f"DELETE FROM {{t}} WHERE {event} IN ({listed})"
+            if mode == "delete"
+            else f"UPDATE {{t}} SET value = {_anonymized_event(nonce)} WHERE {event} IN ({listed})"
+        ],
         "bronze.students": [f"DELETE FROM {{t}} WHERE {record('Id')} IN ({listed})"],
-        **{f"bronze.{e}": [f"DELETE FROM {{t}} WHERE {record('StudentId')} IN ({listed})" if mode == "delete" else
-                           f"UPDATE {{t}} SET record = {_anonymized_record()} "
-                           f"WHERE {record('StudentId')} IN ({listed})"] for e in RECORD_ENTITIES},
+        **{
+            f"bronze.{e}": [
+                f"DELETE FROM {{t}} WHERE {record('StudentId')} IN ({listed})"
+                if mode == "delete"
+                else f"UPDATE {{t}} SET record = {_anonymized_record()} WHERE {record('StudentId')} IN ({listed})"
+            ]
+            for e in RECORD_ENTITIES
+        },
         # a quarantined line or record naming the student goes; a whole quarantined file has the ids redacted
-        **{f"quarantine.{q}": [
-            f"DELETE FROM {{t}} WHERE line_number IS NOT NULL AND {raw[q]}",
-            f"UPDATE {{t}} SET raw = {quarantined(ids, q)[1]}, raw_base64 = NULL "
-            f"WHERE line_number IS NULL AND {raw[q]}"] for q in ("events", "transactional")},
+        **{
+            f"quarantine.{q}": [
+                f"DELETE FROM {{t}} WHERE line_number IS NOT NULL AND {raw[q]}",
+                f"UPDATE {{t}} SET raw = {quarantined(ids, q)[1]}, raw_base64 = NULL "
+                f"WHERE line_number IS NULL AND {raw[q]}",
+            ]
+            for q in ("events", "transactional")
+        },
     }
     counts: dict[str, int] = {}
     for name, sqls in statements.items():
@@ -350,7 +367,7 @@ def _live_files(path: str) -> tuple[Any, str, set[str]] | None:
 
     def relative(file: str) -> str:
         file = unquote(file)
-        return file[len(root) + 1:] if file.startswith(root + "/") else file
+        return file[len(root) + 1 :] if file.startswith(root + "/") else file
 
     for part in sorted(n for n in names if re.search(rf"/{base:020d}\.checkpoint(\.\d+\.\d+)?\.parquet$", n)):
         with fs.open(part, "rb") as f:
@@ -379,10 +396,20 @@ def vacuum_all(settings: Settings) -> dict[str, int]:
         if found is None:
             continue
         fs, root, live = found
-        stale = [f for f in fs.find(root) if "/_delta_log/" not in f and f[len(root) + 1:] not in live
-                 and not f[len(root) + 1:].split("/")[-1].startswith(("_", "."))]
-        stale += [f for f in fs.find(root) if f.endswith(".crc") and "/_delta_log/" not in f
-                  and f[len(root) + 1:].split("/")[-1][1:-4] not in {x.split("/")[-1] for x in live}]
+        stale = [
+            f
+            for f in fs.find(root)
+            if "/_delta_log/" not in f
+            and f[len(root) + 1 :] not in live
+            and not f[len(root) + 1 :].split("/")[-1].startswith(("_", "."))
+        ]
+        stale += [
+            f
+            for f in fs.find(root)
+            if f.endswith(".crc")
+            and "/_delta_log/" not in f
+            and f[len(root) + 1 :].split("/")[-1][1:-4] not in {x.split("/")[-1] for x in live}
+        ]
         for f in sorted(set(stale)):
             fs.rm(f)
         deleted[f"{layer}.{name}"] = len(set(stale))
@@ -431,20 +458,26 @@ def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
             for load in warehouse.LOADS:
                 if not load.is_dimension and "student_id" in load.columns:
                     # gold no longer holds the students: the mirror left none; a row that still does loses its link
-                    cur.execute(f"update dw.{load.target} set student_id = null, student_sk = null"
-                                " where student_id = any(%s)", (sorted(ids),))
+                    cur.execute(
+                        f"update dw.{load.target} set student_id = null, student_sk = null where student_id = any(%s)",
+                        (sorted(ids),),
+                    )
                     counts[f"dw.{load.target}"] = cur.rowcount
             cur.execute("delete from dw.dim_student where student_id = any(%s)", (sorted(ids),))
             counts["dw.dim_student"] = cur.rowcount
-            cur.execute("select string_agg(format('%I.%I', schemaname, tablename), ', ') from pg_tables"
-                        " where schemaname = 'stage'")
+            cur.execute(
+                "select string_agg(format('%I.%I', schemaname, tablename), ', ') from pg_tables"
+                " where schemaname = 'stage'"
+            )
             staged = first_value(cur)
             if staged:
                 cur.execute(f"truncate {staged}")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("vacuum dw.dim_student, " + ", ".join(f"dw.{lo.target}" for lo in warehouse.LOADS
-                                                              if not lo.is_dimension))
+            cur.execute(
+                "vacuum dw.dim_student, "
+                + ", ".join(f"dw.{lo.target}" for lo in warehouse.LOADS if not lo.is_dimension)
+            )
     finally:
         conn.close()
     return counts
@@ -453,11 +486,21 @@ def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
 # -- the audit log ---------------------------------------------------------------------------------
 
 
-def _audit(spark: SparkSession, settings: Settings, erasure_id: str, run_id: str, mode: str, students: int,
-           rows: dict[str, int], seconds: float) -> None:
+def _audit(
+    spark: SparkSession,
+    settings: Settings,
+    erasure_id: str,
+    run_id: str,
+    mode: str,
+    students: int,
+    rows: dict[str, int],
+    seconds: float,
+) -> None:
     """Append the erasure's row to `_system.erasures` (no id: only how many students and rows)."""
-    schema = ("erasure_id string, run_id string, erased_at timestamp, mode string, students int, "
-              "rows map<string,bigint>, seconds double")
+    schema = (
+        "erasure_id string, run_id string, erased_at timestamp, mode string, students int, "
+        "rows map<string,bigint>, seconds double"
+    )
     row = [(erasure_id, run_id, datetime.now(UTC), mode, students, rows, seconds)]
     spark.createDataFrame(row, schema).write.format("delta").mode("append").save(settings.table_path(*AUDIT))
 
@@ -496,9 +539,12 @@ def erase(spark: SparkSession, settings: Settings, student_ids: Iterable[str], r
     seconds = round(time.monotonic() - started, 3)
     erasure_id = uuid.uuid4().hex
     _audit(spark, settings, erasure_id, run_id, mode, len(ids), rows, seconds)
-    return StageReport("erase", rows_out=sum(n for table, n in rows.items() if table != "files_vacuumed"),
-                       seconds=seconds, details={"erasure_id": erasure_id, "run_id": run_id, "mode": mode,
-                                                 "students": len(ids), "rows": rows})
+    return StageReport(
+        "erase",
+        rows_out=sum(n for table, n in rows.items() if table != "files_vacuumed"),
+        seconds=seconds,
+        details={"erasure_id": erasure_id, "run_id": run_id, "mode": mode, "students": len(ids), "rows": rows},
+    )
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -577,8 +623,10 @@ def _verify_warehouse(settings: Settings, student_id: str) -> dict[str, int]:
         return {}
     found = {}
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("select table_schema, table_name from information_schema.columns where column_name = 'student_id'"
-                    " and table_schema in ('dw', 'stage') order by 1, 2")
+        cur.execute(
+            "select table_schema, table_name from information_schema.columns where column_name = 'student_id'"
+            " and table_schema in ('dw', 'stage') order by 1, 2"
+        )
         for schema, table in cur.fetchall():
             cur.execute(f'select count(*) from "{schema}"."{table}" where student_id = %s', (student_id,))
             if n := first_value(cur):

@@ -21,22 +21,29 @@ from lakehouse.silver import latest_as_of
 # Layer policy, measured in bench/partitioning.py (bench/README.md): tables read or replaced by day or month are
 # partitioned by it; the rest are small, or read whole.
 PARTITION_BY: dict[str, tuple[str, ...]] = {
-    "fact_page_view": ("event_date",), "page_view_enriched": ("event_date",), "activity_by_country_student": ("month",),
+    "fact_page_view": ("event_date",),
+    "page_view_enriched": ("event_date",),
+    "activity_by_country_student": ("month",),
 }
 # Columns Delta keeps file statistics on: those reads and replacements prune by (default: the first 32 columns).
 STATS_COLUMNS: dict[str, tuple[str, ...]] = {
-    "fact_page_view": ("event_at",), "page_view_enriched": ("event_at", "student_id"),
+    "fact_page_view": ("event_at",),
+    "page_view_enriched": ("event_at", "student_id"),
     **{f"dim_{e}_history": ("as_of",) for e in ("student", "course", "university", "subject")},
 }
 
+# fmt: off
 FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "client_type", "country", "region",
                           "city_name", "browser", "platform", "page_name", "page_category", "user_type",
                           "session_uuid")
 STUDENT_COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
                    "course_name", "signup_source", "is_deleted", "as_of")
+# fmt: on
 # The student attributes page_view_enriched carries: a change to one of them re-enriches that student's events.
+# fmt: off
 ENRICHMENT = ("state", "city", "university_id", "university_name", "course_id", "course_name", "signup_source",
               "registered_at")
+# fmt: on
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,11 +72,14 @@ def dim_subject_history(subjects: DataFrame) -> DataFrame:
 
 def _name_as_of(rows: DataFrame, names: DataFrame, key: str, name: str) -> DataFrame:
     """Add `name` of `key` as of each row's as_of: the names delivery at or before it, latest first."""
-    ref = names.select(F.col(key).alias("_k"), F.col(name), F.col("as_of").alias("_at"),
-                       F.col("delivery").alias("_d"))
+    ref = names.select(F.col(key).alias("_k"), F.col(name), F.col("as_of").alias("_at"), F.col("delivery").alias("_d"))
     pick = Window.partitionBy("student_id", "delivery").orderBy(F.desc_nulls_last("_at"), F.desc_nulls_last("_d"))
-    return (rows.join(ref, (F.col(key) == F.col("_k")) & (F.col("_at") <= F.col("as_of")), "left")
-            .withColumn("_n", F.row_number().over(pick)).where("_n = 1").drop("_n", "_k", "_at", "_d"))
+    return (
+        rows.join(ref, (F.col(key) == F.col("_k")) & (F.col("_at") <= F.col("as_of")), "left")
+        .withColumn("_n", F.row_number().over(pick))
+        .where("_n = 1")
+        .drop("_n", "_k", "_at", "_d")
+    )
 
 
 def dim_student_history(students: DataFrame, universities: DataFrame, courses: DataFrame) -> DataFrame:
@@ -81,8 +91,7 @@ def dim_student_history(students: DataFrame, universities: DataFrame, courses: D
 
 def _current(history: DataFrame, key: str) -> DataFrame:
     latest = Window.partitionBy(key).orderBy(F.desc("as_of"), F.desc("delivery"))
-    return (history.withColumn("_n", F.row_number().over(latest)).where("_n = 1")
-            .drop("_n", "delivery"))
+    return history.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n", "delivery")
 
 
 def dim_student(history: DataFrame) -> DataFrame:
@@ -109,12 +118,20 @@ def dim_date(*fact_dates: DataFrame) -> DataFrame:
     """gold.dim_date: one row per calendar day from the first to the last fact date (single-column inputs)."""
     dates = reduce(DataFrame.unionByName, [df.select(F.col(df.columns[0]).alias("date")) for df in fact_dates])
     day = F.col("date")
-    return (dates.agg(F.min("date").alias("lo"), F.max("date").alias("hi")).where("lo is not null")
-            .select(F.explode(F.sequence("lo", "hi")).alias("date"))
-            .select("date", F.year(day).alias("year"), F.month(day).alias("month"),
-                    F.dayofmonth(day).alias("day"), (((F.dayofweek(day) + 5) % 7) + 1).alias("weekday"),
-                    F.date_format(day, "EEEE").alias("weekday_name"),
-                    F.trunc(day, "month").alias("month_start_date")))
+    return (
+        dates.agg(F.min("date").alias("lo"), F.max("date").alias("hi"))
+        .where("lo is not null")
+        .select(F.explode(F.sequence("lo", "hi")).alias("date"))
+        .select(
+            "date",
+            F.year(day).alias("year"),
+            F.month(day).alias("month"),
+            F.dayofmonth(day).alias("day"),
+            (((F.dayofweek(day) + 5) % 7) + 1).alias("weekday"),
+            F.date_format(day, "EEEE").alias("weekday_name"),
+            F.trunc(day, "month").alias("month_start_date"),
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,22 +146,41 @@ def fact_page_view(page_views: DataFrame) -> DataFrame:
 
 def fact_session(sessions: DataFrame) -> DataFrame:
     """gold.fact_session: one row per distinct session record ever exported (kept if later exports omit it)."""
-    return sessions.select(F.col("record_id").alias("session_id"), "student_id", "session_start_at",
-                           F.to_date("session_start_at").alias("session_date"), "client_type", "first_as_of",
-                           "is_deleted")
+    return sessions.select(
+        F.col("record_id").alias("session_id"),
+        "student_id",
+        "session_start_at",
+        F.to_date("session_start_at").alias("session_date"),
+        "client_type",
+        "first_as_of",
+        "is_deleted",
+    )
 
 
 def fact_subscription(subscriptions: DataFrame) -> DataFrame:
     """gold.fact_subscription: one row per distinct payment record ever exported."""
-    return subscriptions.select(F.col("record_id").alias("subscription_id"), "student_id", "payment_at",
-                                F.to_date("payment_at").alias("payment_date"), "plan_type", "first_as_of",
-                                "is_deleted")
+    return subscriptions.select(
+        F.col("record_id").alias("subscription_id"),
+        "student_id",
+        "payment_at",
+        F.to_date("payment_at").alias("payment_date"),
+        "plan_type",
+        "first_as_of",
+        "is_deleted",
+    )
 
 
 def fact_subject_follow(follows: DataFrame) -> DataFrame:
     """gold.fact_subject_follow: one row per distinct follow record ever exported."""
-    return follows.select(F.col("record_id").alias("follow_id"), "student_id", "subject_id", "followed_at",
-                          F.to_date("followed_at").alias("followed_date"), "first_as_of", "is_deleted")
+    return follows.select(
+        F.col("record_id").alias("follow_id"),
+        "student_id",
+        "subject_id",
+        "followed_at",
+        F.to_date("followed_at").alias("followed_date"),
+        "first_as_of",
+        "is_deleted",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,13 +196,13 @@ def activity_by_student(facts: DataFrame) -> DataFrame:
 def activity_by_country_student(facts: DataFrame) -> DataFrame:
     """gold.activity_by_country_student: page views per (country, month, student_id), null student_id: anonymous."""
     return facts.groupBy("country", F.trunc("event_date", "month").alias("month"), "student_id").agg(
-        F.count(F.lit(1)).alias("page_views"))
+        F.count(F.lit(1)).alias("page_views")
+    )
 
 
 def _totals(activity: DataFrame, *keys: str) -> DataFrame:
     """page_views and distinct students per `keys`, from partial aggregates holding each student once per key."""
-    return activity.groupBy(*keys).agg(F.sum("page_views").alias("page_views"),
-                                       F.count("student_id").alias("students"))
+    return activity.groupBy(*keys).agg(F.sum("page_views").alias("page_views"), F.count("student_id").alias("students"))
 
 
 def mart_country_access(activity: DataFrame) -> DataFrame:
@@ -189,14 +225,17 @@ def mart_state_activity(activity: DataFrame, students: DataFrame) -> DataFrame:
 def mart_daily_activity(facts: DataFrame) -> DataFrame:
     """gold.mart_daily_activity: one row per (event_date, client_type)."""
     return facts.groupBy("event_date", "client_type").agg(
-        F.count(F.lit(1)).alias("page_views"), F.countDistinct("student_id").alias("students"),
-        F.countDistinct("session_uuid").alias("sessions"))
+        F.count(F.lit(1)).alias("page_views"),
+        F.countDistinct("student_id").alias("students"),
+        F.countDistinct("session_uuid").alias("sessions"),
+    )
 
 
 def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
     """gold.page_view_enriched: one row per event with its student's current state, city, university, course."""
     return facts.join(students.select("student_id", *ENRICHMENT), "student_id", "left").select(
-        *FACT_PAGE_VIEW_COLUMNS, *ENRICHMENT)
+        *FACT_PAGE_VIEW_COLUMNS, *ENRICHMENT
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,9 +245,11 @@ def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
 SNAPSHOTS = ("students", "courses", "universities", "subjects")
 FACT_INPUTS = ("page_views", "sessions", "subscriptions", "student_follow_subject")
 CHANGED = "changed_batch_id"  # silver's column: the bronze batch in which what gold reads of a row last changed
-_RECORD_FACTS = {"fact_session": ("sessions", fact_session, "session_id"),
-                 "fact_subscription": ("subscriptions", fact_subscription, "subscription_id"),
-                 "fact_subject_follow": ("student_follow_subject", fact_subject_follow, "follow_id")}
+_RECORD_FACTS = {
+    "fact_session": ("sessions", fact_session, "session_id"),
+    "fact_subscription": ("subscriptions", fact_subscription, "subscription_id"),
+    "fact_subject_follow": ("student_follow_subject", fact_subject_follow, "follow_id"),
+}
 
 
 @dataclass
@@ -235,7 +276,9 @@ class Run:
         rows = self.silver(name)
         if name not in self.marks:
             return rows
-        return rows.where((F.col(CHANGED) > F.lit(self.seen.get(name, -1))) & (F.col(CHANGED) <= F.lit(self.marks[name])))
+        return rows.where(
+            (F.col(CHANGED) > F.lit(self.seen.get(name, -1))) & (F.col(CHANGED) <= F.lit(self.marks[name]))
+        )
 
     def gold(self, name: str) -> DataFrame:
         """A gold table of an earlier phase (an empty one when its inputs never had a delivery)."""
@@ -246,10 +289,16 @@ class Run:
     @property
     def target(self) -> delta.Target:
         # the txn version grows whenever an input mark does: their sum
-        return delta.Target("gold", self.table, self.settings, app_id=f"gold.{self.table}",
-                            version=sum(self.marks.values()) if self.once else None,
-                            partition_by=PARTITION_BY.get(self.table, ()),
-                            stats=STATS_COLUMNS.get(self.table, ()), user_metadata=json.dumps({"marks": self.marks}))
+        return delta.Target(
+            "gold",
+            self.table,
+            self.settings,
+            app_id=f"gold.{self.table}",
+            version=sum(self.marks.values()) if self.once else None,
+            partition_by=PARTITION_BY.get(self.table, ()),
+            stats=STATS_COLUMNS.get(self.table, ()),
+            user_metadata=json.dumps({"marks": self.marks}),
+        )
 
 
 @dataclass(frozen=True)
@@ -292,7 +341,8 @@ def _within(column: str, values: list) -> str:
 
     known = [literal(v) for v in sorted(v for v in values if v is not None)]
     parts = ([f"`{column}` IN ({', '.join(known)})"] if known else []) + (
-        [f"`{column}` IS NULL"] if None in values else [])
+        [f"`{column}` IS NULL"] if None in values else []
+    )
     return " OR ".join(parts) or "false"
 
 
@@ -328,12 +378,17 @@ def _student_history_update(run: Run) -> None:
         delta.advance(run.session, run.target)
         return
     where = f"as_of >= TIMESTAMP'{first}'"
-    rows = dim_student_history(run.silver("students").where(where), _as_of_from(run.silver("universities"), first),
-                               _as_of_from(run.silver("courses"), first))
+    rows = dim_student_history(
+        run.silver("students").where(where),
+        _as_of_from(run.silver("universities"), first),
+        _as_of_from(run.silver("courses"), first),
+    )
     delta.overwrite(rows, run.target, replace_where=where)
 
 
-def _current_table(name: str, history: str, inputs: tuple[str, ...], current: Callable[[DataFrame], DataFrame]) -> GoldTable:
+def _current_table(
+    name: str, history: str, inputs: tuple[str, ...], current: Callable[[DataFrame], DataFrame]
+) -> GoldTable:
     """dim_<entity>: each key's latest state. Every key seen has a row at the history's latest delivery (present or
     a deletion marker), so that delivery alone gives the whole table."""
 
@@ -346,9 +401,12 @@ def _current_table(name: str, history: str, inputs: tuple[str, ...], current: Ca
 
 
 def _dates(run: Run, read: Callable[[str], DataFrame]) -> list[DataFrame]:
-    return [read("page_views").select("event_date"), fact_session(read("sessions")).select("session_date"),
-            fact_subscription(read("subscriptions")).select("payment_date"),
-            fact_subject_follow(read("student_follow_subject")).select("followed_date")]
+    return [
+        read("page_views").select("event_date"),
+        fact_session(read("sessions")).select("session_date"),
+        fact_subscription(read("subscriptions")).select("payment_date"),
+        fact_subject_follow(read("student_follow_subject")).select("followed_date"),
+    ]
 
 
 def _dim_date_update(run: Run) -> None:
@@ -369,21 +427,29 @@ def _record_fact(name: str) -> GoldTable:
 
     def update(run: Run) -> None:
         rows = transform(run.changed(entity))
-        delta.merge_once(run.session, rows, run.target, on=f"t.{key} = s.{key}",
-                         update_set={c: f"s.{c}" for c in rows.columns})
+        delta.merge_once(
+            run.session, rows, run.target, on=f"t.{key} = s.{key}", update_set={c: f"s.{c}" for c in rows.columns}
+        )
 
     return GoldTable(name, (entity,), lambda run: transform(run.silver(entity)), update)
 
 
-def _activity(name: str, aggregate: Callable[[DataFrame], DataFrame], keys: tuple[str, ...],
-              within: str | None = None) -> GoldTable:
+def _activity(
+    name: str, aggregate: Callable[[DataFrame], DataFrame], keys: tuple[str, ...], within: str | None = None
+) -> GoldTable:
     """A partial aggregate of the page views: the new events' counts are added to their groups."""
 
     def update(run: Run) -> None:
         added = aggregate(fact_page_view(run.changed("page_views")))
         on = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
-        delta.merge_once(run.session, added, run.target, on=on, update_set={"page_views": "t.page_views + s.page_views"},
-                         within=added.select(within) if within else None)
+        delta.merge_once(
+            run.session,
+            added,
+            run.target,
+            on=on,
+            update_set={"page_views": "t.page_views + s.page_views"},
+            within=added.select(within) if within else None,
+        )
 
     return GoldTable(name, ("page_views",), lambda run: aggregate(fact_page_view(run.silver("page_views"))), update)
 
@@ -414,9 +480,11 @@ def _students_changed(run: Run) -> DataFrame:
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
     now = run.gold("dim_student")
     attrs = F.struct(*ENRICHMENT)
-    return (now.select("student_id", attrs.alias("new"), F.col("state").alias("new_state"))
-            .join(then.select("student_id", attrs.alias("old"), F.col("state").alias("old_state")), "student_id", "left")
-            .where(~F.col("new").eqNullSafe(F.col("old"))))
+    return (
+        now.select("student_id", attrs.alias("new"), F.col("state").alias("new_state"))
+        .join(then.select("student_id", attrs.alias("old"), F.col("state").alias("old_state")), "student_id", "left")
+        .where(~F.col("new").eqNullSafe(F.col("old")))
+    )
 
 
 def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
@@ -448,9 +516,12 @@ def _state_activity_update(run: Run) -> None:
         return
     students, moved = found
     new = fact_page_view(run.changed("page_views")).select("student_id").distinct()
-    states = (new.join(students, "student_id", "left").select("state")
-              .unionByName(moved.select(F.col("old_state").alias("state")))
-              .unionByName(moved.select(F.col("new_state").alias("state"))))
+    states = (
+        new.join(students, "student_id", "left")
+        .select("state")
+        .unionByName(moved.select(F.col("old_state").alias("state")))
+        .unionByName(moved.select(F.col("new_state").alias("state")))
+    )
     rows = mart_state_activity(run.gold("activity_by_student"), students)
     _replace_groups(run, rows, "state", _touched(states, "state"))
 
@@ -462,10 +533,17 @@ def _enriched_update(run: Run) -> None:
     if found is None:
         return
     students, moved = found
-    restate = delta.Target("gold", run.table, run.settings, app_id=f"gold.{run.table}.restate",
-                           version=run.target.version)
-    delta.merge_once(run.session, moved.select("student_id", "new.*"), restate, on="t.student_id = s.student_id",
-                     update_set={c: f"s.{c}" for c in ENRICHMENT}, insert=False)
+    restate = delta.Target(
+        "gold", run.table, run.settings, app_id=f"gold.{run.table}.restate", version=run.target.version
+    )
+    delta.merge_once(
+        run.session,
+        moved.select("student_id", "new.*"),
+        restate,
+        on="t.student_id = s.student_id",
+        update_set={c: f"s.{c}" for c in ENRICHMENT},
+        insert=False,
+    )
     delta.append_once(page_view_enriched(fact_page_view(run.changed("page_views")), students), run.target)
 
 
@@ -483,12 +561,20 @@ PHASES: tuple[tuple[GoldTable, ...], ...] = (
         _history_table("dim_course_history", "courses", dim_course_history),
         _history_table("dim_subject_history", "subjects", dim_subject_history),
         GoldTable("dim_student_history", _STUDENT_INPUTS, _student_history, _student_history_update),
-        GoldTable("fact_page_view", ("page_views",), lambda run: fact_page_view(run.silver("page_views")),
-                  _fact_page_view_update),
+        GoldTable(
+            "fact_page_view",
+            ("page_views",),
+            lambda run: fact_page_view(run.silver("page_views")),
+            _fact_page_view_update,
+        ),
         *(_record_fact(name) for name in _RECORD_FACTS),
         _activity("activity_by_student", activity_by_student, ("student_id", "user_type")),
-        _activity("activity_by_country_student", activity_by_country_student, ("country", "month", "student_id"),
-                  within="month"),
+        _activity(
+            "activity_by_country_student",
+            activity_by_country_student,
+            ("country", "month", "student_id"),
+            within="month",
+        ),
     ),
     (
         _current_table("dim_university", "dim_university_history", ("universities",), dim_university),
@@ -496,25 +582,50 @@ PHASES: tuple[tuple[GoldTable, ...], ...] = (
         _current_table("dim_subject", "dim_subject_history", ("subjects",), dim_subject),
         _current_table("dim_student", "dim_student_history", _STUDENT_INPUTS, dim_student),
         GoldTable("dim_date", FACT_INPUTS, lambda run: dim_date(*_dates(run, run.silver)), _dim_date_update),
-        GoldTable("mart_daily_activity", ("page_views",), lambda run: mart_daily_activity(run.gold("fact_page_view")),
-                  _mart_update("event_date", lambda run: mart_daily_activity(run.gold("fact_page_view")),
-                               lambda new: F.col("event_date"))),
-        GoldTable("mart_country_access", ("page_views",),
-                  lambda run: mart_country_access(run.gold("activity_by_country_student")),
-                  _mart_update("month", lambda run: mart_country_access(run.gold("activity_by_country_student")),
-                               lambda new: F.trunc("event_date", "month"))),
-        GoldTable("mart_users_by_type", ("page_views",),
-                  lambda run: mart_users_by_type(run.gold("activity_by_student")),
-                  _mart_update("user_type", lambda run: mart_users_by_type(run.gold("activity_by_student")),
-                               lambda new: F.col("user_type"))),
+        GoldTable(
+            "mart_daily_activity",
+            ("page_views",),
+            lambda run: mart_daily_activity(run.gold("fact_page_view")),
+            _mart_update(
+                "event_date",
+                lambda run: mart_daily_activity(run.gold("fact_page_view")),
+                lambda new: F.col("event_date"),
+            ),
+        ),
+        GoldTable(
+            "mart_country_access",
+            ("page_views",),
+            lambda run: mart_country_access(run.gold("activity_by_country_student")),
+            _mart_update(
+                "month",
+                lambda run: mart_country_access(run.gold("activity_by_country_student")),
+                lambda new: F.trunc("event_date", "month"),
+            ),
+        ),
+        GoldTable(
+            "mart_users_by_type",
+            ("page_views",),
+            lambda run: mart_users_by_type(run.gold("activity_by_student")),
+            _mart_update(
+                "user_type",
+                lambda run: mart_users_by_type(run.gold("activity_by_student")),
+                lambda new: F.col("user_type"),
+            ),
+        ),
     ),
     (
-        GoldTable("mart_state_activity", ("page_views", *_STUDENT_INPUTS),
-                  lambda run: mart_state_activity(run.gold("activity_by_student"), run.gold("dim_student")),
-                  _state_activity_update),
-        GoldTable("page_view_enriched", ("page_views", *_STUDENT_INPUTS),
-                  lambda run: page_view_enriched(run.gold("fact_page_view"), run.gold("dim_student")),
-                  _enriched_update),
+        GoldTable(
+            "mart_state_activity",
+            ("page_views", *_STUDENT_INPUTS),
+            lambda run: mart_state_activity(run.gold("activity_by_student"), run.gold("dim_student")),
+            _state_activity_update,
+        ),
+        GoldTable(
+            "page_view_enriched",
+            ("page_views", *_STUDENT_INPUTS),
+            lambda run: page_view_enriched(run.gold("fact_page_view"), run.gold("dim_student")),
+            _enriched_update,
+        ),
     ),
 )
 BY_NAME = {t.name: t for phase in PHASES for t in phase}
@@ -522,8 +633,9 @@ TABLES: tuple[str, ...] = tuple(BY_NAME)
 
 
 def _silver_marks(settings: Settings) -> dict[str, int | None]:
-    return {t: delta.last_txn_version(settings.table_path("silver", t), f"silver.{t}")
-            for t in (*SNAPSHOTS, *FACT_INPUTS)}
+    return {
+        t: delta.last_txn_version(settings.table_path("silver", t), f"silver.{t}") for t in (*SNAPSHOTS, *FACT_INPUTS)
+    }
 
 
 def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
@@ -535,7 +647,9 @@ def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
     return None
 
 
-def _plan(settings: Settings, table: GoldTable, marks: dict[str, int | None]) -> tuple[dict[str, int], dict[str, int] | None] | None:
+def _plan(
+    settings: Settings, table: GoldTable, marks: dict[str, int | None]
+) -> tuple[dict[str, int], dict[str, int] | None] | None:
     """(input marks to reach, marks consumed) for a table that lags silver, or None when it is up to date."""
     reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
     if not reach:
@@ -552,8 +666,14 @@ def pending(settings: Settings) -> bool:
     return any(_plan(settings, table, marks) is not None for phase in PHASES for table in phase)
 
 
-def _write(session: SparkSession, settings: Settings, table: GoldTable, reach: dict[str, int],
-           seen: dict[str, int] | None, full_refresh: bool) -> dict:
+def _write(
+    session: SparkSession,
+    settings: Settings,
+    table: GoldTable,
+    reach: dict[str, int],
+    seen: dict[str, int] | None,
+    full_refresh: bool,
+) -> dict:
     """Refresh one gold table on `session`: built whole when new, unreadable as before, or on a full refresh;
     otherwise kept from what changed."""
     run = Run(session, settings, table.name, seen or {}, reach, once=seen != reach)
@@ -561,10 +681,16 @@ def _write(session: SparkSession, settings: Settings, table: GoldTable, reach: d
         delta.overwrite(table.build(run), run.target)
     else:
         table.update(run)
-    rows_in = sum(delta.rows_committed(settings.table_path("silver", i), f"silver.{i}", (seen or {}).get(i), m)
-                  for i, m in reach.items())
-    return {"skipped": False, "version": run.target.version, "rows_in": rows_in,
-            "rows_out": delta.rows_written(run.target.path)}
+    rows_in = sum(
+        delta.rows_committed(settings.table_path("silver", i), f"silver.{i}", (seen or {}).get(i), m)
+        for i, m in reach.items()
+    )
+    return {
+        "skipped": False,
+        "version": run.target.version,
+        "rows_in": rows_in,
+        "rows_out": delta.rows_written(run.target.path),
+    }
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
@@ -583,8 +709,14 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
             if plan is None:
                 tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
             else:
-                jobs[table.name] = partial(_write, settings=settings, table=table, reach=plan[0], seen=plan[1],
-                                           full_refresh=full_refresh)
+                jobs[table.name] = partial(
+                    _write, settings=settings, table=table, reach=plan[0], seen=plan[1], full_refresh=full_refresh
+                )
         tables.update(delta.write_tables(spark, jobs))
-    return StageReport.of_tables("gold", {name: tables[name] for name in TABLES}, time.monotonic() - started,
-                                 run_id=run_id, full_refresh=full_refresh)
+    return StageReport.of_tables(
+        "gold",
+        {name: tables[name] for name in TABLES},
+        time.monotonic() - started,
+        run_id=run_id,
+        full_refresh=full_refresh,
+    )

@@ -68,8 +68,11 @@ def _ivy_jar() -> Path:
 
 def _ivy_module(artifact: Artifact) -> str:
     """An Ivy module depending on the artifact; like Spark's own resolution, Scala's library is left to Spark."""
-    publication = (f'<artifact name="{artifact.name}" type="jar" m:classifier="{artifact.classifier}"/>'
-                   if artifact.classifier else "")
+    publication = (
+        f'<artifact name="{artifact.name}" type="jar" m:classifier="{artifact.classifier}"/>'
+        if artifact.classifier
+        else ""
+    )
     return f"""<ivy-module version="2.0" xmlns:m="http://ant.apache.org/ivy/maven">
   <info organisation="lakehouse" module="spark-jars"/>
   <configurations><conf name="default"/></configurations>
@@ -104,17 +107,33 @@ def _resolve(artifact: Artifact) -> None:
         module.write_text(_ivy_module(artifact))
         settings.write_text(_IVY_SETTINGS)
         done = subprocess.run(
-            [java, "-jar", str(_ivy_jar()), "-settings", str(settings), "-ivy", str(module), "-confs", "default",
-             "-cache", str(IVY_CACHE), "-symlink",
-             "-retrieve", f"{out}/[organisation]_[artifact]-[revision](-[classifier]).[ext]"],
-            capture_output=True, text=True,
+            [
+                java,
+                "-jar",
+                str(_ivy_jar()),
+                "-settings",
+                str(settings),
+                "-ivy",
+                str(module),
+                "-confs",
+                "default",
+                "-cache",
+                str(IVY_CACHE),
+                "-symlink",
+                "-retrieve",
+                f"{out}/[organisation]_[artifact]-[revision](-[classifier]).[ext]",
+            ],
+            capture_output=True,
+            text=True,
         )
         jars = sorted(p.name for p in out.glob("*.jar")) if out.is_dir() else []
         if done.returncode != 0 or not jars:
             problems = [ln.strip() for ln in done.stdout.splitlines() if "::" in ln and "NOT FOUND" in ln.upper()]
             reason = problems[0] if problems else (done.stderr.strip().splitlines() or ["no jar retrieved"])[-1]
-            raise JarsUnavailable(f"could not fetch {artifact.coordinates} with Ivy ({reason}); it needs network "
-                                  f"access to the Maven repository once, then stays in {CACHE}")
+            raise JarsUnavailable(
+                f"could not fetch {artifact.coordinates} with Ivy ({reason}); it needs network "
+                f"access to the Maven repository once, then stays in {CACHE}"
+            )
         (out / "jars.txt").write_text("\n".join(jars) + "\n")
         if artifact.folder.exists():
             shutil.rmtree(artifact.folder)

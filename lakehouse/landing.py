@@ -96,16 +96,16 @@ class _LineCap:
         self._end()
         last = chunk.rfind(b"\n")
         if last > first:
-            self.dst.write(chunk[first + 1:last + 1])
+            self.dst.write(chunk[first + 1 : last + 1])
             self.line += chunk.count(b"\n", first + 1, last + 1)
-        self._extend(chunk[last + 1:])
+        self._extend(chunk[last + 1 :])
 
     def _extend(self, data: bytes) -> None:
         if self.long is not None:
             self.long.write(data)
             self.long_bytes += len(data)
             if len(self.head) < HEAD:
-                self.head += data[:HEAD - len(self.head)]
+                self.head += data[: HEAD - len(self.head)]
             return
         self.pending += data
         if len(self.pending) > self.cap:
@@ -118,8 +118,9 @@ class _LineCap:
         if self.long is not None:
             self.long.close()
             self.long = None
-            self.found.append({"line_number": self.line, "bytes": self.long_bytes,
-                               "head": self.head.decode("utf-8", "replace")})
+            self.found.append(
+                {"line_number": self.line, "bytes": self.long_bytes, "head": self.head.decode("utf-8", "replace")}
+            )
             self.dst.write(b"\n")
         else:
             self.pending += b"\n"
@@ -135,8 +136,9 @@ class _LineCap:
             self.dst.write(self.pending)
 
 
-def _copy_hashing(source: Source, f: SourceFile, fs: Any, tmp: str,
-                  max_line: int) -> tuple[str, int, bytes, list[dict[str, Any]]]:
+def _copy_hashing(
+    source: Source, f: SourceFile, fs: Any, tmp: str, max_line: int
+) -> tuple[str, int, bytes, list[dict[str, Any]]]:
     """Stream a source file to `tmp` in the lake; its sha256, size, first bytes, and (events) the lines longer than
     `max_line`, each kept whole in `<tmp>.line-<n>`."""
     digest, size, head = hashlib.sha256(), 0, b""
@@ -155,7 +157,7 @@ def _copy_hashing(source: Source, f: SourceFile, fs: Any, tmp: str,
                 break
             digest.update(chunk)
             if size < HEAD:
-                head += chunk[:HEAD - size]
+                head += chunk[: HEAD - size]
             size += len(chunk)
             if lines is None:
                 dst.write(chunk)
@@ -237,10 +239,18 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
             continue
         target = landed_path(f, sha256)
         entry = {
-            "path": f.path, "kind": f.kind, "entity": f.entity, "delivery": f.delivery,
-            "as_of": f.as_of.isoformat(), "size": f.size, "fingerprint": f.fingerprint,
-            "bytes": size, "sha256": sha256, "landed_path": target,
-            "landed_at": datetime.now(UTC).isoformat(), "batch_id": batch_id,
+            "path": f.path,
+            "kind": f.kind,
+            "entity": f.entity,
+            "delivery": f.delivery,
+            "as_of": f.as_of.isoformat(),
+            "size": f.size,
+            "fingerprint": f.fingerprint,
+            "bytes": size,
+            "sha256": sha256,
+            "landed_path": target,
+            "landed_at": datetime.now(UTC).isoformat(),
+            "batch_id": batch_id,
         }
         if f.kind == "transactional" and size > settings.max_file_bytes:
             entry.update(file_reason="file_too_large", head=head.decode("utf-8", "replace"))
@@ -262,23 +272,36 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
         faults.point("mid_landing")
     new = sum(e["status"] == "new" for e in entries)
     if entries:
-        _write_manifest(fs, root, settings, {
-            "batch_id": batch_id, "created_at": datetime.now(UTC).isoformat(),
-            "source": source.url, "files": entries,
-        })
+        _write_manifest(
+            fs,
+            root,
+            settings,
+            {
+                "batch_id": batch_id,
+                "created_at": datetime.now(UTC).isoformat(),
+                "source": source.url,
+                "files": entries,
+            },
+        )
         faults.point("after_landing")
     skipped = [*getattr(source, "skipped", []), *skipped]
     landed = [e for e in entries if e["status"] == "new"]
     return StageReport(
-        "land", files=new, deliveries=sorted({e["delivery"] for e in landed}), skipped=not new,
+        "land",
+        files=new,
+        deliveries=sorted({e["delivery"] for e in landed}),
+        skipped=not new,
         seconds=round(time.monotonic() - started, 3),
         details={
             "batch_id": batch_id if entries else None,
-            "files_seen": seen, "files_known": known, "files_duplicate": len(entries) - new,
+            "files_seen": seen,
+            "files_known": known,
+            "files_duplicate": len(entries) - new,
             "bytes_landed": bytes_landed,
             "files_too_large": sum(e.get("file_reason") == "file_too_large" for e in landed),
             "lines_too_long": sum(len(e.get("long_lines", [])) for e in landed),
-            "not_landed": len(skipped), "not_landed_files": skipped[:REPORTED],
+            "not_landed": len(skipped),
+            "not_landed_files": skipped[:REPORTED],
         },
     )
 

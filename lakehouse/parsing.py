@@ -91,26 +91,36 @@ def cleaned_keys(keys: Column, control: Column) -> Column:
 def value_too_large(text: Column) -> Column:
     """Whether a field value or key of the JSON object `text` is longer than MAX_VALUE_BYTES (UTF-8)."""
     fields = all_fields(text)
-    return F.when(F.octet_length(text) > MAX_VALUE_BYTES, F.exists(
-        F.map_entries(fields),
-        lambda e: (F.octet_length(e.getField("key")) > MAX_VALUE_BYTES)
-        | (F.octet_length(e.getField("value")) > MAX_VALUE_BYTES),
-    )).otherwise(F.lit(False))
+    return F.when(
+        F.octet_length(text) > MAX_VALUE_BYTES,
+        F.exists(
+            F.map_entries(fields),
+            lambda e: (
+                (F.octet_length(e.getField("key")) > MAX_VALUE_BYTES)
+                | (F.octet_length(e.getField("value")) > MAX_VALUE_BYTES)
+            ),
+        ),
+    ).otherwise(F.lit(False))
 
 
 def changed_by_cleaning(text: Column, control: Column) -> Column:
     """Whether removing control characters changes a field value or key of the JSON object `text`."""
-    return F.when(control, F.coalesce(F.exists(
-        F.map_entries(all_fields(text)),
-        lambda e: has_control(e.getField("key")) | F.coalesce(has_control(e.getField("value")), F.lit(False)),
-    ), F.lit(False))).otherwise(F.lit(False))
+    return F.when(
+        control,
+        F.coalesce(
+            F.exists(
+                F.map_entries(all_fields(text)),
+                lambda e: has_control(e.getField("key")) | F.coalesce(has_control(e.getField("value")), F.lit(False)),
+            ),
+            F.lit(False),
+        ),
+    ).otherwise(F.lit(False))
 
 
 def student_and_client(raw: Column) -> tuple[Column, Column]:
     """(`student_id`, `client_type`) of a `studentId_clientType` value (`"123@Website"`); blank parts are null."""
     sc = nonblank(raw)
-    return (nonblank(F.substring_index(sc, "@", 1)),
-            F.when(sc.contains("@"), nonblank(F.substring_index(sc, "@", -1))))
+    return (nonblank(F.substring_index(sc, "@", 1)), F.when(sc.contains("@"), nonblank(F.substring_index(sc, "@", -1))))
 
 
 def nonblank(value: Column) -> Column:

@@ -35,7 +35,9 @@ class PostgresError(RuntimeError):
 
 def find_bindir() -> Path:
     """The folder holding initdb/pg_ctl (Debian keeps it off the PATH), newest version first."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+    )
     on_path = shutil.which("initdb")
     if on_path:
         candidates.insert(0, on_path)
@@ -161,33 +163,51 @@ class ManagedPostgres:
         self.cluster.mkdir(mode=0o700)
         self._chown(self.cluster)
         write_secret(self._secret, secrets.token_urlsafe(24), replace=True)
-        pwfile = write_secret(self.cluster.with_name(f".{self.cluster.name}.pwfile"), self._secret.read_text(),
-                              replace=True)
+        pwfile = write_secret(
+            self.cluster.with_name(f".{self.cluster.name}.pwfile"), self._secret.read_text(), replace=True
+        )
         self._chown(pwfile)
         try:
-            self._run("initdb", "-D", str(self.cluster), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                      "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.cluster),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         with open(self.cluster / "postgresql.conf", "a") as conf:
-            conf.write("\n# managed by lakehouse\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                       "fsync = on\nmax_connections = 50\nshared_buffers = 256MB\n"
-                       "password_encryption = scram-sha-256\n")
+            conf.write(
+                "\n# managed by lakehouse\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+                "fsync = on\nmax_connections = 50\nshared_buffers = 256MB\n"
+                "password_encryption = scram-sha-256\n"
+            )
 
     def _make_server_dir(self, path: Path) -> None:
         """The folder holding the data directory, reachable by the server's user (created when missing)."""
         if path == self.root:
             return
         if not path.parent.is_dir():
-            raise PostgresError(f"{path.parent}, the home of the user the managed PostgreSQL runs as, does not exist:"
-                                f" create it (`install -d -o postgres -g postgres {path.parent}`), or set"
-                                " LAKEHOUSE_PG_DSN to a server of your own")
+            raise PostgresError(
+                f"{path.parent}, the home of the user the managed PostgreSQL runs as, does not exist:"
+                f" create it (`install -d -o postgres -g postgres {path.parent}`), or set"
+                " LAKEHOUSE_PG_DSN to a server of your own"
+            )
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._chown(path)
         except OSError as exc:
-            raise PostgresError(f"cannot create {path} for the managed PostgreSQL ({exc.strerror}): make that folder"
-                                f" writable by root, or set LAKEHOUSE_PG_DSN to a server of your own") from None
+            raise PostgresError(
+                f"cannot create {path} for the managed PostgreSQL ({exc.strerror}): make that folder"
+                f" writable by root, or set LAKEHOUSE_PG_DSN to a server of your own"
+            ) from None
 
     def _adopt_legacy_cluster(self) -> bool:
         """Move a cluster made by an earlier version under `root` to where the server's user can reach it."""
@@ -208,7 +228,9 @@ class ManagedPostgres:
         return True
 
     def running(self) -> bool:
-        return self.initialized() and self._run("pg_ctl", "status", "-D", str(self.cluster), check=False).returncode == 0
+        return (
+            self.initialized() and self._run("pg_ctl", "status", "-D", str(self.cluster), check=False).returncode == 0
+        )
 
     def start(self) -> str:
         """Start the cluster if needed (creating it on first use); return the owner's DSN of the warehouse."""
@@ -218,8 +240,19 @@ class ManagedPostgres:
             self._clear_stale_pid()
             self.logfile.touch()
             self._chown(self.logfile)
-            self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.cluster), "-l", str(self.logfile),
-                      "-o", f"-p {self.port}")
+            self._run(
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(self.cluster),
+                "-l",
+                str(self.logfile),
+                "-o",
+                f"-p {self.port}",
+            )
         self._ensure_database()
         return self.dsn
 
@@ -289,8 +322,11 @@ class ManagedPostgres:
                 if cur.fetchone() is None:
                     cur.execute(f"create role {OWNER}")
                 verifier = encrypt_password(owner_password, OWNER, conn, "scram-sha-256")
-                cur.execute(f"alter role {OWNER} with login nosuperuser nocreatedb nocreaterole noreplication"
-                            " nobypassrls password %s", (verifier,))
+                cur.execute(
+                    f"alter role {OWNER} with login nosuperuser nocreatedb nocreaterole noreplication"
+                    " nobypassrls password %s",
+                    (verifier,),
+                )
                 cur.execute("select 1 from pg_roles where rolname = %s", (BI_GROUP,))
                 if cur.fetchone() is None:
                     cur.execute(f"create role {BI_GROUP} nologin")
@@ -348,6 +384,7 @@ begin
 end
 $$;
 """
+
 
 def managed(settings: Settings | None = None) -> ManagedPostgres:
     return ManagedPostgres((settings or get_settings()).pg_dir)

@@ -94,17 +94,23 @@ def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"
+        ),
     }
     if port is not None:
         public = public_url(settings, port, settings.prefect_url)
-        env.update({
-            "PREFECT_API_URL": f"http://{connect_host(settings.bind)}:{port}/api",
-            "PREFECT_UI_API_URL": f"{public}/api", "PREFECT_UI_URL": public,
-            "PREFECT_SERVER_API_HOST": settings.bind, "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(origins(settings, port, public)),
-            "PREFECT_WORKER_QUERY_SECONDS": "5", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        })
+        env.update(
+            {
+                "PREFECT_API_URL": f"http://{connect_host(settings.bind)}:{port}/api",
+                "PREFECT_UI_API_URL": f"{public}/api",
+                "PREFECT_UI_URL": public,
+                "PREFECT_SERVER_API_HOST": settings.bind,
+                "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(origins(settings, port, public)),
+                "PREFECT_WORKER_QUERY_SECONDS": "5",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            }
+        )
     return env
 
 
@@ -127,8 +133,10 @@ def api_session(api_url: str, credentials: str | None, timeout: float = 30) -> h
         client.headers.update({"Prefect-Csrf-Token": got.json()["token"], "Prefect-Csrf-Client": client_id})
     elif got.status_code == 401:
         client.close()
-        raise PlatformError(f"the Prefect API at {api_url} refused the admin login: set LAKEHOUSE_ADMIN_PASSWORD to the"
-                            " password `lakehouse up` printed (or the one in its password file)")
+        raise PlatformError(
+            f"the Prefect API at {api_url} refused the admin login: set LAKEHOUSE_ADMIN_PASSWORD to the"
+            " password `lakehouse up` printed (or the one in its password file)"
+        )
     return client
 
 
@@ -161,12 +169,17 @@ def client_env(settings: Settings) -> dict[str, str]:
     if state:
         password, _ = admin_password(settings)
         if password is None:
-            raise PlatformError(f"`lakehouse up` serves this data folder at {state['ui_url']} and asks for the admin"
-                                " login: set LAKEHOUSE_ADMIN_PASSWORD to its password")
+            raise PlatformError(
+                f"`lakehouse up` serves this data folder at {state['ui_url']} and asks for the admin"
+                " login: set LAKEHOUSE_ADMIN_PASSWORD to its password"
+            )
         credentials = f"{ADMIN_USER}:{password}"
         api_session(state["api_url"], credentials).close()  # PlatformError, in one line, on a wrong password
-        env = {"PREFECT_API_URL": state["api_url"], "PREFECT_UI_URL": state["ui_url"],
-               "PREFECT_API_AUTH_STRING": credentials}
+        env = {
+            "PREFECT_API_URL": state["api_url"],
+            "PREFECT_UI_URL": state["ui_url"],
+            "PREFECT_API_AUTH_STRING": credentials,
+        }
         token = spark_token_file(settings)
         if state.get("spark_url") and "spark_master" not in settings.model_fields_set and token.exists():
             env.update(spark_env(state["spark_url"], token.read_text()))  # the platform's warm Spark
@@ -262,15 +275,31 @@ class Platform:
         return f"sc://localhost:{self.spark_port}"
 
     def _prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=PROJECT_ROOT, env=self.env(),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            cwd=PROJECT_ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
-    def spawn(self, name: str, args: list[str], essential: bool = True, extra_env: dict[str, str] | None = None) -> Child:
+    def spawn(
+        self, name: str, args: list[str], essential: bool = True, extra_env: dict[str, str] | None = None
+    ) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**self.env(), **(extra_env or {})}, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                cwd=PROJECT_ROOT,
+                env={**self.env(), **(extra_env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         child = Child(name, proc, log, essential)
         self.children.append(child)
         return child
@@ -283,15 +312,22 @@ class Platform:
         ports = [self.prefect_port] + ([self.dashboard_port] if self.dashboard else [])
         busy = [str(p) for p in ports if not port_free(p, bind)]
         if busy:
-            raise RuntimeError(f"port {', '.join(busy)} already in use: stop what listens there (another `lakehouse up`?)")
+            raise RuntimeError(
+                f"port {', '.join(busy)} already in use: stop what listens there (another `lakehouse up`?)"
+            )
         self.password, stored = admin_password(self.settings, create=True)
-        where = ("LAKEHOUSE_ADMIN_PASSWORD" if stored is None
-                 else f"{stored} (mode 0600; set LAKEHOUSE_ADMIN_PASSWORD to choose one)")
+        where = (
+            "LAKEHOUSE_ADMIN_PASSWORD"
+            if stored is None
+            else f"{stored} (mode 0600; set LAKEHOUSE_ADMIN_PASSWORD to choose one)"
+        )
         self.say(f"login: user {ADMIN_USER}, password from {where}")
         prefect_home(self.settings).mkdir(parents=True, exist_ok=True)
         self.say(f"starting the Prefect server on {self.ui_url} (database in {prefect_home(self.settings)})")
-        server = self.spawn("prefect-server", [sys.executable, "-m", "lakehouse.prefect_server",
-                                               "--host", bind, "--port", str(self.prefect_port)])
+        server = self.spawn(
+            "prefect-server",
+            [sys.executable, "-m", "lakehouse.prefect_server", "--host", bind, "--port", str(self.prefect_port)],
+        )
         self._wait_healthy(server)
         self._start_spark()
         self._ensure_pool_and_limit()
@@ -299,11 +335,37 @@ class Platform:
         deployed = self._prefect("--no-prompt", "deploy", "--all")
         if deployed.returncode != 0:
             raise RuntimeError(f"prefect deploy failed: {_last_line(deployed)}")
-        self.spawn("prefect-worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL,
-                                      "--type", "process", "--name", "lakehouse-worker"])
+        self.spawn(
+            "prefect-worker",
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                WORK_POOL,
+                "--type",
+                "process",
+                "--name",
+                "lakehouse-worker",
+            ],
+        )
         if self.dashboard:
-            self.spawn("dashboard", [sys.executable, "-m", "lakehouse.cli", "dashboard",
-                                     "--port", str(self.dashboard_port), "--address", bind], essential=False)
+            self.spawn(
+                "dashboard",
+                [
+                    sys.executable,
+                    "-m",
+                    "lakehouse.cli",
+                    "dashboard",
+                    "--port",
+                    str(self.dashboard_port),
+                    "--address",
+                    bind,
+                ],
+                essential=False,
+            )
         self._write_state()
 
     def _start_spark(self, timeout: float = 180) -> None:
@@ -314,11 +376,16 @@ class Platform:
         if self.settings.spark_master.startswith("sc://"):
             return
         if not port_free(self.spark_port):
-            raise RuntimeError(f"port {self.spark_port} already in use: stop what listens there (another `lakehouse up`?)")
+            raise RuntimeError(
+                f"port {self.spark_port} already in use: stop what listens there (another `lakehouse up`?)"
+            )
         self.say(f"starting Spark (a Spark Connect server on {self.spark_url}, master {self.settings.spark_master})")
         token = secrets.token_urlsafe(24)
-        child = self.spawn("spark-connect", connect_server_command(self.settings, self.spark_port),
-                           extra_env={**jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token})
+        child = self.spawn(
+            "spark-connect",
+            connect_server_command(self.settings, self.spark_port),
+            extra_env={**jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
+        )
         deadline = time.monotonic() + timeout
         while port_free(self.spark_port):
             if child.proc.poll() is not None:
@@ -350,10 +417,14 @@ class Platform:
                 raise RuntimeError(f"cannot create the {WRITER_LIMIT} concurrency limit: HTTP {got.status_code}")
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "api_url": self.api_url, "ui_url": self.ui_url,
-                 "dashboard_url": self.dashboard_url if self.dashboard else None,
-                 "spark_url": self.spark_url if self.spark_token else None,
-                 "children": {c.name: c.proc.pid for c in self.children}}
+        state = {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "ui_url": self.ui_url,
+            "dashboard_url": self.dashboard_url if self.dashboard else None,
+            "spark_url": self.spark_url if self.spark_token else None,
+            "children": {c.name: c.proc.pid for c in self.children},
+        }
         _state_file(self.settings).write_text(json.dumps(state, indent=2))
 
     # -- supervise and stop ------------------------------------------------------------------
@@ -376,8 +447,13 @@ class Platform:
 
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
-            descendants += _unless_gone(lambda: psutil.Process(child.proc.pid).children(recursive=True),  # noqa: B023
-                                        f"list the processes of {child.name}") or []
+            descendants += (
+                _unless_gone(
+                    lambda: psutil.Process(child.proc.pid).children(recursive=True),  # noqa: B023
+                    f"list the processes of {child.name}",
+                )
+                or []
+            )
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in reversed(self.children):
@@ -417,8 +493,14 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit code {proc.returncode}"
 
 
-def up(settings: Settings, prefect_port: int = 4200, dashboard_port: int = 5006, dashboard: bool = True,
-       say: Callable[[str], None] = print, spark_port: int = 15002) -> int:
+def up(
+    settings: Settings,
+    prefect_port: int = 4200,
+    dashboard_port: int = 5006,
+    dashboard: bool = True,
+    say: Callable[[str], None] = print,
+    spark_port: int = 15002,
+) -> int:
     """Run the platform until Ctrl-C; every process started here is stopped on the way out."""
     platform = Platform(settings, prefect_port, dashboard_port, dashboard, say, spark_port=spark_port)
 

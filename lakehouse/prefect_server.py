@@ -60,10 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     if settings.api.auth_string is None or not settings.api.auth_string.get_secret_value():
         raise SystemExit("error: PREFECT_SERVER_API_AUTH_STRING is unset: this server serves only behind a login")
     app = LoginFirst(create_app(final=True), settings.api.auth_string.get_secret_value())
-    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=settings.api.keepalive_timeout,
-                ws_ping_interval=settings.api.websocket_ping_interval,
-                ws_ping_timeout=settings.api.websocket_ping_timeout,
-                log_level=str(settings.logging_level).lower())
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        timeout_keep_alive=settings.api.keepalive_timeout,
+        ws_ping_interval=settings.api.websocket_ping_interval,
+        ws_ping_timeout=settings.api.websocket_ping_timeout,
+        log_level=str(settings.logging_level).lower(),
+    )
 
 
 if __name__ == "__main__":

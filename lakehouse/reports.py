@@ -27,9 +27,16 @@ class StageReport:
 
     def row(self) -> dict[str, Any]:
         """The stage's row in a run summary."""
-        return {"stage": self.stage, "files": self.files, "rows in": self.rows_in, "rows out": self.rows_out,
-                "quarantined": self.quarantined, "deliveries": len(self.deliveries),
-                "status": "skipped" if self.skipped else "done", "seconds": self.seconds}
+        return {
+            "stage": self.stage,
+            "files": self.files,
+            "rows in": self.rows_in,
+            "rows out": self.rows_out,
+            "quarantined": self.quarantined,
+            "deliveries": len(self.deliveries),
+            "status": "skipped" if self.skipped else "done",
+            "seconds": self.seconds,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
@@ -38,10 +45,14 @@ class StageReport:
     @classmethod
     def of_tables(cls, stage: str, tables: dict[str, dict[str, Any]], seconds: float, **details: Any) -> StageReport:
         """A layer's report from its tables' reports (each with `skipped`, `rows_in`, `rows_out`)."""
-        return cls(stage, rows_in=sum(t["rows_in"] for t in tables.values()),
-                   rows_out=sum(t["rows_out"] for t in tables.values()),
-                   skipped=all(t["skipped"] for t in tables.values()), seconds=round(seconds, 3),
-                   details={**details, "tables": tables})
+        return cls(
+            stage,
+            rows_in=sum(t["rows_in"] for t in tables.values()),
+            rows_out=sum(t["rows_out"] for t in tables.values()),
+            skipped=all(t["skipped"] for t in tables.values()),
+            seconds=round(seconds, 3),
+            details={**details, "tables": tables},
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageReport:

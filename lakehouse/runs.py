@@ -64,6 +64,7 @@ def spark_work_pending(landed: StageReport, settings: Settings) -> bool:
 # -- retries: transient failures only ---------------------------------------------------------
 
 _NOT_TRANSIENT_OS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+# fmt: off
 _TRANSIENT_NAMES = {
     "OperationalError",  # psycopg2: connection refused / dropped
     "InterfaceError",  # psycopg2: connection already closed
@@ -71,8 +72,14 @@ _TRANSIENT_NAMES = {
     "ServiceUnavailable", "TooManyRequests", "InternalServerError", "GatewayTimeout", "BadGateway",
     "RetryError", "TransportError", "ClientConnectionError", "ServerDisconnectedError",
 }
-_TRANSIENT_JAVA = ("java.net.", "java.io.IOException", "java.util.concurrent.TimeoutException",
-                   "com.google.cloud.storage.StorageException", "org.apache.hadoop.fs.FileAlreadyExists")
+# fmt: on
+_TRANSIENT_JAVA = (
+    "java.net.",
+    "java.io.IOException",
+    "java.util.concurrent.TimeoutException",
+    "com.google.cloud.storage.StorageException",
+    "org.apache.hadoop.fs.FileAlreadyExists",
+)
 _NOT_TRANSIENT_JAVA = ("java.io.FileNotFoundException", "org.apache.spark.sql.AnalysisException")
 
 

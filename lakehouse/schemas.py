@@ -11,6 +11,7 @@ def _strings(*names: str) -> StructType:
 
 # Every raw field is read as text (Spark keeps numbers/booleans/objects as their JSON text), then cast in silver:
 # ids that arrive as strings or numbers, and any malformed value, take the same path.
+# fmt: off
 PAGE_VIEW_FIELDS = (
     "at", "browser", "carrier", "city_name", "clv_total", "country", "custom_1", "custom_2", "custom_3", "custom_4",
     "device_new", "first-accessed-page", "install_uuid", "language", "library_ver", "marketing_campaign",
@@ -20,6 +21,7 @@ PAGE_VIEW_FIELDS = (
     "Page Category 1", "PageCategory1", "Page Category 2", "PageCategory2", "Page Category 3", "PageCategory3",
     "Last Accessed Url", "LastAccessedUrl",
 )
+# fmt: on
 PAGE_VIEW_RAW = _strings(*PAGE_VIEW_FIELDS)
 
 # silver column <- raw spellings (first non-null wins)
@@ -44,19 +46,48 @@ ENTITY_RAW = {
 
 # Per entity, the fields that identify a record or key the warehouse's rows (length-capped), and its date field.
 ENTITY_IDS = {
-    "students": ("Id",), "courses": ("Id",), "universities": ("Id",), "subjects": ("Id",),
-    "sessions": ("StudentId", "StudentClient"), "subscriptions": ("StudentId", "PlanType"),
+    "students": ("Id",),
+    "courses": ("Id",),
+    "universities": ("Id",),
+    "subjects": ("Id",),
+    "sessions": ("StudentId", "StudentClient"),
+    "subscriptions": ("StudentId", "PlanType"),
     "student_follow_subject": ("StudentId", "SubjectId"),
 }
-ENTITY_DATES = {"students": "RegisteredDate", "sessions": "SessionStartTime", "subscriptions": "PaymentDate",
-                "student_follow_subject": "FollowDate"}
+ENTITY_DATES = {
+    "students": "RegisteredDate",
+    "sessions": "SessionStartTime",
+    "subscriptions": "PaymentDate",
+    "student_follow_subject": "FollowDate",
+}
 
 # Brazilian states: code -> name. Silver conforms `State` (code or name, any case/accents) to the code.
 BR_STATES = {
-    "AC": "Acre", "AL": "Alagoas", "AP": "Amapá", "AM": "Amazonas", "BA": "Bahia", "CE": "Ceará",
-    "DF": "Distrito Federal", "ES": "Espírito Santo", "GO": "Goiás", "MA": "Maranhão", "MT": "Mato Grosso",
-    "MS": "Mato Grosso do Sul", "MG": "Minas Gerais", "PA": "Pará", "PB": "Paraíba", "PR": "Paraná",
-    "PE": "Pernambuco", "PI": "Piauí", "RJ": "Rio de Janeiro", "RN": "Rio Grande do Norte",
-    "RS": "Rio Grande do Sul", "RO": "Rondônia", "RR": "Roraima", "SC": "Santa Catarina", "SP": "São Paulo",
-    "SE": "Sergipe", "TO": "Tocantins",
+    "AC": "Acre",
+    "AL": "Alagoas",
+    "AP": "Amapá",
+    "AM": "Amazonas",
+    "BA": "Bahia",
+    "CE": "Ceará",
+    "DF": "Distrito Federal",
+    "ES": "Espírito Santo",
+    "GO": "Goiás",
+    "MA": "Maranhão",
+    "MT": "Mato Grosso",
+    "MS": "Mato Grosso do Sul",
+    "MG": "Minas Gerais",
+    "PA": "Pará",
+    "PB": "Paraíba",
+    "PR": "Paraná",
+    "PE": "Pernambuco",
+    "PI": "Piauí",
+    "RJ": "Rio de Janeiro",
+    "RN": "Rio Grande do Norte",
+    "RS": "Rio Grande do Sul",
+    "RO": "Rondônia",
+    "RR": "Roraima",
+    "SC": "Santa Catarina",
+    "SP": "São Paulo",
+    "SE": "Sergipe",
+    "TO": "Tocantins",
 }

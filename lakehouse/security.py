@@ -93,8 +93,10 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, login: bool, what: str = "`lakehouse up`") -> None:
     """Refuse to listen beyond loopback without a login (BindRefused, one line naming the fix)."""
     if not is_loopback(host) and not login:
-        raise BindRefused(f"{what} would listen on {host}, beyond this machine, without a login: set "
-                          "LAKEHOUSE_ADMIN_PASSWORD (user admin) first, or keep LAKEHOUSE_BIND=127.0.0.1")
+        raise BindRefused(
+            f"{what} would listen on {host}, beyond this machine, without a login: set "
+            "LAKEHOUSE_ADMIN_PASSWORD (user admin) first, or keep LAKEHOUSE_BIND=127.0.0.1"
+        )
 
 
 def _every_interface(bind: str) -> bool:

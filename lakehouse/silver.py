@@ -16,8 +16,12 @@ from lakehouse.parsing import parse_at, parse_export_time
 from lakehouse.reports import StageReport
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
 
-SNAPSHOT_KEYS = {"students": "student_id", "courses": "course_id", "universities": "university_id",
-                 "subjects": "subject_id"}
+SNAPSHOT_KEYS = {
+    "students": "student_id",
+    "courses": "course_id",
+    "universities": "university_id",
+    "subjects": "subject_id",
+}
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
 PARTITION_BY: dict[str, tuple[str, ...]] = {"page_views": ("event_date",)}
@@ -34,19 +38,62 @@ STATS_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 # silver column <- raw field, for the fields that keep their meaning under a new name or as is
-_RENAMED = {"first_accessed_page": "first-accessed-page", "user_type": "custom_4", "visitor_type": "user_type",
-            "event_name": "name", "event_type": "type", "is_device_new": "device_new"}
+_RENAMED = {
+    "first_accessed_page": "first-accessed-page",
+    "user_type": "custom_4",
+    "visitor_type": "user_type",
+    "event_name": "name",
+    "event_type": "type",
+    "is_device_new": "device_new",
+}
+# fmt: off
 _PLAIN = ("browser", "carrier", "city_name", "clv_total", "country", "custom_1", "custom_2", "custom_3",
           "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
           "model", "nth", "os_ver", "platform", "region", "session_uuid", "uuid", "studentId_clientType")
+# fmt: on
 _TYPES = {"clv_total": "bigint", "nth": "bigint", "is_device_new": "boolean"}
 PAGE_VIEW_COLUMNS = (
-    "event_id", "event_at", "event_date", "student_id", "client_type", "user_type", "visitor_type", "country",
-    "region", "city_name", "browser", "platform", "page_name", "page_category", "page_category_1",
-    "page_category_2", "page_category_3", "last_accessed_url", "first_accessed_page", "session_uuid",
-    "event_name", "event_type", "carrier", "clv_total", "custom_1", "custom_2", "custom_3", "is_device_new",
-    "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
-    "model", "nth", "os_ver", "uuid", "extra_fields", *PROVENANCE, CHANGED,
+    "event_id",
+    "event_at",
+    "event_date",
+    "student_id",
+    "client_type",
+    "user_type",
+    "visitor_type",
+    "country",
+    "region",
+    "city_name",
+    "browser",
+    "platform",
+    "page_name",
+    "page_category",
+    "page_category_1",
+    "page_category_2",
+    "page_category_3",
+    "last_accessed_url",
+    "first_accessed_page",
+    "session_uuid",
+    "event_name",
+    "event_type",
+    "carrier",
+    "clv_total",
+    "custom_1",
+    "custom_2",
+    "custom_3",
+    "is_device_new",
+    "install_uuid",
+    "language",
+    "library_ver",
+    "marketing_campaign",
+    "marketing_medium",
+    "marketing_source",
+    "model",
+    "nth",
+    "os_ver",
+    "uuid",
+    "extra_fields",
+    *PROVENANCE,
+    CHANGED,
 )
 
 
@@ -95,28 +142,56 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     known = F.array(*(F.lit(f) for f in PAGE_VIEW_FIELDS))
     unknown = F.array_except(F.json_object_keys(text), known)
     everything = P.all_fields(text)
-    everything = F.when(control, F.transform_values(F.transform_keys(everything, lambda k, _v: P.clean(k)),
-                                                    lambda _k, v: P.clean(v))).otherwise(everything)
-    extra = F.when(F.size(unknown) > 0, F.map_from_entries(F.array_sort(F.map_entries(
-        F.map_filter(everything, lambda k, _v: ~F.array_contains(known, k)))))
+    everything = F.when(
+        control, F.transform_values(F.transform_keys(everything, lambda k, _v: P.clean(k)), lambda _k, v: P.clean(v))
+    ).otherwise(everything)
+    extra = F.when(
+        F.size(unknown) > 0,
+        F.map_from_entries(
+            F.array_sort(F.map_entries(F.map_filter(everything, lambda k, _v: ~F.array_contains(known, k))))
+        ),
     ).otherwise(F.create_map().cast("map<string,string>"))
     event_at = parse_at(r.getField("at"))
     parsed = F.from_json(text, PAGE_VIEW_RAW)
     cleaned = F.struct(*(P.field(parsed, f, control).alias(f) for f in PAGE_VIEW_FIELDS))
-    raw = bronze_events.select(
-        P.json_text(F.col("value")).alias("_text"), P.may_hold_control(F.col("value")).alias("_control"),
-        "source_file", "line_number", "delivery", "as_of", "batch_id",
-    ).select(
-        F.when(control, cleaned).otherwise(parsed).alias("r"), "_text", "_control",
-        "source_file", "line_number", "delivery", "as_of", "batch_id",
-    ).select(
-        event_at.alias("event_at"), r.getField("at").alias("at_raw"),
-        *(c.alias(k) for k, c in folded.items()), extra.alias("extra_fields"),
-        "source_file", "line_number", "delivery", "as_of", "batch_id",
+    raw = (
+        bronze_events.select(
+            P.json_text(F.col("value")).alias("_text"),
+            P.may_hold_control(F.col("value")).alias("_control"),
+            "source_file",
+            "line_number",
+            "delivery",
+            "as_of",
+            "batch_id",
+        )
+        .select(
+            F.when(control, cleaned).otherwise(parsed).alias("r"),
+            "_text",
+            "_control",
+            "source_file",
+            "line_number",
+            "delivery",
+            "as_of",
+            "batch_id",
+        )
+        .select(
+            event_at.alias("event_at"),
+            r.getField("at").alias("at_raw"),
+            *(c.alias(k) for k, c in folded.items()),
+            extra.alias("extra_fields"),
+            "source_file",
+            "line_number",
+            "delivery",
+            "as_of",
+            "batch_id",
+        )
     )
     # The identity of an event is its values (spellings folded, `at` as an instant), not where it was delivered.
-    values = [F.unix_micros("event_at").cast("string"), *(F.col(k) for k in sorted(folded)),
-              F.when(F.size("extra_fields") > 0, F.to_json("extra_fields"))]
+    values = [
+        F.unix_micros("event_at").cast("string"),
+        *(F.col(k) for k in sorted(folded)),
+        F.when(F.size("extra_fields") > 0, F.to_json("extra_fields")),
+    ]
     student_id, client_type = P.student_and_client(F.col("studentId_clientType"))
     rows = raw.select(
         F.sha2(F.concat(*(_encoded(v) for v in values)), 256).alias("event_id"),
@@ -124,16 +199,30 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         F.to_date("event_at").alias("event_date"),
         student_id.alias("student_id"),
         client_type.alias("client_type"),
-        *((F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
-          for k in folded if k != "studentId_clientType"),
-        "extra_fields", "at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id",
-        F.lit(run_id).alias("run_id"), F.current_timestamp().alias("loaded_at"),
+        *(
+            (F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
+            for k in folded
+            if k != "studentId_clientType"
+        ),
+        "extra_fields",
+        "at_raw",
+        "source_file",
+        "line_number",
+        "delivery",
+        "as_of",
+        "batch_id",
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("loaded_at"),
     )
     # One sort by event id serves both windows: the earliest delivered occurrence, and the first batch holding one.
     same = Window.partitionBy("event_id")
     first = same.orderBy("as_of", "delivery", "source_file", "line_number")
-    return (rows.withColumn("_n", F.row_number().over(first)).withColumn(CHANGED, F.min("batch_id").over(same))
-            .where("_n = 1").select(*PAGE_VIEW_COLUMNS))
+    return (
+        rows.withColumn("_n", F.row_number().over(first))
+        .withColumn(CHANGED, F.min("batch_id").over(same))
+        .where("_n = 1")
+        .select(*PAGE_VIEW_COLUMNS)
+    )
 
 
 def event_dates(bronze_events: DataFrame) -> DataFrame:
@@ -144,8 +233,10 @@ def event_dates(bronze_events: DataFrame) -> DataFrame:
 
 
 # An occurrence replaces the stored provenance only when it was delivered earlier: history is order-free.
-_EARLIER = ("struct(s.as_of, s.delivery, s.source_file, s.line_number) "
-            "< struct(t.as_of, t.delivery, t.source_file, t.line_number)")
+_EARLIER = (
+    "struct(s.as_of, s.delivery, s.source_file, s.line_number) "
+    "< struct(t.as_of, t.delivery, t.source_file, t.line_number)"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,9 +247,11 @@ _EARLIER = ("struct(s.as_of, s.delivery, s.source_file, s.line_number) "
 def _records(bronze: DataFrame, entity: str) -> DataFrame:
     """Parsed export records; a delivery landed again (changed content) counts only in its latest batch."""
     latest = Window.partitionBy("delivery")
-    return (bronze.withColumn("_latest", F.max("batch_id").over(latest)).where("batch_id = _latest")
-            .select(F.from_json("record", ENTITY_RAW[entity]).alias("r"), "delivery", "as_of", "line_number",
-                    "batch_id"))
+    return (
+        bronze.withColumn("_latest", F.max("batch_id").over(latest))
+        .where("batch_id = _latest")
+        .select(F.from_json("record", ENTITY_RAW[entity]).alias("r"), "delivery", "as_of", "line_number", "batch_id")
+    )
 
 
 def _int(c: Column) -> Column:
@@ -167,8 +260,11 @@ def _int(c: Column) -> Column:
 
 _SNAPSHOT_ATTRS = {
     "students": lambda r: {
-        "registered_at": parse_export_time(P.clean(r.RegisteredDate)), "state": conform_state(P.clean(r.State)),
-        "city": _blank_to_null(r.City), "university_id": _int(r.UniversityId), "course_id": _int(r.CourseId),
+        "registered_at": parse_export_time(P.clean(r.RegisteredDate)),
+        "state": conform_state(P.clean(r.State)),
+        "city": _blank_to_null(r.City),
+        "university_id": _int(r.UniversityId),
+        "course_id": _int(r.CourseId),
         "signup_source": _blank_to_null(r.SignupSource),
     },
     "courses": lambda r: {"course_name": _blank_to_null(r.Name)},
@@ -184,7 +280,11 @@ def _present(records: DataFrame, entity: str) -> DataFrame:
     key_col = _blank_to_null(r.Id) if entity == "students" else _int(r.Id)
     attrs = _SNAPSHOT_ATTRS[entity](r)
     rows = records.select(
-        key_col.alias(key), *(c.alias(k) for k, c in attrs.items()), "delivery", "as_of", "line_number",
+        key_col.alias(key),
+        *(c.alias(k) for k, c in attrs.items()),
+        "delivery",
+        "as_of",
+        "line_number",
     ).where(F.col(key).isNotNull())
     last = Window.partitionBy(key, "delivery").orderBy(F.desc("line_number"))
     return rows.withColumn("_n", F.row_number().over(last)).where("_n = 1").drop("_n", "line_number")
@@ -202,14 +302,19 @@ def snapshot_history(present: DataFrame, key: str, prior: DataFrame | None = Non
     seen = present.select(key, "delivery", "as_of", F.struct(*attrs).alias("_state"))
     deliveries = present.select("delivery", "as_of").distinct()
     if prior is not None:
-        seed = prior.select(key, F.lit(_PRIOR_DELIVERY).alias("delivery"),
-                            F.lit(_PRIOR_AS_OF).cast("timestamp").alias("as_of"), F.struct(*attrs).alias("_state"))
+        seed = prior.select(
+            key,
+            F.lit(_PRIOR_DELIVERY).alias("delivery"),
+            F.lit(_PRIOR_AS_OF).cast("timestamp").alias("as_of"),
+            F.struct(*attrs).alias("_state"),
+        )
         seen = seen.unionByName(seed)
         deliveries = deliveries.unionByName(seed.select("delivery", "as_of").limit(1))
     first = seen.groupBy(key).agg(F.min("as_of").alias("_first"))
     grid = first.join(F.broadcast(deliveries), F.col("as_of") >= F.col("_first")).drop("_first")
-    upto = (Window.partitionBy(key).orderBy("as_of", "delivery")
-            .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    upto = (
+        Window.partitionBy(key).orderBy("as_of", "delivery").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
     return (
         grid.join(seen, [key, "delivery", "as_of"], "left")
         .withColumn("is_deleted", F.col("_state").isNull())
@@ -230,10 +335,14 @@ def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) 
     if previous is not None:
         previous = previous.crossJoin(F.broadcast(bounds.select("_from")))
         latest = Window.partitionBy(key).orderBy(F.desc("as_of"), F.desc("delivery"))
-        prior = (previous.where(F.col("as_of") < F.col("_from"))
-                 .withColumn("_n", F.row_number().over(latest)).where("_n = 1"))
-        later = (previous.where((F.col("as_of") >= F.col("_from")) & ~F.col("is_deleted"))
-                 .join(records.select("delivery").distinct(), "delivery", "left_anti"))
+        prior = (
+            previous.where(F.col("as_of") < F.col("_from"))
+            .withColumn("_n", F.row_number().over(latest))
+            .where("_n = 1")
+        )
+        later = previous.where((F.col("as_of") >= F.col("_from")) & ~F.col("is_deleted")).join(
+            records.select("delivery").distinct(), "delivery", "left_anti"
+        )
         present = present.unionByName(later.select(*present.columns))
     history = snapshot_history(present, key, prior)
     return history.crossJoin(F.broadcast(bounds.select(CHANGED)))
@@ -260,14 +369,21 @@ def subjects(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
 
 
 _RECORD_COLUMNS = {
-    "sessions": lambda r: {"student_id": _blank_to_null(r.StudentId),
-                           "session_start_at": parse_export_time(P.clean(r.SessionStartTime)),
-                           "client_type": _blank_to_null(r.StudentClient)},
-    "subscriptions": lambda r: {"student_id": _blank_to_null(r.StudentId),
-                                "payment_at": parse_export_time(P.clean(r.PaymentDate)),
-                                "plan_type": _blank_to_null(r.PlanType)},
-    "student_follow_subject": lambda r: {"student_id": _blank_to_null(r.StudentId), "subject_id": _int(r.SubjectId),
-                                         "followed_at": parse_export_time(P.clean(r.FollowDate))},
+    "sessions": lambda r: {
+        "student_id": _blank_to_null(r.StudentId),
+        "session_start_at": parse_export_time(P.clean(r.SessionStartTime)),
+        "client_type": _blank_to_null(r.StudentClient),
+    },
+    "subscriptions": lambda r: {
+        "student_id": _blank_to_null(r.StudentId),
+        "payment_at": parse_export_time(P.clean(r.PaymentDate)),
+        "plan_type": _blank_to_null(r.PlanType),
+    },
+    "student_follow_subject": lambda r: {
+        "student_id": _blank_to_null(r.StudentId),
+        "subject_id": _int(r.SubjectId),
+        "followed_at": parse_export_time(P.clean(r.FollowDate)),
+    },
 }
 
 
@@ -278,31 +394,50 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> 
     seen = records.select(
         F.sha2(F.to_json(F.struct(*(c.alias(k) for k, c in cols.items()))), 256).alias("record_id"),
         *(c.alias(k) for k, c in cols.items()),
-        F.struct("as_of", "delivery").alias("_first"), F.struct("as_of", "delivery").alias("_last"),
-        F.lit(None).cast("struct<first_as_of:timestamp,first_delivery:string,is_deleted:boolean,batch:bigint>")
+        F.struct("as_of", "delivery").alias("_first"),
+        F.struct("as_of", "delivery").alias("_last"),
+        F.lit(None)
+        .cast("struct<first_as_of:timestamp,first_delivery:string,is_deleted:boolean,batch:bigint>")
         .alias("_was"),
     )
     if current is not None:
-        seen = seen.unionByName(current.select(
-            "record_id", *cols,
-            F.struct(F.col("first_as_of").alias("as_of"), F.col("first_delivery").alias("delivery")).alias("_first"),
-            F.struct(F.col("last_as_of").alias("as_of"), F.col("last_delivery").alias("delivery")).alias("_last"),
-            F.struct("first_as_of", "first_delivery", "is_deleted", F.col(CHANGED).alias("batch")).alias("_was"),
-        ))
+        seen = seen.unionByName(
+            current.select(
+                "record_id",
+                *cols,
+                F.struct(F.col("first_as_of").alias("as_of"), F.col("first_delivery").alias("delivery")).alias(
+                    "_first"
+                ),
+                F.struct(F.col("last_as_of").alias("as_of"), F.col("last_delivery").alias("delivery")).alias("_last"),
+                F.struct("first_as_of", "first_delivery", "is_deleted", F.col(CHANGED).alias("batch")).alias("_was"),
+            )
+        )
     merged = seen.groupBy("record_id", *cols).agg(
-        F.min("_first").alias("_first"), F.max("_last").alias("_last"), F.max("_was").alias("_was"))
+        F.min("_first").alias("_first"), F.max("_last").alias("_last"), F.max("_was").alias("_was")
+    )
     latest = merged.agg(F.max("_last.as_of").alias("_latest"))
-    out = merged.crossJoin(F.broadcast(latest)).crossJoin(F.broadcast(batch)).select(
-        "record_id", *cols,
-        F.col("_first.delivery").alias("first_delivery"), F.col("_first.as_of").alias("first_as_of"),
-        F.col("_last.delivery").alias("last_delivery"), F.col("_last.as_of").alias("last_as_of"),
-        (F.col("_last.as_of") < F.col("_latest")).alias("is_deleted"), "_was", "_batch",
+    out = (
+        merged.crossJoin(F.broadcast(latest))
+        .crossJoin(F.broadcast(batch))
+        .select(
+            "record_id",
+            *cols,
+            F.col("_first.delivery").alias("first_delivery"),
+            F.col("_first.as_of").alias("first_as_of"),
+            F.col("_last.delivery").alias("last_delivery"),
+            F.col("_last.as_of").alias("last_as_of"),
+            (F.col("_last.as_of") < F.col("_latest")).alias("is_deleted"),
+            "_was",
+            "_batch",
+        )
     )
     # what gold reads of a record (its first sighting, whether it is deleted) changed: new, or moved
     same = F.col("_was").isNotNull() & F.col("_was").eqNullSafe(
-        F.struct("first_as_of", "first_delivery", "is_deleted", F.col("_was.batch").alias("batch")))
-    return out.select("*", F.when(same, F.col("_was.batch")).otherwise(F.col("_batch")).alias(CHANGED)) \
-        .drop("_was", "_batch")
+        F.struct("first_as_of", "first_delivery", "is_deleted", F.col("_was.batch").alias("batch"))
+    )
+    return out.select("*", F.when(same, F.col("_was.batch")).otherwise(F.col("_batch")).alias(CHANGED)).drop(
+        "_was", "_batch"
+    )
 
 
 def sessions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
@@ -320,9 +455,15 @@ def student_follow_subject(bronze: DataFrame, current: DataFrame | None = None) 
     return _record_table("student_follow_subject", bronze, current)
 
 
-TRANSFORMS = {"students": students, "courses": courses, "universities": universities, "subjects": subjects,
-              "sessions": sessions, "subscriptions": subscriptions,
-              "student_follow_subject": student_follow_subject}
+TRANSFORMS = {
+    "students": students,
+    "courses": courses,
+    "universities": universities,
+    "subjects": subjects,
+    "sessions": sessions,
+    "subscriptions": subscriptions,
+    "student_follow_subject": student_follow_subject,
+}
 TABLES = ("page_views", *TRANSFORMS)
 
 
@@ -331,9 +472,13 @@ TABLES = ("page_views", *TRANSFORMS)
 # --------------------------------------------------------------------------------------------------
 
 
-_BRONZE_EVENTS = ("value string, at_raw string, source_file string, line_number bigint, delivery string, "
-                  "as_of timestamp, batch_id bigint")
-_BRONZE_ENTITY = "record string, source_file string, line_number bigint, delivery string, as_of timestamp, batch_id bigint"
+_BRONZE_EVENTS = (
+    "value string, at_raw string, source_file string, line_number bigint, delivery string, "
+    "as_of timestamp, batch_id bigint"
+)
+_BRONZE_ENTITY = (
+    "record string, source_file string, line_number bigint, delivery string, as_of timestamp, batch_id bigint"
+)
 
 
 def empty(spark: SparkSession, table: str) -> DataFrame:
@@ -406,16 +551,26 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
     current = None if full_refresh else _current(session, settings, table)
     since = -1 if current is None or done is None else done
     rows = delta.read_table(session, "bronze", source, settings).where(
-        (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(upto)))
+        (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(upto))
+    )
     target = delta.Target(
-        "silver", table, settings, app_id=f"silver.{table}",
+        "silver",
+        table,
+        settings,
+        app_id=f"silver.{table}",
         version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
-        partition_by=PARTITION_BY.get(table, ()), stats=STATS_COLUMNS[table])
+        partition_by=PARTITION_BY.get(table, ()),
+        stats=STATS_COLUMNS[table],
+    )
     if current is None:
         delta.overwrite(page_views(rows, run_id) if table == "page_views" else TRANSFORMS[table](rows), target)
     elif table == "page_views":
         delta.merge_once(
-            session, page_views(rows, run_id), target, on="t.event_id = s.event_id", update_when=_EARLIER,
+            session,
+            page_views(rows, run_id),
+            target,
+            on="t.event_id = s.event_id",
+            update_when=_EARLIER,
             update_set={c: f"s.{c}" for c in PROVENANCE},
             within=event_dates(rows),  # an event's date is part of its identity: only its day can hold it
         )
@@ -424,20 +579,28 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
         if first is None:  # the new batches hold no record of this entity
             delta.advance(session, target)
         else:
-            delta.overwrite(TRANSFORMS[table](rows, _previous(current, first)), target,
-                            replace_where=f"as_of >= TIMESTAMP'{first}'")
+            delta.overwrite(
+                TRANSFORMS[table](rows, _previous(current, first)), target, replace_where=f"as_of >= TIMESTAMP'{first}'"
+            )
     else:
         delta.overwrite(TRANSFORMS[table](rows, current), target)
-    return {"skipped": False, "batch": upto, "rows_in": delta.rows_committed(bronze_path, f"bronze.{source}", since, upto),
-            "rows_out": delta.rows_written(target.path)}
+    return {
+        "skipped": False,
+        "batch": upto,
+        "rows_in": delta.rows_committed(bronze_path, f"bronze.{source}", since, upto),
+        "rows_out": delta.rows_written(target.path),
+    }
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
     `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
     started = time.monotonic()
-    tables = delta.write_tables(spark, {
-        table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
-        for table in TABLES})
-    return StageReport.of_tables("silver", tables, time.monotonic() - started, run_id=run_id,
-                                 full_refresh=full_refresh)
+    tables = delta.write_tables(
+        spark,
+        {
+            table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
+            for table in TABLES
+        },
+    )
+    return StageReport.of_tables("silver", tables, time.monotonic() - started, run_id=run_id, full_refresh=full_refresh)

@@ -241,7 +241,7 @@ class GCSSource:
             for name, info in listing.items():
                 if info.get("type") != "file" or name.endswith("/"):
                     continue
-                parts = tuple(name[len(self.root) + 1:].split("/"))
+                parts = tuple(name[len(self.root) + 1 :].split("/"))
                 updated = info.get("updated")
                 modified = _parse_rfc3339(updated) if isinstance(updated, str) else info.get("mtime")
                 fingerprint = info.get("md5Hash") or f"gen:{info.get('generation')}"
@@ -341,7 +341,11 @@ class DriveSource:
 
         options = {"api_endpoint": _drive_endpoint(settings.gdrive_api_url)} if settings.gdrive_api_url else None
         self.service = build(
-            "drive", "v3", credentials=self._credentials, static_discovery=True, cache_discovery=False,
+            "drive",
+            "v3",
+            credentials=self._credentials,
+            static_discovery=True,
+            cache_discovery=False,
             client_options=options,
         )
         self._ids: dict[str, str] = {}
@@ -353,10 +357,18 @@ class DriveSource:
     def _children(self, folder_id: str) -> Iterator[dict[str, Any]]:
         token = None
         while True:
-            page = self.service.files().list(
-                q=f"'{folder_id}' in parents and trashed=false", fields=DRIVE_LIST_FIELDS, pageSize=1000,
-                pageToken=token, supportsAllDrives=True, includeItemsFromAllDrives=True,
-            ).execute(num_retries=3)
+            page = (
+                self.service.files()
+                .list(
+                    q=f"'{folder_id}' in parents and trashed=false",
+                    fields=DRIVE_LIST_FIELDS,
+                    pageSize=1000,
+                    pageToken=token,
+                    supportsAllDrives=True,
+                    includeItemsFromAllDrives=True,
+                )
+                .execute(num_retries=3)
+            )
             yield from page.get("files", [])
             token = page.get("nextPageToken")
             if not token:
@@ -366,9 +378,11 @@ class DriveSource:
         from googleapiclient.errors import HttpError
 
         try:
-            root = self.service.files().get(
-                fileId=self.folder_id, fields="id,mimeType", supportsAllDrives=True
-            ).execute(num_retries=3)
+            root = (
+                self.service.files()
+                .get(fileId=self.folder_id, fields="id,mimeType", supportsAllDrives=True)
+                .execute(num_retries=3)
+            )
         except HttpError as e:
             if e.resp.status == 404:
                 raise SourceError(f"{self.url}: no such Drive folder, or not shared with these credentials") from None
@@ -453,7 +467,7 @@ def open_source(url: str, settings: Settings | None = None) -> Source:
 
         settings = get_settings()
     if url.startswith("file://") or "://" not in url:
-        path = url[len("file://"):] if url.startswith("file://") else url
+        path = url[len("file://") :] if url.startswith("file://") else url
         root = Path(path).expanduser().resolve()
         if not root.is_dir():
             raise SourceError(f"source folder does not exist: {root}")

@@ -81,11 +81,17 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": str(min(shuffle, 50)),
     }
     if settings.spark_master.startswith("local"):  # a local driver serves no other machine: loopback only
-        conf.update({"spark.driver.memory": settings.spark_driver_memory, "spark.driver.bindAddress": "127.0.0.1",
-                     "spark.driver.host": "127.0.0.1"})
+        conf.update(
+            {
+                "spark.driver.memory": settings.spark_driver_memory,
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.driver.host": "127.0.0.1",
+            }
+        )
     gcs = settings.lake_url.startswith("gs://")
-    conf.update({**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}),
-                 **settings.spark_conf})
+    conf.update(
+        {**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}), **settings.spark_conf}
+    )
     # Delta (and the GCS connector) as local files from the project's jar cache: no resolution at start; a spark://
     # cluster's executors fetch them from the driver.
     conf["spark.jars"] = ",".join([*jars.spark_jars(gcs=gcs), *filter(None, [settings.spark_conf.get("spark.jars")])])
@@ -158,7 +164,8 @@ def warm_up(settings: Settings | None = None) -> None:
     with _lock:
         if _session is None and _starting is None:
             _starting = ThreadPoolExecutor(1, thread_name_prefix="spark-start").submit(
-                build_session, settings or get_settings())
+                build_session, settings or get_settings()
+            )
 
 
 def get_spark(settings: Settings | None = None) -> SparkSession:
@@ -201,13 +208,26 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
 
     from lakehouse.security import secure_dir, write_secret
 
-    conf = {**session_conf(settings), "spark.connect.grpc.binding.address": "localhost",
-            "spark.connect.grpc.binding.port": str(port), "spark.app.name": "lakehouse Spark Connect"}
-    properties = write_secret(secure_dir(Path(settings.data_dir)) / "spark-connect.conf",
-                              "".join(f"{key} {value}\n" for key, value in conf.items()), replace=True)
+    conf = {
+        **session_conf(settings),
+        "spark.connect.grpc.binding.address": "localhost",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.app.name": "lakehouse Spark Connect",
+    }
+    properties = write_secret(
+        secure_dir(Path(settings.data_dir)) / "spark-connect.conf",
+        "".join(f"{key} {value}\n" for key, value in conf.items()),
+        replace=True,
+    )
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    return [str(submit), "--properties-file", str(properties), "--class",
-            "org.apache.spark.sql.connect.service.SparkConnectServer", "spark-internal"]
+    return [
+        str(submit),
+        "--properties-file",
+        str(properties),
+        "--class",
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "spark-internal",
+    ]
 
 
 def start_connect_server(settings: Settings, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
@@ -216,9 +236,13 @@ def start_connect_server(settings: Settings, port: int, token: str, log: Path) -
     from lakehouse.security import wait_listening
 
     with open(log, "wb") as out:
-        proc = subprocess.Popen(connect_server_command(settings, port), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            connect_server_command(settings, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **jvm_environment(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
+            start_new_session=True,
+        )
     try:
         wait_listening(port, proc, 300, f"the Spark Connect server (log: {log})")
     except BaseException:

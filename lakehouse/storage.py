@@ -49,19 +49,27 @@ def _connector_auth(token: str | None) -> dict[str, str]:
         return {"fs.gs.auth.type": "COMPUTE_ENGINE"}
     path = Path(token).expanduser()
     if not path.is_file():
-        raise ValueError(f"{TOKEN_VAR}={token!r}: Spark's GCS connector takes anon, google_default, cloud or the "
-                         "path of a JSON key file")
+        raise ValueError(
+            f"{TOKEN_VAR}={token!r}: Spark's GCS connector takes anon, google_default, cloud or the "
+            "path of a JSON key file"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{TOKEN_VAR}: cannot read {path} as a JSON key file ({exc})") from None
     kind = info.get("type") if isinstance(info, dict) else None
     if kind == "service_account":
-        return {"fs.gs.auth.type": "SERVICE_ACCOUNT_JSON_KEYFILE",
-                "fs.gs.auth.service.account.json.keyfile": str(path.resolve())}
+        return {
+            "fs.gs.auth.type": "SERVICE_ACCOUNT_JSON_KEYFILE",
+            "fs.gs.auth.service.account.json.keyfile": str(path.resolve()),
+        }
     if kind == "authorized_user":
-        return {"fs.gs.auth.type": "USER_CREDENTIALS", "fs.gs.auth.client.id": info["client_id"],
-                "fs.gs.auth.client.secret": info["client_secret"], "fs.gs.auth.refresh.token": info["refresh_token"]}
+        return {
+            "fs.gs.auth.type": "USER_CREDENTIALS",
+            "fs.gs.auth.client.id": info["client_id"],
+            "fs.gs.auth.client.secret": info["client_secret"],
+            "fs.gs.auth.refresh.token": info["refresh_token"],
+        }
     raise ValueError(f"{TOKEN_VAR}: {path} is neither a service-account key nor an authorized-user token")
 
 
@@ -79,5 +87,7 @@ def spark_gcs_conf(settings: Settings) -> dict[str, str]:
     }
     if settings.gcs_endpoint:
         hadoop["fs.gs.storage.root.url"] = settings.gcs_endpoint.rstrip("/") + "/"
-    return {"spark.delta.logStore.gs.impl": "io.delta.storage.GCSLogStore",
-            **{f"spark.hadoop.{key}": value for key, value in hadoop.items()}}
+    return {
+        "spark.delta.logStore.gs.impl": "io.delta.storage.GCSLogStore",
+        **{f"spark.hadoop.{key}": value for key, value in hadoop.items()},
+    }

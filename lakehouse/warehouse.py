@@ -72,47 +72,92 @@ def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | No
     key_sql = f"cast({key} as varchar)" if entity == "student" else f"cast({key} as integer)"
     columns = (key, *attributes, "is_deleted", "as_of", "delivery")
     attrs = [f"cast({a} as timestamptz) as {a}" if a.endswith("_at") else a for a in attributes]
-    select = ", ".join([f"{key_sql} as {key}", *attrs, "cast(is_deleted as boolean) as is_deleted",
-                        "cast(as_of as timestamptz) as as_of", "cast(delivery as varchar) as delivery"])
-    return Load(f"dim_{entity}", f"dim_{entity}_history", f"one row per {entity} version (SCD type 2)", columns,
-                f"select {select} from {{src}}", key=key, key_collation=key_collation)
+    select = ", ".join(
+        [
+            f"{key_sql} as {key}",
+            *attrs,
+            "cast(is_deleted as boolean) as is_deleted",
+            "cast(as_of as timestamptz) as as_of",
+            "cast(delivery as varchar) as delivery",
+        ]
+    )
+    return Load(
+        f"dim_{entity}",
+        f"dim_{entity}_history",
+        f"one row per {entity} version (SCD type 2)",
+        columns,
+        f"select {select} from {{src}}",
+        key=key,
+        key_collation=key_collation,
+    )
 
 
 LOADS: tuple[Load, ...] = (
     # student_id is sorted and partitioned under collate "C": the same groups (text equality is bytewise either
     # way), a cheaper sort than under the database's collation
-    _dimension("student", ("registered_at", "state", "city", "university_id", "university_name",
-                           "course_id", "course_name", "signup_source"), key_collation="C"),
+    _dimension(
+        "student",
+        (
+            "registered_at",
+            "state",
+            "city",
+            "university_id",
+            "university_name",
+            "course_id",
+            "course_name",
+            "signup_source",
+        ),
+        key_collation="C",
+    ),
     _dimension("course", ("course_name",)),
     _dimension("university", ("university_name",)),
     _dimension("subject", ("subject_name",)),
-    Load("fact_session", "fact_session", "one row per distinct session record",
-         ("student_id", "session_start_at", "client_type"),
-         "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
-         fact_time="session_start_at", depends=("dim_student",)),
-    Load("fact_subscription", "fact_subscription", "one row per distinct payment",
-         ("student_id", "payment_at", "plan_type"),
-         "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
-         fact_time="payment_at", depends=("dim_student",)),
-    Load("fact_subject_follow", "fact_subject_follow", "one row per distinct follow of a subject by a student",
-         ("student_id", "subject_id", "followed_at"),
-         "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
-         fact_time="followed_at", depends=("dim_student", "dim_subject")),
-    Load("fact_page_view_daily", "fact_page_view",
-         "one row per (day, student, client type, country); student null when anonymous",
-         ("event_date", "student_id", "client_type", "country", "page_views", "first_event_at", "last_event_at"),
-         "select cast(event_date as date) as event_date, cast(student_id as varchar) as student_id, client_type,"
-         " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
-         " cast(max(event_at) as timestamptz) as last_event_at"
-         " from {src} group by all",
-         fact_time="first_event_at", measures=(("page_views", "sum"), ("first_event_at", "min"),
-                                               ("last_event_at", "max")),
-         depends=("dim_student",)),
+    Load(
+        "fact_session",
+        "fact_session",
+        "one row per distinct session record",
+        ("student_id", "session_start_at", "client_type"),
+        "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
+        fact_time="session_start_at",
+        depends=("dim_student",),
+    ),
+    Load(
+        "fact_subscription",
+        "fact_subscription",
+        "one row per distinct payment",
+        ("student_id", "payment_at", "plan_type"),
+        "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
+        fact_time="payment_at",
+        depends=("dim_student",),
+    ),
+    Load(
+        "fact_subject_follow",
+        "fact_subject_follow",
+        "one row per distinct follow of a subject by a student",
+        ("student_id", "subject_id", "followed_at"),
+        "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
+        fact_time="followed_at",
+        depends=("dim_student", "dim_subject"),
+    ),
+    Load(
+        "fact_page_view_daily",
+        "fact_page_view",
+        "one row per (day, student, client type, country); student null when anonymous",
+        ("event_date", "student_id", "client_type", "country", "page_views", "first_event_at", "last_event_at"),
+        "select cast(event_date as date) as event_date, cast(student_id as varchar) as student_id, client_type,"
+        " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
+        " cast(max(event_at) as timestamptz) as last_event_at"
+        " from {src} group by all",
+        fact_time="first_event_at",
+        measures=(("page_views", "sum"), ("first_event_at", "min"), ("last_event_at", "max")),
+        depends=("dim_student",),
+    ),
 )
 LOADS_BY_TARGET = {load.target: load for load in LOADS}
 
 
 # -- gold sources: where the mirror reads gold -------------------------------------------------
+
 
 class GoldSource(Protocol):
     """Gold tables as DuckDB relations, each with a version number."""
@@ -185,6 +230,7 @@ def duckdb_connection() -> DuckDBPyConnection:
 
 # -- streaming rows into PostgreSQL with COPY -------------------------------------------------
 
+
 class CsvStream(io.RawIOBase):
     """A read-only file over Arrow record batches rendered as CSV, for `copy_expert`. A background thread reads
     and renders the batches while PostgreSQL parses the previous ones, at most `ahead` chunks ahead (bounded
@@ -256,8 +302,13 @@ class CsvStream(io.RawIOBase):
         super().close()
 
 
-def copy_batches(cur: Cursor, table: str, columns: Iterable[str], batches: Iterable[Any],
-                 on_batch: Callable[[int], None] | None = None) -> int:
+def copy_batches(
+    cur: Cursor,
+    table: str,
+    columns: Iterable[str],
+    batches: Iterable[Any],
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
     """COPY Arrow record batches into `table` (CSV over the wire); returns the rows sent."""
     stream = CsvStream(batches, on_batch)
     try:
@@ -273,6 +324,7 @@ def copy_batches(cur: Cursor, table: str, columns: Iterable[str], batches: Itera
 
 # -- SQL files -------------------------------------------------------------------------------
 
+
 def migrations() -> list[tuple[int, str, Path]]:
     """The migration files `warehouse_sql/NNN_name.sql`, in order."""
     found = []
@@ -287,12 +339,23 @@ def _template_context(load: Load) -> dict[str, Any]:
     """The variables of the load's template (their meaning is stated at the top of each template)."""
     if load.is_dimension:
         attributes = [c for c in load.columns if c not in (load.key, "is_deleted", "as_of", "delivery")]
-        return {"table": load.target, "grain": load.grain, "key": load.key, "attributes": attributes,
-                "key_collation": load.key_collation or ""}
+        return {
+            "table": load.target,
+            "grain": load.grain,
+            "key": load.key,
+            "attributes": attributes,
+            "key_collation": load.key_collation or "",
+        }
     measures = [list(m) for m in load.measures]
     dimensions = [{"entity": d.removeprefix("dim_"), "key": LOADS_BY_TARGET[d].key} for d in load.depends]
-    return {"table": load.target, "grain": load.grain, "fact_time": load.fact_time, "measures": measures,
-            "columns": [c for c in load.columns if c not in dict(load.measures)], "dimensions": dimensions}
+    return {
+        "table": load.target,
+        "grain": load.grain,
+        "fact_time": load.fact_time,
+        "measures": measures,
+        "columns": [c for c in load.columns if c not in dict(load.measures)],
+        "dimensions": dimensions,
+    }
 
 
 def load_sql(target: str) -> str:
@@ -304,8 +367,9 @@ def load_sql(target: str) -> str:
         raise KeyError(f"no dw target table {target!r}; targets: {', '.join(LOADS_BY_TARGET)}")
     template = SQL_DIR / "load" / ("dimension.sql" if load.is_dimension else "fact.sql")
     # the environment sqlfluff lints the templates with: trailing newline kept, the `do` statement, no escaping
-    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
-                             extensions=["jinja2.ext.do"], autoescape=False)
+    env = jinja2.Environment(
+        keep_trailing_newline=True, undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.do"], autoescape=False
+    )
     return env.from_string(template.read_text()).render(_template_context(load))
 
 
@@ -334,8 +398,10 @@ def _changed_migrations(done: dict[int, str]) -> list[str]:
     for version, _, path in found:
         checksum = hashlib.sha256(path.read_text().encode()).hexdigest()
         if version in done and done[version] != checksum:
-            problems.append(f"warehouse_sql/{path.name} was changed after it was applied to this database"
-                            f" (applied sha256 {done[version][:12]}, file now {checksum[:12]})")
+            problems.append(
+                f"warehouse_sql/{path.name} was changed after it was applied to this database"
+                f" (applied sha256 {done[version][:12]}, file now {checksum[:12]})"
+            )
     return problems
 
 
@@ -349,8 +415,10 @@ def migrate(dsn: str) -> list[str]:
         with conn.cursor() as cur:
             cur.execute("select pg_advisory_lock(%s)", (MIGRATE_LOCK,))
             cur.execute("create schema if not exists dw")
-            cur.execute("create table if not exists dw.schema_version (version integer primary key, name text not null,"
-                        " checksum text not null, applied_at timestamptz not null default now())")
+            cur.execute(
+                "create table if not exists dw.schema_version (version integer primary key, name text not null,"
+                " checksum text not null, applied_at timestamptz not null default now())"
+            )
             cur.execute("select version, checksum from dw.schema_version")
             done = dict(cur.fetchall())
         problems = _changed_migrations(done)
@@ -360,7 +428,8 @@ def migrate(dsn: str) -> list[str]:
                 "; ".join(problems) + ". Applied migrations are never run again, so the change would not reach"
                 " this database. Restore the file as it was applied (for example `git log -p -- warehouse_sql/`)"
                 f" and put the change in a new migration, warehouse_sql/{last + 1:03d}_<what>.sql. No migration"
-                " was applied.")
+                " was applied."
+            )
         for version, name, path in migrations():
             sql = path.read_text()
             checksum = hashlib.sha256(sql.encode()).hexdigest()
@@ -369,8 +438,10 @@ def migrate(dsn: str) -> list[str]:
             conn.autocommit = False
             with conn.cursor() as cur:
                 cur.execute(sql)
-                cur.execute("insert into dw.schema_version (version, name, checksum) values (%s, %s, %s)",
-                            (version, name, checksum))
+                cur.execute(
+                    "insert into dw.schema_version (version, name, checksum) values (%s, %s, %s)",
+                    (version, name, checksum),
+                )
             conn.commit()
             conn.autocommit = True
             applied.append(path.name)
@@ -396,16 +467,20 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
         for attempt in range(5):
             try:
                 with conn.cursor() as cur:
-                    cur.execute("select rolsuper, rolcreatedb, rolcreaterole, rolreplication from pg_roles"
-                                " where rolname = %s", (BI_LOGIN,))
+                    cur.execute(
+                        "select rolsuper, rolcreatedb, rolcreaterole, rolreplication from pg_roles where rolname = %s",
+                        (BI_LOGIN,),
+                    )
                     found = cur.fetchone()
                     if found is None:
                         cur.execute(f"create role {BI_LOGIN} login in role {BI_GROUP}")
                     elif any(found):  # only a superuser may change these; a mirror role with CREATEROLE need not
                         cur.execute(f"alter role {BI_LOGIN} with nosuperuser nocreatedb nocreaterole noreplication")
                     verifier = psycopg2.extensions.encrypt_password(password, BI_LOGIN, conn, "scram-sha-256")
-                    cur.execute(f"alter role {BI_LOGIN} with login connection limit {BI_CONNECTION_LIMIT}"
-                                " password %s", (verifier,))
+                    cur.execute(
+                        f"alter role {BI_LOGIN} with login connection limit {BI_CONNECTION_LIMIT} password %s",
+                        (verifier,),
+                    )
                     for name, value in BI_LOGIN_SETTINGS.items():
                         cur.execute(f"alter role {BI_LOGIN} set {name} = %s", (value,))
                     cur.execute(f"grant {BI_GROUP} to {BI_LOGIN}")
@@ -420,6 +495,7 @@ def ensure_bi_login(dsn: str, settings: Settings | None = None) -> bool:
 
 
 # -- the mirror ------------------------------------------------------------------------------
+
 
 def _applied_deliveries(cur: Cursor, target: str) -> set[tuple[str, datetime]]:
     cur.execute("select delivery, as_of from dw.load_delivery where table_name = %s", (target,))
@@ -463,12 +539,16 @@ def stage_query(load: Load, relation: str, where: str = "") -> str:
         query = f"select * from ({query}) as gold({columns}) where {where}"
     # timestamps leave DuckDB as UTC text with an explicit offset: DuckDB renders them several times faster
     # than Arrow's CSV writer, and PostgreSQL reads them the same whatever its session time zone
-    rendered = [f"strftime(cast({c} as timestamp), '%Y-%m-%d %H:%M:%S.%f+00') as {c}" if _is_timestamp(c) else c
-                for c in load.columns]
+    rendered = [
+        f"strftime(cast({c} as timestamp), '%Y-%m-%d %H:%M:%S.%f+00') as {c}" if _is_timestamp(c) else c
+        for c in load.columns
+    ]
     return f"select {', '.join(rendered)} from ({query}) as staged({columns})"
 
 
-def _stage(cur: Cursor, duck: DuckDBPyConnection, load: Load, relation: str, where: str = "", params: list | None = None) -> int:
+def _stage(
+    cur: Cursor, duck: DuckDBPyConnection, load: Load, relation: str, where: str = "", params: list | None = None
+) -> int:
     """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history)."""
     stage = f"stage.{load.target}_history" if load.is_dimension else f"stage.{load.target}"
     extra = f", stage.{load.target}_version" if load.is_dimension else ""
@@ -486,10 +566,17 @@ def _apply(cur: Cursor, target: str) -> dict[str, int]:
     return counts
 
 
-def _load_dimension(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: GoldSource, version: int, load_id: Callable[[], int]) -> dict:
+def _load_dimension(
+    cur: Cursor, duck: DuckDBPyConnection, load: Load, source: GoldSource, version: int, load_id: Callable[[], int]
+) -> dict:
     relation = source.relation(duck, load.gold, version)
-    in_gold = {(d, a) for d, a in duck.execute(f"select distinct cast(delivery as varchar), cast(as_of as timestamptz)"
-                                                 f" from {relation} where as_of is not null").fetchall()}
+    in_gold = {
+        (d, a)
+        for d, a in duck.execute(
+            f"select distinct cast(delivery as varchar), cast(as_of as timestamptz)"
+            f" from {relation} where as_of is not null"
+        ).fetchall()
+    }
     new = sorted(in_gold - _applied_deliveries(cur, load.target), key=lambda x: (x[1], x[0]))
     report: dict[str, Any] = {"status": "applied", "gold_version": version, "deliveries": [d for d, _ in new]}
     counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
@@ -499,10 +586,16 @@ def _load_dimension(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: G
         counts["rows_staged"] = _stage(cur, duck, load, relation, "as_of >= ?", [replay_from])
         faults.point(f"mirror.{load.target}.staged")
         steps = _apply(cur, load.target)
-        counts.update(rows_inserted=steps.get("inserted", 0), rows_closed=steps.get("closed", 0),
-                      rows_removed=steps.get("rewound", 0))
-        cur.executemany("insert into dw.load_delivery (table_name, delivery, as_of, load_id) values (%s, %s, %s, %s)"
-                        " on conflict do nothing", [(load.target, d, a, load_id()) for d, a in new])
+        counts.update(
+            rows_inserted=steps.get("inserted", 0),
+            rows_closed=steps.get("closed", 0),
+            rows_removed=steps.get("rewound", 0),
+        )
+        cur.executemany(
+            "insert into dw.load_delivery (table_name, delivery, as_of, load_id) values (%s, %s, %s, %s)"
+            " on conflict do nothing",
+            [(load.target, d, a, load_id()) for d, a in new],
+        )
         if replayed:
             report["replayed"] = replayed
     _audit(cur, load_id(), load, version, [d for d, _ in new], counts)
@@ -510,7 +603,14 @@ def _load_dimension(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: G
     return report
 
 
-def _load_fact(cur: Cursor, duck: DuckDBPyConnection, load: Load, source: GoldSource, version: int | None, load_id: Callable[[], int]) -> dict:
+def _load_fact(
+    cur: Cursor,
+    duck: DuckDBPyConnection,
+    load: Load,
+    source: GoldSource,
+    version: int | None,
+    load_id: Callable[[], int],
+) -> dict:
     counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
     if version is None:  # gold table gone while its dimensions changed: the fact is empty
         cur.execute(f"truncate stage.{load.target}")
@@ -527,8 +627,17 @@ def _audit(cur: Cursor, load_id: int, load: Load, version: int, deliveries: list
     cur.execute(
         "insert into dw.load_audit (load_id, table_name, gold_table, gold_version, deliveries, rows_staged,"
         " rows_inserted, rows_closed, rows_removed) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (load_id, load.target, load.gold, version, deliveries, counts["rows_staged"], counts["rows_inserted"],
-         counts["rows_closed"], counts["rows_removed"]),
+        (
+            load_id,
+            load.target,
+            load.gold,
+            version,
+            deliveries,
+            counts["rows_staged"],
+            counts["rows_inserted"],
+            counts["rows_closed"],
+            counts["rows_removed"],
+        ),
     )
 
 
@@ -565,8 +674,10 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
                 last = _last_gold_version(cur, load.target)
                 if load.is_dimension:
                     if version is None or version == last:
-                        tables[load.target] = {"status": "missing" if version is None else "skipped",
-                                               "gold_version": version}
+                        tables[load.target] = {
+                            "status": "missing" if version is None else "skipped",
+                            "gold_version": version,
+                        }
                         continue
                     report = _load_dimension(cur, duck, load, source, version, load_id)
                     if report["deliveries"]:
@@ -592,9 +703,16 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
     seconds = time.perf_counter() - started
     staged = sum(r.get("rows_staged", 0) for r in tables.values())
     return StageReport(
-        "mirror", rows_in=staged, rows_out=sum(r.get("rows_inserted", 0) for r in tables.values()),
-        deliveries=sorted({d for r in tables.values() for d in r.get("deliveries", [])}), skipped=not applied,
+        "mirror",
+        rows_in=staged,
+        rows_out=sum(r.get("rows_inserted", 0) for r in tables.values()),
+        deliveries=sorted({d for r in tables.values() for d in r.get("deliveries", [])}),
+        skipped=not applied,
         seconds=round(seconds, 3),
-        details={"load_id": load_ids[0] if load_ids else None, "applied": applied,
-                 "rows_per_second": round(staged / seconds) if seconds and staged else 0, "tables": tables},
+        details={
+            "load_id": load_ids[0] if load_ids else None,
+            "applied": applied,
+            "rows_per_second": round(staged / seconds) if seconds and staged else 0,
+            "tables": tables,
+        },
     )

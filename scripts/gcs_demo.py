@@ -25,8 +25,9 @@ def main() -> int:
     lakehouse = str(Path(sys.executable).with_name("lakehouse"))
     started = time.monotonic()
     if data.exists():
-        subprocess.run([lakehouse, "pg", "stop"], env={**os.environ, "LAKEHOUSE_DATA_DIR": str(data)},
-                       capture_output=True)
+        subprocess.run(
+            [lakehouse, "pg", "stop"], env={**os.environ, "LAKEHOUSE_DATA_DIR": str(data)}, capture_output=True
+        )
         shutil.rmtree(data)
     data.mkdir(parents=True)
     with run_emulator() as endpoint:
@@ -36,17 +37,26 @@ def main() -> int:
         for kind in ("transactional", "events"):
             fs.put(str(sample / kind), f"{BUCKET}/source/{kind}", recursive=True)
         print(f"uploaded {sample} to gs://{BUCKET}/source ({len(fs.find(f'{BUCKET}/source'))} files)", flush=True)
-        env = {**os.environ, "LAKEHOUSE_SOURCE": f"gs://{BUCKET}/source", "LAKEHOUSE_LAKE": f"gs://{BUCKET}/lake",
-               "LAKEHOUSE_GCS_ENDPOINT": endpoint, "LAKEHOUSE_GCS_TOKEN": "anon", "LAKEHOUSE_DATA_DIR": str(data),
-               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+        env = {
+            **os.environ,
+            "LAKEHOUSE_SOURCE": f"gs://{BUCKET}/source",
+            "LAKEHOUSE_LAKE": f"gs://{BUCKET}/lake",
+            "LAKEHOUSE_GCS_ENDPOINT": endpoint,
+            "LAKEHOUSE_GCS_TOKEN": "anon",
+            "LAKEHOUSE_DATA_DIR": str(data),
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        }
         try:
             run = subprocess.run([lakehouse, "run"], env=env, cwd=PROJECT_ROOT)
             if run.returncode == 0:
                 subprocess.run([lakehouse, "summary"], env=env, cwd=PROJECT_ROOT, check=True)
         finally:
             subprocess.run([lakehouse, "pg", "stop"], env=env, cwd=PROJECT_ROOT, capture_output=True)
-    print(f"gcs-demo: {'done' if run.returncode == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s; "
-          "the emulator is stopped and its bucket gone", flush=True)
+    print(
+        f"gcs-demo: {'done' if run.returncode == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s; "
+        "the emulator is stopped and its bucket gone",
+        flush=True,
+    )
     return run.returncode
 
 

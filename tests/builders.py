@@ -12,18 +12,33 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 from lakehouse import delta
 from lakehouse.security import wait_listening
 
-EVENTS_BRONZE = StructType([
-    StructField("value", StringType()), StructField("at_raw", StringType()), StructField("source_file", StringType()),
-    StructField("landed_path", StringType()), StructField("line_number", LongType()),
-    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
-    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
-])
-ENTITY_BRONZE = StructType([
-    StructField("record", StringType()), StructField("source_file", StringType()),
-    StructField("landed_path", StringType()), StructField("line_number", LongType()),
-    StructField("delivery", StringType()), StructField("as_of", TimestampType()), StructField("batch_id", LongType()),
-    StructField("landed_at", TimestampType()), StructField("run_id", StringType()),
-])
+EVENTS_BRONZE = StructType(
+    [
+        StructField("value", StringType()),
+        StructField("at_raw", StringType()),
+        StructField("source_file", StringType()),
+        StructField("landed_path", StringType()),
+        StructField("line_number", LongType()),
+        StructField("delivery", StringType()),
+        StructField("as_of", TimestampType()),
+        StructField("batch_id", LongType()),
+        StructField("landed_at", TimestampType()),
+        StructField("run_id", StringType()),
+    ]
+)
+ENTITY_BRONZE = StructType(
+    [
+        StructField("record", StringType()),
+        StructField("source_file", StringType()),
+        StructField("landed_path", StringType()),
+        StructField("line_number", LongType()),
+        StructField("delivery", StringType()),
+        StructField("as_of", TimestampType()),
+        StructField("batch_id", LongType()),
+        StructField("landed_at", TimestampType()),
+        StructField("run_id", StringType()),
+    ]
+)
 T0 = datetime(2020, 1, 1)
 
 
@@ -34,15 +49,20 @@ def as_of(delivery: str) -> datetime:
 
 def event_rows(spark, lines, batch=1):
     """lines: (json_text, delivery, source_file, line_number)."""
-    rows = [(text, json.loads(text).get("at"), f"events/{d}/{f}", f"landing/{f}", n, d, as_of(d), batch, T0, "r")
-            for text, d, f, n in lines]
+    rows = [
+        (text, json.loads(text).get("at"), f"events/{d}/{f}", f"landing/{f}", n, d, as_of(d), batch, T0, "r")
+        for text, d, f, n in lines
+    ]
     return spark.createDataFrame(rows, EVENTS_BRONZE)
 
 
 def entity_rows(spark, entity, deliveries, batch=1):
     """deliveries: {delivery: [record dict, ...]} -> bronze.<entity> rows."""
-    rows = [(json.dumps(rec), f"transactional/{d}/{entity}.json", "x", i + 1, d, as_of(d), batch, T0, "r")
-            for d, recs in deliveries.items() for i, rec in enumerate(recs)]
+    rows = [
+        (json.dumps(rec), f"transactional/{d}/{entity}.json", "x", i + 1, d, as_of(d), batch, T0, "r")
+        for d, recs in deliveries.items()
+        for i, rec in enumerate(recs)
+    ]
     return spark.createDataFrame(rows, ENTITY_BRONZE)
 
 
@@ -65,15 +85,44 @@ def line(**fields):
     return json.dumps(fields, ensure_ascii=False)
 
 
-SPACED = line(at="2017-11-16 02:10:20", **{"Page Name": "/busca", "Page Category": "busca",
-              "Page Category 1": "busca", "Last Accessed Url": "/x", "first-accessed-page": "home"},
-              studentId_clientType="12@Website", custom_4="CoreUser", user_type="known", nth=3, device_new=False,
-              country="br", session_uuid="s1")
-CAMEL_GLUED = line(at="2017-11-1603:00:00", PageName="/arquivo/1", PageCategory="arquivo", PageCategory1="arquivo",
-                   LastAccessedUrl="/y", studentId_clientType="7@Android", custom_4="NewUser", nth="4",
-                   country="us", session_uuid="s2", shiny_new_field={"a": 1})
-ISO_ANON = line(at="2017-11-15T23:30:00-03:00", PageName="/home", user_type="anonymous", studentId_clientType=None,
-                country="br", session_uuid="s3")
+SPACED = line(
+    at="2017-11-16 02:10:20",
+    **{
+        "Page Name": "/busca",
+        "Page Category": "busca",
+        "Page Category 1": "busca",
+        "Last Accessed Url": "/x",
+        "first-accessed-page": "home",
+    },
+    studentId_clientType="12@Website",
+    custom_4="CoreUser",
+    user_type="known",
+    nth=3,
+    device_new=False,
+    country="br",
+    session_uuid="s1",
+)
+CAMEL_GLUED = line(
+    at="2017-11-1603:00:00",
+    PageName="/arquivo/1",
+    PageCategory="arquivo",
+    PageCategory1="arquivo",
+    LastAccessedUrl="/y",
+    studentId_clientType="7@Android",
+    custom_4="NewUser",
+    nth="4",
+    country="us",
+    session_uuid="s2",
+    shiny_new_field={"a": 1},
+)
+ISO_ANON = line(
+    at="2017-11-15T23:30:00-03:00",
+    PageName="/home",
+    user_type="anonymous",
+    studentId_clientType=None,
+    country="br",
+    session_uuid="s3",
+)
 
 
 def write_bronze(spark, settings, table, df, batch):
@@ -90,27 +139,81 @@ def commits(spark, settings, layer, table):
 
 STUDENTS = {
     "2017-11-16": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "SP", "City": "Campinas",
-         "UniversityId": 10, "CourseId": "20", "SignupSource": "Google"},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
-         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "São Paulo", "City": "Santos",
-         "UniversityId": "11", "CourseId": 21, "SignupSource": None},
-        {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "rio de janeiro",
-         "UniversityId": 10, "CourseId": 20},
+        {
+            "Id": "1",
+            "RegisteredDate": "2017-08-22 13:37:20.000",
+            "State": "SP",
+            "City": "Campinas",
+            "UniversityId": 10,
+            "CourseId": "20",
+            "SignupSource": "Google",
+        },
+        {
+            "Id": "2",
+            "RegisteredDate": "2017-09-01 00:00:00.000",
+            "State": "São Paulo",
+            "City": "Santos",
+            "UniversityId": "11",
+            "CourseId": 21,
+            "SignupSource": None,
+        },
+        {
+            "Id": "2",
+            "RegisteredDate": "2017-09-01 00:00:00.000",
+            "State": "São Paulo",
+            "City": "Santos",
+            "UniversityId": "11",
+            "CourseId": 21,
+            "SignupSource": None,
+        },
+        {
+            "Id": "3",
+            "RegisteredDate": "2017-10-01 00:00:00.000",
+            "State": "rio de janeiro",
+            "UniversityId": 10,
+            "CourseId": 20,
+        },
     ],
     "2017-11-17": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
-         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
+        {
+            "Id": "1",
+            "RegisteredDate": "2017-08-22 13:37:20.000",
+            "State": "MG",
+            "City": "Contagem",
+            "UniversityId": 10,
+            "CourseId": 20,
+            "SignupSource": "Google",
+        },
         {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "RJ", "UniversityId": 10, "CourseId": 20},
     ],
     "2017-11-18T06:00:00": [
-        {"Id": "1", "RegisteredDate": "2017-08-22 13:37:20.000", "State": "MG", "City": "Contagem",
-         "UniversityId": 10, "CourseId": 20, "SignupSource": "Google"},
-        {"Id": "2", "RegisteredDate": "2017-09-01 00:00:00.000", "State": "SP", "City": "Santos",
-         "UniversityId": 11, "CourseId": 22, "SignupSource": None},
-        {"Id": "4", "RegisteredDate": "2017-11-17 10:00:00.000", "State": None, "City": "Natal",
-         "UniversityId": 11, "CourseId": 22, "SignupSource": "Email"},
+        {
+            "Id": "1",
+            "RegisteredDate": "2017-08-22 13:37:20.000",
+            "State": "MG",
+            "City": "Contagem",
+            "UniversityId": 10,
+            "CourseId": 20,
+            "SignupSource": "Google",
+        },
+        {
+            "Id": "2",
+            "RegisteredDate": "2017-09-01 00:00:00.000",
+            "State": "SP",
+            "City": "Santos",
+            "UniversityId": 11,
+            "CourseId": 22,
+            "SignupSource": None,
+        },
+        {
+            "Id": "4",
+            "RegisteredDate": "2017-11-17 10:00:00.000",
+            "State": None,
+            "City": "Natal",
+            "UniversityId": 11,
+            "CourseId": 22,
+            "SignupSource": "Email",
+        },
     ],
 }
 

@@ -90,24 +90,54 @@ def standalone(tmp_path_factory):
     home = Path(pyspark.__file__).parent
     spark_class = str(home / "bin" / "spark-class")
     root = tmp_path_factory.mktemp("standalone")
-    env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               SPARK_WORKER_DIR=str(root / "work"), SPARK_LOG_DIR=str(root / "logs"))
+    env = dict(
+        os.environ,
+        SPARK_HOME=str(home),
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_WORKER_DIR=str(root / "work"),
+        SPARK_LOG_DIR=str(root / "logs"),
+    )
     port, ui, worker_ui = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen] = []
 
     def start(args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
         log = root / f"{name}.log"
-        proc = subprocess.Popen([spark_class, *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [spark_class, *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs.append(proc)
         return proc, log
 
     try:
-        master, log = start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                             "--webui-port", str(ui)], "master")
+        master, log = start(
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            "master",
+        )
         wait_port(port, master, log)
-        worker, wlog = start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host",
-                              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(worker_ui)], "worker")
+        worker, wlog = start(
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                f"spark://127.0.0.1:{port}",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--webui-port",
+                str(worker_ui),
+            ],
+            "worker",
+        )
         wait_port(worker_ui, worker, wlog)
         yield f"spark://127.0.0.1:{port}"
     finally:

@@ -42,8 +42,13 @@ class Item:
 
     def resource(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "kind": "drive#file", "id": self.id, "name": self.name, "mimeType": self.mime_type,
-            "parents": list(self.parents), "trashed": self.trashed, "modifiedTime": rfc3339(self.modified),
+            "kind": "drive#file",
+            "id": self.id,
+            "name": self.name,
+            "mimeType": self.mime_type,
+            "parents": list(self.parents),
+            "trashed": self.trashed,
+            "modifiedTime": rfc3339(self.modified),
         }
         if self.data is not None:
             out["size"] = str(len(self.data))  # Drive sends int64 as a string
@@ -119,8 +124,9 @@ class FakeDrive:
             self.items[item.id] = item
             return item.id
 
-    def put(self, root: str, path: str, data: bytes, modified: datetime | None = None,
-            mime_type: str = "application/json") -> str:
+    def put(
+        self, root: str, path: str, data: bytes, modified: datetime | None = None, mime_type: str = "application/json"
+    ) -> str:
         """Create or overwrite the file at '/'-separated `path` under folder `root`; returns its id."""
         *folders, name = path.split("/")
         with self.lock:
@@ -157,7 +163,9 @@ class FakeDrive:
             self.tokens.add(token)
         return token
 
-    def service_account_info(self, email: str = "lakehouse-test@fake-project.iam.gserviceaccount.com") -> dict[str, Any]:
+    def service_account_info(
+        self, email: str = "lakehouse-test@fake-project.iam.gserviceaccount.com"
+    ) -> dict[str, Any]:
         """A freshly generated service-account key whose `token_uri` points at this fake."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -170,18 +178,26 @@ class FakeDrive:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return {
-            "type": "service_account", "project_id": "fake-project", "private_key_id": secrets.token_hex(20),
-            "private_key": private_pem, "client_email": email, "client_id": "1234567890",
-            "auth_uri": self.url + "auth", "token_uri": self.url + "token",
+            "type": "service_account",
+            "project_id": "fake-project",
+            "private_key_id": secrets.token_hex(20),
+            "private_key": private_pem,
+            "client_email": email,
+            "client_id": "1234567890",
+            "auth_uri": self.url + "auth",
+            "token_uri": self.url + "token",
         }
 
     def authorized_user_info(self) -> dict[str, Any]:
         """An OAuth authorized-user token JSON with a far-future `expiry`, so the client never refreshes it
         (google-auth always refreshes authorized users at Google's own token endpoint, not at `token_uri`)."""
         return {
-            "type": "authorized_user", "client_id": "fake-client.apps.googleusercontent.com",
-            "client_secret": "fake-secret", "refresh_token": "1//fake-refresh-" + secrets.token_urlsafe(8),
-            "token": self.issue_token(), "expiry": "2099-01-01T00:00:00Z",
+            "type": "authorized_user",
+            "client_id": "fake-client.apps.googleusercontent.com",
+            "client_secret": "fake-secret",
+            "refresh_token": "1//fake-refresh-" + secrets.token_urlsafe(8),
+            "token": self.issue_token(),
+            "expiry": "2099-01-01T00:00:00Z",
             "scopes": [DRIVE_SCOPE_PREFIX + ".readonly"],
         }
 
@@ -206,8 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # --- plumbing --------------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -221,8 +238,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode())
 
     def _error(self, status: int, reason: str, message: str) -> None:
-        self._json(status, {"error": {"code": status, "message": message,
-                                      "errors": [{"domain": "global", "reason": reason, "message": message}]}})
+        self._json(
+            status,
+            {
+                "error": {
+                    "code": status,
+                    "message": message,
+                    "errors": [{"domain": "global", "reason": reason, "message": message}],
+                }
+            },
+        )
 
     def _record(self) -> tuple[str, dict[str, list[str]]]:
         with self.drive.lock:
@@ -232,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and auth[len("Bearer "):] in self.drive.tokens:
+        if auth.startswith("Bearer ") and auth[len("Bearer ") :] in self.drive.tokens:
             return True
         self._error(401, "authError", "Request had invalid authentication credentials.")
         return False
@@ -293,13 +318,14 @@ class _Handler(BaseHTTPRequestHandler):
         if parent is None:
             return self._error(400, "invalid", "fake supports only queries with '<id>' in parents")
         items = [
-            i for i in self.drive.children(parent, include_trashed=True)
+            i
+            for i in self.drive.children(parent, include_trashed=True)
             if (trashed is None or i.trashed == trashed) and (name is None or i.name == name)
         ]
         size = min(int(query.get("pageSize", ["100"])[0]), 1000, self.drive.page_size_cap)
         token = query.get("pageToken", [""])[0]
         start = int(token[1:]) if token.startswith("p") else 0
-        page = items[start:start + size]
+        page = items[start : start + size]
         fields = query.get("fields", [""])[0]
         payload: dict[str, Any] = {"kind": "drive#fileList", "incompleteSearch": False}
         if start + size < len(items):
@@ -324,8 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
         last = min(int(m.group(2)) if m.group(2) else total - 1, total - 1)
         if first >= total:
             return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{total}"})
-        self._send(206, data[first:last + 1], "application/octet-stream",
-                   {"Content-Range": f"bytes {first}-{last}/{total}"})
+        self._send(
+            206, data[first : last + 1], "application/octet-stream", {"Content-Range": f"bytes {first}-{last}/{total}"}
+        )
 
 
 def _split_fields(fields: str) -> list[str]:

@@ -11,8 +11,10 @@ DAYS = 46  # 2017-10-16 .. 2017-11-30
 FOREIGN = ["us", "pt", "ar", "ao", "mz", "py", "fr", "de", "es", "uy", "co", "mx"]
 STATES = ["SP", "SP", "SP", "RJ", "RJ", "MG", "MG", "RS", "PR", "BA", "SC", "PE", "CE", "GO", "DF", "PA", "ES", "AM"]
 # anonymous events carry no `studentId_clientType`: null student_id and null client_type
-CLIENTS = ("case when student_id is null then null when b < 50 then 'Website' when b < 70 then 'Android' "
-           "when b < 90 then 'iOS' else 'Webapp' end")
+CLIENTS = (
+    "case when student_id is null then null when b < 50 then 'Website' when b < 70 then 'Android' "
+    "when b < 90 then 'iOS' else 'Webapp' end"
+)
 
 
 def _h(col: str, salt: int, mod: int) -> str:
@@ -30,28 +32,32 @@ def _write(df: DataFrame, lake: str, layer: str, name: str, mode: str = "overwri
 
 def page_views(spark: SparkSession, events: int, students: int) -> DataFrame:
     """`fact_page_view` rows: Oct 16 - Nov 30 2017, ~20% anonymous (null client type), ~6% foreign (skewed mix)."""
-    return spark.range(events).selectExpr(
-        "id",
-        f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 1, DAYS * 86400)}) as event_at",
-        f"{_h('id', 2, 100)} as b",
-        f"{_h('id', 3, 1000)} as c",
-        f"case when {_h('id', 4, 10)} < 2 then null else cast({_h('id', 5, students)} as string) end as student_id",
-    ).selectExpr(
-        "substr(sha2(cast(id as string), 256), 1, 32) as event_id",
-        "event_at",
-        "to_date(event_at) as event_date",
-        "student_id",
-        f"{CLIENTS} as client_type",
-        f"case when c < 940 then 'br' else {_pick(FOREIGN, 'floor(pow((c - 940) / 60.0, 2) * 12)')} end as country",
-        f"{_pick(STATES, _h('id', 6, len(STATES)))} as region",
-        f"concat('Cidade', {_h('id', 7, 40)}) as city_name",
-        f"{_pick(['Chrome62', 'Firefox56', 'Safari11', 'Edge15'], _h('id', 8, 4))} as browser",
-        f"{_pick(['Windows10', 'Windows7', 'Android', 'iOS', 'MacOS'], _h('id', 9, 5))} as platform",
-        f"concat('/disciplina/', {_h('id', 10, 300)}) as page_name",
-        f"{_pick(['busca', 'disciplina', 'arquivo', 'perfil', 'home'], _h('id', 11, 5))} as page_category",
-        f"case when student_id is null then null else "
-        f"{_pick(['CoreUser', 'CoreUser', 'CasualUser', 'NewUser', 'PowerUser'], _h('id', 12, 5))} end as user_type",
-        f"concat(coalesce(student_id, 'anon'), '-', {_h('id', 13, 7)}) as session_uuid",
+    return (
+        spark.range(events)
+        .selectExpr(
+            "id",
+            f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 1, DAYS * 86400)}) as event_at",
+            f"{_h('id', 2, 100)} as b",
+            f"{_h('id', 3, 1000)} as c",
+            f"case when {_h('id', 4, 10)} < 2 then null else cast({_h('id', 5, students)} as string) end as student_id",
+        )
+        .selectExpr(
+            "substr(sha2(cast(id as string), 256), 1, 32) as event_id",
+            "event_at",
+            "to_date(event_at) as event_date",
+            "student_id",
+            f"{CLIENTS} as client_type",
+            f"case when c < 940 then 'br' else {_pick(FOREIGN, 'floor(pow((c - 940) / 60.0, 2) * 12)')} end as country",
+            f"{_pick(STATES, _h('id', 6, len(STATES)))} as region",
+            f"concat('Cidade', {_h('id', 7, 40)}) as city_name",
+            f"{_pick(['Chrome62', 'Firefox56', 'Safari11', 'Edge15'], _h('id', 8, 4))} as browser",
+            f"{_pick(['Windows10', 'Windows7', 'Android', 'iOS', 'MacOS'], _h('id', 9, 5))} as platform",
+            f"concat('/disciplina/', {_h('id', 10, 300)}) as page_name",
+            f"{_pick(['busca', 'disciplina', 'arquivo', 'perfil', 'home'], _h('id', 11, 5))} as page_category",
+            f"case when student_id is null then null else "
+            f"{_pick(['CoreUser', 'CoreUser', 'CasualUser', 'NewUser', 'PowerUser'], _h('id', 12, 5))} end as user_type",
+            f"concat(coalesce(student_id, 'anon'), '-', {_h('id', 13, 7)}) as session_uuid",
+        )
     )
 
 
@@ -72,8 +78,14 @@ def dim_student(spark: SparkSession, students: int) -> DataFrame:
     )
 
 
-OPTIONAL = {("gold", "dim_course"), ("gold", "dim_university"), ("gold", "dim_subject"), ("gold", "fact_subject_follow"),
-            ("gold", "mart_state_activity"), ("bronze", "students")}
+OPTIONAL = {
+    ("gold", "dim_course"),
+    ("gold", "dim_university"),
+    ("gold", "dim_subject"),
+    ("gold", "fact_subject_follow"),
+    ("gold", "mart_state_activity"),
+    ("bronze", "students"),
+}
 
 
 def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int = 300, full: bool = True) -> list[str]:
@@ -86,8 +98,11 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
     tables: dict[tuple[str, str], DataFrame] = {}
     for entity, count in (("course", 40), ("university", 30), ("subject", 60)):
         tables["gold", f"dim_{entity}"] = spark.range(count).selectExpr(
-            f"cast(id as int) as {entity}_id", f"concat('{entity.title()} ', id) as {entity}_name",
-            "false as is_deleted", f"timestamp'{AS_OF}' as as_of")
+            f"cast(id as int) as {entity}_id",
+            f"concat('{entity.title()} ', id) as {entity}_name",
+            "false as is_deleted",
+            f"timestamp'{AS_OF}' as as_of",
+        )
     tables["gold", "dim_student"] = dim
     tables["gold", "dim_date"] = spark.sql(
         f"select explode(sequence(to_date('{START}'), date_add(to_date('{START}'), {DAYS - 1}))) as date"
@@ -95,49 +110,90 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
     tables["gold", "fact_page_view"] = fact
     tables["gold", "fact_session"] = spark.sql(
         "select student_id, min(event_at) as session_start_at, first(client_type) as client_type "
-        "from f where student_id is not null group by student_id, session_uuid, event_date")
+        "from f where student_id is not null group by student_id, session_uuid, event_date"
+    )
     tables["gold", "fact_subscription"] = spark.range(max(students // 8, 1)).selectExpr(
         f"cast({_h('id', 30, students)} as string) as student_id",
         f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 31, DAYS * 86400)}) as payment_at",
-        f"{_pick(['Mensal', 'Anual'], _h('id', 32, 2))} as plan_type")
+        f"{_pick(['Mensal', 'Anual'], _h('id', 32, 2))} as plan_type",
+    )
     tables["gold", "fact_subject_follow"] = spark.range(students).selectExpr(
-        f"cast({_h('id', 33, students)} as string) as student_id", f"cast({_h('id', 34, 60)} as int) as subject_id",
-        f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 35, DAYS * 86400)}) as followed_at")
+        f"cast({_h('id', 33, students)} as string) as student_id",
+        f"cast({_h('id', 34, 60)} as int) as subject_id",
+        f"timestamp_seconds(unix_timestamp(timestamp'{START}') + {_h('id', 35, DAYS * 86400)}) as followed_at",
+    )
     tables["gold", "mart_country_access"] = spark.sql(
         "select country, cast(trunc(event_date, 'MM') as date) as month, count(*) as page_views, "
-        "count(distinct student_id) as students from f group by 1, 2")
+        "count(distinct student_id) as students from f group by 1, 2"
+    )
     tables["gold", "mart_state_activity"] = spark.sql(
         "select d.state, count(*) as page_views, count(distinct f.student_id) as students "
-        "from f join d on f.student_id = d.student_id group by 1")
+        "from f join d on f.student_id = d.student_id group by 1"
+    )
     tables["gold", "mart_daily_activity"] = spark.sql(
         "select event_date, client_type, count(*) as page_views, count(distinct student_id) as students, "
-        "count(distinct session_uuid) as sessions from f group by 1, 2")
+        "count(distinct session_uuid) as sessions from f group by 1, 2"
+    )
     small = min(events, 200)
     tables["bronze", "events"] = spark.range(small).selectExpr(
-        "concat('{\"at\":\"2017-11-16 02:10:', id % 60, '\"}') as value", "'2017-11-16 02:10:20' as at_raw",
-        "'events/2017-11-18/part-0.json' as source_file", "'landing/events/x/part-0.json' as landed_path",
-        "id + 1 as line_number", "'2017-11-18' as delivery", f"timestamp'{AS_OF}' as as_of", "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at", "'run-1' as run_id")
+        "concat('{\"at\":\"2017-11-16 02:10:', id % 60, '\"}') as value",
+        "'2017-11-16 02:10:20' as at_raw",
+        "'events/2017-11-18/part-0.json' as source_file",
+        "'landing/events/x/part-0.json' as landed_path",
+        "id + 1 as line_number",
+        "'2017-11-18' as delivery",
+        f"timestamp'{AS_OF}' as as_of",
+        "1L as batch_id",
+        "timestamp'2017-11-18 07:00:00' as landed_at",
+        "'run-1' as run_id",
+    )
     tables["bronze", "students"] = dim.limit(small).selectExpr(
-        "to_json(struct(student_id as Id, state as State)) as record", "'transactional/2017-11-18/students.json' as source_file",
-        "'landing/x/students.json' as landed_path", "cast(student_id as long) + 1 as line_number",
-        "'2017-11-18' as delivery", "as_of", "1L as batch_id", "timestamp'2017-11-18 07:00:00' as landed_at", "'run-1' as run_id")
+        "to_json(struct(student_id as Id, state as State)) as record",
+        "'transactional/2017-11-18/students.json' as source_file",
+        "'landing/x/students.json' as landed_path",
+        "cast(student_id as long) + 1 as line_number",
+        "'2017-11-18' as delivery",
+        "as_of",
+        "1L as batch_id",
+        "timestamp'2017-11-18 07:00:00' as landed_at",
+        "'run-1' as run_id",
+    )
     tables["silver", "students"] = dim.limit(small).select("student_id", "state", "as_of")
     tables["quarantine", "events"] = spark.range(7).selectExpr(
-        "case when id < 4 then 'not_json_object' else 'unparseable_at' end as reason", "concat('garbage ', id) as raw",
-        "'events/2017-11-18/part-0.json' as source_file", "'landing/events/x/part-0.json' as landed_path",
-        "id + 1000 as line_number", "'2017-11-18' as delivery", f"timestamp'{AS_OF}' as as_of", "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at", "'run-1' as run_id")
+        "case when id < 4 then 'not_json_object' else 'unparseable_at' end as reason",
+        "concat('garbage ', id) as raw",
+        "'events/2017-11-18/part-0.json' as source_file",
+        "'landing/events/x/part-0.json' as landed_path",
+        "id + 1000 as line_number",
+        "'2017-11-18' as delivery",
+        f"timestamp'{AS_OF}' as as_of",
+        "1L as batch_id",
+        "timestamp'2017-11-18 07:00:00' as landed_at",
+        "'run-1' as run_id",
+    )
     tables["quarantine", "transactional"] = spark.range(2).selectExpr(
-        "'students' as entity", "'not_an_object' as reason", "'42' as raw",
-        "'transactional/2017-11-18/students.json' as source_file", "'landing/x/students.json' as landed_path",
-        "id + 1 as line_number", "'2017-11-18' as delivery", f"timestamp'{AS_OF}' as as_of", "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at", "'run-1' as run_id")
+        "'students' as entity",
+        "'not_an_object' as reason",
+        "'42' as raw",
+        "'transactional/2017-11-18/students.json' as source_file",
+        "'landing/x/students.json' as landed_path",
+        "id + 1 as line_number",
+        "'2017-11-18' as delivery",
+        f"timestamp'{AS_OF}' as as_of",
+        "1L as batch_id",
+        "timestamp'2017-11-18 07:00:00' as landed_at",
+        "'run-1' as run_id",
+    )
     # version 0 of mart_users_by_type is a stale placeholder; version 1 is the real mart
-    _write(spark.createDataFrame([("StaleType", 1, 1)], "user_type string, page_views long, students long"),
-           lake, "gold", "mart_users_by_type")
+    _write(
+        spark.createDataFrame([("StaleType", 1, 1)], "user_type string, page_views long, students long"),
+        lake,
+        "gold",
+        "mart_users_by_type",
+    )
     tables["gold", "mart_users_by_type"] = spark.sql(
-        "select user_type, count(*) as page_views, count(distinct student_id) as students from f group by 1")
+        "select user_type, count(*) as page_views, count(distinct student_id) as students from f group by 1"
+    )
     written = []
     for (layer, name), df in tables.items():
         if full or (layer, name) not in OPTIONAL:

@@ -80,9 +80,27 @@ def test_a_cluster_made_under_the_data_folder_is_moved_where_its_server_can_reac
     shutil.chown(pwfile, "postgres")
     server = ManagedPostgres(root)
     try:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(find_bindir() / "initdb"), "-D", str(legacy),
-                        "-U", "lakehouse", f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "-E", "UTF8",
-                        "--locale=C.UTF-8"], check=True, capture_output=True, cwd="/")
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(find_bindir() / "initdb"),
+                "-D",
+                str(legacy),
+                "-U",
+                "lakehouse",
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+            cwd="/",
+        )
         with open(legacy / "postgresql.conf", "a") as conf:  # as the earlier version configured it
             conf.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
         (legacy / "marker").write_text("kept")
@@ -145,11 +163,17 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
             cur.execute(f"alter role lakehouse in database {DATABASE} reset log_statement")
 
     owner = _connect(pg_server.dsn)
-    assert _one(owner, "select current_user, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles"
-                       " where rolname = current_user") == (OWNER, False, False, False, False)
+    assert _one(
+        owner,
+        "select current_user, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles"
+        " where rolname = current_user",
+    ) == (OWNER, False, False, False, False)
     assert _one(owner, "select pg_get_userbyid(datdba) from pg_database where datname = current_database()") == (OWNER,)
-    assert _one(owner, "select array_agg(distinct pg_get_userbyid(c.relowner)) from pg_class c join pg_namespace n"
-                       " on n.oid = c.relnamespace where n.nspname in ('dw', 'stage')") == ([OWNER],)
+    assert _one(
+        owner,
+        "select array_agg(distinct pg_get_userbyid(c.relowner)) from pg_class c join pg_namespace n"
+        " on n.oid = c.relnamespace where n.nspname in ('dw', 'stage')",
+    ) == ([OWNER],)
     with owner.cursor() as cur:
         cur.execute("create table dw.owner_made_later (x int)")  # bi_reader reads what the owner creates later
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -180,18 +204,23 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
 # -- secrets --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dsn, shown", [
-    ("postgresql://u:hunter2@db:5432/dw", "postgresql://u:********@db:5432/dw"),
-    ("postgresql://u:p%40ss%3Aw@db/dw?sslmode=require", "postgresql://u:********@db/dw?sslmode=require"),
-    ("postgresql://u@db/dw?password=hunter2&application_name=x",
-     "postgresql://u@db/dw?password=********&application_name=x"),
-    ("postgres://u:hunter2@h1:5432,h2:5433/dw", "postgres://u:********@h1:5432,h2:5433/dw"),
-    ("host=db password=hunter2 user=u", "user=u password=******** host=db"),
-    ("host=db password = 'hun ter2' user=u", "user=u password=******** host=db"),
-    ("host=db password='it\\'s hunter2' dbname=dw", "password=******** dbname=dw host=db"),
-    ("postgresql://u@db/dw", "postgresql://u@db/dw"),
-    ("host=db password='unterminated hunter2", "(a DSN libpq cannot parse; hidden)"),
-])
+@pytest.mark.parametrize(
+    "dsn, shown",
+    [
+        ("postgresql://u:hunter2@db:5432/dw", "postgresql://u:********@db:5432/dw"),
+        ("postgresql://u:p%40ss%3Aw@db/dw?sslmode=require", "postgresql://u:********@db/dw?sslmode=require"),
+        (
+            "postgresql://u@db/dw?password=hunter2&application_name=x",
+            "postgresql://u@db/dw?password=********&application_name=x",
+        ),
+        ("postgres://u:hunter2@h1:5432,h2:5433/dw", "postgres://u:********@h1:5432,h2:5433/dw"),
+        ("host=db password=hunter2 user=u", "user=u password=******** host=db"),
+        ("host=db password = 'hun ter2' user=u", "user=u password=******** host=db"),
+        ("host=db password='it\\'s hunter2' dbname=dw", "password=******** dbname=dw host=db"),
+        ("postgresql://u@db/dw", "postgresql://u@db/dw"),
+        ("host=db password='unterminated hunter2", "(a DSN libpq cannot parse; hidden)"),
+    ],
+)
 def test_dsn_passwords_are_masked_in_every_spelling(dsn, shown):
     from lakehouse.config import mask_dsn
 
@@ -201,15 +230,25 @@ def test_dsn_passwords_are_masked_in_every_spelling(dsn, shown):
 
 
 def test_config_masks_secrets_and_secret_looking_spark_settings(tmp_path):
-    env = {**os.environ, "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
-           "LAKEHOUSE_PG_DSN": "host=db user=u password='pg hunter2'",
-           "LAKEHOUSE_ADMIN_PASSWORD": "admin-hunter2", "LAKEHOUSE_BI_PASSWORD": "bi-hunter2",
-           "LAKEHOUSE_GCS_HMAC_SECRET": "hmac-hunter2",
-           "LAKEHOUSE_SPARK_CONF": '{"spark.hadoop.fs.s3a.secret.key": "s3-hunter2", "spark.ssl.keyStorePassword":'
-                                   ' "ks-hunter2", "spark.hadoop.fs.gs.auth.access.token": "tok-hunter2",'
-                                   ' "spark.executor.memory": "8g"}'}
-    shown = subprocess.run([sys.executable, "-m", "lakehouse.cli", "config"], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
+        "LAKEHOUSE_PG_DSN": "host=db user=u password='pg hunter2'",
+        "LAKEHOUSE_ADMIN_PASSWORD": "admin-hunter2",
+        "LAKEHOUSE_BI_PASSWORD": "bi-hunter2",
+        "LAKEHOUSE_GCS_HMAC_SECRET": "hmac-hunter2",
+        "LAKEHOUSE_SPARK_CONF": '{"spark.hadoop.fs.s3a.secret.key": "s3-hunter2", "spark.ssl.keyStorePassword":'
+        ' "ks-hunter2", "spark.hadoop.fs.gs.auth.access.token": "tok-hunter2",'
+        ' "spark.executor.memory": "8g"}',
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "config"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "hunter2" not in shown.stdout
     flat = "".join(shown.stdout.split())

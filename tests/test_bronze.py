@@ -33,19 +33,23 @@ def versions(spark, settings, tables):
 
 
 EVENTS = (
-    f'{{"at":"{AT}","a":1}}\r\n'  # 1 crlf
-    "\r\n"  # 2 blank (crlf)
-    "   \t\n"  # 3 blank
-    "[1,2]\n"  # 4 not an object
-    '"text"\n'  # 5 scalar
-    '{"at":"yesterday"}\n'  # 6 bad at
-    '{"b":{"c":1}}\n'  # 7 missing at
-    '{"at":null}\n'  # 8 null at
-    f'{{"at":"2017-11-1602:10:21","new_field":{{"deep":[1,2]}}}}\n'  # 9 glued at, unknown nested field
-).encode() + b'\xff\xfe{"at":"2017-11-16 02:10:22"}\n' + (  # 10 invalid utf-8
-    f'{{"at":"2017-11-16T02:10:23Z","big":"{BIG}"}}\n'  # 11 a 10 MB line
-    f'{{"at":"{AT}", "tr'  # 12 truncated last line, no terminator
-).encode()
+    (
+        f'{{"at":"{AT}","a":1}}\r\n'  # 1 crlf
+        "\r\n"  # 2 blank (crlf)
+        "   \t\n"  # 3 blank
+        "[1,2]\n"  # 4 not an object
+        '"text"\n'  # 5 scalar
+        '{"at":"yesterday"}\n'  # 6 bad at
+        '{"b":{"c":1}}\n'  # 7 missing at
+        '{"at":null}\n'  # 8 null at
+        f'{{"at":"2017-11-1602:10:21","new_field":{{"deep":[1,2]}}}}\n'  # 9 glued at, unknown nested field
+    ).encode()
+    + b'\xff\xfe{"at":"2017-11-16 02:10:22"}\n'
+    + (  # 10 invalid utf-8
+        f'{{"at":"2017-11-16T02:10:23Z","big":"{BIG}"}}\n'  # 11 a 10 MB line
+        f'{{"at":"{AT}", "tr'  # 12 truncated last line, no terminator
+    ).encode()
+)
 
 
 def test_events_lines_land_or_quarantine_exactly(spark, settings):
@@ -55,16 +59,35 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
     assert land(settings).files == 2
     report = ingest(spark, settings, "r1")
 
-    assert report.details["events"]["counts"] == {"all": {
-        "lines_read": 12, "bronze_rows": 2, "blank_lines": 2, "records_cleaned": 0,
-        "quarantined": {"not_json_object": 3, "unparseable_at": 1, "missing_at": 2, "invalid_utf8": 1,
-                        "value_too_large": 1},
-    }}
+    assert report.details["events"]["counts"] == {
+        "all": {
+            "lines_read": 12,
+            "bronze_rows": 2,
+            "blank_lines": 2,
+            "records_cleaned": 0,
+            "quarantined": {
+                "not_json_object": 3,
+                "unparseable_at": 1,
+                "missing_at": 2,
+                "invalid_utf8": 1,
+                "value_too_large": 1,
+            },
+        }
+    }
     bronze = read_table(spark, "bronze", "events", settings)
     landed = bronze.select("landed_path").first()[0]
     assert landed.startswith("landing/events/2017-11-16/") and landed.endswith("/part-0.json")
-    got = rows(bronze.filter("length(value) < 1000"), "line_number", "value", "at_raw", "source_file", "delivery",
-               "as_of", "batch_id", "run_id")
+    got = rows(
+        bronze.filter("length(value) < 1000"),
+        "line_number",
+        "value",
+        "at_raw",
+        "source_file",
+        "delivery",
+        "as_of",
+        "batch_id",
+        "run_id",
+    )
     meta = ("events/2017-11-16/nested/part-0.json", "2017-11-16", datetime(2017, 11, 16), 1, "r1")
     assert got == [
         (1, f'{{"at":"{AT}","a":1}}', AT, *meta),
@@ -80,8 +103,12 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
         (6, "unparseable_at", '{"at":"yesterday"}', None),
         (7, "missing_at", '{"b":{"c":1}}', None),
         (8, "missing_at", '{"at":null}', None),
-        (10, "invalid_utf8", '\ufffd\ufffd{"at":"2017-11-16 02:10:22"}',
-         base64.b64encode(b'\xff\xfe{"at":"2017-11-16 02:10:22"}').decode()),
+        (
+            10,
+            "invalid_utf8",
+            '\ufffd\ufffd{"at":"2017-11-16 02:10:22"}',
+            base64.b64encode(b'\xff\xfe{"at":"2017-11-16 02:10:22"}').decode(),
+        ),
         (12, "not_json_object", f'{{"at":"{AT}", "tr', None),
     ]
     assert quarantine.filter("source_file != 'events/2017-11-16/nested/part-0.json' or run_id != 'r1'").count() == 0
@@ -89,8 +116,11 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
 
 def test_transactional_records_and_unreadable_exports(spark, settings):
     src = Path(settings.source_url)
-    put(src, "transactional/2017-11-16/students.json",
-        b'[{"Id":"1","City":"S\xc3\xa3o Paulo","Brand_New":{"x":1}},\r\n {"Id":"2"}, 3, null, "s"]')
+    put(
+        src,
+        "transactional/2017-11-16/students.json",
+        b'[{"Id":"1","City":"S\xc3\xa3o Paulo","Brand_New":{"x":1}},\r\n {"Id":"2"}, 3, null, "s"]',
+    )
     put(src, "transactional/2017-11-16/courses.json", b"")
     put(src, "transactional/2017-11-16/subjects.json", b'{"Id":1,"Name":"A"}')
     put(src, "transactional/2017-11-16/universities.json", b"[]")
@@ -101,14 +131,27 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
 
     counts = report.details["transactional"]["counts"]
     nothing_cleaned = {"blank_lines": 0, "records_cleaned": 0}
-    assert counts["students"] == {"lines_read": 5, "bronze_rows": 2, "quarantined": {"not_an_object": 3},
-                                  **nothing_cleaned}
+    assert counts["students"] == {
+        "lines_read": 5,
+        "bronze_rows": 2,
+        "quarantined": {"not_an_object": 3},
+        **nothing_cleaned,
+    }
     assert counts["universities"] == {"lines_read": 0, "bronze_rows": 0, "quarantined": {}, **nothing_cleaned}
-    assert counts["courses"] == {"lines_read": 1, "bronze_rows": 0, "quarantined": {"not_json_array": 1},
-                                 **nothing_cleaned}
+    assert counts["courses"] == {
+        "lines_read": 1,
+        "bronze_rows": 0,
+        "quarantined": {"not_json_array": 1},
+        **nothing_cleaned,
+    }
     students = read_table(spark, "bronze", "students", settings)
     assert rows(students, "line_number", "record", "source_file", "delivery") == [
-        (1, '{"Id":"1","City":"São Paulo","Brand_New":{"x":1}}', "transactional/2017-11-16/students.json", "2017-11-16"),
+        (
+            1,
+            '{"Id":"1","City":"São Paulo","Brand_New":{"x":1}}',
+            "transactional/2017-11-16/students.json",
+            "2017-11-16",
+        ),
         (2, '{"Id":"2"}', "transactional/2017-11-16/students.json", "2017-11-16"),
     ]
     for entity in ("courses", "subjects", "universities", "sessions", "subscriptions", "student_follow_subject"):
@@ -121,8 +164,13 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
         ("students", "not_an_object", 4, None, None),
         ("students", "not_an_object", 5, "s", None),
         ("subjects", "not_json_array", None, '{"Id":1,"Name":"A"}', None),
-        ("subscriptions", "invalid_utf8", None, '[{"PlanType":"Mensal \ufffd"}]',
-         base64.b64encode(b'[{"PlanType":"Mensal \xff"}]').decode()),
+        (
+            "subscriptions",
+            "invalid_utf8",
+            None,
+            '[{"PlanType":"Mensal \ufffd"}]',
+            base64.b64encode(b'[{"PlanType":"Mensal \xff"}]').decode(),
+        ),
     ]
 
 
@@ -142,9 +190,12 @@ def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, sett
     assert counts["lines_read"] == sum(d["lines"] for d in by_delivery)
     malformed = {k: sum(d["malformed"][k] for d in by_delivery) for k in next(iter(by_delivery))["malformed"]}
     assert counts["quarantined"] == {
-        "not_json_object": malformed["not_json"] + malformed["truncated_json"] + malformed["json_array"]
+        "not_json_object": malformed["not_json"]
+        + malformed["truncated_json"]
+        + malformed["json_array"]
         + malformed["json_scalar"],
-        "missing_at": malformed["missing_at"], "unparseable_at": malformed["bad_at"],
+        "missing_at": malformed["missing_at"],
+        "unparseable_at": malformed["bad_at"],
     }
     landed = {(e["delivery"], e["entity"]): e["status"] for m in read_ledger(settings) for e in m["files"]}
     for delivery, entities in summary["transactional"].items():
@@ -192,7 +243,8 @@ def test_duplicates_new_versions_and_watermarks(spark, settings):
     report = ingest(spark, settings, "r4")
     assert report.details["events"] is None and report.details["transactional"]["files"] == 1
     assert rows(read_table(spark, "bronze", "courses", settings), "record", "batch_id") == [
-        ('{"Id":1,"Name":"A"}', 2), ('{"Id":2,"Name":"B"}', 4),
+        ('{"Id":1,"Name":"A"}', 2),
+        ('{"Id":2,"Name":"B"}', 4),
     ]
 
 
@@ -212,6 +264,12 @@ def test_line_numbers_are_exact_across_many_splits_of_one_file(spark, settings):
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
         spark.conf.unset("spark.sql.files.openCostInBytes")
     got = rows(read_table(spark, "bronze", "events", settings), "source_file", "line_number", "value")
-    want = sorted([(f"events/2017-11-16/part-{f}.json", n + 1, text)
-                   for f, texts in ((0, lines), (1, lines[:50])) for n, text in enumerate(texts) if text])
+    want = sorted(
+        [
+            (f"events/2017-11-16/part-{f}.json", n + 1, text)
+            for f, texts in ((0, lines), (1, lines[:50]))
+            for n, text in enumerate(texts)
+            if text
+        ]
+    )
     assert got == want

@@ -20,6 +20,7 @@ from lakehouse import catalog
 from lakehouse.config import Settings
 from tests.gold_lake import shared_lake
 
+# fmt: off
 HOSTILE = [
     "'",
     "br' OR '1'='1",
@@ -29,6 +30,7 @@ HOSTILE = [
     "br' UNION SELECT 1, 2 --",
     "$country",
 ]
+# fmt: on
 
 
 # the first test also writes the shared lake with Spark: minutes on a busy 2-core machine
@@ -62,15 +64,25 @@ def test_every_layer_is_a_view(lake_settings, lake):
     Path(lake, "gold", "not_a_table").mkdir(exist_ok=True)  # no _delta_log: not a view
     Path(lake, "gold", "Bad-Name", "_delta_log").mkdir(parents=True, exist_ok=True)  # not an allowed name
     keys = {t.key for t in catalog.discover(lake_settings)}
-    assert {"bronze.events", "silver.students", "quarantine.events", "quarantine.transactional",
-            "gold.fact_page_view", "gold.dim_student", "gold.mart_country_access"} <= keys
+    assert {
+        "bronze.events",
+        "silver.students",
+        "quarantine.events",
+        "quarantine.transactional",
+        "gold.fact_page_view",
+        "gold.dim_student",
+        "gold.mart_country_access",
+    } <= keys
     assert not any("not_a_table" in k or "Bad-Name" in k for k in keys)
     names, rows, warnings = catalog.query(
-        "select table_schema, count(*) from information_schema.tables group by 1 order by 1", lake_settings)
+        "select table_schema, count(*) from information_schema.tables group by 1 order by 1", lake_settings
+    )
     assert dict(rows) == {"bronze": 1, "gold": 8, "quarantine": 2, "silver": 1} and warnings == []
-    _, rows, _ = catalog.query("select (select count(*) from bronze.events), (select count(*) from quarantine.events), "
-                               "(select count(*) from silver.students), (select count(*) from gold.fact_page_view)",
-                               lake_settings)
+    _, rows, _ = catalog.query(
+        "select (select count(*) from bronze.events), (select count(*) from quarantine.events), "
+        "(select count(*) from silver.students), (select count(*) from gold.fact_page_view)",
+        lake_settings,
+    )
     assert rows == [(200, 7, 200, 3000)]
 
 
@@ -94,8 +106,14 @@ def test_formats(lake_settings):
     assert as_csv.stdout.splitlines() == ["user_type,page_views", f"CoreUser,{records[0]['page_views']}"]
     as_table = cli("query", sql)
     assert as_table.exit_code == 0 and "user_type" in as_table.stdout and "CoreUser" in as_table.stdout
-    dated = json.loads(cli("query", "-f", "json", "select max(as_of) as a, max(event_date) as d from gold.dim_student, "
-                                                   "gold.fact_page_view").stdout)
+    dated = json.loads(
+        cli(
+            "query",
+            "-f",
+            "json",
+            "select max(as_of) as a, max(event_date) as d from gold.dim_student, gold.fact_page_view",
+        ).stdout
+    )
     assert dated == [{"a": "2017-11-18T06:00:00+00:00", "d": "2017-11-30"}]
 
 
@@ -112,16 +130,19 @@ def test_time_travel(lake_settings):
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("sql, message", [
-    ("selec 1", "syntax error"),
-    ("select * from gold.no_such_table", "no_such_table"),
-    ("select 1; select 2", "exactly one SQL statement"),
-    ("drop view gold.fact_page_view", "read-only"),
-    ("copy (select 1) to 'out.csv'", "read-only"),
-    ("attach 'x.db'", "read-only"),
-    ("explain analyze copy (select 1) to 'out.csv'", "read-only"),
-    ("select * from read_csv('/etc/passwd')", "Permission Error"),
-])
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("selec 1", "syntax error"),
+        ("select * from gold.no_such_table", "no_such_table"),
+        ("select 1; select 2", "exactly one SQL statement"),
+        ("drop view gold.fact_page_view", "read-only"),
+        ("copy (select 1) to 'out.csv'", "read-only"),
+        ("attach 'x.db'", "read-only"),
+        ("explain analyze copy (select 1) to 'out.csv'", "read-only"),
+        ("select * from read_csv('/etc/passwd')", "Permission Error"),
+    ],
+)
 def test_clean_one_line_errors(lake_settings, sql, message):
     with pytest.raises(catalog.CatalogError, match=message):
         catalog.query(sql, lake_settings)
@@ -140,11 +161,17 @@ def test_hostile_values_are_only_values(lake_settings, value):
 def test_connection_is_locked_down(lake_settings):
     lake = catalog.connect(lake_settings, read_only=True)
     try:
-        for sql in ("select * from read_csv('/etc/passwd')", "select * from read_text('/etc/hostname')",
-                    f"select * from read_text('{lake_settings.lake_url}/../outside.txt')",
-                    "set enable_external_access = true", "set allowed_directories = ['/']",
-                    "create table gold.t as select 1", "create or replace view gold.fact_page_view as select 1",
-                    "install httpfs", "load httpfs"):
+        for sql in (
+            "select * from read_csv('/etc/passwd')",
+            "select * from read_text('/etc/hostname')",
+            f"select * from read_text('{lake_settings.lake_url}/../outside.txt')",
+            "set enable_external_access = true",
+            "set allowed_directories = ['/']",
+            "create table gold.t as select 1",
+            "create or replace view gold.fact_page_view as select 1",
+            "install httpfs",
+            "load httpfs",
+        ):
             with pytest.raises(duckdb.Error):
                 lake.con.execute(sql)
         assert lake.rows("select count(*) from gold.fact_page_view")[1] == [(3000,)]
@@ -160,7 +187,10 @@ def test_catalog_file_follows_the_lake(lake_settings, lake):
         assert lake_settings.catalog_path.exists()
         con = duckdb.connect(str(lake_settings.catalog_path), read_only=True)
         con.execute(f"LOAD '{catalog.extension_path()}'")
-        views = {f"{s}.{v}" for s, v in con.execute("select schema_name, view_name from duckdb_views() where not internal").fetchall()}
+        views = {
+            f"{s}.{v}"
+            for s, v in con.execute("select schema_name, view_name from duckdb_views() where not internal").fetchall()
+        }
         assert {"gold.fact_page_view", "bronze.events", "quarantine.copy_for_test"} <= views
         assert con.execute("select count(*) from quarantine.copy_for_test").fetchone() == (2,)
         con.close()
@@ -176,8 +206,15 @@ def test_catalog_file_follows_the_lake(lake_settings, lake):
 def test_catalog_file_locked_elsewhere_still_answers(lake_settings):
     lake_settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(  # another process (a DBeaver session, say) holds the catalog file open for writing
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-         "time.sleep(120)", str(lake_settings.catalog_path)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+            str(lake_settings.catalog_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert catalog.query("select count(*) from gold.dim_date", lake_settings)[1] == [(46,)]
@@ -220,8 +257,10 @@ def test_daily_chart_has_every_calendar_day_with_zero_for_days_without_page_view
 
     gold = Gold(lake_settings)
     start, end = gold.bounds()
-    rarest = catalog.query("select country from gold.fact_page_view where country <> 'br' group by 1 "
-                           "order by count(*), 1 limit 1", lake_settings)[1][0][0]
+    rarest = catalog.query(
+        "select country from gold.fact_page_view where country <> 'br' group by 1 order by count(*), 1 limit 1",
+        lake_settings,
+    )[1][0][0]
     sparse = Filters(start, end, country=rarest)  # a few page views: most days have none
     daily = gold.frame("daily", sparse.params())
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]

@@ -35,9 +35,17 @@ spark.stop()
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
+
 def _bronze(spark, settings: Settings) -> None:
-    events = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 1),
-                                (CAMEL_GLUED, "2017-11-16", "p0.json", 2), (ISO_ANON, "2017-11-17", "p1.json", 1)])
+    events = event_rows(
+        spark,
+        [
+            (SPACED, "2017-11-16", "p0.json", 1),
+            (SPACED, "2017-11-17", "p0.json", 1),
+            (CAMEL_GLUED, "2017-11-16", "p0.json", 2),
+            (ISO_ANON, "2017-11-17", "p1.json", 1),
+        ],
+    )
     delta.append_once(events, delta.Target("bronze", "events", settings, app_id="bronze.events", version=1))
     courses = {"2017-11-16": [{"Id": 20, "Name": "Direito"}, {"Id": "21", "Name": "Medicina"}]}
     for entity, recs in {"students": STUDENTS, "courses": courses}.items():
@@ -53,15 +61,27 @@ def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path)
     silver.refresh(spark, local, "local")
     gold.refresh(spark, local, "local")
 
-    env = dict(os.environ, LAKEHOUSE_SPARK_MASTER=standalone, LAKEHOUSE_LAKE=remote.lake_url,
-               LAKEHOUSE_DATA_DIR=str(tmp_path / "data"), LAKEHOUSE_SHUFFLE_PARTITIONS="2",
-               SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    env = dict(
+        os.environ,
+        LAKEHOUSE_SPARK_MASTER=standalone,
+        LAKEHOUSE_LAKE=remote.lake_url,
+        LAKEHOUSE_DATA_DIR=str(tmp_path / "data"),
+        LAKEHOUSE_SHUFFLE_PARTITIONS="2",
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+    )
     env.pop("PYSPARK_SUBMIT_ARGS", None)
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=800,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("REPORT ")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     assert report["executors"] >= 2  # the driver plus the worker's executor
     assert not report["gold"]["details"]["tables"]["fact_page_view"]["skipped"]
 

@@ -64,9 +64,14 @@ def assert_same_tables(spark, got: Settings, want: Settings) -> None:
 def test_killed_run_then_rerun_equals_a_clean_run(spark, source, clean, fault, tmp_path):
     settings = lake_settings(source, tmp_path / "lake")
     env = {
-        **os.environ, "LAKEHOUSE_FAULT": fault, "LAKEHOUSE_SOURCE": str(source), "LAKEHOUSE_LAKE": settings.lake,
-        "LAKEHOUSE_DATA_DIR": str(settings.data_dir), "LAKEHOUSE_SPARK_MASTER": "local[1]",
-        "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1g", "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+        **os.environ,
+        "LAKEHOUSE_FAULT": fault,
+        "LAKEHOUSE_SOURCE": str(source),
+        "LAKEHOUSE_LAKE": settings.lake,
+        "LAKEHOUSE_DATA_DIR": str(settings.data_dir),
+        "LAKEHOUSE_SPARK_MASTER": "local[1]",
+        "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1g",
+        "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
     }
     proc = subprocess.run([sys.executable, "-c", RUN], env=env, cwd=ROOT, timeout=600, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]

@@ -12,13 +12,17 @@ from lakehouse.security import free_port
 from tests.gold_lake import shared_lake
 
 CHROMIUM = "/usr/bin/chromium"
+# fmt: off
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# fmt: on
 CHARTS = "svg.marks, canvas.marks"
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
-              pytest.mark.timeout(1800)]  # the shared lake is written by Spark on first use
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium"),
+    pytest.mark.timeout(1800),
+]  # the shared lake is written by Spark on first use
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +123,12 @@ def guarded(request, tmp_path_factory):
     from apps.dashboard import spawn
 
     lake = shared_lake(None if os.environ.get("LAKEHOUSE_TEST_LAKE") else request.getfixturevalue("spark"))
-    env = {**os.environ, "LAKEHOUSE_LAKE": lake, "LAKEHOUSE_DATA_DIR": str(tmp_path_factory.mktemp("dash-guarded")),
-           "LAKEHOUSE_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    env = {
+        **os.environ,
+        "LAKEHOUSE_LAKE": lake,
+        "LAKEHOUSE_DATA_DIR": str(tmp_path_factory.mktemp("dash-guarded")),
+        "LAKEHOUSE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    }
     port = free_port()
     process = spawn(port, timeout=120, env=env)
     yield f"http://127.0.0.1:{port}/"
@@ -143,8 +151,13 @@ def test_nothing_is_served_before_the_login(guarded):
 
     def handshake(origin: str, cookies: dict | None = None) -> None:
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
-        with connect(guarded.replace("http", "ws") + "ws", origin=Origin(origin), additional_headers=headers, proxy=None,
-                     open_timeout=10):
+        with connect(
+            guarded.replace("http", "ws") + "ws",
+            origin=Origin(origin),
+            additional_headers=headers,
+            proxy=None,
+            open_timeout=10,
+        ):
             pass
 
     own = guarded.rstrip("/")
@@ -153,8 +166,9 @@ def test_nothing_is_served_before_the_login(guarded):
 
     wrong = httpx.post(guarded + "login", data={"username": "admin", "password": "nope"}, follow_redirects=False)
     assert "user" not in wrong.cookies
-    right = httpx.post(guarded + "login", data={"username": "admin", "password": ADMIN_PASSWORD},
-                       follow_redirects=False)
+    right = httpx.post(
+        guarded + "login", data={"username": "admin", "password": ADMIN_PASSWORD}, follow_redirects=False
+    )
     assert right.status_code == 302 and "user" in right.cookies
     assert "docs_json" in httpx.get(guarded, cookies=dict(right.cookies)).text
     handshake(own, dict(right.cookies))  # logged in, from the dashboard's own origin: the socket opens
@@ -191,10 +205,16 @@ def test_google_oauth_by_configuration_alone(tmp_path):
 
     from apps.dashboard import spawn
 
-    env = {**os.environ, "LAKEHOUSE_LAKE": str(tmp_path / "lake"), "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
-           "PANEL_OAUTH_PROVIDER": "google", "PANEL_OAUTH_KEY": "client-id-for-tests",
-           "PANEL_OAUTH_SECRET": "client-secret-for-tests", "PANEL_COOKIE_SECRET": "cookie-secret-for-tests",
-           "PANEL_OAUTH_REDIRECT_URI": "https://dashboard.example.com/login"}
+    env = {
+        **os.environ,
+        "LAKEHOUSE_LAKE": str(tmp_path / "lake"),
+        "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"),
+        "PANEL_OAUTH_PROVIDER": "google",
+        "PANEL_OAUTH_KEY": "client-id-for-tests",
+        "PANEL_OAUTH_SECRET": "client-secret-for-tests",
+        "PANEL_COOKIE_SECRET": "cookie-secret-for-tests",
+        "PANEL_OAUTH_REDIRECT_URI": "https://dashboard.example.com/login",
+    }
     env.pop("LAKEHOUSE_ADMIN_PASSWORD", None)
     port = free_port()
     process = spawn(port, timeout=120, env=env)
@@ -218,8 +238,14 @@ def test_open_dashboard_refuses_to_listen_beyond_loopback(tmp_path):
 
     env = {**os.environ, "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"), "LAKEHOUSE_BIND": "0.0.0.0"}
     env.pop("LAKEHOUSE_ADMIN_PASSWORD", None)
-    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "dashboard", "--port", str(free_port())], env=env,
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "dashboard", "--port", str(free_port())],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     message = " ".join(done.stderr.split())
     assert "beyond this machine" in message and "LAKEHOUSE_ADMIN_PASSWORD" in message, done.stderr

@@ -26,9 +26,14 @@ from lakehouse.tools.generate import generate
 
 pytestmark = pytest.mark.timeout(1200)
 
-MARTS = {"mart_daily_activity": "page_views", "mart_country_access": "page_views", "mart_users_by_type": "page_views",
-         "mart_state_activity": "page_views", "activity_by_student": "page_views",
-         "activity_by_country_student": "page_views"}
+MARTS = {
+    "mart_daily_activity": "page_views",
+    "mart_country_access": "page_views",
+    "mart_users_by_type": "page_views",
+    "mart_state_activity": "page_views",
+    "activity_by_student": "page_views",
+    "activity_by_country_student": "page_views",
+}
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
 
 
@@ -79,20 +84,27 @@ def _append_line(folder: Path, line: str) -> None:
 
 def _names_raw(student: str) -> str:
     """SQL: a quarantined raw text naming the student (as this test's injected line and record do)."""
-    return (f"raw rlike '\"studentId_clientType\": *\"{student}@' "
-            f"or raw rlike '\"StudentId\": *\"{student}\"'")
+    return f'raw rlike \'"studentId_clientType": *"{student}@\' or raw rlike \'"StudentId": *"{student}"\''
 
 
 def _env(settings):
-    return {**os.environ, "LAKEHOUSE_SOURCE": settings.source, "LAKEHOUSE_LAKE": settings.lake,
-            "LAKEHOUSE_DATA_DIR": str(settings.data_dir), "LAKEHOUSE_PG_DSN": settings.pg_dsn.get_secret_value(),
-            "LAKEHOUSE_SPARK_MASTER": "local[1]", "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1g",
-            "LAKEHOUSE_SHUFFLE_PARTITIONS": "2"}
+    return {
+        **os.environ,
+        "LAKEHOUSE_SOURCE": settings.source,
+        "LAKEHOUSE_LAKE": settings.lake,
+        "LAKEHOUSE_DATA_DIR": str(settings.data_dir),
+        "LAKEHOUSE_PG_DSN": settings.pg_dsn.get_secret_value(),
+        "LAKEHOUSE_SPARK_MASTER": "local[1]",
+        "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1g",
+        "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+    }
 
 
 def _totals(spark, settings):
-    out = {name: spark.read.format("delta").load(settings.table_path("gold", name)).agg({column: "sum"}).first()[0]
-           for name, column in MARTS.items()}
+    out = {
+        name: spark.read.format("delta").load(settings.table_path("gold", name)).agg({column: "sum"}).first()[0]
+        for name, column in MARTS.items()
+    }
     out["fact_page_view"] = spark.read.format("delta").load(settings.table_path("gold", "fact_page_view")).count()
     with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute("select sum(page_views) from dw.fact_page_view_daily")
@@ -117,20 +129,33 @@ def world(spark, pg_server, tmp_path_factory):
     sessions.write_text(json.dumps(records))  # date_out_of_range: a quarantined record
     _append_line(generated / "events" / deliveries[2], line)  # the next delivery brings the student back
     source = root / "source"
-    settings = Settings(source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"),
-                        pg_dsn=_database(pg_server), spark_master="local[2]", shuffle_partitions=2)
+    settings = Settings(
+        source=str(source),
+        lake=str(root / "lake"),
+        data_dir=str(root / "data"),
+        pg_dsn=_database(pg_server),
+        spark_master="local[2]",
+        shuffle_partitions=2,
+    )
     for n, delivery in enumerate(deliveries[:2]):
         for kind in ("transactional", "events"):
             shutil.copytree(generated / kind / delivery, source / kind / delivery)
         _run(spark, settings, f"delivery-{n}")
-    pv = spark.read.format("delta").load(settings.table_path("silver", "page_views")).where(
-        f"student_id = '{student}'")
+    pv = spark.read.format("delta").load(settings.table_path("silver", "page_views")).where(f"student_id = '{student}'")
     uuids = {v for r in pv.select("session_uuid", "install_uuid", "uuid").collect() for v in r if v}
-    quarantined = [spark.read.format("delta").load(settings.table_path("quarantine", t)).where(
-        _names_raw(student)).count() for t in ("events", "transactional")]
+    quarantined = [
+        spark.read.format("delta").load(settings.table_path("quarantine", t)).where(_names_raw(student)).count()
+        for t in ("events", "transactional")
+    ]
     assert all(quarantined), "the student's quarantined line and record are in quarantine before the erasure"
-    return {"settings": settings, "student": student, "generated": generated, "deliveries": deliveries,
-            "uuids": uuids, "before": _totals(spark, settings)}
+    return {
+        "settings": settings,
+        "student": student,
+        "generated": generated,
+        "deliveries": deliveries,
+        "uuids": uuids,
+        "before": _totals(spark, settings),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +163,26 @@ def erased(world, spark):
     """The erasure killed with SIGKILL after its first table commit, then run again by `lakehouse erase`."""
     settings, student = world["settings"], world["student"]
     env = _env(settings)
-    run = f"from lakehouse import erasure; from lakehouse.config import get_settings; " \
-          f"from lakehouse.spark import get_spark; erasure.erase(get_spark(), get_settings(), [{student!r}])"
-    killed = subprocess.run([sys.executable, "-c", run], env={**env, "LAKEHOUSE_FAULT": "mid_erasure"},
-                            cwd=PROJECT_ROOT, timeout=900, capture_output=True)
+    run = (
+        f"from lakehouse import erasure; from lakehouse.config import get_settings; "
+        f"from lakehouse.spark import get_spark; erasure.erase(get_spark(), get_settings(), [{student!r}])"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", run],
+        env={**env, "LAKEHOUSE_FAULT": "mid_erasure"},
+        cwd=PROJECT_ROOT,
+        timeout=900,
+        capture_output=True,
+    )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert erasure.verify(spark, settings, student), "killed mid-way: the student is still found somewhere"
-    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "erase", "--student", student], env=env,
-                          cwd=PROJECT_ROOT, timeout=900, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "erase", "--student", student],
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=900,
+        capture_output=True,
+    )
     assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-3000:]
     assert b"erased 1 student(s) (anonymize)" in done.stdout
     return world
@@ -165,8 +202,14 @@ def test_the_student_is_found_nowhere(erased, spark):
         raw = spark.read.format("delta").load(settings.table_path("quarantine", table))
         assert raw.where(_names_raw(student)).count() == 0, table
     events = spark.read.format("delta").load(settings.table_path("silver", "page_views"))
-    assert events.where(events.session_uuid.isin(*erased["uuids"]) | events.install_uuid.isin(*erased["uuids"])
-                        | events.uuid.isin(*erased["uuids"])).count() == 0
+    assert (
+        events.where(
+            events.session_uuid.isin(*erased["uuids"])
+            | events.install_uuid.isin(*erased["uuids"])
+            | events.uuid.isin(*erased["uuids"])
+        ).count()
+        == 0
+    )
     # tombstones hold salted hashes only; the salt is a 0600 secret
     names = [p.name for p in (lake / "_system" / "tombstones").iterdir()]
     salt_file = Path(settings.data_dir) / erasure.SALT_FILE
@@ -180,8 +223,11 @@ def test_older_versions_cannot_reveal_the_student(erased, spark):
         catalog.query("select count(*) from silver.page_views", settings, version=0)
     # bronze.events at version 0: gone, or (its files untouched by the rewrite) without the student
     try:
-        _, rows, _ = catalog.query("select count(*) from bronze.events where value like "
-                                   f"'%\"studentId_clientType\":\"{erased['student']}@%'", settings, version=0)
+        _, rows, _ = catalog.query(
+            f'select count(*) from bronze.events where value like \'%"studentId_clientType":"{erased["student"]}@%\'',
+            settings,
+            version=0,
+        )
         assert rows == [(0,)]
     except catalog.CatalogError as refused:
         assert "version 0 can no longer be read" in str(refused)
@@ -201,8 +247,10 @@ def test_the_warehouse_holds_no_version_of_the_student(erased):
         for table in ("fact_session", "fact_subject_follow", "fact_page_view_daily"):
             cur.execute(f"select count(*) from dw.{table} where student_id = %s", (student,))
             assert cur.fetchone()[0] == 0, table
-            cur.execute(f"select count(*) from dw.{table} f where student_sk is not null and not exists"
-                        " (select from dw.dim_student d where d.student_sk = f.student_sk)")
+            cur.execute(
+                f"select count(*) from dw.{table} f where student_sk is not null and not exists"
+                " (select from dw.dim_student d where d.student_sk = f.student_sk)"
+            )
             assert cur.fetchone()[0] == 0, table
 
 
@@ -213,8 +261,12 @@ def test_verify_exits_non_zero_when_it_finds_the_student(erased, spark):
     from lakehouse.cli import app
 
     settings, student = erased["settings"], erased["student"]
-    other = spark.read.format("delta").load(settings.table_path("silver", "page_views")).where(
-        "student_id is not null").first()["student_id"]
+    other = (
+        spark.read.format("delta")
+        .load(settings.table_path("silver", "page_views"))
+        .where("student_id is not null")
+        .first()["student_id"]
+    )
     env = {k: v for k, v in _env(settings).items() if k.startswith("LAKEHOUSE_") and "SPARK" not in k}
     config.get_settings.cache_clear()
     try:
@@ -236,15 +288,23 @@ def test_the_audit_log_counts_rows_without_the_id(erased, spark):
     assert row["mode"] == "anonymize" and row["students"] == 1 and row["run_id"]
     assert row["rows"]["bronze.students"] + row["rows"]["bronze.student_follow_subject"] > 0
     assert student not in {v for v in row.values() if isinstance(v, str)}
-    assert set(erasure.audit_log(spark, settings).columns) == {"erasure_id", "run_id", "erased_at", "mode", "students",
-                                                               "rows", "seconds"}
+    assert set(erasure.audit_log(spark, settings).columns) == {
+        "erasure_id",
+        "run_id",
+        "erased_at",
+        "mode",
+        "students",
+        "rows",
+        "seconds",
+    }
 
 
 def test_a_later_delivery_stays_erased_and_incremental_equals_a_rebuild(erased, spark, tmp_path):
     settings, student = erased["settings"], erased["student"]
     for kind in ("transactional", "events"):
-        shutil.copytree(erased["generated"] / kind / erased["deliveries"][2],
-                        Path(settings.source) / kind / erased["deliveries"][2])
+        shutil.copytree(
+            erased["generated"] / kind / erased["deliveries"][2], Path(settings.source) / kind / erased["deliveries"][2]
+        )
     report = _run(spark, settings, "delivery-2")
     assert report.details["erased_dropped"] >= 1
     assert erasure.verify(spark, settings, student) == {}
@@ -258,8 +318,7 @@ def test_a_later_delivery_stays_erased_and_incremental_equals_a_rebuild(erased, 
     for layer, tables in (("silver", silver.TABLES), ("gold", gold.TABLES)):
         for table in tables:
             a, b = (spark.read.format("delta").load(s.table_path(layer, table)) for s in (settings, copy))
-            cols = [F.to_json(c).alias(c) if t.startswith("map") else F.col(c)
-                    for c, t in a.dtypes if c not in IGNORED]
+            cols = [F.to_json(c).alias(c) if t.startswith("map") else F.col(c) for c, t in a.dtypes if c not in IGNORED]
             a, b = a.select(*cols), b.select(*cols)
             assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, f"{layer}.{table}"
 
@@ -272,18 +331,31 @@ def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings)
     from lakehouse import delta
 
     def line(student: str, session: str, n: int) -> str:
-        return json.dumps({"at": f"2017-11-16T08:1{n}:00-03:00", "studentId_clientType": f"{student}@Android",
-                           "session_uuid": session, "install_uuid": f"i-{student}", "uuid": f"u-{student}",
-                           "custom_4": "NewUser", "nth": n})
+        return json.dumps(
+            {
+                "at": f"2017-11-16T08:1{n}:00-03:00",
+                "studentId_clientType": f"{student}@Android",
+                "session_uuid": session,
+                "install_uuid": f"i-{student}",
+                "uuid": f"u-{student}",
+                "custom_4": "NewUser",
+                "nth": n,
+            }
+        )
 
     lines = [line("7", "s1", 1), line("7", "s1", 2), line("7", "s2", 3), line("17", "s3", 4)]
-    rows = [(v, None, "f", i + 1, "d1", datetime(2017, 11, 17), 1, datetime(2017, 11, 17), "r")
-            for i, v in enumerate(lines)]
-    events = spark.createDataFrame(rows, "value string, at_raw string, source_file string, line_number long, "
-                                   "delivery string, as_of timestamp, batch_id long, landed_at timestamp, run_id string")
+    rows = [
+        (v, None, "f", i + 1, "d1", datetime(2017, 11, 17), 1, datetime(2017, 11, 17), "r") for i, v in enumerate(lines)
+    ]
+    events = spark.createDataFrame(
+        rows,
+        "value string, at_raw string, source_file string, line_number long, "
+        "delivery string, as_of timestamp, batch_id long, landed_at timestamp, run_id string",
+    )
     delta.overwrite(events, delta.Target("bronze", "events", settings))
-    sessions = spark.createDataFrame([('{"StudentId": "7", "SessionStartTime": "2017-11-10 00:40:41.000"}', 1)],
-                                     "record string, batch_id long")
+    sessions = spark.createDataFrame(
+        [('{"StudentId": "7", "SessionStartTime": "2017-11-10 00:40:41.000"}', 1)], "record string, batch_id long"
+    )
     delta.overwrite(sessions, delta.Target("bronze", "sessions", settings))
 
     counts = erasure.erase_lake(spark, settings, {"7"}, "anonymize")

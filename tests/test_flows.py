@@ -31,8 +31,9 @@ def _source(settings, deliveries: int = 2) -> Path:
 
 def _delta_commits(lake: str) -> dict[str, int]:
     """Commit files per Delta table of a local lake."""
-    return {str(log.parent.relative_to(lake)): len(list(log.glob("*.json")))
-            for log in Path(lake).glob("*/*/_delta_log")}
+    return {
+        str(log.parent.relative_to(lake)): len(list(log.glob("*.json"))) for log in Path(lake).glob("*/*/_delta_log")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def harness():
 
 
 # -- prefect.yaml -----------------------------------------------------------------------------
+
 
 def test_every_entrypoint_imports_and_needs_no_parameters():
     from prefect.flows import load_flow_from_entrypoint
@@ -62,17 +64,28 @@ def test_every_entrypoint_imports_and_needs_no_parameters():
 
 # -- retry policy -----------------------------------------------------------------------------
 
+
 def test_transient_failures_are_told_from_data_errors():
     import psycopg2
     from py4j.protocol import Py4JNetworkError
 
     from lakehouse.runs import is_transient
 
-    for exc in (ConnectionError("reset"), TimeoutError(), OSError("EIO"), psycopg2.OperationalError("refused"),
-                Py4JNetworkError("gateway")):
+    for exc in (
+        ConnectionError("reset"),
+        TimeoutError(),
+        OSError("EIO"),
+        psycopg2.OperationalError("refused"),
+        Py4JNetworkError("gateway"),
+    ):
         assert is_transient(exc), exc
-    for exc in (ValueError("bad row"), KeyError("col"), FileNotFoundError("nope"), PermissionError("ro"),
-                ZeroDivisionError()):
+    for exc in (
+        ValueError("bad row"),
+        KeyError("col"),
+        FileNotFoundError("nope"),
+        PermissionError("ro"),
+        ZeroDivisionError(),
+    ):
         assert not is_transient(exc), exc
     try:
         try:
@@ -145,6 +158,7 @@ def test_a_warehouse_that_cannot_work_is_said_before_any_pipeline_work(harness, 
 
 # -- the real pipeline --------------------------------------------------------------------------
 
+
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
 def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, settings, pg_dsn, monkeypatch):
@@ -165,7 +179,8 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     assert rows["land"]["deliveries"] == rows["bronze"]["deliveries"] == rows["mirror"]["deliveries"] == 2
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["full-pipeline-report"])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["full-pipeline-report"]))
+        )
     assert artifacts and artifacts[0].type == "table"
 
     before = _delta_commits(settings.lake_url)
@@ -186,9 +201,17 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
 def test_two_concurrent_runs_serialize(settings, pg_dsn, tmp_path):
     _source(settings, deliveries=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    runs = [subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "run", "--report", str(tmp_path / f"r{i}.json")],
-                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for i in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lakehouse.cli", "run", "--report", str(tmp_path / f"r{i}.json")],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         outputs = [run.communicate(timeout=1500)[0] for run in runs]
     finally:
@@ -198,7 +221,9 @@ def test_two_concurrent_runs_serialize(settings, pg_dsn, tmp_path):
                 run.wait()
     for run, output in zip(runs, outputs):
         assert run.returncode == 0, output[-2000:]
-    locks = sorted((json.loads((tmp_path / f"r{i}.json").read_text())["lock"] for i in range(2)),
-                   key=lambda lock: lock["acquired_at"])
+    locks = sorted(
+        (json.loads((tmp_path / f"r{i}.json").read_text())["lock"] for i in range(2)),
+        key=lambda lock: lock["acquired_at"],
+    )
     assert locks[0]["released_at"] <= locks[1]["acquired_at"], locks
     assert locks[1]["waited_seconds"] > 0

@@ -67,12 +67,19 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
     assert back.exceptAll(df.unionByName(df)).count() == 0
     assert delta.last_txn_version(path, "test") == 1
 
-    got = _duckdb_with_delta().execute(
-        f"select course_id, course_name, as_of, is_deleted from delta_scan('{path}') order by all"
-    ).fetchall()
+    got = (
+        _duckdb_with_delta()
+        .execute(f"select course_id, course_name, as_of, is_deleted from delta_scan('{path}') order by all")
+        .fetchall()
+    )
     as_of = got[0][2]
     assert as_of.utcoffset() == dt.timedelta(0) and as_of.replace(tzinfo=None) == rows[0][2]
-    assert [(r[0], r[1], r[3]) for r in got] == [(1, "Curso1", True), (1, "Curso1", True), (2, None, False), (2, None, False)]
+    assert [(r[0], r[1], r[3]) for r in got] == [
+        (1, "Curso1", True),
+        (1, "Curso1", True),
+        (2, None, False),
+        (2, None, False),
+    ]
 
 
 def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):

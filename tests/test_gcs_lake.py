@@ -47,23 +47,44 @@ class GcsLake:
 
     def __init__(self, endpoint: str, root: Path, prefix: str, pg_dsn: str) -> None:
         self.endpoint, self.root, self.pg_dsn = endpoint, root, pg_dsn
-        self.settings = Settings(_env_file=None, source=f"gs://{BUCKET}/source", lake=f"gs://{BUCKET}/{prefix}",
-                                 data_dir=str(root / "data"), gcs_token="anon", gcs_endpoint=endpoint,
-                                 shuffle_partitions=2)
+        self.settings = Settings(
+            _env_file=None,
+            source=f"gs://{BUCKET}/source",
+            lake=f"gs://{BUCKET}/{prefix}",
+            data_dir=str(root / "data"),
+            gcs_token="anon",
+            gcs_endpoint=endpoint,
+            shuffle_partitions=2,
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
-        return {**os.environ, "LAKEHOUSE_SOURCE": s.source_url, "LAKEHOUSE_LAKE": s.lake_url,
-                "LAKEHOUSE_DATA_DIR": str(s.data_dir), "LAKEHOUSE_GCS_TOKEN": "anon",
-                "LAKEHOUSE_GCS_ENDPOINT": self.endpoint, "LAKEHOUSE_PG_DSN": self.pg_dsn,
-                "LAKEHOUSE_SHUFFLE_PARTITIONS": "2", "LAKEHOUSE_SPARK_MASTER": "local[2]",
-                "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1500m", "SPARK_LOCAL_IP": "127.0.0.1", **extra}
+        return {
+            **os.environ,
+            "LAKEHOUSE_SOURCE": s.source_url,
+            "LAKEHOUSE_LAKE": s.lake_url,
+            "LAKEHOUSE_DATA_DIR": str(s.data_dir),
+            "LAKEHOUSE_GCS_TOKEN": "anon",
+            "LAKEHOUSE_GCS_ENDPOINT": self.endpoint,
+            "LAKEHOUSE_PG_DSN": self.pg_dsn,
+            "LAKEHOUSE_SHUFFLE_PARTITIONS": "2",
+            "LAKEHOUSE_SPARK_MASTER": "local[2]",
+            "LAKEHOUSE_SPARK_DRIVER_MEMORY": "1500m",
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            **extra,
+        }
 
     def run(self, **extra: str) -> dict:
         """`lakehouse run` on this lake in its own process; its JSON report."""
         report = self.root / f"report-{uuid.uuid4().hex[:6]}.json"
-        done = subprocess.run([LAKEHOUSE, "run", "--report", str(report)], env=self.env(**extra), cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=1500)
+        done = subprocess.run(
+            [LAKEHOUSE, "run", "--report", str(report)],
+            env=self.env(**extra),
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
         assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
         return json.loads(report.read_text())
 
@@ -97,8 +118,9 @@ def bucket(gcs_emulator, source) -> Iterator[str]:
 def local_lake(spark, source, tmp_path_factory) -> Settings:
     """The same source on a local lake, through the same stages."""
     root = tmp_path_factory.mktemp("gcs-local")
-    settings = Settings(_env_file=None, source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"),
-                        shuffle_partitions=2)
+    settings = Settings(
+        _env_file=None, source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"), shuffle_partitions=2
+    )
     land(settings)
     bronze.ingest(spark, settings, "local")
     silver.refresh(spark, settings, "local")
@@ -129,12 +151,14 @@ def _assert_same_gold(local: Settings, remote: Settings) -> None:
         b = f"delta_scan('{remote.table_path('gold', table)}')"
         types = {r[0]: r[1] for r in con.execute(f"describe select * from {a}").fetchall()}
         assert types == {r[0]: r[1] for r in con.execute(f"describe select * from {b}").fetchall()}, table
-        cols = ", ".join(f'to_json("{c}")' if t.startswith("MAP") else f'"{c}"'
-                         for c, t in sorted(types.items()) if c not in IGNORED)
+        cols = ", ".join(
+            f'to_json("{c}")' if t.startswith("MAP") else f'"{c}"' for c, t in sorted(types.items()) if c not in IGNORED
+        )
         rows = con.execute(f"select count(*) from {a}").fetchone()[0]
-        diff = con.execute(f"select (select count(*) from (select {cols} from {a} except all select {cols} from {b})),"
-                           f" (select count(*) from (select {cols} from {b} except all select {cols} from {a}))"
-                           ).fetchone()
+        diff = con.execute(
+            f"select (select count(*) from (select {cols} from {a} except all select {cols} from {b})),"
+            f" (select count(*) from (select {cols} from {b} except all select {cols} from {a}))"
+        ).fetchone()
         if diff != (0, 0) or con.execute(f"select count(*) from {b}").fetchone()[0] != rows:
             different.append((table, rows, diff))
     con.close()
@@ -156,8 +180,10 @@ def test_mirror_loads_the_warehouse_from_the_gcs_lake(gcs_lake, local_lake):
     lake, _ = gcs_lake
     con = _duckdb(lake.settings)
     scan = "select count(*) from delta_scan('{}')"
-    expected = {t: con.execute(scan.format(lake.settings.table_path("gold", t))).fetchone()[0]
-                for t in ("fact_session", "fact_subscription", "fact_subject_follow")}
+    expected = {
+        t: con.execute(scan.format(lake.settings.table_path("gold", t))).fetchone()[0]
+        for t in ("fact_session", "fact_subscription", "fact_subject_follow")
+    }
     con.close()
     with psycopg2.connect(lake.pg_dsn) as pg, pg.cursor() as cur:
         for table, rows in expected.items():
@@ -172,8 +198,14 @@ def test_query_and_dashboard_read_the_gcs_lake(gcs_lake, local_lake):
 
     lake, _ = gcs_lake
     sql = "select country, sum(page_views) as views from gold.mart_country_access group by 1 order by 1"
-    done = subprocess.run([LAKEHOUSE, "query", "--format", "json", sql], env=lake.env(), cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [LAKEHOUSE, "query", "--format", "json", sql],
+        env=lake.env(),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     names, rows, _ = catalog.query(sql, local_lake, refresh=False)
     assert json.loads(done.stdout) == [dict(zip(names, row)) for row in rows] and rows
@@ -198,7 +230,11 @@ def test_rerun_on_gcs_lake_commits_nothing(gcs_lake):
 
 
 def test_standalone_cluster_writes_the_gcs_lake(
-    bucket, standalone, local_lake, pg_server, tmp_path_factory  # noqa: F811
+    bucket,
+    standalone,
+    local_lake,
+    pg_server,
+    tmp_path_factory,  # noqa: F811
 ):
     lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", _database(pg_server))
     lake.run(LAKEHOUSE_SPARK_MASTER=standalone)
@@ -264,9 +300,14 @@ def racing_writers(bucket, tmp_path_factory) -> tuple[GcsLake, str, dict]:
     env = lake.env(LAKEHOUSE_SPARK_MASTER="local[1]", LAKEHOUSE_SPARK_DRIVER_MEMORY="1g")
     procs = {}
     for name in ("a", "b"):
-        procs[name] = subprocess.Popen([sys.executable, "-c", WRITER, name, table, str(barrier), str(APPENDS)],
-                                       env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", WRITER, name, table, str(barrier), str(APPENDS)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if name == "a":  # b starts once the table exists
             deadline = time.monotonic() + 600
             while not (barrier / "a.0").exists() and procs["a"].poll() is None and time.monotonic() < deadline:
@@ -308,12 +349,14 @@ def test_two_racing_writers_lose_no_commit(racing_writers):
     retried = [v for v in range(1, 2 * APPENDS + 1) if v > commits[v]["readVersion"] + 1]
     assert retried, commits
     con = _duckdb(lake.settings)
-    rows = con.execute(f"select writer, count(*), count(distinct round) from delta_scan('{table}') group by 1 "
-                       "order by 1").fetchall()
+    rows = con.execute(
+        f"select writer, count(*), count(distinct round) from delta_scan('{table}') group by 1 order by 1"
+    ).fetchall()
     assert rows == [("a", 3 * APPENDS, APPENDS), ("b", 3 * APPENDS, APPENDS)]
 
 
 # --- settings derived from LAKEHOUSE_GCS_TOKEN and LAKEHOUSE_GCS_ENDPOINT ------------------------------------------
+
 
 def test_connector_settings_from_token_and_endpoint(tmp_path, monkeypatch):
     from lakehouse.storage import spark_gcs_conf
@@ -328,12 +371,18 @@ def test_connector_settings_from_token_and_endpoint(tmp_path, monkeypatch):
     assert auth() == {"fs.gs.auth.type": "APPLICATION_DEFAULT"}
     assert auth(gcs_token="cloud") == {"fs.gs.auth.type": "COMPUTE_ENGINE"}
     assert auth(gcs_token="anon", gcs_endpoint="http://127.0.0.1:9/") == {
-        "fs.gs.auth.type": "UNAUTHENTICATED", "fs.gs.storage.root.url": "http://127.0.0.1:9/"}
+        "fs.gs.auth.type": "UNAUTHENTICATED",
+        "fs.gs.storage.root.url": "http://127.0.0.1:9/",
+    }
     key = tmp_path / "key.json"
     key.write_text(json.dumps({"type": "service_account", "client_email": "x@y"}))
-    assert auth(gcs_token=str(key)) == {"fs.gs.auth.type": "SERVICE_ACCOUNT_JSON_KEYFILE",
-                                        "fs.gs.auth.service.account.json.keyfile": str(key)}
-    key.write_text(json.dumps({"type": "authorized_user", "client_id": "i", "client_secret": "s", "refresh_token": "r"}))
+    assert auth(gcs_token=str(key)) == {
+        "fs.gs.auth.type": "SERVICE_ACCOUNT_JSON_KEYFILE",
+        "fs.gs.auth.service.account.json.keyfile": str(key),
+    }
+    key.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "i", "client_secret": "s", "refresh_token": "r"})
+    )
     assert auth(gcs_token=str(key))["fs.gs.auth.type"] == "USER_CREDENTIALS"
     with pytest.raises(ValueError, match="LAKEHOUSE_GCS_TOKEN='browser'"):
         auth(gcs_token="browser")

@@ -21,18 +21,42 @@ DELIVERIES = ["2017-11-16", "2017-11-17", "2017-11-18T06:00:00"]
 ENTITIES = ["courses", "sessions", "student_follow_subject", "students", "subjects", "subscriptions", "universities"]
 CLIENTS = {"Website", "Webapp", "Android", "iOS"}
 STATE_NAMES = {
-    "São Paulo": "SP", "Rio de Janeiro": "RJ", "Minas Gerais": "MG", "Rio Grande do Sul": "RS", "Paraná": "PR",
-    "Bahia": "BA", "Santa Catarina": "SC", "Pernambuco": "PE", "Ceará": "CE", "Goiás": "GO", "Distrito Federal": "DF",
-    "Espírito Santo": "ES", "Pará": "PA", "Amazonas": "AM", "Maranhão": "MA", "Paraíba": "PB",
-    "Rio Grande do Norte": "RN", "Mato Grosso": "MT", "Mato Grosso do Sul": "MS", "Alagoas": "AL", "Piauí": "PI",
-    "Sergipe": "SE", "Rondônia": "RO", "Tocantins": "TO", "Acre": "AC", "Amapá": "AP", "Roraima": "RR",
+    "São Paulo": "SP",
+    "Rio de Janeiro": "RJ",
+    "Minas Gerais": "MG",
+    "Rio Grande do Sul": "RS",
+    "Paraná": "PR",
+    "Bahia": "BA",
+    "Santa Catarina": "SC",
+    "Pernambuco": "PE",
+    "Ceará": "CE",
+    "Goiás": "GO",
+    "Distrito Federal": "DF",
+    "Espírito Santo": "ES",
+    "Pará": "PA",
+    "Amazonas": "AM",
+    "Maranhão": "MA",
+    "Paraíba": "PB",
+    "Rio Grande do Norte": "RN",
+    "Mato Grosso": "MT",
+    "Mato Grosso do Sul": "MS",
+    "Alagoas": "AL",
+    "Piauí": "PI",
+    "Sergipe": "SE",
+    "Rondônia": "RO",
+    "Tocantins": "TO",
+    "Acre": "AC",
+    "Amapá": "AP",
+    "Roraima": "RR",
 }
+# fmt: off
 EVENT_FIELDS = {
     "at", "browser", "carrier", "city_name", "clv_total", "country", "custom_1", "custom_2", "custom_3", "custom_4",
     "device_new", "first-accessed-page", "install_uuid", "language", "library_ver", "marketing_campaign",
     "marketing_medium", "marketing_source", "model", "name", "nth", "os_ver", "platform", "region", "session_uuid",
     "studentId_clientType", "type", "user_type", "uuid",
 }
+# fmt: on
 SPACED = {"Page Name", "Page Category", "Page Category 1", "Page Category 2", "Page Category 3", "Last Accessed Url"}
 CAMEL = {"PageName", "PageCategory", "PageCategory1", "PageCategory2", "PageCategory3", "LastAccessedUrl"}
 STUDENT_CLIENT = re.compile(r"^(\d+)@(Website|Webapp|Android|iOS)$")
@@ -217,7 +241,13 @@ def test_transactional_shapes(small):
             assert r["StudentClient"] in CLIENTS | {None}
         for r in tx(root, d, "subscriptions"):
             assert {"StudentId", "PaymentDate"} <= set(r) <= {"StudentId", "PaymentDate", "PlanType"}
-            assert ts3.match(r["PaymentDate"]) and r.get("PlanType") in (None, "Mensal", "Anual", "Semestral", "Trimestral")
+            assert ts3.match(r["PaymentDate"]) and r.get("PlanType") in (
+                None,
+                "Mensal",
+                "Anual",
+                "Semestral",
+                "Trimestral",
+            )
         for r in tx(root, d, "student_follow_subject"):
             assert set(r) == {"StudentId", "SubjectId", "FollowDate"} and int_like(r["SubjectId"])
             assert r["FollowDate"] is None or ts4.match(r["FollowDate"])
@@ -337,8 +367,10 @@ def test_known_students_exist_and_match_their_university_and_course(small):
             if s is None:
                 orphans += 1
                 continue
-            consistent += (e.get("custom_1") == univ[norm_int(s["UniversityId"])]
-                           and e.get("custom_2") == course[norm_int(s["CourseId"])])
+            consistent += (
+                e.get("custom_1") == univ[norm_int(s["UniversityId"])]
+                and e.get("custom_2") == course[norm_int(s["CourseId"])]
+            )
         assert 1 <= orphans <= 0.05 * known
         assert consistent >= 0.97 * (known - orphans)
 
@@ -436,7 +468,12 @@ def test_streaming_memory_for_200k_events(tmp_path):
         "generate(sys.argv[1], seed=3, students=2000, events=200_000, deliveries=3); "
         "print(re.search(r'VmHWM:\\s*(\\d+)', Path('/proc/self/status').read_text()).group(1))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     max_rss_kb = int(out.stdout.split()[-1])
     assert max_rss_kb < 100 * 1024, f"max RSS {max_rss_kb / 1024:.0f} MB"

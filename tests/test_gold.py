@@ -24,40 +24,76 @@ D1, D2, D3 = datetime(2017, 11, 16), datetime(2017, 11, 17), datetime(2017, 11, 
 
 def names(spark, key, name, rows):
     """Silver snapshot rows (key, name, is_deleted, delivery, as_of)."""
-    return spark.createDataFrame(rows, f"{key} int, {name} string, is_deleted boolean, delivery string, as_of timestamp")
+    return spark.createDataFrame(
+        rows, f"{key} int, {name} string, is_deleted boolean, delivery string, as_of timestamp"
+    )
 
 
 def test_dim_student_history_takes_names_as_of_each_delivery_and_current_is_latest(spark):
     students = silver.students(entity_rows(spark, "students", STUDENTS))
-    universities = names(spark, "university_id", "university_name", [
-        (10, "UFA", False, "2017-11-16", D1), (11, "UFB", False, "2017-11-16", D1),
-        (10, "UFA", False, "2017-11-17", D2), (11, "UFB Nova", False, "2017-11-17", D2)])
-    courses = names(spark, "course_id", "course_name", [
-        (20, "Direito", False, "2017-11-16", D1), (21, "Medicina", False, "2017-11-16", D1),
-        (22, "Letras", False, "2017-11-18T06:00:00", D3), (20, "Direito", True, "2017-11-18T06:00:00", D3)])
+    universities = names(
+        spark,
+        "university_id",
+        "university_name",
+        [
+            (10, "UFA", False, "2017-11-16", D1),
+            (11, "UFB", False, "2017-11-16", D1),
+            (10, "UFA", False, "2017-11-17", D2),
+            (11, "UFB Nova", False, "2017-11-17", D2),
+        ],
+    )
+    courses = names(
+        spark,
+        "course_id",
+        "course_name",
+        [
+            (20, "Direito", False, "2017-11-16", D1),
+            (21, "Medicina", False, "2017-11-16", D1),
+            (22, "Letras", False, "2017-11-18T06:00:00", D3),
+            (20, "Direito", True, "2017-11-18T06:00:00", D3),
+        ],
+    )
     hist = gold.dim_student_history(students, universities, courses)
     assert hist.columns == [*gold.STUDENT_COLUMNS, "delivery"]
     got = rows_of(hist, "student_id", "delivery", "university_name", "course_name", "is_deleted", "state")
-    assert got == srt([
-        ("1", "2017-11-16", "UFA", "Direito", False, "SP"), ("1", "2017-11-17", "UFA", "Direito", False, "MG"),
-        ("1", "2017-11-18T06:00:00", "UFA", "Direito", False, "MG"),
-        ("2", "2017-11-16", "UFB", "Medicina", False, "SP"), ("2", "2017-11-17", "UFB Nova", "Medicina", True, "SP"),
-        ("2", "2017-11-18T06:00:00", "UFB Nova", "Letras", False, "SP"),
-        ("3", "2017-11-16", "UFA", "Direito", False, "RJ"), ("3", "2017-11-17", "UFA", "Direito", False, "RJ"),
-        ("3", "2017-11-18T06:00:00", "UFA", "Direito", True, "RJ"),
-        ("4", "2017-11-18T06:00:00", "UFB Nova", "Letras", False, None),
-    ])
+    assert got == srt(
+        [
+            ("1", "2017-11-16", "UFA", "Direito", False, "SP"),
+            ("1", "2017-11-17", "UFA", "Direito", False, "MG"),
+            ("1", "2017-11-18T06:00:00", "UFA", "Direito", False, "MG"),
+            ("2", "2017-11-16", "UFB", "Medicina", False, "SP"),
+            ("2", "2017-11-17", "UFB Nova", "Medicina", True, "SP"),
+            ("2", "2017-11-18T06:00:00", "UFB Nova", "Letras", False, "SP"),
+            ("3", "2017-11-16", "UFA", "Direito", False, "RJ"),
+            ("3", "2017-11-17", "UFA", "Direito", False, "RJ"),
+            ("3", "2017-11-18T06:00:00", "UFA", "Direito", True, "RJ"),
+            ("4", "2017-11-18T06:00:00", "UFB Nova", "Letras", False, None),
+        ]
+    )
     current = gold.dim_student(hist)
     assert current.columns == list(gold.STUDENT_COLUMNS)
     assert rows_of(current, "student_id", "city", "course_id", "is_deleted", "as_of") == [
-        ("1", "Contagem", 20, False, D3), ("2", "Santos", 22, False, D3), ("3", None, 20, True, D3),
-        ("4", "Natal", 22, False, D3)]
+        ("1", "Contagem", 20, False, D3),
+        ("2", "Santos", 22, False, D3),
+        ("3", None, 20, True, D3),
+        ("4", "Natal", 22, False, D3),
+    ]
 
 
 def test_dim_course_current_and_history(spark):
-    hist = gold.dim_course_history(names(spark, "course_id", "course_name", [
-        (1, "Direito", False, "2017-11-16", D1), (1, "Direito (Bacharelado)", False, "2017-11-17", D2),
-        (2, "Medicina", False, "2017-11-16", D1), (2, "Medicina", True, "2017-11-17", D2)]))
+    hist = gold.dim_course_history(
+        names(
+            spark,
+            "course_id",
+            "course_name",
+            [
+                (1, "Direito", False, "2017-11-16", D1),
+                (1, "Direito (Bacharelado)", False, "2017-11-17", D2),
+                (2, "Medicina", False, "2017-11-16", D1),
+                (2, "Medicina", True, "2017-11-17", D2),
+            ],
+        )
+    )
     assert hist.columns == ["course_id", "course_name", "is_deleted", "as_of", "delivery"]
     cur = gold.dim_course(hist)
     assert cur.columns == ["course_id", "course_name", "is_deleted", "as_of"]
@@ -69,40 +105,64 @@ def test_dim_date_is_contiguous_over_all_fact_dates(spark):
     b = spark.createDataFrame([(date(2017, 10, 30),)], "d date")
     out = gold.dim_date(a, b)
     assert rows_of(out, "date", "year", "month", "day", "weekday") == [
-        (date(2017, 10, 30), 2017, 10, 30, 1), (date(2017, 10, 31), 2017, 10, 31, 2),
-        (date(2017, 11, 1), 2017, 11, 1, 3), (date(2017, 11, 2), 2017, 11, 2, 4)]
+        (date(2017, 10, 30), 2017, 10, 30, 1),
+        (date(2017, 10, 31), 2017, 10, 31, 2),
+        (date(2017, 11, 1), 2017, 11, 1, 3),
+        (date(2017, 11, 2), 2017, 11, 2, 4),
+    ]
 
 
-FACT = ("event_id string, event_at timestamp, event_date date, student_id string, client_type string, "
-        "country string, region string, city_name string, browser string, platform string, page_name string, "
-        "page_category string, user_type string, session_uuid string")
+FACT = (
+    "event_id string, event_at timestamp, event_date date, student_id string, client_type string, "
+    "country string, region string, city_name string, browser string, platform string, page_name string, "
+    "page_category string, user_type string, session_uuid string"
+)
 
 
 def facts(spark):
     def f(i, day, sid, client, country, utype, session):
         at = datetime(2017, 11 if day > 0 else 10, abs(day), 12)
         return (f"e{i}", at, at.date(), sid, client, country, None, None, None, None, "/", None, utype, session)
-    return spark.createDataFrame([
-        f(1, 16, "1", "Website", "br", "CoreUser", "s1"), f(2, 16, "1", "Website", "br", "CoreUser", "s1"),
-        f(3, 16, None, None, "br", None, "s2"), f(4, 17, "2", "Android", "us", "NewUser", "s3"),
-        f(5, -31, "2", "Android", "us", "NewUser", "s4"), f(6, 17, "9", "iOS", None, "CoreUser", "s5"),
-    ], FACT)
+
+    return spark.createDataFrame(
+        [
+            f(1, 16, "1", "Website", "br", "CoreUser", "s1"),
+            f(2, 16, "1", "Website", "br", "CoreUser", "s1"),
+            f(3, 16, None, None, "br", None, "s2"),
+            f(4, 17, "2", "Android", "us", "NewUser", "s3"),
+            f(5, -31, "2", "Android", "us", "NewUser", "s4"),
+            f(6, 17, "9", "iOS", None, "CoreUser", "s5"),
+        ],
+        FACT,
+    )
 
 
 def test_marts(spark):
     fv = facts(spark)
-    assert rows_of(gold.mart_country_access(gold.activity_by_country_student(fv)), "country", "month", "page_views",
-                   "students") == srt([
-        ("br", date(2017, 11, 1), 3, 1), ("us", date(2017, 11, 1), 1, 1), ("us", date(2017, 10, 1), 1, 1),
-        (None, date(2017, 11, 1), 1, 1)])
-    assert rows_of(gold.mart_users_by_type(gold.activity_by_student(fv)), "user_type", "page_views", "students") == srt([
-        ("CoreUser", 3, 2), ("NewUser", 2, 1), (None, 1, 0)])
+    assert rows_of(
+        gold.mart_country_access(gold.activity_by_country_student(fv)), "country", "month", "page_views", "students"
+    ) == srt(
+        [
+            ("br", date(2017, 11, 1), 3, 1),
+            ("us", date(2017, 11, 1), 1, 1),
+            ("us", date(2017, 10, 1), 1, 1),
+            (None, date(2017, 11, 1), 1, 1),
+        ]
+    )
+    assert rows_of(gold.mart_users_by_type(gold.activity_by_student(fv)), "user_type", "page_views", "students") == srt(
+        [("CoreUser", 3, 2), ("NewUser", 2, 1), (None, 1, 0)]
+    )
     daily = gold.mart_daily_activity(fv)
     assert daily.columns == ["event_date", "client_type", "page_views", "students", "sessions"]
-    assert rows_of(daily, *daily.columns) == srt([
-        (date(2017, 10, 31), "Android", 1, 1, 1), (date(2017, 11, 16), "Website", 2, 1, 1),
-        (date(2017, 11, 16), None, 1, 0, 1), (date(2017, 11, 17), "Android", 1, 1, 1),
-        (date(2017, 11, 17), "iOS", 1, 1, 1)])
+    assert rows_of(daily, *daily.columns) == srt(
+        [
+            (date(2017, 10, 31), "Android", 1, 1, 1),
+            (date(2017, 11, 16), "Website", 2, 1, 1),
+            (date(2017, 11, 16), None, 1, 0, 1),
+            (date(2017, 11, 17), "Android", 1, 1, 1),
+            (date(2017, 11, 17), "iOS", 1, 1, 1),
+        ]
+    )
     dim = spark.createDataFrame([("1", "SP"), ("2", "RJ"), ("3", "SP")], "student_id string, state string")
     state = gold.mart_state_activity(gold.activity_by_student(fv), dim)
     assert state.columns == ["state", "page_views", "students"]
@@ -113,12 +173,13 @@ def test_page_view_enriched_joins_current_student(spark):
     hist = gold.dim_student_history(
         silver.students(entity_rows(spark, "students", STUDENTS)),
         names(spark, "university_id", "university_name", [(10, "UFA", False, "2017-11-16", D1)]),
-        names(spark, "course_id", "course_name", [(20, "Direito", False, "2017-11-16", D1)]))
+        names(spark, "course_id", "course_name", [(20, "Direito", False, "2017-11-16", D1)]),
+    )
     out = gold.page_view_enriched(facts(spark), gold.dim_student(hist))
     assert out.count() == 6
-    assert rows_of(out.where("event_id in ('e1', 'e3', 'e6')"), "event_id", "state", "city", "university_name",
-                   "course_name") == [("e1", "MG", "Contagem", "UFA", "Direito"), ("e3", None, None, None, None),
-                                      ("e6", None, None, None, None)]
+    assert rows_of(
+        out.where("event_id in ('e1', 'e3', 'e6')"), "event_id", "state", "city", "university_name", "course_name"
+    ) == [("e1", "MG", "Contagem", "UFA", "Direito"), ("e3", None, None, None, None), ("e6", None, None, None, None)]
 
 
 def _snapshot(spark, settings, layer, table):
@@ -127,39 +188,70 @@ def _snapshot(spark, settings, layer, table):
 
     df = delta.read_table(spark, layer, table, settings)
     maps = {f.name for f in df.schema.fields if isinstance(f.dataType, MapType)}  # no set operations on maps
-    return df.select(*(F.to_json(c).alias(c) if c in maps else F.col(c)
-                       for c in sorted(set(df.columns) - {"run_id", "loaded_at"})))
+    return df.select(
+        *(F.to_json(c).alias(c) if c in maps else F.col(c) for c in sorted(set(df.columns) - {"run_id", "loaded_at"}))
+    )
 
 
 def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark, settings):
-    late = line(at="2017-10-31 23:59:59", PageName="/late", studentId_clientType="1@Website", country="ar",
-                session_uuid="s9")
-    write_bronze(spark, settings, "events", event_rows(spark, [
-        (SPACED, "2017-11-16", "p0.json", 1), (SPACED, "2017-11-16", "p1.json", 1),
-        (CAMEL_GLUED, "2017-11-16", "p1.json", 2), (ISO_ANON, "2017-11-16", "p1.json", 3)]), 1)
+    late = line(
+        at="2017-10-31 23:59:59", PageName="/late", studentId_clientType="1@Website", country="ar", session_uuid="s9"
+    )
+    write_bronze(
+        spark,
+        settings,
+        "events",
+        event_rows(
+            spark,
+            [
+                (SPACED, "2017-11-16", "p0.json", 1),
+                (SPACED, "2017-11-16", "p1.json", 1),
+                (CAMEL_GLUED, "2017-11-16", "p1.json", 2),
+                (ISO_ANON, "2017-11-16", "p1.json", 3),
+            ],
+        ),
+        1,
+    )
     for entity, recs in {"students": STUDENTS, "courses": {"2017-11-16": [{"Id": 20, "Name": "Direito"}]}}.items():
         write_bronze(spark, settings, entity, entity_rows(spark, entity, recs), 1)
     silver.refresh(spark, settings, "r1")
     rep = gold.refresh(spark, settings, "r1")
     built = {t for t, r in rep.details["tables"].items() if not r["skipped"]}
-    assert {"fact_page_view", "dim_student", "dim_student_history", "mart_daily_activity", "dim_date",
-            "page_view_enriched"} <= built
+    assert {
+        "fact_page_view",
+        "dim_student",
+        "dim_student_history",
+        "mart_daily_activity",
+        "dim_date",
+        "page_view_enriched",
+    } <= built
     assert rep.details["tables"]["fact_session"]["skipped"]
     assert rep.details["tables"]["fact_page_view"]["rows_out"] == 3
     # the late event of a later delivery: its own day and month
-    write_bronze(spark, settings, "events", event_rows(spark, [(late, "2017-11-18T06:00:00", "p.json", 1),
-                                                               (SPACED, "2017-11-18T06:00:00", "p.json", 2)], 2), 2)
+    write_bronze(
+        spark,
+        settings,
+        "events",
+        event_rows(
+            spark, [(late, "2017-11-18T06:00:00", "p.json", 1), (SPACED, "2017-11-18T06:00:00", "p.json", 2)], 2
+        ),
+        2,
+    )
     silver.refresh(spark, settings, "r2")
     rep = gold.refresh(spark, settings, "r2")
     assert rep.details["tables"]["fact_page_view"]["rows_out"] == 1 and rep.details["tables"]["dim_student"]["skipped"]
     read = lambda t: delta.read_table(spark, "gold", t, settings)  # noqa: E731
     assert rows_of(read("fact_page_view").where("page_name = '/late'"), "event_date") == [(date(2017, 10, 31),)]
     assert rows_of(read("mart_country_access").where("country = 'ar'"), "month", "page_views") == [
-        (date(2017, 10, 1), 1)]
+        (date(2017, 10, 1), 1)
+    ]
     dd = read("dim_date")
     assert rows_of(dd.selectExpr("min(date)", "max(date)", "count(*)"), "*") == [
-        (date(2017, 10, 31), date(2017, 11, 16), 17)]
-    before = {t: commits(spark, settings, "gold", t) for t in rep.details["tables"] if not rep.details["tables"][t]["skipped"]}
+        (date(2017, 10, 31), date(2017, 11, 16), 17)
+    ]
+    before = {
+        t: commits(spark, settings, "gold", t) for t in rep.details["tables"] if not rep.details["tables"][t]["skipped"]
+    }
     again = gold.refresh(spark, settings, "r3")
     assert all(r["skipped"] for r in again.details["tables"].values())
     assert {t: commits(spark, settings, "gold", t) for t in before} == before
@@ -169,8 +261,10 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
     existing = [t for t in gold.TABLES if delta.table_exists(spark, "gold", t, settings)]
     layers = {"silver": ["page_views", "students", "courses"], "gold": existing}
     tables = [(layer, t) for layer, ts in layers.items() for t in ts]
-    kept = {(layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))
-            for layer, t in tables}
+    kept = {
+        (layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))
+        for layer, t in tables
+    }
     assert not silver.refresh(spark, settings, "full", full_refresh=True).details["tables"]["page_views"]["skipped"]
     rebuilt = gold.refresh(spark, settings, "full", full_refresh=True).details["tables"]
     assert {t for t, r in rebuilt.items() if not r["skipped"]} == set(existing)  # those with silver inputs

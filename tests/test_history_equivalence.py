@@ -22,9 +22,15 @@ GOLD = gold.TABLES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
+
 def _settings(root: Path, source: Path) -> Settings:
-    return Settings(source=str(source), lake=str(root / "lake"), data_dir=str(root / "data"),
-                    spark_master="local[2]", shuffle_partitions=2)
+    return Settings(
+        source=str(source),
+        lake=str(root / "lake"),
+        data_dir=str(root / "data"),
+        spark_master="local[2]",
+        shuffle_partitions=2,
+    )
 
 
 def _run(spark, settings: Settings, run_id: str) -> dict:
@@ -54,7 +60,7 @@ def lakes(spark, tmp_path_factory):
         shutil.copytree(root / "step" / "lake", root / f"step-{n}" / "lake")
         full_source = root / f"full-source-{n}"
         for kind in ("transactional", "events"):
-            for d in deliveries[:n + 1]:
+            for d in deliveries[: n + 1]:
                 shutil.copytree(source / kind / d, full_source / kind / d)
         full = _settings(root / f"full-{n}", full_source)
         _run(spark, full, f"all-of-{n + 1}")
@@ -80,8 +86,10 @@ def test_incremental_equals_full_build_after_every_delivery(lakes, n, layer, tab
     # maps as JSON text (sorted keys), so set operations compare them by content
     kept = [f'to_json("{c}")' if types[c].startswith("MAP") else f'"{c}"' for c in sorted(set(types) - IGNORED)]
     a, b = delta_scan_sql(full, layer, table, kept), delta_scan_sql(step, layer, table, kept)
-    assert con.execute(f"select count(*) from ({a})").fetchone()[0] == \
-        con.execute(f"select count(*) from ({b})").fetchone()[0]
+    assert (
+        con.execute(f"select count(*) from ({a})").fetchone()[0]
+        == con.execute(f"select count(*) from ({b})").fetchone()[0]
+    )
     assert_same_rows(con, a, b)
 
 
@@ -156,23 +164,43 @@ def test_gold_agrees_with_independent_duckdb_sql(lakes):
     con = _duckdb(source, one)
     assert con.execute("select count(*) from ev").fetchone()[0] > 800
     assert_same_rows(con, "select count(*) from ev", "select count(*) from gold_fact_page_view")
-    assert_same_rows(con, "select country, date_trunc('month', event_date)::date, count(*), count(distinct student_id) "
-               "from ev group by all",
-          "select country, month, page_views, students from gold_mart_country_access")
-    assert_same_rows(con, "select user_type, count(*), count(distinct student_id) from ev group by all",
-          "select user_type, page_views, students from gold_mart_users_by_type")
-    assert_same_rows(con, "select event_date, client_type, count(*), count(distinct student_id), count(distinct session_uuid) "
-               "from ev group by all",
-          "select event_date, client_type, page_views, students, sessions from gold_mart_daily_activity")
-    assert_same_rows(con, "select s.state, count(*), count(distinct e.student_id) from ev e "
-               "left join students_now s using (student_id) group by all",
-          "select state, page_views, students from gold_mart_state_activity")
-    assert_same_rows(con, "select student_id, state from students_now", "select student_id, state from gold_dim_student")
-    assert_same_rows(con, f"""select count(*) from (select distinct trim(StudentId), SessionStartTime, StudentClient
+    assert_same_rows(
+        con,
+        "select country, date_trunc('month', event_date)::date, count(*), count(distinct student_id) "
+        "from ev group by all",
+        "select country, month, page_views, students from gold_mart_country_access",
+    )
+    assert_same_rows(
+        con,
+        "select user_type, count(*), count(distinct student_id) from ev group by all",
+        "select user_type, page_views, students from gold_mart_users_by_type",
+    )
+    assert_same_rows(
+        con,
+        "select event_date, client_type, count(*), count(distinct student_id), count(distinct session_uuid) "
+        "from ev group by all",
+        "select event_date, client_type, page_views, students, sessions from gold_mart_daily_activity",
+    )
+    assert_same_rows(
+        con,
+        "select s.state, count(*), count(distinct e.student_id) from ev e "
+        "left join students_now s using (student_id) group by all",
+        "select state, page_views, students from gold_mart_state_activity",
+    )
+    assert_same_rows(
+        con, "select student_id, state from students_now", "select student_id, state from gold_dim_student"
+    )
+    assert_same_rows(
+        con,
+        f"""select count(*) from (select distinct trim(StudentId), SessionStartTime, StudentClient
                     from read_json('{source}/transactional/*/sessions.json', format = 'array',
                     columns = {{StudentId: 'VARCHAR', SessionStartTime: 'VARCHAR', StudentClient: 'VARCHAR'}}))""",
-          "select count(*) from gold_fact_session")
-    assert_same_rows(con, "select min(d), max(d), datediff('day', min(d), max(d)) + 1 from (select event_date as d from ev "
-               "union all select session_date from gold_fact_session union all select payment_date "
-               "from gold_fact_subscription union all select followed_date from gold_fact_subject_follow) x",
-          "select min(date), max(date), count(*) from gold_dim_date")
+        "select count(*) from gold_fact_session",
+    )
+    assert_same_rows(
+        con,
+        "select min(d), max(d), datediff('day', min(d), max(d)) + 1 from (select event_date as d from ev "
+        "union all select session_date from gold_fact_session union all select payment_date "
+        "from gold_fact_subscription union all select followed_date from gold_fact_subject_follow) x",
+        "select min(date), max(date), count(*) from gold_dim_date",
+    )

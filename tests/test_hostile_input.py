@@ -67,7 +67,8 @@ def test_every_event_class_gets_its_reason_and_silver_reads_what_bronze_checked(
     assert rows(quarantine, "line_number", "reason") == [(n + 1, r) for n, (_, r) in enumerate(lines) if r]
     bronze = read_table(spark, "bronze", "events", settings)
     assert sorted(r[0] for r in bronze.select("line_number").collect()) == [
-        n + 1 for n, (_, r) in enumerate(lines) if r is None]
+        n + 1 for n, (_, r) in enumerate(lines) if r is None
+    ]
 
     views = silver.page_views(bronze, "r1")
     assert views.where("event_at is null").count() == 0
@@ -87,19 +88,31 @@ def test_every_record_class_gets_its_reason(spark, settings):
     day = "transactional/2017-11-16"
     put(src, f"{day}/Students.json", '[{"Id":"1"}]')
     put(src, f"{day}/foo.json", "not even json")
-    put(src, f"{day}/students.json", json.dumps([
-        {"Id": "1", "City": "S\u0000P\u0007", "RegisteredDate": "2017-01-01 00:00:00.000"},
-        {"Id": "9", "RegisteredDate": "2017-02-01 00:00:00.000"},
-        {"Id": "2", "RegisteredDate": "2017-01-01 00:00:00.000"},
-        {"Id": "x" * (MAX_ID_CHARS + 1)},
-        {"Id": "4", "RegisteredDate": "1899-01-01 00:00:00.000"},
-        {"Id": "5", "Bio": "b" * (MAX_VALUE_BYTES + 1)},
-    ]).replace('"Id": "2"', '"Id": "2", "Id": "3"'))
-    put(src, f"{day}/sessions.json", json.dumps([
-        {"StudentId": "1", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "W" * 200},
-        {"StudentId": "1", "SessionStartTime": "2117-11-16 11:30:00.000", "StudentClient": "Website"},
-        {"StudentId": "1\u0000", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "Website"},
-    ]))
+    put(
+        src,
+        f"{day}/students.json",
+        json.dumps(
+            [
+                {"Id": "1", "City": "S\u0000P\u0007", "RegisteredDate": "2017-01-01 00:00:00.000"},
+                {"Id": "9", "RegisteredDate": "2017-02-01 00:00:00.000"},
+                {"Id": "2", "RegisteredDate": "2017-01-01 00:00:00.000"},
+                {"Id": "x" * (MAX_ID_CHARS + 1)},
+                {"Id": "4", "RegisteredDate": "1899-01-01 00:00:00.000"},
+                {"Id": "5", "Bio": "b" * (MAX_VALUE_BYTES + 1)},
+            ]
+        ).replace('"Id": "2"', '"Id": "2", "Id": "3"'),
+    )
+    put(
+        src,
+        f"{day}/sessions.json",
+        json.dumps(
+            [
+                {"StudentId": "1", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "W" * 200},
+                {"StudentId": "1", "SessionStartTime": "2117-11-16 11:30:00.000", "StudentClient": "Website"},
+                {"StudentId": "1\u0000", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "Website"},
+            ]
+        ),
+    )
     put(src, f"{day}/subjects.json", '[{"Id":1,"Name":%s}]' % DEEP)
     land(settings)
     report = ingest(spark, settings, "r1")
@@ -141,7 +154,9 @@ def test_line_and_file_caps_at_landing(spark, settings):
     entry = next(e for m in read_ledger(settings) for e in m["files"] if e["kind"] == "events")
     lake = Path(settings.lake_url)
     assert (lake / entry["landed_path"]).read_bytes() == b'{"at":"%s","n":1}\n\n{"at":"%s","n":3}\n\n' % (
-        AT.encode(), AT.encode())
+        AT.encode(),
+        AT.encode(),
+    )
     kept = {x["line_number"]: (lake / x["kept_at"]).read_bytes() for x in entry["long_lines"]}
     assert kept == {2: long2.encode() + b"\r", 4: long4.encode()}
 
@@ -150,10 +165,13 @@ def test_line_and_file_caps_at_landing(spark, settings):
     assert rows(bronze, "line_number") == [(1,), (3,)]
     quarantine = read_table(spark, "quarantine", "events", settings)
     assert rows(quarantine, "line_number", "reason", "raw") == [
-        (2, "line_too_long", long2), (4, "line_too_long", long4)]
+        (2, "line_too_long", long2),
+        (4, "line_too_long", long4),
+    ]
     exports = read_table(spark, "quarantine", "transactional", settings)
     assert rows(exports, "entity", "line_number", "reason", "raw") == [
-        ("students", None, "file_too_large", "[" + " " * 120 + "this is not JSON")]
+        ("students", None, "file_too_large", "[" + " " * 120 + "this is not JSON")
+    ]
 
 
 def test_a_file_bronze_fails_on_is_named_and_set_aside_by_one_command(spark, settings):
@@ -182,8 +200,11 @@ def test_a_file_bronze_fails_on_is_named_and_set_aside_by_one_command(spark, set
     report = ingest(spark, settings, "r2")
     assert report.details["events"]["counts"]["all"]["quarantined"] == {"set_aside": 1}
     assert rows(read_table(spark, "bronze", "events", settings), "source_file") == [
-        ("events/2017-11-16/good.json",), ("events/2017-11-17/later.json",)]
+        ("events/2017-11-16/good.json",),
+        ("events/2017-11-17/later.json",),
+    ]
     assert rows(read_table(spark, "quarantine", "events", settings), "source_file", "line_number", "reason") == [
-        ("events/2017-11-16/bad.json", None, "set_aside")]
+        ("events/2017-11-16/bad.json", None, "set_aside")
+    ]
     done = CliRunner().invoke(app, ["quarantine", "events/2017-11-16/bad.json"])
     assert done.exit_code == 1 and "already in bronze" in done.output

@@ -38,7 +38,7 @@ def landed(settings: Settings) -> dict[str, bytes]:
     fs, root = lake_fs(settings)
     fs.invalidate_cache()
     base = f"{root.rstrip('/')}/landing"
-    return {p[len(root.rstrip("/")) + 1:]: fs.cat_file(p) for p in fs.find(base)} if fs.exists(base) else {}
+    return {p[len(root.rstrip("/")) + 1 :]: fs.cat_file(p) for p in fs.find(base)} if fs.exists(base) else {}
 
 
 def statuses(settings: Settings) -> list[tuple[int, str, str]]:
@@ -61,12 +61,21 @@ def test_lands_once_keeps_folders_and_ledgers_by_content(settings):
     }
     entry = read_ledger(settings)[0]["files"][0]
     assert {k: entry[k] for k in ("path", "kind", "delivery", "sha256", "status", "bytes")} == {
-        "path": "events/2017-11-16/a/part-0.json", "kind": "events", "delivery": "2017-11-16",
-        "sha256": sha, "status": "new", "bytes": len(LINE),
+        "path": "events/2017-11-16/a/part-0.json",
+        "kind": "events",
+        "delivery": "2017-11-16",
+        "sha256": sha,
+        "status": "new",
+        "bytes": len(LINE),
     }
 
     again = land(settings)
-    assert (again.details["batch_id"], again.files, again.details["files_seen"], again.details["files_known"]) == (None, 0, 3, 3)
+    assert (again.details["batch_id"], again.files, again.details["files_seen"], again.details["files_known"]) == (
+        None,
+        0,
+        3,
+        3,
+    )
     assert len(read_ledger(settings)) == 1  # nothing new: no manifest
 
     put(src, "events/2017-11-17/copy.json", LINE)  # same bytes under another name
@@ -80,7 +89,10 @@ def test_lands_once_keeps_folders_and_ledgers_by_content(settings):
         (2, "events/2017-11-17/copy.json", "duplicate"),
     ]
     assert len(landed(settings)) == 4
-    assert (land(settings).details["files_known"], land(settings).details["batch_id"]) == (4, None)  # nothing downloaded again
+    assert (land(settings).details["files_known"], land(settings).details["batch_id"]) == (
+        4,
+        None,
+    )  # nothing downloaded again
 
 
 def test_full_exports_repeat_only_when_they_add_nothing(settings):
@@ -122,8 +134,10 @@ def test_rerun_on_a_landed_source_is_fast(settings):
     started = time.monotonic()
     again = land(settings)
     elapsed = time.monotonic() - started
-    print(f"\nlanded {first.files} files ({first.details['bytes_landed']} bytes) in {first.seconds} s; "
-          f"re-run: {again.files} new of {again.details['files_seen']} in {elapsed:.3f} s")
+    print(
+        f"\nlanded {first.files} files ({first.details['bytes_landed']} bytes) in {first.seconds} s; "
+        f"re-run: {again.files} new of {again.details['files_seen']} in {elapsed:.3f} s"
+    )
     assert again.files == 0 and again.details["files_seen"] == first.details["files_seen"]
     assert elapsed < 20
 
@@ -131,7 +145,9 @@ def test_rerun_on_a_landed_source_is_fast(settings):
 @hsettings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
-    ends_with_newline=st.booleans(), cap=st.integers(1, 16), cuts=st.lists(st.integers(1, 16), min_size=1),
+    ends_with_newline=st.booleans(),
+    cap=st.integers(1, 16),
+    cuts=st.lists(st.integers(1, 16), min_size=1),
 )
 def test_long_lines_are_set_aside_whole_whatever_the_chunks(lines, ends_with_newline, cap, cuts):
     """However the file arrives in chunks (never longer than the cap), the copy keeps every line in its place, an
@@ -144,7 +160,7 @@ def test_long_lines_are_set_aside_whole_whatever_the_chunks(lines, ends_with_new
     at, i = 0, 0
     while at < len(data):
         step = min(cuts[i % len(cuts)], cap)
-        caps.feed(data[at:at + step])
+        caps.feed(data[at : at + step])
         at, i = at + step, i + 1
     caps.close()
 
@@ -198,7 +214,8 @@ def test_source_problems_are_reported_not_fatal(settings, tmp_path):
     report = land(settings, Swapped(str(src), src))
     assert report.files == 0 and report.details["not_landed_files"][-1] == {
         "path": "events/2017-11-17/part-0.json",
-        "why": "cannot be read: events/2017-11-17/part-0.json resolves outside the source folder: refused"}
+        "why": "cannot be read: events/2017-11-17/part-0.json resolves outside the source folder: refused",
+    }
 
 
 # --- remote sources and a remote lake ------------------------------------------------------------------------
@@ -244,7 +261,10 @@ def test_drive_source(fake_drive: FakeDrive, settings):  # noqa: F811
     fake_drive.put(folder, "events/2017-11-17/copy.json", LINE)
     fake_drive.put(folder, "transactional/2017-11-16/students.json", b'[{"Id":"1"}]')
     drive = Settings(
-        _env_file=None, source=f"gdrive://{folder}", lake=settings.lake, gdrive_api_url=fake_drive.url,
+        _env_file=None,
+        source=f"gdrive://{folder}",
+        lake=settings.lake,
+        gdrive_api_url=fake_drive.url,
         gdrive_credentials=json.dumps(fake_drive.service_account_info()),
     )
     report = land(drive)

@@ -40,8 +40,10 @@ BAD: dict[str, Callable[[int], tuple[bytes | str, str | None]]] = {
     "raw_control": lambda n: ('{"at":"%s","uuid":"c%d","PageName":"a\x00b"}' % (AT, n), "not_json_object"),
     "deep": lambda n: ('{"at":"%s","x":%s}' % (AT, "[" * 1001 + "]" * 1001), "nesting_too_deep"),
     "value_too_large": lambda n: ('{"at":"%s","x":"%s"}' % (AT, "v" * (MAX_VALUE_BYTES + 1)), "value_too_large"),
-    "student_too_long": lambda n: ('{"at":"%s","studentId_clientType":"%s@Website"}' % (AT, "9" * (MAX_ID_CHARS + 1)),
-                                   "id_too_long"),
+    "student_too_long": lambda n: (
+        '{"at":"%s","studentId_clientType":"%s@Website"}' % (AT, "9" * (MAX_ID_CHARS + 1)),
+        "id_too_long",
+    ),
     "country_too_long": lambda n: ('{"at":"%s","country":"%s"}' % (AT, "x" * 3000), "id_too_long"),
     "date_past": lambda n: ('{"at":"1970-01-01 00:00:00","uuid":"p%d"}' % n, "date_out_of_range"),
     "date_future": lambda n: ('{"at":"9999-12-31T23:59:59Z","uuid":"f%d"}' % n, "date_out_of_range"),
@@ -98,7 +100,9 @@ def student(k: int) -> dict:
 
 
 STUDENT_RECORDS = [  # (record, reason)
-    (student(1), None), (student(2), None), (student(3), None),
+    (student(1), None),
+    (student(2), None),
+    (student(3), None),
     ({**student(4), "City": "S\u0000P\u0007"}, None),
     ({**student(5), "RegisteredDate": "1899-01-01 00:00:00.000"}, "date_out_of_range"),
     ({**student(6), "Id": "6" * (MAX_ID_CHARS + 1)}, "id_too_long"),
@@ -136,12 +140,23 @@ def cleaned(text: bytes | str) -> bool:
 
 
 # Each example runs the whole pipeline twice (minutes): a few examples, each holding every class; no shrinking.
-@hsettings(max_examples=2, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
-           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
-@given(specs=st.lists(event_file(), min_size=1, max_size=2), crlf=st.booleans(), bom=st.booleans(),
-       last_newline=st.booleans(), ascii_only=st.booleans(), order=st.permutations(range(len(STUDENT_RECORDS))))
-def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_server, specs, crlf, bom,
-                                                                      last_newline, ascii_only, order):
+@hsettings(
+    max_examples=2,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+@given(
+    specs=st.lists(event_file(), min_size=1, max_size=2),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    last_newline=st.booleans(),
+    ascii_only=st.booleans(),
+    order=st.permutations(range(len(STUDENT_RECORDS))),
+)
+def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(
+    spark, pg_server, specs, crlf, bom, last_newline, ascii_only, order
+):
     base = Path(tempfile.mkdtemp(prefix="poison-"))
     name = f"t_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(pg_server.admin_dsn)
@@ -152,8 +167,15 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
     dsn = pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + name
     files = [[render(spec, i * 1000 + n, ascii_only) for n, spec in enumerate(file)] for i, file in enumerate(specs)]
     order = [STUDENT_RECORDS[k] for k in order]
-    s = Settings(_env_file=None, source=str(base / "source"), lake=str(base / "lake"), data_dir=base / "data",
-                 shuffle_partitions=2, max_line_bytes=MAX_LINE, max_file_bytes=MAX_FILE)
+    s = Settings(
+        _env_file=None,
+        source=str(base / "source"),
+        lake=str(base / "lake"),
+        data_dir=base / "data",
+        shuffle_partitions=2,
+        max_line_bytes=MAX_LINE,
+        max_file_bytes=MAX_FILE,
+    )
     src = base / "source"
     try:
         expected: dict[tuple[str, int], str | None] = {}
@@ -163,9 +185,16 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
             expected.update({(path, n): reason for n, (_, reason) in enumerate(lines, 1) if reason != "blank"})
         day = "transactional/2017-11-16"
         put(src, f"{day}/students.json", json.dumps([r for r, _ in order]))
-        put(src, f"{day}/sessions.json", json.dumps([
-            {"StudentId": "1", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "Website"},
-            {"StudentId": "2", "SessionStartTime": "2017-11-16 12:30:00.000", "StudentClient": "C" * 3000}]))
+        put(
+            src,
+            f"{day}/sessions.json",
+            json.dumps(
+                [
+                    {"StudentId": "1", "SessionStartTime": "2017-11-16 11:30:00.000", "StudentClient": "Website"},
+                    {"StudentId": "2", "SessionStartTime": "2017-11-16 12:30:00.000", "StudentClient": "C" * 3000},
+                ]
+            ),
+        )
         put(src, f"{day}/Students.json", json.dumps([student(8)]))
         put(src, f"{day}/subjects.json", json.dumps([{"Id": k, "Name": "s" * 100} for k in range(MAX_FILE // 100)]))
         put(src, "events/latest/part-0.json", json.dumps({"at": AT}))
@@ -176,40 +205,59 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(spark, pg_
 
         assert {(e["path"], e["why"].split(":")[0]) for e in report["land"].details["not_landed_files"]} == {
             ("events/latest", "delivery folder name is not an ISO date or timestamp"),
-            ("events/2017-11-16/link.json", "symbolic link to outside the source folder")}
+            ("events/2017-11-16/link.json", "symbolic link to outside the source folder"),
+        }
         bronze = read_table(spark, "bronze", "events", s)
         quarantine = read_table(spark, "quarantine", "events", s)
         got = {(r.source_file, r.line_number): None for r in bronze.select("source_file", "line_number").collect()}
-        kept = {(r.source_file, r.line_number): r.reason
-                for r in quarantine.select("source_file", "line_number", "reason").collect()}
+        kept = {
+            (r.source_file, r.line_number): r.reason
+            for r in quarantine.select("source_file", "line_number", "reason").collect()
+        }
         assert not set(got) & set(kept) and bronze.count() + quarantine.count() == len(got) + len(kept)
         assert {**got, **kept} == expected  # each non-blank line exactly once, with its class's reason
         views = read_table(spark, "silver", "page_views", s)
         assert views.where("event_at is null").count() == 0
         assert views.count() == sum(r is None for r in expected.values())  # every valid event is distinct
         assert report["bronze"].details["events"]["counts"]["all"]["records_cleaned"] == sum(
-            cleaned(t) for lines in files for t, r in lines if r is None)
+            cleaned(t) for lines in files for t, r in lines if r is None
+        )
 
         records = read_table(spark, "quarantine", "transactional", s)
         assert sorted((r.entity, r.reason) for r in records.collect()) == sorted(
-            [("students", r) for _, r in order if r] + [("sessions", "id_too_long"), ("Students", "unknown_entity"),
-                                                       ("subjects", "file_too_large")])
+            [("students", r) for _, r in order if r]
+            + [("sessions", "id_too_long"), ("Students", "unknown_entity"), ("subjects", "file_too_large")]
+        )
 
         daily = dw(dsn, "select coalesce(sum(page_views), 0) from dw.fact_page_view_daily")[0][0]
         assert daily == views.count()  # the mirror loaded every event
         assert dw(dsn, "select student_id, city from dw.dim_student where is_current order by student_id") == [
-            ("1", "Recife"), ("2", "Recife"), ("3", "Recife"), ("4", "SP")]
+            ("1", "Recife"),
+            ("2", "Recife"),
+            ("3", "Recife"),
+            ("4", "SP"),
+        ]
 
         # a later, clean delivery flows through to dw
         later = "2017-11-20"
-        put(src, f"events/{later}/part-0.json", "\n".join(
-            json.dumps({"at": f"{later} 10:00:0{k}", "uuid": f"later{k}", "studentId_clientType": "1@Website"})
-            for k in range(3)) + "\n")
+        put(
+            src,
+            f"events/{later}/part-0.json",
+            "\n".join(
+                json.dumps({"at": f"{later} 10:00:0{k}", "uuid": f"later{k}", "studentId_clientType": "1@Website"})
+                for k in range(3)
+            )
+            + "\n",
+        )
         put(src, f"transactional/{later}/students.json", json.dumps([student(1), student(2)]))
         again = run_all(spark, s, dsn, "r2")
         assert again["mirror"].details["applied"]
         assert dw(dsn, "select coalesce(sum(page_views), 0) from dw.fact_page_view_daily")[0][0] == daily + 3
         assert dw(dsn, "select student_id, is_deleted from dw.dim_student where is_current order by student_id") == [
-            ("1", False), ("2", False), ("3", True), ("4", True)]
+            ("1", False),
+            ("2", False),
+            ("3", True),
+            ("4", True),
+        ]
     finally:
         shutil.rmtree(base, ignore_errors=True)

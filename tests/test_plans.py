@@ -13,8 +13,14 @@ def _plan(df) -> str:
 
 def test_page_view_dedup_shuffles_and_sorts_once(spark):
     """Both windows (the earliest occurrence, the first batch) ride on one exchange by event_id and one sort."""
-    rows = event_rows(spark, [(SPACED, "2017-11-16", "a.json", 1), (CAMEL_GLUED, "2017-11-16", "a.json", 2),
-                              (ISO_ANON, "2017-11-17", "b.json", 1)])
+    rows = event_rows(
+        spark,
+        [
+            (SPACED, "2017-11-16", "a.json", 1),
+            (CAMEL_GLUED, "2017-11-16", "a.json", 2),
+            (ISO_ANON, "2017-11-17", "b.json", 1),
+        ],
+    )
     plan = _plan(silver.page_views(rows, "r"))
     assert plan.count("Exchange hashpartitioning(event_id") == 1 and plan.count("Exchange") == 1, plan
     assert plan.count("Sort [") == 1 and plan.count("Window [") == 2, plan
@@ -24,13 +30,28 @@ def test_enrichment_broadcasts_the_student_dimension(spark, settings):
     """page_view_enriched reads the big fact once, without a shuffle: dim_student is broadcast to it."""
     facts = gold.fact_page_view(silver.page_views(event_rows(spark, [(SPACED, "2017-11-16", "a.json", 1)]), "r"))
     students = spark.createDataFrame([("12", "SP")], "student_id string, state string").selectExpr(
-        "*", *(f"cast(null as {t}) as {c}" for c, t in (
-            ("city", "string"), ("university_id", "int"), ("university_name", "string"), ("course_id", "int"),
-            ("course_name", "string"), ("signup_source", "string"), ("registered_at", "timestamp"))))
+        "*",
+        *(
+            f"cast(null as {t}) as {c}"
+            for c, t in (
+                ("city", "string"),
+                ("university_id", "int"),
+                ("university_name", "string"),
+                ("course_id", "int"),
+                ("course_name", "string"),
+                ("signup_source", "string"),
+                ("registered_at", "timestamp"),
+            )
+        ),
+    )
     for name, df in {"fact_page_view": facts, "dim_student": students}.items():
         delta.overwrite(df, delta.Target("gold", name, settings))
-    plan = _plan(gold.page_view_enriched(delta.read_table(spark, "gold", "fact_page_view", settings),
-                                         delta.read_table(spark, "gold", "dim_student", settings)))
+    plan = _plan(
+        gold.page_view_enriched(
+            delta.read_table(spark, "gold", "fact_page_view", settings),
+            delta.read_table(spark, "gold", "dim_student", settings),
+        )
+    )
     assert "BroadcastHashJoin" in plan and "SortMergeJoin" not in plan, plan
     assert "Exchange hashpartitioning" not in plan, plan
 

@@ -23,8 +23,10 @@ from lakehouse.security import free_port
 pytestmark = pytest.mark.e2e
 
 
+# fmt: off
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# fmt: on
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -35,7 +37,9 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"`lakehouse up` exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:] if log else ''}")
+            pytest.fail(
+                f"`lakehouse up` exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:] if log else ''}"
+            )
         time.sleep(1)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -45,8 +49,9 @@ def _screenshot(url: str, credentials: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                     args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(url)
         login = page.locator("input[type=password]")
@@ -61,8 +66,10 @@ def _screenshot(url: str, credentials: str, out: Path) -> None:
         browser.close()
 
 
-SECRETS = {"LAKEHOUSE_BI_PASSWORD": "bi-Pass-4-platform-test",
-           "LAKEHOUSE_SPARK_CONF": '{"spark.hadoop.fs.s3a.secret.key": "spark-Secret-4-platform-test"}'}
+SECRETS = {
+    "LAKEHOUSE_BI_PASSWORD": "bi-Pass-4-platform-test",
+    "LAKEHOUSE_SPARK_CONF": '{"spark.hadoop.fs.s3a.secret.key": "spark-Secret-4-platform-test"}',
+}
 
 
 @pytest.mark.timeout(1800)
@@ -79,10 +86,25 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
     env.update(SECRETS)
     log = tmp_path / "up.log"
     with open(log, "w") as out:
-        up = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(prefect_port),
-                               "--dashboard-port", str(dashboard_port), "--spark-port", str(free_port())],
-                              cwd=PROJECT_ROOT, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lakehouse.cli",
+                "up",
+                "--prefect-port",
+                str(prefect_port),
+                "--dashboard-port",
+                str(dashboard_port),
+                "--spark-port",
+                str(free_port()),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     ui, api = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{prefect_port}/api"
     state_file = Path(settings.data_dir) / "prefect" / "up.json"
     password_file = Path(settings.data_dir) / "admin-password"
@@ -110,15 +132,21 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         assert settings_seen["auth"] == "BASIC" and settings_seen["csrf_enabled"] is True
         # CORS: the UI's own origin only
         for origin, allowed in ((ui, True), ("http://evil.example", False)):
-            preflight = httpx.options(f"{api}/deployments/filter", headers={
-                "Origin": origin, "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization,content-type"})
+            preflight = httpx.options(
+                f"{api}/deployments/filter",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization,content-type",
+                },
+            )
             assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed, preflight.headers
 
         api_client = api_session(api, credentials)
         deployments = api_client.post("/deployments/filter", json={}).json()
-        assert {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance"} <= \
-            {d["name"] for d in deployments}
+        assert {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance"} <= {
+            d["name"] for d in deployments
+        }
         limit = api_client.get("/v2/concurrency_limits/lakehouse-writer")
         assert limit.status_code == 200 and limit.json()["limit"] == 1
 
@@ -135,8 +163,9 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 
         # what the UI's "Quick run" sends: no parameters typed; the worker's flow run reports with the login
         deployment = api_client.get("/deployments/name/full-pipeline/full-pipeline").json()
-        run = api_client.post(f"/deployments/{deployment['id']}/create_flow_run",
-                              json={"state": {"type": "SCHEDULED"}, "parameters": {}})
+        run = api_client.post(
+            f"/deployments/{deployment['id']}/create_flow_run", json={"state": {"type": "SCHEDULED"}, "parameters": {}}
+        )
         assert run.status_code == 201, run.text
         run_id = run.json()["id"]
 
@@ -150,16 +179,33 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 
         # `lakehouse run` talks to the running platform with the stored login; a wrong password is one line
         cli_env = {k: v for k, v in env.items() if k != "LAKEHOUSE_ADMIN_PASSWORD"}
-        wrong = subprocess.run([sys.executable, "-m", "lakehouse.cli", "run"], cwd=PROJECT_ROOT, capture_output=True,
-                               text=True, env={**cli_env, "LAKEHOUSE_ADMIN_PASSWORD": "wrong"}, timeout=300)
+        wrong = subprocess.run(
+            [sys.executable, "-m", "lakehouse.cli", "run"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env={**cli_env, "LAKEHOUSE_ADMIN_PASSWORD": "wrong"},
+            timeout=300,
+        )
         assert wrong.returncode != 0 and "refused the admin login" in wrong.stderr, wrong.stderr[-2000:]
-        again = subprocess.run([sys.executable, "-m", "lakehouse.cli", "run"], cwd=PROJECT_ROOT, capture_output=True,
-                               text=True, env=cli_env, timeout=900)
+        again = subprocess.run(
+            [sys.executable, "-m", "lakehouse.cli", "run"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=900,
+        )
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         # both runs used the platform's warm Spark: neither started a JVM of its own (its console log would be here)
         assert not (Path(settings.data_dir) / "logs" / "spark.log").exists()
-        runs = api_client.post("/flow_runs/filter", json={"flows": {"name": {"any_": ["full-pipeline"]}},
-                                                          "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+        runs = api_client.post(
+            "/flow_runs/filter",
+            json={
+                "flows": {"name": {"any_": ["full-pipeline"]}},
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            },
+        )
         assert len(runs.json()) == 2, runs.text
 
         # the dashboard: nothing before the login page; the same login opens it
@@ -167,8 +213,9 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         _wait(lambda: _answers(dashboard), 120, "the dashboard", up, log)
         first = httpx.get(dashboard, follow_redirects=False)
         assert first.status_code == 302 and "/login" in first.headers["location"]
-        entered = httpx.post(f"{dashboard}/login", data={"username": "admin", "password": password},
-                             follow_redirects=False)
+        entered = httpx.post(
+            f"{dashboard}/login", data={"username": "admin", "password": password}, follow_redirects=False
+        )
         assert entered.status_code == 302 and "user" in entered.cookies
 
         # no secret in the configuration shown, the runs' artifacts and logs, or the platform's log files
@@ -176,14 +223,30 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         assert {"full-pipeline-report", "full-pipeline-details"} <= {a["key"] for a in artifacts}
         logs = api_client.post("/logs/filter", json={"limit": 200}).json()
         assert logs, "the runs logged nothing?"
-        shown = subprocess.run([sys.executable, "-m", "lakehouse.cli", "config"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, env=cli_env, timeout=120).stdout
-        texts = {"lakehouse config": shown, "artifacts": json.dumps(artifacts), "run logs": json.dumps(logs),
-                 "up output": log.read_text(), "lakehouse run": again.stdout + again.stderr}
+        shown = subprocess.run(
+            [sys.executable, "-m", "lakehouse.cli", "config"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=120,
+        ).stdout
+        texts = {
+            "lakehouse config": shown,
+            "artifacts": json.dumps(artifacts),
+            "run logs": json.dumps(logs),
+            "up output": log.read_text(),
+            "lakehouse run": again.stdout + again.stderr,
+        }
         texts.update({str(p): p.read_text(errors="replace") for p in (Path(settings.data_dir) / "logs").glob("*.log")})
         texts["last run"] = (Path(settings.data_dir) / "last-run.json").read_text()
-        secrets = [password, spark_token, "bi-Pass-4-platform-test", "spark-Secret-4-platform-test",
-                   psycopg2.extensions.parse_dsn(pg_dsn)["password"]]
+        secrets = [
+            password,
+            spark_token,
+            "bi-Pass-4-platform-test",
+            "spark-Secret-4-platform-test",
+            psycopg2.extensions.parse_dsn(pg_dsn)["password"],
+        ]
         leaks = [(where, secret[:4]) for where, text in texts.items() for secret in secrets if secret in text]
         assert not leaks, f"secrets found in: {leaks}"
         api_client.close()
@@ -200,9 +263,23 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 def test_up_refuses_to_listen_beyond_loopback_without_a_password(settings, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAKEHOUSE_ADMIN_PASSWORD"}
     env["LAKEHOUSE_BIND"] = "0.0.0.0"
-    done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "up", "--prefect-port", str(free_port()),
-                           "--dashboard-port", str(free_port())], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lakehouse.cli",
+            "up",
+            "--prefect-port",
+            str(free_port()),
+            "--dashboard-port",
+            str(free_port()),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     said = " ".join(done.stdout.split())
     assert "beyond this machine" in said and "LAKEHOUSE_ADMIN_PASSWORD" in said, said

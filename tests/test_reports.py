@@ -9,9 +9,15 @@ from typer.testing import CliRunner
 from lakehouse.reports import StageReport
 
 LANDED = StageReport(
-    "land", files=2, deliveries=["2017-11-16", "2017-11-17"], seconds=0.4,
-    details={"batch_id": 1, "not_landed": 3,
-             "not_landed_files": [{"path": "events/latest", "why": "delivery folder name is not an ISO date"}]},
+    "land",
+    files=2,
+    deliveries=["2017-11-16", "2017-11-17"],
+    seconds=0.4,
+    details={
+        "batch_id": 1,
+        "not_landed": 3,
+        "not_landed_files": [{"path": "events/latest", "why": "delivery folder name is not an ISO date"}],
+    },
 )
 INGESTED = StageReport("bronze", files=2, rows_in=10, rows_out=7, quarantined=3, deliveries=["2017-11-16"])
 
@@ -26,16 +32,26 @@ def test_a_layer_report_sums_its_tables_and_is_skipped_only_when_every_table_is(
 
 
 def test_a_summary_row_counts_deliveries_and_says_skipped():
-    assert INGESTED.row() == {"stage": "bronze", "files": 2, "rows in": 10, "rows out": 7, "quarantined": 3,
-                              "deliveries": 1, "status": "done", "seconds": 0.0}
+    assert INGESTED.row() == {
+        "stage": "bronze",
+        "files": 2,
+        "rows in": 10,
+        "rows out": 7,
+        "quarantined": 3,
+        "deliveries": 1,
+        "status": "done",
+        "seconds": 0.0,
+    }
     assert StageReport("silver", skipped=True).row()["status"] == "skipped"
 
 
 def test_summary_shows_the_last_runs_stages_and_what_was_not_landed(settings):
     from lakehouse.cli import app
 
-    last = {"summary": [r.row() for r in (LANDED, INGESTED)],
-            "stages": {r.stage: r.as_dict() for r in (LANDED, INGESTED)}}
+    last = {
+        "summary": [r.row() for r in (LANDED, INGESTED)],
+        "stages": {r.stage: r.as_dict() for r in (LANDED, INGESTED)},
+    }
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "last-run.json").write_text(json.dumps(last))
     done = CliRunner().invoke(app, ["summary"], env={"COLUMNS": "200"})

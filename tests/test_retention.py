@@ -15,8 +15,10 @@ def test_vacuum_retention_never_shorter_than_log_retention():
     assert TABLE_PROPERTIES["delta.logRetentionDuration"] == TABLE_PROPERTIES["delta.deletedFileRetentionDuration"]
     assert min_retain_hours() == 7 * 24
     # a table written by an earlier version (30-day log, 7-day files) is vacuumed keeping 30 days
-    earlier = {"delta.logRetentionDuration": "interval 30 days",
-               "delta.deletedFileRetentionDuration": "interval 7 days"}
+    earlier = {
+        "delta.logRetentionDuration": "interval 30 days",
+        "delta.deletedFileRetentionDuration": "interval 7 days",
+    }
     assert retention_hours(earlier, 168) == 720
     assert retention_hours({}, 200) == 200
 
@@ -47,8 +49,10 @@ def test_a_vacuumed_version_names_the_oldest_readable_one(spark, settings):
     assert rows == [(1,)]
     with pytest.raises(catalog.CatalogError) as refused:
         catalog.query("select count(*) from gold.t_retention", settings, version=0)
-    assert str(refused.value) == ("gold.t_retention version 0 can no longer be read (a vacuum deleted its files);"
-                                  " the oldest readable version is 2")
+    assert str(refused.value) == (
+        "gold.t_retention version 0 can no longer be read (a vacuum deleted its files);"
+        " the oldest readable version is 2"
+    )
     said = CliRunner().invoke(app, ["query", "--version", "1", "select * from gold.t_retention"])
     assert said.exit_code == 1
     lines = [line for line in said.output.splitlines() if line.strip()]

@@ -26,37 +26,114 @@ from tests.builders import (
 
 
 def test_page_views_fold_spellings_parse_all_at_formats_split_student(spark):
-    bronze = event_rows(spark, [(SPACED, "2017-11-16", "p0.json", 1), (CAMEL_GLUED, "2017-11-16", "p0.json", 2),
-                                (ISO_ANON, "2017-11-16", "p1.json", 1)])
+    bronze = event_rows(
+        spark,
+        [
+            (SPACED, "2017-11-16", "p0.json", 1),
+            (CAMEL_GLUED, "2017-11-16", "p0.json", 2),
+            (ISO_ANON, "2017-11-16", "p1.json", 1),
+        ],
+    )
     out = silver.page_views(bronze, "run-1")
     assert out.columns == list(silver.PAGE_VIEW_COLUMNS)
+    # fmt: off
     cols = ("event_at", "event_date", "student_id", "client_type", "page_name", "page_category",
             "page_category_1", "last_accessed_url", "first_accessed_page", "user_type", "visitor_type", "nth",
             "is_device_new", "country", "extra_fields", "line_number")
-    assert rows_of(out, *cols) == srt([
-        (datetime(2017, 11, 16, 2, 10, 20), date(2017, 11, 16), "12", "Website", "/busca", "busca", "busca", "/x",
-         "home", "CoreUser", "known", 3, False, "br", {}, 1),
-        (datetime(2017, 11, 16, 3, 0, 0), date(2017, 11, 16), "7", "Android", "/arquivo/1", "arquivo", "arquivo",
-         "/y", None, "NewUser", None, 4, None, "us", {"shiny_new_field": '{"a":1}'}, 2),
-        (datetime(2017, 11, 16, 2, 30, 0), date(2017, 11, 16), None, None, "/home", None, None, None, None, None,
-         "anonymous", None, None, "br", {}, 1),
-    ])
+    # fmt: on
+    assert rows_of(out, *cols) == srt(
+        [
+            (
+                datetime(2017, 11, 16, 2, 10, 20),
+                date(2017, 11, 16),
+                "12",
+                "Website",
+                "/busca",
+                "busca",
+                "busca",
+                "/x",
+                "home",
+                "CoreUser",
+                "known",
+                3,
+                False,
+                "br",
+                {},
+                1,
+            ),
+            (
+                datetime(2017, 11, 16, 3, 0, 0),
+                date(2017, 11, 16),
+                "7",
+                "Android",
+                "/arquivo/1",
+                "arquivo",
+                "arquivo",
+                "/y",
+                None,
+                "NewUser",
+                None,
+                4,
+                None,
+                "us",
+                {"shiny_new_field": '{"a":1}'},
+                2,
+            ),
+            (
+                datetime(2017, 11, 16, 2, 30, 0),
+                date(2017, 11, 16),
+                None,
+                None,
+                "/home",
+                None,
+                None,
+                None,
+                None,
+                None,
+                "anonymous",
+                None,
+                None,
+                "br",
+                {},
+                1,
+            ),
+        ]
+    )
     assert out.schema["event_at"].dataType == TimestampType()
 
 
 def test_duplicates_within_file_across_files_and_spellings_are_one_event(spark):
-    respelled = line(at="2017-11-1602:10:20", PageName="/busca", PageCategory="busca", PageCategory1="busca",
-                     LastAccessedUrl="/x", studentId_clientType="12@Website", custom_4="CoreUser",
-                     user_type="known", nth=3, device_new=False, country="br", session_uuid="s1",
-                     **{"first-accessed-page": "home"})
+    respelled = line(
+        at="2017-11-1602:10:20",
+        PageName="/busca",
+        PageCategory="busca",
+        PageCategory1="busca",
+        LastAccessedUrl="/x",
+        studentId_clientType="12@Website",
+        custom_4="CoreUser",
+        user_type="known",
+        nth=3,
+        device_new=False,
+        country="br",
+        session_uuid="s1",
+        **{"first-accessed-page": "home"},
+    )
     other = SPACED.replace('"nth": 3', '"nth": 4')
-    bronze = event_rows(spark, [
-        (SPACED, "2017-11-17", "p0.json", 5), (SPACED, "2017-11-17", "p0.json", 9),
-        (SPACED, "2017-11-16", "p3.json", 2), (respelled, "2017-11-18", "q.json", 1), (other, "2017-11-16", "p0.json", 1),
-    ])
+    bronze = event_rows(
+        spark,
+        [
+            (SPACED, "2017-11-17", "p0.json", 5),
+            (SPACED, "2017-11-17", "p0.json", 9),
+            (SPACED, "2017-11-16", "p3.json", 2),
+            (respelled, "2017-11-18", "q.json", 1),
+            (other, "2017-11-16", "p0.json", 1),
+        ],
+    )
     out = silver.page_views(bronze, "r")
     assert rows_of(out, "nth", "delivery", "source_file", "line_number") == [
-        (3, "2017-11-16", "events/2017-11-16/p3.json", 2), (4, "2017-11-16", "events/2017-11-16/p0.json", 1)]
+        (3, "2017-11-16", "events/2017-11-16/p3.json", 2),
+        (4, "2017-11-16", "events/2017-11-16/p0.json", 1),
+    ]
 
 
 def test_event_id_depends_on_values_not_on_delivery(spark):
@@ -69,23 +146,41 @@ def test_event_id_depends_on_values_not_on_delivery(spark):
 
 
 def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
-    write_bronze(spark, settings, "events",
-                 event_rows(spark, [(SPACED, "2017-11-17", "p0.json", 1), (SPACED, "2017-11-17", "p0.json", 2),
-                                    (ISO_ANON, "2017-11-17", "p0.json", 3)], batch=1), 1)
+    write_bronze(
+        spark,
+        settings,
+        "events",
+        event_rows(
+            spark,
+            [
+                (SPACED, "2017-11-17", "p0.json", 1),
+                (SPACED, "2017-11-17", "p0.json", 2),
+                (ISO_ANON, "2017-11-17", "p0.json", 3),
+            ],
+            batch=1,
+        ),
+        1,
+    )
     rep = silver.refresh(spark, settings, "run-1")
     assert rep.details["tables"]["page_views"] == {"skipped": False, "batch": 1, "rows_in": 3, "rows_out": 2}
     # batch 2: one known event again (delivered earlier: its provenance moves), one new event
-    write_bronze(spark, settings, "events",
-                 event_rows(spark, [(SPACED, "2017-11-16", "old.json", 4), (CAMEL_GLUED, "2017-11-18", "p.json", 1)],
-                            batch=2), 2)
+    write_bronze(
+        spark,
+        settings,
+        "events",
+        event_rows(spark, [(SPACED, "2017-11-16", "old.json", 4), (CAMEL_GLUED, "2017-11-18", "p.json", 1)], batch=2),
+        2,
+    )
     rep = silver.refresh(spark, settings, "run-2")
     assert rep.details["tables"]["page_views"]["rows_in"] == 2
     table = delta.read_table(spark, "silver", "page_views", settings)
-    assert rows_of(table, "student_id", "delivery", "source_file", "line_number", "batch_id") == srt([
-        ("12", "2017-11-16", "events/2017-11-16/old.json", 4, 2),
-        ("7", "2017-11-18", "events/2017-11-18/p.json", 1, 2),
-        (None, "2017-11-17", "events/2017-11-17/p0.json", 3, 1),
-    ])
+    assert rows_of(table, "student_id", "delivery", "source_file", "line_number", "batch_id") == srt(
+        [
+            ("12", "2017-11-16", "events/2017-11-16/old.json", 4, 2),
+            ("7", "2017-11-18", "events/2017-11-18/p.json", 1, 2),
+            (None, "2017-11-17", "events/2017-11-17/p0.json", 3, 1),
+        ]
+    )
     before = commits(spark, settings, "silver", "page_views")
     rep = silver.refresh(spark, settings, "run-3")
     assert rep.details["tables"]["page_views"]["skipped"] is True
@@ -94,22 +189,26 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
 
 D1, D2, D3 = (datetime.fromisoformat(d) for d in STUDENTS)
 R1, R2, R3 = datetime(2017, 8, 22, 13, 37, 20), datetime(2017, 9, 1), datetime(2017, 10, 1)
-EXPECTED_STUDENTS = srt([
-    ("1", R1, "SP", "Campinas", 10, 20, "Google", False, "2017-11-16", D1),
-    ("1", R1, "MG", "Contagem", 10, 20, "Google", False, "2017-11-17", D2),
-    ("1", R1, "MG", "Contagem", 10, 20, "Google", False, "2017-11-18T06:00:00", D3),
-    ("2", R2, "SP", "Santos", 11, 21, None, False, "2017-11-16", D1),
-    ("2", R2, "SP", "Santos", 11, 21, None, True, "2017-11-17", D2),
-    ("2", R2, "SP", "Santos", 11, 22, None, False, "2017-11-18T06:00:00", D3),
-    ("3", R3, "RJ", None, 10, 20, None, False, "2017-11-16", D1),
-    ("3", R3, "RJ", None, 10, 20, None, False, "2017-11-17", D2),
-    ("3", R3, "RJ", None, 10, 20, None, True, "2017-11-18T06:00:00", D3),
-    ("4", datetime(2017, 11, 17, 10), None, "Natal", 11, 22, "Email", False, "2017-11-18T06:00:00", D3),
-])
+EXPECTED_STUDENTS = srt(
+    [
+        ("1", R1, "SP", "Campinas", 10, 20, "Google", False, "2017-11-16", D1),
+        ("1", R1, "MG", "Contagem", 10, 20, "Google", False, "2017-11-17", D2),
+        ("1", R1, "MG", "Contagem", 10, 20, "Google", False, "2017-11-18T06:00:00", D3),
+        ("2", R2, "SP", "Santos", 11, 21, None, False, "2017-11-16", D1),
+        ("2", R2, "SP", "Santos", 11, 21, None, True, "2017-11-17", D2),
+        ("2", R2, "SP", "Santos", 11, 22, None, False, "2017-11-18T06:00:00", D3),
+        ("3", R3, "RJ", None, 10, 20, None, False, "2017-11-16", D1),
+        ("3", R3, "RJ", None, 10, 20, None, False, "2017-11-17", D2),
+        ("3", R3, "RJ", None, 10, 20, None, True, "2017-11-18T06:00:00", D3),
+        ("4", datetime(2017, 11, 17, 10), None, "Natal", 11, 22, "Email", False, "2017-11-18T06:00:00", D3),
+    ]
+)
 
 
+# fmt: off
 STUDENT_COLUMNS = ["student_id", "registered_at", "state", "city", "university_id", "course_id", "signup_source",
                    "is_deleted", "delivery", "as_of"]
+# fmt: on
 
 
 def test_students_history_deletion_return_casts_and_duplicates(spark):
@@ -127,12 +226,14 @@ def _step(spark, history, deliveries, batch):
 
 def test_students_incremental_equals_all_at_once(spark):
     ds = list(STUDENTS)
-    step = _step(spark, silver.students(entity_rows(spark, "students", {ds[0]: STUDENTS[ds[0]]})),
-                 {ds[1]: STUDENTS[ds[1]]}, 2)
+    step = _step(
+        spark, silver.students(entity_rows(spark, "students", {ds[0]: STUDENTS[ds[0]]})), {ds[1]: STUDENTS[ds[1]]}, 2
+    )
     step = _step(spark, step, {ds[2]: STUDENTS[ds[2]]}, 3)
     assert rows_of(step, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
-    assert rows_of(step, "delivery", "changed_batch_id") == srt([(d, b) for d, n, b in ((ds[0], 3, 1), (ds[1], 3, 2),
-                                                                                       (ds[2], 4, 3)) for _ in range(n)])
+    assert rows_of(step, "delivery", "changed_batch_id") == srt(
+        [(d, b) for d, n, b in ((ds[0], 3, 1), (ds[1], 3, 2), (ds[2], 4, 3)) for _ in range(n)]
+    )
     # the middle delivery arriving last gives the same history too
     late = silver.students(entity_rows(spark, "students", {d: STUDENTS[d] for d in (ds[0], ds[2])}))
     late = _step(spark, late, {ds[1]: STUDENTS[ds[1]]}, 2)
@@ -140,14 +241,23 @@ def test_students_incremental_equals_all_at_once(spark):
     # and the middle delivery landed again, changed, replaces its first version
     changed = _step(spark, late, {ds[1]: STUDENTS[ds[1]][:1]}, 3)
     assert rows_of(changed.where(F.col("student_id") == "3"), "delivery", "is_deleted") == [
-        (ds[0], False), (ds[1], True), (ds[2], True)]
+        (ds[0], False),
+        (ds[1], True),
+        (ds[2], True),
+    ]
 
 
 def test_courses_cast_string_ids_and_rename(spark):
-    out = silver.courses(entity_rows(spark, "courses", {
-        "2017-11-16": [{"Id": 1, "Name": "Direito"}, {"Id": "2", "Name": "Medicina"}],
-        "2017-11-17": [{"Id": "1", "Name": "Direito (Bacharelado)"}, {"Id": 2, "Name": "Medicina"}],
-    }))
+    out = silver.courses(
+        entity_rows(
+            spark,
+            "courses",
+            {
+                "2017-11-16": [{"Id": 1, "Name": "Direito"}, {"Id": "2", "Name": "Medicina"}],
+                "2017-11-17": [{"Id": "1", "Name": "Direito (Bacharelado)"}, {"Id": 2, "Name": "Medicina"}],
+            },
+        )
+    )
     assert rows_of(out, "course_id", "course_name", "is_deleted", "delivery", "as_of") == [
         (1, "Direito", False, "2017-11-16", datetime(2017, 11, 16)),
         (1, "Direito (Bacharelado)", False, "2017-11-17", datetime(2017, 11, 17)),
@@ -160,10 +270,10 @@ def test_sessions_distinct_over_deliveries_with_deletions(spark):
     s1 = {"StudentId": "1", "SessionStartTime": "2017-11-15 10:00:00.000", "StudentClient": "Website"}
     s2 = {"StudentId": "2", "SessionStartTime": "2017-11-15 11:00:00.000", "StudentClient": None}
     s3 = {"StudentId": "1", "SessionStartTime": "2017-11-16 09:00:00.000", "StudentClient": "iOS"}
-    out = silver.sessions(entity_rows(spark, "sessions", {
-        "2017-11-16": [s1, s2, s2], "2017-11-17": [s1, s3]}))
-    assert rows_of(out, "student_id", "session_start_at", "client_type", "first_delivery", "last_delivery",
-                   "is_deleted") == [
+    out = silver.sessions(entity_rows(spark, "sessions", {"2017-11-16": [s1, s2, s2], "2017-11-17": [s1, s3]}))
+    assert rows_of(
+        out, "student_id", "session_start_at", "client_type", "first_delivery", "last_delivery", "is_deleted"
+    ) == [
         ("1", datetime(2017, 11, 15, 10), "Website", "2017-11-16", "2017-11-17", False),
         ("1", datetime(2017, 11, 16, 9), "iOS", "2017-11-17", "2017-11-17", False),
         ("2", datetime(2017, 11, 15, 11), None, "2017-11-16", "2017-11-16", True),
@@ -172,17 +282,25 @@ def test_sessions_distinct_over_deliveries_with_deletions(spark):
 
 def test_follows_cast_subject_id_strings_and_collapse(spark):
     f = {"StudentId": "1", "SubjectId": 5, "FollowDate": "2017-11-15 10:00:00.0000"}
-    out = silver.student_follow_subject(entity_rows(spark, "student_follow_subject", {
-        "2017-11-16": [f, dict(f, SubjectId="5"), {"StudentId": "2", "SubjectId": "6", "FollowDate": None}]}))
+    out = silver.student_follow_subject(
+        entity_rows(
+            spark,
+            "student_follow_subject",
+            {"2017-11-16": [f, dict(f, SubjectId="5"), {"StudentId": "2", "SubjectId": "6", "FollowDate": None}]},
+        )
+    )
     assert rows_of(out, "student_id", "subject_id", "followed_at") == [
-        ("1", 5, datetime(2017, 11, 15, 10)), ("2", 6, None)]
+        ("1", 5, datetime(2017, 11, 15, 10)),
+        ("2", 6, None),
+    ]
 
 
 def test_refresh_entities_incremental_and_no_op(spark, settings):
     ds = list(STUDENTS)
     write_bronze(spark, settings, "students", entity_rows(spark, "students", {ds[0]: STUDENTS[ds[0]]}), 1)
-    write_bronze(spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]},
-                                                          batch=3), 3)
+    write_bronze(
+        spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]}, batch=3), 3
+    )
     rep = silver.refresh(spark, settings, "r")
     assert rep.details["tables"]["students"]["batch"] == 3 and rep.details["tables"]["sessions"]["skipped"]
     hist = delta.read_table(spark, "silver", "students", settings)
@@ -193,8 +311,19 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     assert commits(spark, settings, "silver", "students") == before
 
 
-@pytest.mark.parametrize("raw,code", [("SP", "SP"), (" sp ", "SP"), ("São Paulo", "SP"), ("SAO PAULO", "SP"),
-                                      ("Amapá", "AP"), ("Atlantis", "Atlantis"), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    "raw,code",
+    [
+        ("SP", "SP"),
+        (" sp ", "SP"),
+        ("São Paulo", "SP"),
+        ("SAO PAULO", "SP"),
+        ("Amapá", "AP"),
+        ("Atlantis", "Atlantis"),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_conform_state(spark, raw, code):
     df = spark.createDataFrame([(raw,)], "s string")
     assert df.select(silver.conform_state(F.col("s"))).first()[0] == code

@@ -263,8 +263,10 @@ def test_local_links_inside_are_followed_and_links_outside_are_refused(tmp_path:
 
     src = LocalSource(str(base), base)
     assert [f.path for f in src.list_files()] == [
-        "events/2017-11-16/again.json", "events/2017-11-16/part-0.json",
-        "events/2017-11-17/again.json", "events/2017-11-17/part-0.json",
+        "events/2017-11-16/again.json",
+        "events/2017-11-16/part-0.json",
+        "events/2017-11-17/again.json",
+        "events/2017-11-17/part-0.json",
     ]
     assert src.skipped == [
         {"path": f"events/{where}", "why": "symbolic link to outside the source folder: refused"}

@@ -27,8 +27,9 @@ def server(tmp_path_factory):
     """sc://localhost:<port> of a running Spark Connect server (the command `lakehouse up` runs)."""
     root = tmp_path_factory.mktemp("connect")
     port = free_port()
-    settings = Settings(data_dir=str(root / "data"), spark_master="local[2]", shuffle_partitions=2,
-                        spark_driver_memory="1g")
+    settings = Settings(
+        data_dir=str(root / "data"), spark_master="local[2]", shuffle_partitions=2, spark_driver_memory="1g"
+    )
     proc = start_connect_server(settings, port, TOKEN, root / "server.log")
     try:
         yield f"sc://localhost:{port}"
@@ -69,15 +70,21 @@ print(json.dumps(sorted(delta.write_tables(spark, {f"w{i}": job for i in range(3
 
 
 def _client(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": TOKEN})
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": TOKEN},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def _lake(root, source, name: str) -> Settings:
-    return Settings(source=str(source), lake=str(root / name / "lake"), data_dir=str(root / name / "data"),
-                    shuffle_partitions=2)
+    return Settings(
+        source=str(source), lake=str(root / name / "lake"), data_dir=str(root / name / "data"), shuffle_partitions=2
+    )
 
 
 def test_stages_on_the_connect_server_equal_a_local_run(spark, server, tmp_path):
@@ -91,8 +98,11 @@ def test_stages_on_the_connect_server_equal_a_local_run(spark, server, tmp_path)
     con = duckdb_with_delta()
     for layer, tables in (("silver", silver.TABLES), ("gold", gold.TABLES)):
         for table in tables:
-            columns = [r[0] for r in con.execute(f"describe {delta_scan_sql(a, layer, table, ['*'])}").fetchall()
-                       if r[0] not in ("run_id", "loaded_at") and not r[1].startswith("MAP")]
+            columns = [
+                r[0]
+                for r in con.execute(f"describe {delta_scan_sql(a, layer, table, ['*'])}").fetchall()
+                if r[0] not in ("run_id", "loaded_at") and not r[1].startswith("MAP")
+            ]
             assert_same_rows(con, delta_scan_sql(b, layer, table, columns), delta_scan_sql(a, layer, table, columns))
 
 

@@ -49,12 +49,16 @@ def test_migrations_apply_once_and_enforce_scd2(pg_dsn):
     cur = conn.cursor()
     cur.execute("select count(*) from dw.schema_version")
     assert cur.fetchone()[0] == len(first)
-    cur.execute("select data_type from information_schema.columns where table_schema = 'dw'"
-                " and table_name = 'dim_student' and column_name in ('valid_from', 'valid_to')")
+    cur.execute(
+        "select data_type from information_schema.columns where table_schema = 'dw'"
+        " and table_name = 'dim_student' and column_name in ('valid_from', 'valid_to')"
+    )
     assert {r[0] for r in cur.fetchall()} == {"timestamp with time zone"}
 
-    insert = ("insert into dw.dim_student (student_id, is_deleted, valid_from, valid_to, is_current)"
-              " values (%s, false, %s, %s, %s)")
+    insert = (
+        "insert into dw.dim_student (student_id, is_deleted, valid_from, valid_to, is_current)"
+        " values (%s, false, %s, %s, %s)"
+    )
     t0 = sample_deliveries()["student"][0].as_of
     cur.execute(insert, ("1", t0, t0 + timedelta(days=1), False))
     cur.execute(insert, ("1", t0 + timedelta(days=1), None, True))
@@ -88,8 +92,10 @@ def test_changed_applied_migration_is_refused(pg_dsn, tmp_path, monkeypatch):
     with pytest.raises(warehouse.MigrationError):  # the mirror refuses too, before touching anything
         mirror(dsn=pg_dsn, source=ArrowGold(sample_gold()))
     with connect(pg_dsn) as conn, conn.cursor() as cur:  # nothing applied, not even the pending migration
-        cur.execute("select to_regclass('dw.pending_marker'), to_regclass('dw.fact_session_at'),"
-                    " (select count(*) from dw.dim_student)")
+        cur.execute(
+            "select to_regclass('dw.pending_marker'), to_regclass('dw.fact_session_at'),"
+            " (select count(*) from dw.dim_student)"
+        )
         assert cur.fetchone() == (None, None, 0)
     edited.write_text((warehouse.PROJECT_ROOT / "warehouse_sql" / "003_facts.sql").read_text())  # restored
     assert migrate(pg_dsn) == [f"{next_version:03d}_pending.sql"]
@@ -171,8 +177,12 @@ def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
         cur.execute("select count(*) from dw.dim_course where course_id = 2")
         assert cur.fetchone()[0] == 3
         # every fact row carries the version valid at its time (or the first version when it predates it)
-        for table, time_col in (("fact_session", "session_start_at"), ("fact_subscription", "payment_at"),
-                                ("fact_subject_follow", "followed_at"), ("fact_page_view_daily", "first_event_at")):
+        for table, time_col in (
+            ("fact_session", "session_start_at"),
+            ("fact_subscription", "payment_at"),
+            ("fact_subject_follow", "followed_at"),
+            ("fact_page_view_daily", "first_event_at"),
+        ):
             cur.execute(f"""
                 select count(*) from dw.{table} f join dw.dim_student d using (student_sk)
                 where d.student_id <> f.student_id
@@ -181,8 +191,10 @@ def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
                                select min(valid_from) from dw.dim_student x where x.student_id = d.student_id)))
             """)
             assert cur.fetchone()[0] == 0, table
-            cur.execute(f"select count(*) from dw.{table} where student_id is not null and student_sk is null"
-                        " and student_id in (select student_id from dw.dim_student)")
+            cur.execute(
+                f"select count(*) from dw.{table} where student_id is not null and student_sk is null"
+                " and student_id in (select student_id from dw.dim_student)"
+            )
             assert cur.fetchone()[0] == 0, table
         cur.execute("select count(*) from dw.fact_subject_follow where subject_sk is null")
         assert cur.fetchone()[0] == 0
@@ -231,9 +243,13 @@ def test_fact_loads_rewrite_only_changed_rows(pg_dsn, settings):
     gold = sample_gold()
     mirror(settings, ArrowGold(gold, {name: 1 for name in gold}), dsn=pg_dsn)
     sessions = gold["fact_session"]
-    extra = pa.Table.from_pylist([{"student_id": "999", "session_start_at": row["session_start_at"],
-                                   "client_type": "iOS"} for row in sessions.slice(0, 3).to_pylist()],
-                                 schema=sessions.schema)
+    extra = pa.Table.from_pylist(
+        [
+            {"student_id": "999", "session_start_at": row["session_start_at"], "client_type": "iOS"}
+            for row in sessions.slice(0, 3).to_pylist()
+        ],
+        schema=sessions.schema,
+    )
     changed = {**gold, "fact_session": pa.concat_tables([sessions.slice(10), extra])}
     versions = {name: 1 for name in gold} | {"fact_session": 2}
 
@@ -246,8 +262,9 @@ def test_fact_loads_rewrite_only_changed_rows(pg_dsn, settings):
     report = mirror(settings, ArrowGold(changed, versions), dsn=pg_dsn)
     assert report.details["applied"] == ["fact_session"]
     after = rows_with_xmin()
-    gone = {tuple(r.values()) for r in sessions.slice(0, 10).to_pylist()} - \
-        {tuple(r.values()) for r in sessions.slice(10).to_pylist()}
+    gone = {tuple(r.values()) for r in sessions.slice(0, 10).to_pylist()} - {
+        tuple(r.values()) for r in sessions.slice(10).to_pylist()
+    }
     assert report.details["tables"]["fact_session"]["rows_removed"] == len(gone)
     assert report.details["tables"]["fact_session"]["rows_inserted"] == 3
     kept = set(before) & set(after)
@@ -271,8 +288,9 @@ def test_late_delivery_rewinds_to_its_as_of(pg_dsn, settings):
         for entity in DIM_ATTRS:
             key = f"{entity}_id"
             rows = history_rows(entity, [exports[entity][i] for i in seq])
-            tables[f"dim_{entity}_history"] = arrow_table(rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of",
-                                                                 "delivery"), key=key)
+            tables[f"dim_{entity}_history"] = arrow_table(
+                rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of", "delivery"), key=key
+            )
         return ArrowGold(tables | facts, {name: version for name in tables} | {name: 1 for name in facts})
 
     mirror(settings, source([0, 2], 1), dsn=pg_dsn)
@@ -309,8 +327,10 @@ def test_two_mirrors_serialize(pg_dsn, settings):
     deadline = time.monotonic() + 30
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         while True:  # both mirrors wait on the lock
-            cur.execute("select count(*) from pg_locks where locktype = 'advisory' and not granted"
-                        " and database = (select oid from pg_database where datname = current_database())")
+            cur.execute(
+                "select count(*) from pg_locks where locktype = 'advisory' and not granted"
+                " and database = (select oid from pg_database where datname = current_database())"
+            )
             if cur.fetchone()[0] == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -349,6 +369,7 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
     cur.execute("set default_transaction_read_only = off")  # read-only is the login's default: privileges still refuse
     for table in dw_tables:
         cur.execute(f"select count(*) from dw.{table}")
+    # fmt: off
     denied = [
         "insert into dw.dim_course (course_id, is_deleted, valid_from, is_current) values (99, false, now(), true)",
         "update dw.dim_student set state = 'XX'",
@@ -367,6 +388,7 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
         "select lo_create(0)",
         "select lo_from_bytea(0, 'x')",
     ]
+    # fmt: on
     for sql in denied:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             cur.execute(sql)

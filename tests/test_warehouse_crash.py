@@ -24,9 +24,12 @@ pytestmark = pytest.mark.e2e
 
 
 SEED = 20171116
-POINTS = ["mirror.locked", *(f"mirror.{load.target}.{step}" for load in LOADS
-                             for step in ("copying", "staged", "applied")),
-          "mirror.before_commit", "mirror.committed"]
+POINTS = [
+    "mirror.locked",
+    *(f"mirror.{load.target}.{step}" for load in LOADS for step in ("copying", "staged", "applied")),
+    "mirror.before_commit",
+    "mirror.committed",
+]
 
 # Reads "<fault or ->\t<lake>\t<dsn>" lines; forks a child that runs the mirror with that environment, as
 # `lakehouse run` would (settings from the environment), and answers with the child's wait status.
@@ -61,8 +64,15 @@ class Forker:
     def __init__(self, log_path):
         env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_FAULT"}
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-c", FORKER], env=env, cwd=PROJECT_ROOT, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FORKER],
+            env=env,
+            cwd=PROJECT_ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
         assert self.proc.stdout.readline().strip() == "ready", self.errors()
 
     def run(self, lake: str, dsn: str, fault: str | None) -> int:

@@ -27,11 +27,19 @@ STUDENT_IDS = ["1", "2", "10", "007", "x9"]  # ids as strings, "007" and "7"-lik
 
 student_record = st.builds(
     lambda sid, state, city, course: {
-        "student_id": sid, "registered_at": START - timedelta(days=len(sid)), "state": state, "city": city,
-        "university_id": 1, "university_name": "U1", "course_id": course, "course_name": f"C{course}",
+        "student_id": sid,
+        "registered_at": START - timedelta(days=len(sid)),
+        "state": state,
+        "city": city,
+        "university_id": 1,
+        "university_name": "U1",
+        "course_id": course,
+        "course_name": f"C{course}",
         "signup_source": "web",
     },
-    st.sampled_from(STUDENT_IDS), st.sampled_from(["SP", "RJ", None]), st.sampled_from(["a", "b"]),
+    st.sampled_from(STUDENT_IDS),
+    st.sampled_from(["SP", "RJ", None]),
+    st.sampled_from(["a", "b"]),
     st.sampled_from([1, 2]),
 )
 ENTITIES = ("student", "course", "university", "subject")
@@ -39,8 +47,9 @@ ENTITIES = ("student", "course", "university", "subject")
 
 def named_record(entity: str, names: list[str | None]):
     """A record of a dimension that has an id and a name (course, university, subject)."""
-    return st.builds(lambda key, name: {f"{entity}_id": key, f"{entity}_name": name},
-                     st.integers(1, 4), st.sampled_from(names))
+    return st.builds(
+        lambda key, name: {f"{entity}_id": key, f"{entity}_name": name}, st.integers(1, 4), st.sampled_from(names)
+    )
 
 
 RECORDS = {
@@ -55,8 +64,12 @@ RECORDS = {
 def scenarios(draw):
     """Exports (with repeats), the arrival order of the deliveries and how arrivals are grouped into runs."""
     n = draw(st.integers(1, 6))
-    exports_of = {entity: draw(st.lists(st.lists(RECORDS[entity], max_size=7 if entity == "student" else 4),
-                                        min_size=n, max_size=n)) for entity in ENTITIES}
+    exports_of = {
+        entity: draw(
+            st.lists(st.lists(RECORDS[entity], max_size=7 if entity == "student" else 4), min_size=n, max_size=n)
+        )
+        for entity in ENTITIES
+    }
     for exports in exports_of.values():  # exact duplicate records within one export
         for i, export in enumerate(exports):
             if export and draw(st.booleans()):
@@ -77,8 +90,10 @@ def scenarios(draw):
     runs.append(current)
     stamps = [START + timedelta(hours=12 * i) for i in range(n)]
     return {
-        **{entity: [Delivery(s.isoformat(), s, recs) for s, recs in zip(stamps, exports_of[entity])]
-           for entity in ENTITIES},
+        **{
+            entity: [Delivery(s.isoformat(), s, recs) for s, recs in zip(stamps, exports_of[entity])]
+            for entity in ENTITIES
+        },
         "runs": runs,
     }
 
@@ -89,17 +104,21 @@ def gold(exports: dict, arrived: list[int], version: int) -> ArrowGold:
         key = f"{entity}_id"
         rows = history_rows(entity, [exports[entity][i] for i in arrived], keep_duplicates=True)
         tables[f"dim_{entity}_history"] = arrow_table(
-            rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of", "delivery"), key=key)
+            rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of", "delivery"), key=key
+        )
     return ArrowGold(tables, {name: version for name in tables})
 
 
 def reset(cur):
-    cur.execute("truncate dw.dim_student, dw.dim_course, dw.dim_university, dw.dim_subject, dw.load_audit,"
-                " dw.load_delivery restart identity cascade")
+    cur.execute(
+        "truncate dw.dim_student, dw.dim_course, dw.dim_university, dw.dim_subject, dw.load_audit,"
+        " dw.load_delivery restart identity cascade"
+    )
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@hsettings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(scenario=scenarios())
 def test_history_matches_reference_model(pg_dsn, settings, scenario):
     migrate(pg_dsn)

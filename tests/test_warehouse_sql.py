@@ -64,7 +64,11 @@ def test_rendered_sql_of_every_table_passes_sqlfluff():
     import sqlfluff
 
     config = str(PROJECT_ROOT / "pyproject.toml")
-    problems = {load.target: [f"L{v['start_line_no']} {v['code']} {v['description']}"
-                              for v in sqlfluff.lint(warehouse.load_sql(load.target), config_path=config)]
-                for load in warehouse.LOADS}
+    problems = {
+        load.target: [
+            f"L{v['start_line_no']} {v['code']} {v['description']}"
+            for v in sqlfluff.lint(warehouse.load_sql(load.target), config_path=config)
+        ]
+        for load in warehouse.LOADS
+    }
     assert problems == {load.target: [] for load in warehouse.LOADS}

@@ -16,8 +16,10 @@ import pyarrow as pa
 UTC = UTC
 TS = pa.timestamp("us", tz="UTC")
 
+# fmt: off
 STUDENT_ATTRS = ("registered_at", "state", "city", "university_id", "university_name", "course_id", "course_name",
                  "signup_source")
+# fmt: on
 DIM_ATTRS = {
     "student": STUDENT_ATTRS,
     "course": ("course_name",),
@@ -25,10 +27,21 @@ DIM_ATTRS = {
     "subject": ("subject_name",),
 }
 ARROW_TYPES = {
-    "registered_at": TS, "university_id": pa.int32(), "course_id": pa.int32(), "course_id_": pa.int32(),
-    "is_deleted": pa.bool_(), "as_of": TS, "delivery": pa.string(), "student_id": pa.string(),
-    "subject_id": pa.int32(), "university_id_": pa.int32(),
-    "session_start_at": TS, "payment_at": TS, "followed_at": TS, "event_at": TS, "event_date": pa.date32(),
+    "registered_at": TS,
+    "university_id": pa.int32(),
+    "course_id": pa.int32(),
+    "course_id_": pa.int32(),
+    "is_deleted": pa.bool_(),
+    "as_of": TS,
+    "delivery": pa.string(),
+    "student_id": pa.string(),
+    "subject_id": pa.int32(),
+    "university_id_": pa.int32(),
+    "session_start_at": TS,
+    "payment_at": TS,
+    "followed_at": TS,
+    "event_at": TS,
+    "event_date": pa.date32(),
     "page_views": pa.int64(),
 }
 
@@ -70,8 +83,11 @@ def history_rows(entity: str, deliveries: list[Delivery], keep_duplicates: bool 
         for k in sorted(last, key=str):
             row = {key: k, **last[k], "is_deleted": k not in present, "as_of": d.as_of, "delivery": d.name}
             rows.append(row)
-            if keep_duplicates and k in present and sum(1 for r in d.records if r[key] == k and
-                                                        {a: r.get(a) for a in attrs} == last[k]) > 1:
+            if (
+                keep_duplicates
+                and k in present
+                and sum(1 for r in d.records if r[key] == k and {a: r.get(a) for a in attrs} == last[k]) > 1
+            ):
                 rows.append(dict(row))  # an exact duplicate row: the mirror must collapse it
     return rows
 
@@ -108,6 +124,7 @@ def _sort_key(row: tuple) -> tuple:
 
 # -- reading the warehouse -------------------------------------------------------------------
 
+
 def dw_history(cur, entity: str) -> list[tuple]:
     """dw.dim_<entity> without surrogate keys, in the reference model's shape."""
     key = f"{entity}_id"
@@ -121,8 +138,10 @@ def check_invariants(cur, entity: str) -> None:
     no two consecutive versions with the same state."""
     key = f"{entity}_id"
     attrs = (*DIM_ATTRS[entity], "is_deleted")
-    cur.execute(f"select {key}, {', '.join(attrs)}, valid_from, valid_to, is_current from dw.dim_{entity}"
-                f" order by {key}, valid_from")
+    cur.execute(
+        f"select {key}, {', '.join(attrs)}, valid_from, valid_to, is_current from dw.dim_{entity}"
+        f" order by {key}, valid_from"
+    )
     by_key: dict = {}
     for row in cur.fetchall():
         by_key.setdefault(row[0], []).append(row)
@@ -132,7 +151,7 @@ def check_invariants(cur, entity: str) -> None:
         assert versions[-1][-1] and versions[-1][-2] is None, f"{k}: the last version is not the open current one"
         for a, b in zip(versions, versions[1:]):
             assert a[-2] == b[-3], f"{k}: windows not contiguous ({a[-2]} vs {b[-3]})"
-            assert a[1:1 + n] != b[1:1 + n], f"{k}: two consecutive versions with the same state"
+            assert a[1 : 1 + n] != b[1 : 1 + n], f"{k}: two consecutive versions with the same state"
         for v in versions:
             assert v[-2] is None or v[-3] < v[-2], f"{k}: empty window"
 
@@ -149,26 +168,32 @@ def canonical(cur) -> dict:
 
     out["fact_session"] = facts(
         "select f.student_id, f.session_start_at, f.client_type, d.student_id, d.valid_from"
-        " from dw.fact_session f left join dw.dim_student d using (student_sk)")
+        " from dw.fact_session f left join dw.dim_student d using (student_sk)"
+    )
     out["fact_subscription"] = facts(
         "select f.student_id, f.payment_at, f.plan_type, d.student_id, d.valid_from"
-        " from dw.fact_subscription f left join dw.dim_student d using (student_sk)")
+        " from dw.fact_subscription f left join dw.dim_student d using (student_sk)"
+    )
     out["fact_subject_follow"] = facts(
         "select f.student_id, f.subject_id, f.followed_at, d.student_id, d.valid_from, s.subject_id, s.valid_from"
         " from dw.fact_subject_follow f left join dw.dim_student d using (student_sk)"
-        " left join dw.dim_subject s using (subject_sk)")
+        " left join dw.dim_subject s using (subject_sk)"
+    )
     out["fact_page_view_daily"] = facts(
         "select f.event_date, f.student_id, f.client_type, f.country, f.page_views, f.first_event_at,"
         " f.last_event_at, d.student_id, d.valid_from"
-        " from dw.fact_page_view_daily f left join dw.dim_student d using (student_sk)")
+        " from dw.fact_page_view_daily f left join dw.dim_student d using (student_sk)"
+    )
     out["load_audit"] = facts(
         "select table_name, gold_table, gold_version, deliveries, rows_staged, rows_inserted, rows_closed,"
-        " rows_removed from dw.load_audit")
+        " rows_removed from dw.load_audit"
+    )
     out["load_delivery"] = facts("select table_name, delivery, as_of from dw.load_delivery")
     return out
 
 
 # -- a small deterministic sample of every gold table --------------------------------------
+
 
 def sample_deliveries(seed: int = 7, students: int = 40, n: int = 3) -> dict[str, list[Delivery]]:
     """Export sequences for the four dimensions: changes, deletions, returns, duplicates."""
@@ -182,19 +207,33 @@ def sample_deliveries(seed: int = 7, students: int = 40, n: int = 3) -> dict[str
         for s in range(students):
             if rnd.random() < 0.1:
                 continue  # absent from this delivery: deleted (may come back later)
-            recs.append({
-                "student_id": str(s), "registered_at": start - timedelta(days=s),
-                "state": rnd.choice(["SP", "RJ", "MG"]) if i and rnd.random() < 0.3 else ["SP", "RJ", "MG"][s % 3],
-                "city": f"city{s % 5}", "university_id": s % 4, "university_name": f"U{s % 4}",
-                "course_id": s % 6, "course_name": f"C{s % 6}", "signup_source": "web" if s % 2 else "app",
-            })
+            recs.append(
+                {
+                    "student_id": str(s),
+                    "registered_at": start - timedelta(days=s),
+                    "state": rnd.choice(["SP", "RJ", "MG"]) if i and rnd.random() < 0.3 else ["SP", "RJ", "MG"][s % 3],
+                    "city": f"city{s % 5}",
+                    "university_id": s % 4,
+                    "university_name": f"U{s % 4}",
+                    "course_id": s % 6,
+                    "course_name": f"C{s % 6}",
+                    "signup_source": "web" if s % 2 else "app",
+                }
+            )
         recs.append(dict(recs[0]))  # a duplicate record in one export
         out["student"].append(Delivery(name, as_of, recs))
         for entity, count in (("course", 6), ("university", 4), ("subject", 8)):
-            out[entity].append(Delivery(name, as_of, [
-                {f"{entity}_id": k, f"{entity}_name": f"{entity} {k}" + (" v2" if i and k == 1 else "")}
-                for k in range(count) if not (i == 1 and k == 2)
-            ]))
+            out[entity].append(
+                Delivery(
+                    name,
+                    as_of,
+                    [
+                        {f"{entity}_id": k, f"{entity}_name": f"{entity} {k}" + (" v2" if i and k == 1 else "")}
+                        for k in range(count)
+                        if not (i == 1 and k == 2)
+                    ],
+                )
+            )
     return out
 
 
@@ -207,31 +246,49 @@ def sample_gold(seed: int = 7, deliveries: int = 3, upto: int | None = None) -> 
     for entity, seq in exports.items():
         key = f"{entity}_id"
         rows = history_rows(entity, seq[:upto], keep_duplicates=True)
-        tables[f"dim_{entity}_history"] = arrow_table(rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of",
-                                                             "delivery"), key=key)
+        tables[f"dim_{entity}_history"] = arrow_table(
+            rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of", "delivery"), key=key
+        )
     start = datetime(2017, 11, 15, tzinfo=UTC)
     span = timedelta(days=upto + 1)
 
     def when():
         return start + timedelta(seconds=rnd.randrange(int(span.total_seconds())))
 
-    sessions = [{"student_id": str(rnd.randrange(45)), "session_start_at": when(),
-                 "client_type": rnd.choice(["Website", "Android"])} for _ in range(120)]
-    payments = [{"student_id": str(rnd.randrange(40)), "payment_at": when(),
-                 "plan_type": rnd.choice(["Mensal", "Anual"])} for _ in range(25)]
-    follows = [{"student_id": str(rnd.randrange(40)), "subject_id": rnd.randrange(8), "followed_at": when()}
-               for _ in range(50)]
+    sessions = [
+        {
+            "student_id": str(rnd.randrange(45)),
+            "session_start_at": when(),
+            "client_type": rnd.choice(["Website", "Android"]),
+        }
+        for _ in range(120)
+    ]
+    payments = [
+        {"student_id": str(rnd.randrange(40)), "payment_at": when(), "plan_type": rnd.choice(["Mensal", "Anual"])}
+        for _ in range(25)
+    ]
+    follows = [
+        {"student_id": str(rnd.randrange(40)), "subject_id": rnd.randrange(8), "followed_at": when()} for _ in range(50)
+    ]
     views = []
     for i in range(400):
         at = when()
-        views.append({"event_id": f"e{i}", "event_at": at, "event_date": at.date(),
-                      "student_id": None if rnd.random() < 0.2 else str(rnd.randrange(40)),
-                      "client_type": rnd.choice(["Website", "Android"]), "country": rnd.choice(["Brazil", "Chile"])})
+        views.append(
+            {
+                "event_id": f"e{i}",
+                "event_at": at,
+                "event_date": at.date(),
+                "student_id": None if rnd.random() < 0.2 else str(rnd.randrange(40)),
+                "client_type": rnd.choice(["Website", "Android"]),
+                "country": rnd.choice(["Brazil", "Chile"]),
+            }
+        )
     tables["fact_session"] = arrow_table(sessions, ("student_id", "session_start_at", "client_type"))
     tables["fact_subscription"] = arrow_table(payments, ("student_id", "payment_at", "plan_type"))
     tables["fact_subject_follow"] = arrow_table(follows, ("student_id", "subject_id", "followed_at"))
-    tables["fact_page_view"] = arrow_table(views, ("event_id", "event_at", "event_date", "student_id",
-                                                   "client_type", "country"))
+    tables["fact_page_view"] = arrow_table(
+        views, ("event_id", "event_at", "event_date", "student_id", "client_type", "country")
+    )
     return tables
 
 
@@ -246,12 +303,19 @@ def write_delta(spark, lake: str, tables: dict[str, pa.Table], mode: str = "over
                 df = df.withColumn(f.name, df[f.name].cast("date"))
             elif pa.types.is_int32(f.type):
                 df = df.withColumn(f.name, df[f.name].cast("int"))
-        df.coalesce(1).write.format("delta").mode(mode).option("delta.enableDeletionVectors", "false") \
-            .save(f"{lake}/gold/{name}")
+        df.coalesce(1).write.format("delta").mode(mode).option("delta.enableDeletionVectors", "false").save(
+            f"{lake}/gold/{name}"
+        )
 
 
-DELTA_TYPES = {pa.string(): "string", pa.int32(): "integer", pa.int64(): "long", pa.bool_(): "boolean",
-               pa.date32(): "date", TS: "timestamp"}
+DELTA_TYPES = {
+    pa.string(): "string",
+    pa.int32(): "integer",
+    pa.int64(): "long",
+    pa.bool_(): "boolean",
+    pa.date32(): "date",
+    TS: "timestamp",
+}
 
 
 def write_delta_files(lake: str, tables: dict[str, pa.Table]) -> None:
@@ -278,21 +342,41 @@ def write_delta_files(lake: str, tables: dict[str, pa.Table]) -> None:
         now = int(time.time() * 1000)
         actions: list[dict] = []
         if version == 0:
-            fields = [{"name": f.name, "type": DELTA_TYPES[f.type], "nullable": True, "metadata": {}}
-                      for f in table.schema]
+            fields = [
+                {"name": f.name, "type": DELTA_TYPES[f.type], "nullable": True, "metadata": {}} for f in table.schema
+            ]
             actions += [
                 {"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}},
-                {"metaData": {"id": str(uuid.uuid4()), "format": {"provider": "parquet", "options": {}},
-                              "schemaString": json.dumps({"type": "struct", "fields": fields}),
-                              "partitionColumns": [], "configuration": {}, "createdTime": now}},
+                {
+                    "metaData": {
+                        "id": str(uuid.uuid4()),
+                        "format": {"provider": "parquet", "options": {}},
+                        "schemaString": json.dumps({"type": "struct", "fields": fields}),
+                        "partitionColumns": [],
+                        "configuration": {},
+                        "createdTime": now,
+                    }
+                },
             ]
         actions += [{"remove": {"path": path, "deletionTimestamp": now, "dataChange": True}} for path in sorted(live)]
-        actions.append({"add": {"path": part, "partitionValues": {}, "size": (root / part).stat().st_size,
-                                "modificationTime": now, "dataChange": True}})
-        actions.append({"commitInfo": {"timestamp": now, "operation": "WRITE",
-                                       "operationParameters": {"mode": "Overwrite"}}})
+        actions.append(
+            {
+                "add": {
+                    "path": part,
+                    "partitionValues": {},
+                    "size": (root / part).stat().st_size,
+                    "modificationTime": now,
+                    "dataChange": True,
+                }
+            }
+        )
+        actions.append(
+            {"commitInfo": {"timestamp": now, "operation": "WRITE", "operationParameters": {"mode": "Overwrite"}}}
+        )
         (log / f"{version:020d}.json").write_text("".join(json.dumps(a) + "\n" for a in actions))
 
 
+# fmt: off
 __all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "history_rows",
            "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
+# fmt: on

@@ -32,9 +32,24 @@ def run_emulator(timeout: float = 30.0) -> Iterator[str]:
     """Start an in-memory emulator on a free loopback port; yields its URL (`http://127.0.0.1:<port>`)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-               # the XML API (DuckDB) answers on this host; resumable uploads continue at this URL
-               "-public-host", f"127.0.0.1:{port}", "-external-url", url, "-log-level", "warn"]
+    command = [
+        str(binary()),
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        # the XML API (DuckDB) answers on this host; resumable uploads continue at this URL
+        "-public-host",
+        f"127.0.0.1:{port}",
+        "-external-url",
+        url,
+        "-log-level",
+        "warn",
+    ]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

@@ -63,6 +63,7 @@ STATES = (
     ("RR", "Roraima", 2, ("Boa Vista",)),
 )
 
+# fmt: off
 UNIVERSITY_PREFIXES = (
     "Universidade Federal de", "Universidade Estadual de", "Centro Universitário de", "Faculdade de Tecnologia de",
     "Universidade Católica de", "Instituto Federal de", "Faculdade Integrada de", "Universidade Metodista de",
@@ -87,6 +88,7 @@ SUBJECT_BASES = (
     "Sociologia", "Filosofia", "Português Instrumental", "Inglês Técnico", "Desenho Técnico", "Topografia",
     "Hidráulica", "Eletricidade", "Circuitos Elétricos",
 )
+# fmt: on
 ROMAN = ("I", "II", "III", "IV", "V", "VI", "VII", "VIII")
 SIGNUP_SOURCES = (("Facebook", 40), ("Google", 25), ("Email", 25), ("Other", 7), ("Twitter", 3))
 PLANS = (("Mensal", 60), ("Anual", 20), ("Semestral", 15), ("Trimestral", 5))
@@ -122,16 +124,34 @@ IOS_MODELS = ("iPhone9,1", "iPhone8,1", "iPhone7,2", "iPad6,11")
 IOS_OS = ("11.1", "11.0.3", "10.3.3")
 CARRIERS = ("TelefonicaBrasilS.a.", "ClaroS.A.", "TIMCelularS.A.", "OiS.A.", "NETServiçosdeComunicaçãoS.A.")
 MOBILE_CARRIERS = ("Vivo", "Claro", "TIM", "Oi", "Nextel")
-CAMPAIGNS = (("blackfriday2017", "cpc", "google"), ("enem2017", "social", "facebook"), ("newsletter", "email", "mailchimp"))
-PAGE_CATEGORIES = (
-    ("busca", 25), ("arquivo", 25), ("disciplina", 15), ("home", 10), ("perfil", 6), ("materiais", 6),
-    ("exercicios", 5), ("premium", 3), ("login", 3), ("cadastro", 2),
+CAMPAIGNS = (
+    ("blackfriday2017", "cpc", "google"),
+    ("enem2017", "social", "facebook"),
+    ("newsletter", "email", "mailchimp"),
 )
+PAGE_CATEGORIES = (
+    ("busca", 25),
+    ("arquivo", 25),
+    ("disciplina", 15),
+    ("home", 10),
+    ("perfil", 6),
+    ("materiais", 6),
+    ("exercicios", 5),
+    ("premium", 3),
+    ("login", 3),
+    ("cadastro", 2),
+)
+# fmt: off
 SLUG_WORDS = ("resumo", "lista", "exercicios", "prova", "apostila", "trabalho", "calculo", "fisica", "direito",
               "anatomia", "estudos-dirigidos", "questoes", "gabarito", "mapa-mental", "slides", "introducao")
+# fmt: on
 
-NOT_JSON = ("this is not json", "<html><body>502 Bad Gateway</body></html>",
-            "at=2017-11-16 02:10:20 name=PageView", "{unquoted: keys, at: 2017-11-16}")
+NOT_JSON = (
+    "this is not json",
+    "<html><body>502 Bad Gateway</body></html>",
+    "at=2017-11-16 02:10:20 name=PageView",
+    "{unquoted: keys, at: 2017-11-16}",
+)
 JSON_SCALARS = ("42", '"PageView"', "null", "true", "3.14")
 BAD_AT = ("not-a-date", "2017-13-45 99:99:99", "2017-11-31 10:00:00", "16/11/2017 25:61")
 BLANKS = ("", "   ", "\t", " \t ")
@@ -301,8 +321,9 @@ class _World:
             self._new_student(reg_start + timedelta(seconds=int(span * (1 - rng.random() ** 1.6))))
         ids = self.present_ids()
         self._student_quirks(ids)
-        self._facts(ids, window_start, window_end, sessions=1.5, subs=0.08, follows=2.0,
-                    history_start=datetime(2017, 3, 1))
+        self._facts(
+            ids, window_start, window_end, sessions=1.5, subs=0.08, follows=2.0, history_start=datetime(2017, 3, 1)
+        )
         return {"initial_students": len(ids)}
 
     def _student_quirks(self, ids: list[str]) -> None:
@@ -312,8 +333,9 @@ class _World:
         self._quirk(ids, 0.03, "univ_str")
         self._quirk(ids, 0.03, "course_str")
 
-    def advance(self, k: int, deliveries: int, window_start: datetime, window_end: datetime,
-                returning: list[str]) -> dict:
+    def advance(
+        self, k: int, deliveries: int, window_start: datetime, window_end: datetime, returning: list[str]
+    ) -> dict:
         """Apply the changes that delivery k shows; returns what changed."""
         rng = self.rng
         for sid in returning:
@@ -348,8 +370,7 @@ class _World:
                 s.state, s.city = st, city
                 moved_state.append(sid)
             else:
-                options = [c for c in s.state[3] if c != s.city] or [
-                    c for st in STATES for c in st[3] if c != s.city]
+                options = [c for c in s.state[3] if c != s.city] or [c for st in STATES for c in st[3] if c != s.city]
                 s.city = rng.choice(options)
         moving = set(movers)
         others = [i for i in staying if i not in moving]
@@ -368,33 +389,52 @@ class _World:
         self._quirk(new, 0.05, "univ_str")
         self._quirk(new, 0.05, "missing_city")
         ids = self.present_ids()
-        self._facts(ids, window_start, window_end, sessions=0.25, subs=0.01, follows=0.2,
-                    history_start=window_start)
-        changes.update(new_students=new, deleted=deleted, absent=absent, returned=sorted(returning, key=int),
-                       moved=movers, moved_state=moved_state, course_changed=course_changed, renamed_course=renamed)
+        self._facts(ids, window_start, window_end, sessions=0.25, subs=0.01, follows=0.2, history_start=window_start)
+        changes.update(
+            new_students=new,
+            deleted=deleted,
+            absent=absent,
+            returned=sorted(returning, key=int),
+            moved=movers,
+            moved_state=moved_state,
+            course_changed=course_changed,
+            renamed_course=renamed,
+        )
         return changes
 
-    def _facts(self, ids: list[str], window_start: datetime, window_end: datetime, sessions: float, subs: float,
-               follows: float, history_start: datetime) -> None:
+    def _facts(
+        self,
+        ids: list[str],
+        window_start: datetime,
+        window_end: datetime,
+        sessions: float,
+        subs: float,
+        follows: float,
+        history_start: datetime,
+    ) -> None:
         rng = self.rng
         new_sessions = []
         for _ in range(_n(self.size, sessions, 5)):
-            new_sessions.append({
-                "StudentId": rng.choice(ids),
-                "SessionStartTime": _ts(_rand_dt(rng, window_start, window_end), 3),
-                "StudentClient": _weighted(rng, self.client_items, self.client_cum),
-            })
+            new_sessions.append(
+                {
+                    "StudentId": rng.choice(ids),
+                    "SessionStartTime": _ts(_rand_dt(rng, window_start, window_end), 3),
+                    "StudentClient": _weighted(rng, self.client_items, self.client_cum),
+                }
+            )
         for r in rng.sample(new_sessions, _n(len(new_sessions), 0.005)):
             r["StudentClient"] = None
         self.sessions.extend(new_sessions)
 
         new_subs = []
         for _ in range(_n(self.size, subs, 3)):
-            new_subs.append({
-                "StudentId": rng.choice(ids),
-                "PaymentDate": _ts(_rand_dt(rng, history_start, window_end), 3),
-                "PlanType": _weighted(rng, self.plan_items, self.plan_cum),
-            })
+            new_subs.append(
+                {
+                    "StudentId": rng.choice(ids),
+                    "PaymentDate": _ts(_rand_dt(rng, history_start, window_end), 3),
+                    "PlanType": _weighted(rng, self.plan_items, self.plan_cum),
+                }
+            )
         for r in rng.sample(new_subs, _n(len(new_subs), 0.01)):
             del r["PlanType"]
         self.subscriptions.extend(new_subs)
@@ -406,8 +446,9 @@ class _World:
             if (sid, subj) in self.follow_pairs:
                 continue
             self.follow_pairs.add((sid, subj))
-            new_follows.append({"StudentId": sid, "SubjectId": subj,
-                                "FollowDate": _ts(_rand_dt(rng, history_start, window_end), 4)})
+            new_follows.append(
+                {"StudentId": sid, "SubjectId": subj, "FollowDate": _ts(_rand_dt(rng, history_start, window_end), 4)}
+            )
         for r in rng.sample(new_follows, _n(len(new_follows), 0.02)):
             r["SubjectId"] = str(r["SubjectId"])
         for r in rng.sample(new_follows, _n(len(new_follows), 0.005)):
@@ -420,8 +461,9 @@ class _World:
         present = self.present
         out = {
             "students": [self.student_record(i) for i in self.present_ids()],
-            "courses": [{"Id": str(i) if i in self.course_id_as_str else i, "Name": n}
-                        for i, n in sorted(self.courses.items())],
+            "courses": [
+                {"Id": str(i) if i in self.course_id_as_str else i, "Name": n} for i, n in sorted(self.courses.items())
+            ],
             "universities": [{"Id": i, "Name": n} for i, n in sorted(self.universities.items())],
             "subjects": [{"Id": i, "Name": n} for i, n in sorted(self.subjects.items())],
             "sessions": [r for r in self.sessions if r["StudentId"] in present],
@@ -530,8 +572,9 @@ class _EventFactory:
 
     POOL = 16
 
-    def __init__(self, rng: random.Random, world: _World, window_start: datetime, window_end: datetime,
-                 pages: list[_Page]):
+    def __init__(
+        self, rng: random.Random, world: _World, window_start: datetime, window_end: datetime, pages: list[_Page]
+    ):
         self.rng = rng
         self.ws, self.we = _epoch(window_start), _epoch(window_end)
         self.pages = pages
@@ -540,8 +583,11 @@ class _EventFactory:
         students = []
         for sid in world.present_ids():
             s = world.students[sid]
-            students.append(_Visitor(sid, s.state[0], s.city, world.universities.get(s.univ),
-                                     world.courses.get(s.course), s.user_type))
+            students.append(
+                _Visitor(
+                    sid, s.state[0], s.city, world.universities.get(s.univ), world.courses.get(s.course), s.user_type
+                )
+            )
         self.students = students
         self.max_id = world.next_id
         self.state_items, self.state_cum = world.state_items, world.state_cum
@@ -576,8 +622,9 @@ class _EventFactory:
         student = None
         if not anonymous:
             if orphan:
-                student = _Visitor(str(self.max_id + 1_000_000 + rng.randrange(1_000_000)), None, None, None, None,
-                                   "CasualUser")
+                student = _Visitor(
+                    str(self.max_id + 1_000_000 + rng.randrange(1_000_000)), None, None, None, None, "CasualUser"
+                )
             else:
                 student = self.students[int(len(self.students) * r() ** 1.7)]
         if country == "br":
@@ -648,9 +695,20 @@ class _EventFactory:
         tail["user_type"] = "anonymous" if student is None else "known"
         tail["uuid"] = install
         last_key = ',"Last Accessed Url":' if spaced else ',"LastAccessedUrl":'
-        return _Session(at=start, remaining=length, head=_j(head)[1:-1] + ',"nth":', tail="," + _j(tail)[1:-1] + ",",
-                        spaced=spaced, last_url_key=last_key, nth=rng.randrange(1, 200), last_url='"/"',
-                        first_page=first_page, late=late, anonymous=anonymous, country=country)
+        return _Session(
+            at=start,
+            remaining=length,
+            head=_j(head)[1:-1] + ',"nth":',
+            tail="," + _j(tail)[1:-1] + ",",
+            spaced=spaced,
+            last_url_key=last_key,
+            nth=rng.randrange(1, 200),
+            last_url='"/"',
+            first_page=first_page,
+            late=late,
+            anonymous=anonymous,
+            country=country,
+        )
 
     def _page(self) -> int:
         return bisect_right(self.page_cum, self.rng.random() * self.page_total)
@@ -722,25 +780,30 @@ def _build_pages(rng: random.Random, n: int = 400) -> list[_Page]:
         else:
             url, c2 = f"/{cat}/{slug}", "Undefined"
         uj, cj, c2j, und = _j(url), _j(cat), _j(c2), _j("Undefined")
-        camel = (f'"PageName":{uj},"PageCategory":{cj},"PageCategory1":{cj},'
-                 f'"PageCategory2":{c2j},"PageCategory3":{und}')
-        spaced = (f'"Page Name":{uj},"Page Category":{cj},"Page Category 1":{cj},'
-                  f'"Page Category 2":{c2j},"Page Category 3":{und}')
+        camel = f'"PageName":{uj},"PageCategory":{cj},"PageCategory1":{cj},"PageCategory2":{c2j},"PageCategory3":{und}'
+        spaced = (
+            f'"Page Name":{uj},"Page Category":{cj},"Page Category 1":{cj},'
+            f'"Page Category 2":{c2j},"Page Category 3":{und}'
+        )
         weight = 1 + int(50 / (1 + i))
         pages.append(_Page(camel, spaced, uj, cat, weight))
     return pages
 
 
-def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Path, n_events: int,
-                         first: bool, global_pool: list[str]) -> dict:
+def _events_for_delivery(
+    rng: random.Random, factory: _EventFactory, folder: Path, n_events: int, first: bool, global_pool: list[str]
+) -> dict:
     parts = max(MIN_PARTS, math.ceil(n_events / MAX_LINES_PER_PART))
     base, extra = divmod(n_events, parts)
     fresh_per_part = [base + (1 if p < extra else 0) for p in range(parts)]
 
     malformed = {k: _n(n_events, 1 / 25_000) for k in MALFORMED_KINDS}
     blank = _n(n_events, 1 / 20_000)
-    dups = {"within_file": _n(n_events, 1 / 500, 2), "cross_file": _n(n_events, 1 / 1000),
-            "cross_delivery": 0 if first else _n(n_events, 1 / 1000)}
+    dups = {
+        "within_file": _n(n_events, 1 / 500, 2),
+        "cross_file": _n(n_events, 1 / 1000),
+        "cross_delivery": 0 if first else _n(n_events, 1 / 1000),
+    }
     plan: list[list[str]] = [[] for _ in range(parts)]
     kind: str | None
     for kind, count in list(malformed.items()) + [("blank", blank)] + list(dups.items()):
@@ -752,8 +815,15 @@ def _events_for_delivery(rng: random.Random, factory: _EventFactory, folder: Pat
     delivery_pool: list[str] = []
     lines_total = 0
     files = []
-    counters = {"bad_at": 0, "not_json": 0, "json_array": 0, "json_scalar": 0, "missing_at": 0,
-                "truncated_json": 0, "blank": 0}
+    counters = {
+        "bad_at": 0,
+        "not_json": 0,
+        "json_array": 0,
+        "json_scalar": 0,
+        "missing_at": 0,
+        "truncated_json": 0,
+        "blank": 0,
+    }
     for p in range(parts):
         name = f"part-{p:05d}.json"
         written.add(name)
@@ -859,9 +929,15 @@ def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_0
     per_delivery[0] = max(MIN_EVENTS_PER_DELIVERY, events - sum(per_delivery[1:]))
 
     summary: dict[str, Any] = {
-        "out": str(out), "seed": seed, "students": students, "events": events,
+        "out": str(out),
+        "seed": seed,
+        "students": students,
+        "events": events,
         "deliveries": names,
-        "transactional": {}, "transactional_duplicates": {}, "changes": {}, "events_by_delivery": {},
+        "transactional": {},
+        "transactional_duplicates": {},
+        "changes": {},
+        "events_by_delivery": {},
     }
     global_pool: list[str] = []
     returning: list[str] = []
@@ -892,10 +968,13 @@ def generate(out: Path, seed: int = 7, students: int = 2000, events: int = 100_0
         global_pool.extend(pool)
         if len(global_pool) > 512:
             global_pool = erng.sample(global_pool, 512)
-        info.update(window=[ws.isoformat(sep=" "), we.isoformat(sep=" ")], late_events=factory.late,
-                    anonymous_events=factory.anonymous,
-                    countries=dict(sorted(factory.countries.items())),
-                    countries_november=dict(sorted(factory.countries_november.items())))
+        info.update(
+            window=[ws.isoformat(sep=" "), we.isoformat(sep=" ")],
+            late_events=factory.late,
+            anonymous_events=factory.anonymous,
+            countries=dict(sorted(factory.countries.items())),
+            countries_november=dict(sorted(factory.countries_november.items())),
+        )
         summary["events_by_delivery"][name] = info
 
     ev = summary["events_by_delivery"].values()
