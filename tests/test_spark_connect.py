@@ -115,5 +115,9 @@ def test_a_client_without_the_token_is_refused(server, monkeypatch):
     from pyspark.sql.connect.session import SparkSession
 
     monkeypatch.setenv("SPARK_CONNECT_AUTHENTICATE_TOKEN", "not-the-token")
-    with pytest.raises(Exception, match="(?i)unauthenticated|token|authenticat"):
-        SparkSession.builder.remote(server).create().range(1).collect()
+    stranger = SparkSession.builder.remote(server).create()
+    try:
+        with pytest.raises(Exception, match="(?i)unauthenticated|token|authenticat"):
+            stranger.range(1).collect()
+    finally:  # a client left open retries its exit-time cleanup against the stopped server for minutes
+        stranger.stop()
