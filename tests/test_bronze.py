@@ -65,6 +65,7 @@ def test_events_lines_land_or_quarantine_exactly(spark, settings):
             "bronze_rows": 2,
             "blank_lines": 2,
             "records_cleaned": 0,
+            "erased_dropped": 0,
             "quarantined": {
                 "not_json_object": 3,
                 "unparseable_at": 1,
@@ -130,7 +131,7 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
     report = ingest(spark, settings, "r1")
 
     counts = report.details["transactional"]["counts"]
-    nothing_cleaned = {"blank_lines": 0, "records_cleaned": 0}
+    nothing_cleaned = {"blank_lines": 0, "records_cleaned": 0, "erased_dropped": 0}
     assert counts["students"] == {
         "lines_read": 5,
         "bronze_rows": 2,
