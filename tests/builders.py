@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
@@ -248,3 +250,17 @@ def assert_same_rows(con, expected: str, actual: str) -> None:
     missing = con.execute(f"select count(*) from (({expected}) except all ({actual}))").fetchone()[0]
     extra = con.execute(f"select count(*) from (({actual}) except all ({expected}))").fetchone()[0]
     assert (missing, extra) == (0, 0), (expected, con.execute(f"({expected}) except all ({actual}) limit 5").fetchall())
+
+
+def new_database(pg_server: Any) -> str:
+    """A fresh database on the session's PostgreSQL, open to bi_user; its DSN (the cluster's administrator)."""
+    import psycopg2
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(pg_server.admin_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"create database {name}")
+    admin.close()
+    pg_server.allow_bi(name)
+    return str(pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + name)

@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.landing import land
 from lakehouse.reports import StageReport
 from lakehouse.tools.generate import generate
+from tests.builders import new_database
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -35,17 +35,6 @@ MARTS = {
     "activity_by_country_student": "page_views",
 }
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
-
-
-def _database(pg_server) -> str:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_server.admin_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"create database {name}")
-    admin.close()
-    pg_server.allow_bi(name)
-    return pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + name
 
 
 def _run(spark, settings: Settings, run_id: str) -> StageReport:
@@ -133,7 +122,7 @@ def world(spark, pg_server, tmp_path_factory):
         source=str(source),
         lake=str(root / "lake"),
         data_dir=str(root / "data"),
-        pg_dsn=_database(pg_server),
+        pg_dsn=new_database(pg_server),
         spark_master="local[2]",
         shuffle_partitions=2,
     )

@@ -20,6 +20,7 @@ from lakehouse import bronze, catalog, gold, silver
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.landing import land, read_ledger
 from lakehouse.tools.generate import generate
+from tests.builders import new_database
 from tests.gcs_emulator import emulator_fs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
@@ -27,19 +28,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
 BUCKET = "gcs-lake-test"
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at"}
 LAKEHOUSE = str(Path(sys.executable).with_name("lakehouse"))
-
-
-def _database(pg_server) -> str:
-    """A fresh database on the session's PostgreSQL."""
-    import psycopg2
-
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_server.admin_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"create database {name}")
-    admin.close()
-    return pg_server.dsn.rsplit("/", 1)[0] + "/" + name
 
 
 class GcsLake:
@@ -131,7 +119,7 @@ def local_lake(spark, source, tmp_path_factory) -> Settings:
 @pytest.fixture(scope="module")
 def gcs_lake(bucket, pg_server, tmp_path_factory) -> tuple[GcsLake, dict]:
     """`lakehouse run` (local Spark) once on a fresh gs:// lake; the lake and the run's report."""
-    lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-lake"), "lake", _database(pg_server))
+    lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-lake"), "lake", new_database(pg_server))
     return lake, lake.run()
 
 
@@ -236,7 +224,7 @@ def test_standalone_cluster_writes_the_gcs_lake(
     pg_server,
     tmp_path_factory,  # noqa: F811
 ):
-    lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", _database(pg_server))
+    lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", new_database(pg_server))
     lake.run(LAKEHOUSE_SPARK_MASTER=standalone)
     _assert_same_gold(local_lake, lake.settings)
 
