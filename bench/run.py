@@ -223,7 +223,7 @@ def lakehouse_run(
         log=scale.logs / f"{tag}.log",
     )
     if report_file.exists():
-        result["run_report"] = str(report_file.relative_to(ROOT))
+        result["run_report"] = str(report_file.relative_to(ROOT) if report_file.is_relative_to(ROOT) else report_file)
     result["_dsn"] = dsn
     return _with_db_error(result, db_error)
 
