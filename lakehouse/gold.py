@@ -252,8 +252,16 @@ def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
 
 SNAPSHOTS = ("students", "courses", "universities", "subjects")
 FACT_INPUTS = ("page_views", "sessions", "subscriptions", "student_follow_subject")
-# Gold's layout: a table an earlier layout wrote (other columns, other keys) is rebuilt once. 2: `student_erased`.
+# Gold's layout, 2 since facts carry `student_erased`. Each layout commits under app ids of its own, so a table an
+# earlier layout wrote (other columns, other keys) has no marks of this one, and is rebuilt once.
 LAYOUT = 2
+
+
+def app_id(table: str) -> str:
+    """The Delta txn app id gold.<table>'s refreshes commit under (layout 1 committed as `gold.<table>`)."""
+    return f"gold.{table}@{LAYOUT}"
+
+
 CHANGED = "changed_batch_id"  # silver's column: the bronze batch in which what gold reads of a row last changed
 _RECORD_FACTS = {
     "fact_session": ("sessions", fact_session, "session_id"),
@@ -303,11 +311,11 @@ class Run:
             "gold",
             self.table,
             self.settings,
-            app_id=f"gold.{self.table}",
+            app_id=app_id(self.table),
             version=sum(self.marks.values()) if self.once else None,
             partition_by=PARTITION_BY.get(self.table, ()),
             stats=STATS_COLUMNS.get(self.table, ()),
-            user_metadata=json.dumps({"marks": self.marks, "layout": LAYOUT}),
+            user_metadata=json.dumps({"marks": self.marks}),
         )
 
 
@@ -484,7 +492,7 @@ def _students_changed(run: Run) -> DataFrame:
     the version this table last saw) against dim_student now; `old`/`new` hold their states. Raises LookupError when
     that version is no longer readable."""
     path = run.settings.table_path("gold", "dim_student")
-    seen = _seen(path, "gold.dim_student", run.seen)
+    seen = _seen(path, app_id("dim_student"), run.seen)
     if seen is None or seen < (delta.oldest_readable_version(path) or 0):  # an erasure vacuums every old version
         raise LookupError("dim_student as this table last saw it is not in the log, or no longer readable")
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
@@ -544,7 +552,7 @@ def _enriched_update(run: Run) -> None:
         return
     students, moved = found
     restate = delta.Target(
-        "gold", run.table, run.settings, app_id=f"gold.{run.table}.restate", version=run.target.version
+        "gold", run.table, run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
     )
     delta.merge_once(
         run.session,
@@ -651,10 +659,9 @@ def _silver_marks(settings: Settings) -> dict[str, int | None]:
 def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
     """The silver batches gold.<table> has consumed per input, from its latest commit (None: never built, or built
     by an earlier layout of gold: then it is built whole)."""
-    for commit in delta.app_commits(settings.table_path("gold", table), f"gold.{table}"):
-        meta = json.loads(commit.user_metadata or "{}")
-        marks = meta.get("marks")
-        return marks if isinstance(marks, dict) and meta.get("layout") == LAYOUT else None
+    for commit in delta.app_commits(settings.table_path("gold", table), app_id(table)):
+        marks = json.loads(commit.user_metadata or "{}").get("marks")
+        return marks if isinstance(marks, dict) else None
     return None
 
 
