@@ -24,7 +24,7 @@ DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
 # fmt: off
 CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
-              "six_deliveries", "growth")
+              "erasure", "six_deliveries", "growth")
 # fmt: on
 # The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
 SERIES_EVENTS = 600_000
@@ -223,7 +223,7 @@ def lakehouse_run(
         log=scale.logs / f"{tag}.log",
     )
     if report_file.exists():
-        result["run_report"] = str(report_file.relative_to(ROOT))
+        result["run_report"] = str(report_file.relative_to(ROOT) if report_file.is_relative_to(ROOT) else report_file)
     result["_dsn"] = dsn
     return _with_db_error(result, db_error)
 
@@ -276,6 +276,46 @@ def incremental(scale: Scale, source: Path, first_run: dict | None) -> dict:
     ]
     if errors:
         out["error"] = " ; ".join(errors)
+    return out
+
+
+ERASED_STUDENTS = 10
+
+
+def erasure(scale: Scale, source: Path, first_run: dict | None, dsn: str | None) -> dict:
+    """Erase students who have page views from the `lakehouse_run` contender's lake and warehouse (`lakehouse
+    erase`), then scan everything for one of them (`lakehouse erase --verify`); each against that lake's first run."""
+    import duckdb
+
+    from lakehouse.catalog import extension_path
+
+    if not first_run or not first_run.get("ok"):
+        return {"ok": False, "error": "needs a completed `lakehouse run` first (the lakehouse_run contender failed)"}
+    folder = scale.dir / "runs" / "lakehouse_run"
+    gold = folder / "lake" / "gold"
+    con = duckdb.connect()
+    con.execute(f"load '{extension_path()}'")
+    ids = [
+        row[0]
+        for row in con.execute(
+            f"select distinct student_id from delta_scan('{gold / 'fact_page_view'}') where student_id is not null"
+            f" order by hash(student_id) limit {ERASED_STUDENTS}"
+        ).fetchall()
+    ]
+    con.close()
+    env = scale.lakehouse_env(source, folder, dsn)
+    students = [arg for i in ids for arg in ("--student", i)]
+    out: dict = {"students": len(ids)}
+    out["erase"] = run_measured(
+        [str(LAKEHOUSE), "erase", *students], env=env, timeout=scale.timeout, log=scale.logs / "erase.log"
+    )
+    out["verify"] = run_measured(
+        [str(LAKEHOUSE), "erase", "--verify", ids[0]], env=env, timeout=scale.timeout, log=scale.logs / "verify.log"
+    )
+    out["ok"] = out["erase"]["ok"] and out["verify"]["ok"]
+    out["wall_s"] = out["erase"]["wall_s"]
+    out["erase_vs_first_run"] = round(out["erase"]["wall_s"] / first_run["wall_s"], 3)
+    out["verify_vs_first_run"] = round(out["verify"]["wall_s"] / first_run["wall_s"], 3)
     return out
 
 
@@ -412,11 +452,11 @@ def bench_scale(
             "the whole dataset and one INSERT per row take hours at this scale",
         }
     step("incremental", incremental, scale, source, first)
-    if first is not None:
-        first.pop("_dsn", None)
+    first_dsn = first.pop("_dsn", None) if first is not None else None
     lake_folder = scale.dir / "runs" / "lakehouse_run"
     step("mirror", external, scale, "mirror", source, lake_folder, quick)
     step("dashboard", external, scale, "dashboard", source, lake_folder, quick)
+    step("erasure", erasure, scale, source, first, first_dsn)  # last: it rewrites the first run's lake
     return out
 
 

@@ -21,6 +21,7 @@ from lakehouse import faults
 from lakehouse.config import Settings, join
 from lakehouse.landing import LEDGER, lake_fs, read_ledger
 from lakehouse.reports import StageReport
+from lakehouse.schemas import ERASED
 
 SALT_FILE = "erasure-salt"  # under the data folder, mode 0600, when LAKEHOUSE_ERASURE_SALT is unset
 TOMBSTONES = "_system/tombstones"  # one JSON file per erased id, named by its salted hash
@@ -281,20 +282,24 @@ def quarantined(ids: set[str], table: str) -> tuple[str, str]:
 
 def _anonymized_event(nonce: str) -> str:
     """SQL rewriting a raw event line (`value`): no student (its client type kept), per-person uuids replaced by a
-    hash of a nonce that is never stored (one nonce per erasure: the same session stays one session)."""
+    hash of a nonce that is never stored (one nonce per erasure: the same session stays one session), and the
+    erasure's mark."""
     uuids = ", ".join(f"'{u}'" for u in PERSON_UUIDS)
     return (
-        "to_json(transform_values(from_json(value, 'map<string,string>'), (k, v) -> CASE "
+        "to_json(map_concat(map_filter(transform_values(from_json(value, 'map<string,string>'), (k, v) -> CASE "
         f"WHEN k = 'studentId_clientType' THEN CASE WHEN v LIKE '%@%' THEN concat('@', substring_index(v, '@', -1)) "
         "END "
         f"WHEN k IN ({uuids}) AND v IS NOT NULL THEN substr(sha2(concat('{nonce}', v), 256), 1, 32) "
-        "ELSE v END))"
+        f"ELSE v END), (k, v) -> k != '{ERASED}'), map('{ERASED}', 'true')))"
     )
 
 
 def _anonymized_record() -> str:
-    """SQL rewriting a raw export record (`record`) without its StudentId."""
-    return "to_json(map_filter(from_json(record, 'map<string,string>'), (k, v) -> k != 'StudentId'))"
+    """SQL rewriting a raw export record (`record`) without its StudentId, with the erasure's mark."""
+    return (
+        "to_json(map_concat(map_filter(from_json(record, 'map<string,string>'), "
+        f"(k, v) -> k NOT IN ('StudentId', '{ERASED}')), map('{ERASED}', 'true')))"
+    )
 
 
 def erase_lake(spark: SparkSession, settings: Settings, ids: set[str], mode: str) -> dict[str, int]:
@@ -439,8 +444,8 @@ def _dw_mirrored(dsn: str) -> bool:
 
 
 def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
-    """Mirror the erased gold (facts lose the student), then drop every version of the students from dw's
-    dimension and empty the stage tables; a VACUUM removes the dead row versions from disk."""
+    """Mirror the erased gold (its facts of the students now point to the erased member), then drop every version of
+    the students from dw's dimension and empty the stage tables; a VACUUM removes the dead row versions from disk."""
     import psycopg2
 
     from lakehouse import warehouse
@@ -457,10 +462,10 @@ def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
             cur.execute("select pg_advisory_xact_lock(%s)", (warehouse.MIRROR_LOCK,))
             for load in warehouse.LOADS:
                 if not load.is_dimension and "student_id" in load.columns:
-                    # gold no longer holds the students: the mirror left none; a row that still does loses its link
+                    # gold no longer holds the students: the mirror left none; a row that still does goes to the member
                     cur.execute(
-                        f"update dw.{load.target} set student_id = null, student_sk = null where student_id = any(%s)",
-                        (sorted(ids),),
+                        f"update dw.{load.target} set student_id = %s, student_sk = %s where student_id = any(%s)",
+                        (warehouse.ERASED_MEMBER, warehouse.ERASED_MEMBER_SK, sorted(ids)),
                     )
                     counts[f"dw.{load.target}"] = cur.rowcount
             cur.execute("delete from dw.dim_student where student_id = any(%s)", (sorted(ids),))

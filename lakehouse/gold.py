@@ -33,9 +33,9 @@ STATS_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 # fmt: off
-FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "client_type", "country", "region",
-                          "city_name", "browser", "platform", "page_name", "page_category", "user_type",
-                          "session_uuid")
+FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "student_erased", "client_type",
+                          "country", "region", "city_name", "browser", "platform", "page_name", "page_category",
+                          "user_type", "session_uuid")
 STUDENT_COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
                    "course_name", "signup_source", "is_deleted", "as_of")
 # fmt: on
@@ -139,16 +139,22 @@ def dim_date(*fact_dates: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 
+def _with_erased(silver: DataFrame) -> DataFrame:
+    """A silver fact input with `student_erased` (a table written before silver carried it: false)."""
+    return silver if "student_erased" in silver.columns else silver.withColumn("student_erased", F.lit(False))
+
+
 def fact_page_view(page_views: DataFrame) -> DataFrame:
     """gold.fact_page_view: one row per distinct event, dated by the event (late events land in their day)."""
-    return page_views.select(*FACT_PAGE_VIEW_COLUMNS)
+    return _with_erased(page_views).select(*FACT_PAGE_VIEW_COLUMNS)
 
 
 def fact_session(sessions: DataFrame) -> DataFrame:
     """gold.fact_session: one row per distinct session record ever exported (kept if later exports omit it)."""
-    return sessions.select(
+    return _with_erased(sessions).select(
         F.col("record_id").alias("session_id"),
         "student_id",
+        "student_erased",
         "session_start_at",
         F.to_date("session_start_at").alias("session_date"),
         "client_type",
@@ -159,9 +165,10 @@ def fact_session(sessions: DataFrame) -> DataFrame:
 
 def fact_subscription(subscriptions: DataFrame) -> DataFrame:
     """gold.fact_subscription: one row per distinct payment record ever exported."""
-    return subscriptions.select(
+    return _with_erased(subscriptions).select(
         F.col("record_id").alias("subscription_id"),
         "student_id",
+        "student_erased",
         "payment_at",
         F.to_date("payment_at").alias("payment_date"),
         "plan_type",
@@ -172,9 +179,10 @@ def fact_subscription(subscriptions: DataFrame) -> DataFrame:
 
 def fact_subject_follow(follows: DataFrame) -> DataFrame:
     """gold.fact_subject_follow: one row per distinct follow record ever exported."""
-    return follows.select(
+    return _with_erased(follows).select(
         F.col("record_id").alias("follow_id"),
         "student_id",
+        "student_erased",
         "subject_id",
         "followed_at",
         F.to_date("followed_at").alias("followed_date"),
@@ -244,6 +252,16 @@ def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
 
 SNAPSHOTS = ("students", "courses", "universities", "subjects")
 FACT_INPUTS = ("page_views", "sessions", "subscriptions", "student_follow_subject")
+# Gold's layout, 2 since facts carry `student_erased`. Each layout commits under app ids of its own, so a table an
+# earlier layout wrote (other columns, other keys) has no marks of this one, and is rebuilt once.
+LAYOUT = 2
+
+
+def app_id(table: str) -> str:
+    """The Delta txn app id gold.<table>'s refreshes commit under (layout 1 committed as `gold.<table>`)."""
+    return f"gold.{table}@{LAYOUT}"
+
+
 CHANGED = "changed_batch_id"  # silver's column: the bronze batch in which what gold reads of a row last changed
 _RECORD_FACTS = {
     "fact_session": ("sessions", fact_session, "session_id"),
@@ -293,7 +311,7 @@ class Run:
             "gold",
             self.table,
             self.settings,
-            app_id=f"gold.{self.table}",
+            app_id=app_id(self.table),
             version=sum(self.marks.values()) if self.once else None,
             partition_by=PARTITION_BY.get(self.table, ()),
             stats=STATS_COLUMNS.get(self.table, ()),
@@ -474,7 +492,7 @@ def _students_changed(run: Run) -> DataFrame:
     the version this table last saw) against dim_student now; `old`/`new` hold their states. Raises LookupError when
     that version is no longer readable."""
     path = run.settings.table_path("gold", "dim_student")
-    seen = _seen(path, "gold.dim_student", run.seen)
+    seen = _seen(path, app_id("dim_student"), run.seen)
     if seen is None or seen < (delta.oldest_readable_version(path) or 0):  # an erasure vacuums every old version
         raise LookupError("dim_student as this table last saw it is not in the log, or no longer readable")
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
@@ -534,7 +552,7 @@ def _enriched_update(run: Run) -> None:
         return
     students, moved = found
     restate = delta.Target(
-        "gold", run.table, run.settings, app_id=f"gold.{run.table}.restate", version=run.target.version
+        "gold", run.table, run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
     )
     delta.merge_once(
         run.session,
@@ -640,8 +658,8 @@ def _silver_marks(settings: Settings) -> dict[str, int | None]:
 
 def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
     """The silver batches gold.<table> has consumed per input, from its latest commit (None: never built, or built
-    before tables recorded them: then it is built whole)."""
-    for commit in delta.app_commits(settings.table_path("gold", table), f"gold.{table}"):
+    by an earlier layout of gold: then it is built whole)."""
+    for commit in delta.app_commits(settings.table_path("gold", table), app_id(table)):
         marks = json.loads(commit.user_metadata or "{}").get("marks")
         return marks if isinstance(marks, dict) else None
     return None

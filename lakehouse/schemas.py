@@ -19,7 +19,7 @@ PAGE_VIEW_FIELDS = (
     "studentId_clientType", "type", "user_type", "uuid",
     "Page Name", "PageName", "Page Category", "PageCategory",
     "Page Category 1", "PageCategory1", "Page Category 2", "PageCategory2", "Page Category 3", "PageCategory3",
-    "Last Accessed Url", "LastAccessedUrl",
+    "Last Accessed Url", "LastAccessedUrl", "erased",
 )
 # fmt: on
 PAGE_VIEW_RAW = _strings(*PAGE_VIEW_FIELDS)
@@ -34,14 +34,17 @@ PAGE_VIEW_SPELLINGS = {
     "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl"),
 }
 
+# The mark an erasure leaves on the raw events and records it anonymizes (`"erased": "true"`): silver carries it as
+# `student_erased`, so their facts point to the warehouse's erased member, not to the anonymous one.
+ERASED = "erased"
 ENTITY_RAW = {
     "students": _strings("Id", "RegisteredDate", "State", "City", "UniversityId", "CourseId", "SignupSource"),
     "courses": _strings("Id", "Name"),
     "universities": _strings("Id", "Name"),
     "subjects": _strings("Id", "Name"),
-    "sessions": _strings("StudentId", "SessionStartTime", "StudentClient"),
-    "subscriptions": _strings("StudentId", "PaymentDate", "PlanType"),
-    "student_follow_subject": _strings("StudentId", "SubjectId", "FollowDate"),
+    "sessions": _strings("StudentId", "SessionStartTime", "StudentClient", ERASED),
+    "subscriptions": _strings("StudentId", "PaymentDate", "PlanType", ERASED),
+    "student_follow_subject": _strings("StudentId", "SubjectId", "FollowDate", ERASED),
 }
 
 # Per entity, the fields that identify a record or key the warehouse's rows (length-capped), and its date field.

@@ -14,7 +14,7 @@ from lakehouse import parsing as P
 from lakehouse.config import Settings
 from lakehouse.parsing import parse_at, parse_export_time
 from lakehouse.reports import StageReport
-from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
+from lakehouse.schemas import BR_STATES, ENTITY_RAW, ERASED, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
 
 SNAPSHOT_KEYS = {
     "students": "student_id",
@@ -57,6 +57,7 @@ PAGE_VIEW_COLUMNS = (
     "event_at",
     "event_date",
     "student_id",
+    "student_erased",
     "client_type",
     "user_type",
     "visitor_type",
@@ -123,6 +124,17 @@ def conform_state(raw: Column) -> Column:
 # --------------------------------------------------------------------------------------------------
 
 
+def _erased(r: Column) -> Column:
+    """Whether an erasure anonymized this raw event or record (its mark): its student was erased."""
+    return F.coalesce(P.nonblank(P.clean(r.getField(ERASED))) == "true", F.lit(False))
+
+
+def _erased_mark(erased: Column) -> Column:
+    """What an erased event or record adds to the text its id hashes: nothing for the others, whose ids stay as
+    they were before ids knew of erasure."""
+    return F.when(erased, F.lit(ERASED)).otherwise(F.lit(""))
+
+
 def _encoded(c: Column) -> Column:
     """`<length>:<text>`, or `~` for null: a concatenation of these is unambiguous (and cheap, unlike to_json)."""
     return F.coalesce(F.concat(F.length(c).cast("string"), F.lit(":"), c), F.lit("~"))
@@ -178,6 +190,7 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
             event_at.alias("event_at"),
             r.getField("at").alias("at_raw"),
             *(c.alias(k) for k, c in folded.items()),
+            _erased(r).alias("student_erased"),
             extra.alias("extra_fields"),
             "source_file",
             "line_number",
@@ -194,10 +207,11 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     ]
     student_id, client_type = P.student_and_client(F.col("studentId_clientType"))
     rows = raw.select(
-        F.sha2(F.concat(*(_encoded(v) for v in values)), 256).alias("event_id"),
+        F.sha2(F.concat(*(_encoded(v) for v in values), _erased_mark(F.col("student_erased"))), 256).alias("event_id"),
         "event_at",
         F.to_date("event_at").alias("event_date"),
         student_id.alias("student_id"),
+        "student_erased",
         client_type.alias("client_type"),
         *(
             (F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
@@ -371,16 +385,19 @@ def subjects(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
 _RECORD_COLUMNS = {
     "sessions": lambda r: {
         "student_id": _blank_to_null(r.StudentId),
+        "student_erased": _erased(r),
         "session_start_at": parse_export_time(P.clean(r.SessionStartTime)),
         "client_type": _blank_to_null(r.StudentClient),
     },
     "subscriptions": lambda r: {
         "student_id": _blank_to_null(r.StudentId),
+        "student_erased": _erased(r),
         "payment_at": parse_export_time(P.clean(r.PaymentDate)),
         "plan_type": _blank_to_null(r.PlanType),
     },
     "student_follow_subject": lambda r: {
         "student_id": _blank_to_null(r.StudentId),
+        "student_erased": _erased(r),
         "subject_id": _int(r.SubjectId),
         "followed_at": parse_export_time(P.clean(r.FollowDate)),
     },
@@ -392,7 +409,13 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> 
     records = _records(bronze, entity)
     batch = records.agg(F.max("batch_id").alias("_batch"))
     seen = records.select(
-        F.sha2(F.to_json(F.struct(*(c.alias(k) for k, c in cols.items()))), 256).alias("record_id"),
+        F.sha2(
+            F.concat(
+                F.to_json(F.struct(*(c.alias(k) for k, c in cols.items() if k != "student_erased"))),
+                _erased_mark(cols["student_erased"]),
+            ),
+            256,
+        ).alias("record_id"),
         *(c.alias(k) for k, c in cols.items()),
         F.struct("as_of", "delivery").alias("_first"),
         F.struct("as_of", "delivery").alias("_last"),
@@ -529,11 +552,12 @@ def _previous(rows: DataFrame, first: str) -> DataFrame:
 
 def _current(session: SparkSession, settings: Settings, table: str) -> DataFrame | None:
     """silver.<table> to build on, or None when it must be built from the whole of bronze (missing, or written before
-    it carried `changed_batch_id`)."""
+    it carried `changed_batch_id`, or `student_erased`)."""
     if not delta.table_exists(session, "silver", table, settings):
         return None
     current = delta.read_table(session, "silver", table, settings)
-    return current if CHANGED in current.columns else None
+    erasable = table == "page_views" or table in _RECORD_COLUMNS
+    return current if CHANGED in current.columns and ("student_erased" in current.columns or not erasable) else None
 
 
 def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:

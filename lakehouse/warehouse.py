@@ -92,6 +92,14 @@ def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | No
     )
 
 
+# dim_student's erased member (warehouse_sql/010): facts whose student was erased point to it; anonymous facts
+# (no student ever) keep a null key
+ERASED_MEMBER = "(erased)"
+ERASED_MEMBER_SK = 0
+_STUDENT = f"cast(coalesce(student_id, case when student_erased then '{ERASED_MEMBER}' end) as varchar) as student_id"
+# a gold fact as this layout of gold writes it: one an earlier layout wrote lacks `student_erased` (none erased)
+_STUDENT_FACT = "(from {src} union all by name select null::boolean as student_erased where false)"
+
 LOADS: tuple[Load, ...] = (
     # student_id is sorted and partitioned under collate "C": the same groups (text equality is bytewise either
     # way), a cheaper sort than under the database's collation
@@ -117,7 +125,7 @@ LOADS: tuple[Load, ...] = (
         "fact_session",
         "one row per distinct session record",
         ("student_id", "session_start_at", "client_type"),
-        "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
+        f"select {_STUDENT}, cast(session_start_at as timestamptz), client_type from {_STUDENT_FACT}",
         fact_time="session_start_at",
         depends=("dim_student",),
     ),
@@ -126,7 +134,7 @@ LOADS: tuple[Load, ...] = (
         "fact_subscription",
         "one row per distinct payment",
         ("student_id", "payment_at", "plan_type"),
-        "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
+        f"select {_STUDENT}, cast(payment_at as timestamptz), plan_type from {_STUDENT_FACT}",
         fact_time="payment_at",
         depends=("dim_student",),
     ),
@@ -135,7 +143,7 @@ LOADS: tuple[Load, ...] = (
         "fact_subject_follow",
         "one row per distinct follow of a subject by a student",
         ("student_id", "subject_id", "followed_at"),
-        "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
+        f"select {_STUDENT}, cast(subject_id as integer), cast(followed_at as timestamptz) from {_STUDENT_FACT}",
         fact_time="followed_at",
         depends=("dim_student", "dim_subject"),
     ),
@@ -144,10 +152,10 @@ LOADS: tuple[Load, ...] = (
         "fact_page_view",
         "one row per (day, student, client type, country); student null when anonymous",
         ("event_date", "student_id", "client_type", "country", "page_views", "first_event_at", "last_event_at"),
-        "select cast(event_date as date) as event_date, cast(student_id as varchar) as student_id, client_type,"
+        f"select cast(event_date as date) as event_date, {_STUDENT}, client_type,"
         " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
         " cast(max(event_at) as timestamptz) as last_event_at"
-        " from {src} group by all",
+        f" from {_STUDENT_FACT} group by all",
         fact_time="first_event_at",
         measures=(("page_views", "sum"), ("first_event_at", "min"), ("last_event_at", "max")),
         depends=("dim_student",),

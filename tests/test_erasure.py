@@ -22,6 +22,7 @@ from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.landing import land
 from lakehouse.reports import StageReport
 from lakehouse.tools.generate import generate
+from lakehouse.warehouse import first_value
 from tests.builders import new_database
 
 pytestmark = pytest.mark.timeout(1200)
@@ -89,6 +90,17 @@ def _env(settings):
     }
 
 
+def _dw_rows(settings, student: str) -> dict[str, int]:
+    """Per dw fact, the rows of `student` (page views: their sum)."""
+    with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        out = {}
+        for table in ("fact_session", "fact_subject_follow", "fact_page_view_daily"):
+            measure = "sum(page_views)" if table == "fact_page_view_daily" else "count(*)"
+            cur.execute(f"select coalesce({measure}, 0) from dw.{table} where student_id = %s", (student,))
+            out[table] = int(first_value(cur))
+        return out
+
+
 def _totals(spark, settings):
     out = {
         name: spark.read.format("delta").load(settings.table_path("gold", name)).agg({column: "sum"}).first()[0]
@@ -144,6 +156,7 @@ def world(spark, pg_server, tmp_path_factory):
         "deliveries": deliveries,
         "uuids": uuids,
         "before": _totals(spark, settings),
+        "dw_before": _dw_rows(settings, student),
     }
 
 
@@ -231,7 +244,7 @@ def test_the_warehouse_holds_no_version_of_the_student(erased):
     with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from dw.dim_student where student_id = %s", (student,))
         assert cur.fetchone()[0] == 0
-        cur.execute("select count(*) from dw.dim_student")
+        cur.execute("select count(*) from dw.dim_student where student_sk <> %s", (warehouse.ERASED_MEMBER_SK,))
         assert cur.fetchone()[0] > 0
         for table in ("fact_session", "fact_subject_follow", "fact_page_view_daily"):
             cur.execute(f"select count(*) from dw.{table} where student_id = %s", (student,))
@@ -241,6 +254,24 @@ def test_the_warehouse_holds_no_version_of_the_student(erased):
                 " (select from dw.dim_student d where d.student_sk = f.student_sk)"
             )
             assert cur.fetchone()[0] == 0, table
+
+
+def test_the_students_facts_point_to_the_erased_member(erased):
+    """What dw held of the student (sessions, follows, page views) is still counted, under the erased member: not
+    under the anonymous (null) student."""
+    settings = erased["settings"]
+    with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select student_sk, is_current from dw.dim_student where student_id = %s", (warehouse.ERASED_MEMBER,)
+        )
+        assert cur.fetchall() == [(warehouse.ERASED_MEMBER_SK, True)]
+        cur.execute(
+            "select count(*) from dw.fact_page_view_daily where (student_sk = %s) <> (student_id = %s)",
+            (warehouse.ERASED_MEMBER_SK, warehouse.ERASED_MEMBER),
+        )
+        assert cur.fetchone()[0] == 0
+    assert all(erased["dw_before"].values())
+    assert _dw_rows(settings, warehouse.ERASED_MEMBER) == erased["dw_before"]
 
 
 def test_verify_exits_non_zero_when_it_finds_the_student(erased, spark):
@@ -352,11 +383,15 @@ def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings)
     views = silver.page_views(delta.read_table(spark, "bronze", "events", settings), "t").collect()
     anonymous = [v for v in views if v["student_id"] is None]
     assert len(anonymous) == 3 and {v["client_type"] for v in anonymous} == {"Android"}
+    assert all(v["student_erased"] for v in anonymous) and not any(
+        v["student_erased"] for v in views if v["student_id"]
+    )
     assert len({v["session_uuid"] for v in anonymous}) == 2
     assert not {"s1", "s2", "i-7", "u-7"} & {v[c] for v in anonymous for c in ("session_uuid", "install_uuid", "uuid")}
     assert [v["student_id"] for v in views if v["student_id"]] == ["17"]
     record = json.loads(delta.read_table(spark, "bronze", "sessions", settings).first()["record"])
     assert "StudentId" not in record and record["SessionStartTime"] == "2017-11-10 00:40:41.000"
+    assert record["erased"] == "true"  # the mark: the session's fact points to the erased member
 
     assert erasure.erase_lake(spark, settings, {"17"}, "delete")["bronze.events"] == 1
     assert delta.read_table(spark, "bronze", "events", settings).count() == 3

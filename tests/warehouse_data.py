@@ -126,10 +126,10 @@ def _sort_key(row: tuple) -> tuple:
 
 
 def dw_history(cur, entity: str) -> list[tuple]:
-    """dw.dim_<entity> without surrogate keys, in the reference model's shape."""
+    """dw.dim_<entity> without surrogate keys, in the reference model's shape (static members, sk <= 0, left out)."""
     key = f"{entity}_id"
     cols = ", ".join((key, *DIM_ATTRS[entity], "is_deleted", "valid_from", "valid_to", "is_current"))
-    cur.execute(f"select {cols} from dw.dim_{entity}")
+    cur.execute(f"select {cols} from dw.dim_{entity} where {entity}_sk > 0")
     return sorted(cur.fetchall(), key=_sort_key)
 
 
