@@ -15,6 +15,8 @@ from lakehouse.security import free_port
 from tests.builders import wait_port
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: each its own Prefect home (database, settings)
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix=f"prefect-{os.environ['PYTEST_XDIST_WORKER']}-"))
 
 # fixtures that live with what they fake: the GCS emulator, the Drive fake
 pytest_plugins = ["tests.gcs_emulator", "tests.fake_drive"]
