@@ -694,6 +694,7 @@ def _write(
 ) -> dict:
     """Refresh one gold table on `session`: built whole when new, unreadable as before, or on a full refresh;
     otherwise kept from what changed."""
+    started = time.monotonic()
     run = Run(session, settings, table.name, seen or {}, reach, once=seen != reach)
     if full_refresh or seen is None or not delta.table_exists(session, "gold", table.name, settings):
         delta.overwrite(table.build(run), run.target)
@@ -708,6 +709,7 @@ def _write(
         "version": run.target.version,
         "rows_in": rows_in,
         "rows_out": delta.rows_written(run.target.path),
+        "seconds": round(time.monotonic() - started, 3),  # side by side with the phase's other writes
     }
 
 

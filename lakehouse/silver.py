@@ -563,6 +563,7 @@ def _current(session: SparkSession, settings: Settings, table: str) -> DataFrame
 def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:
     """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots replace the deliveries
     from the first new one on, record tables fold the new exports into their rows."""
+    started = time.monotonic()
     source = _source(table)
     bronze_path = settings.table_path("bronze", source)
     lag = _lag(settings, table)
@@ -613,6 +614,7 @@ def _write(session: SparkSession, settings: Settings, table: str, run_id: str, f
         "batch": upto,
         "rows_in": delta.rows_committed(bronze_path, f"bronze.{source}", since, upto),
         "rows_out": delta.rows_written(target.path),
+        "seconds": round(time.monotonic() - started, 3),  # side by side with the layer's other writes
     }
 
 
