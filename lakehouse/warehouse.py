@@ -67,9 +67,14 @@ class Load:
         return self.key is not None
 
 
+def _key_cast(key: str) -> str:
+    """A dimension key as the warehouse types it: the student id is text, the other ids are integers."""
+    return f"cast({key} as {'varchar' if key == 'student_id' else 'integer'})"
+
+
 def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | None = None) -> Load:
     key = f"{entity}_id"
-    key_sql = f"cast({key} as varchar)" if entity == "student" else f"cast({key} as integer)"
+    key_sql = _key_cast(key)
     columns = (key, *attributes, "is_deleted", "as_of", "delivery")
     attrs = [f"cast({a} as timestamptz) as {a}" if a.endswith("_at") else a for a in attributes]
     select = ", ".join(
@@ -89,6 +94,23 @@ def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | No
         f"select {select} from {{src}}",
         key=key,
         key_collation=key_collation,
+    )
+
+
+def _record_fact(name: str, grain: str, columns: tuple[str, ...]) -> Load:
+    """A fact of one row per distinct source record, dated by its one `_at` column; its `_id` columns are the keys of
+    the dimensions it carries."""
+    keys = [c for c in columns if c.endswith("_id")]
+    (time,) = [c for c in columns if c.endswith("_at")]
+    staged = [_key_cast(c) if c in keys else f"cast({c} as timestamptz)" if c == time else c for c in columns]
+    return Load(
+        name,
+        name,
+        grain,
+        columns,
+        f"select {', '.join(staged)} from {{src}}",
+        fact_time=time,
+        depends=tuple(f"dim_{k.removesuffix('_id')}" for k in keys),
     )
 
 
@@ -112,32 +134,14 @@ LOADS: tuple[Load, ...] = (
     _dimension("course", ("course_name",)),
     _dimension("university", ("university_name",)),
     _dimension("subject", ("subject_name",)),
-    Load(
-        "fact_session",
-        "fact_session",
-        "one row per distinct session record",
-        ("student_id", "session_start_at", "client_type"),
-        "select cast(student_id as varchar), cast(session_start_at as timestamptz), client_type from {src}",
-        fact_time="session_start_at",
-        depends=("dim_student",),
+    _record_fact(
+        "fact_session", "one row per distinct session record", ("student_id", "session_start_at", "client_type")
     ),
-    Load(
-        "fact_subscription",
-        "fact_subscription",
-        "one row per distinct payment",
-        ("student_id", "payment_at", "plan_type"),
-        "select cast(student_id as varchar), cast(payment_at as timestamptz), plan_type from {src}",
-        fact_time="payment_at",
-        depends=("dim_student",),
-    ),
-    Load(
-        "fact_subject_follow",
+    _record_fact("fact_subscription", "one row per distinct payment", ("student_id", "payment_at", "plan_type")),
+    _record_fact(
         "fact_subject_follow",
         "one row per distinct follow of a subject by a student",
         ("student_id", "subject_id", "followed_at"),
-        "select cast(student_id as varchar), cast(subject_id as integer), cast(followed_at as timestamptz) from {src}",
-        fact_time="followed_at",
-        depends=("dim_student", "dim_subject"),
     ),
     Load(
         "fact_page_view_daily",
