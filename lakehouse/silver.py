@@ -324,7 +324,7 @@ def snapshot_history(present: DataFrame, key: str, prior: DataFrame | None = Non
     )
 
 
-def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) -> DataFrame:
+def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """The table's rows from the first delivery in `bronze` on. `previous`: the table as it was, or just its rows from
     the latest delivery before that one on (all a new export is compared with)."""
     key = SNAPSHOT_KEYS[entity]
@@ -348,24 +348,12 @@ def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) 
     return history.crossJoin(F.broadcast(bounds.select(CHANGED)))
 
 
-def students(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.students: one row per student per students delivery from its first, with deletion markers."""
-    return _snapshot_table("students", bronze, previous)
-
-
-def courses(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.courses: one row per course per courses delivery from its first, with deletion markers."""
-    return _snapshot_table("courses", bronze, previous)
-
-
-def universities(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.universities: one row per university per delivery from its first, with deletion markers."""
-    return _snapshot_table("universities", bronze, previous)
-
-
-def subjects(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.subjects: one row per subject per subjects delivery from its first, with deletion markers."""
-    return _snapshot_table("subjects", bronze, previous)
+# silver.students, courses, universities, subjects: one row per key per delivery of its entity from the key's first,
+# with deletion markers; each takes the bronze rows and, for an incremental refresh, the previous silver rows
+students = partial(_snapshot_table, "students")
+courses = partial(_snapshot_table, "courses")
+universities = partial(_snapshot_table, "universities")
+subjects = partial(_snapshot_table, "subjects")
 
 
 _RECORD_COLUMNS = {
@@ -387,7 +375,7 @@ _RECORD_COLUMNS = {
 }
 
 
-def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> DataFrame:
+def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
     cols = _RECORD_COLUMNS[entity](F.col("r"))
     records = _records(bronze, entity)
     batch = records.agg(F.max("batch_id").alias("_batch"))
@@ -440,19 +428,11 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> 
     )
 
 
-def sessions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.sessions: one row per distinct session record over all deliveries, first/last seen, is_deleted."""
-    return _record_table("sessions", bronze, current)
-
-
-def subscriptions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.subscriptions: one row per distinct payment record over all deliveries, first/last seen."""
-    return _record_table("subscriptions", bronze, current)
-
-
-def student_follow_subject(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.student_follow_subject: one row per distinct follow record over all deliveries, first/last seen."""
-    return _record_table("student_follow_subject", bronze, current)
+# silver.sessions, subscriptions, student_follow_subject: one row per distinct record over all deliveries, first and
+# last seen, is_deleted; each takes the bronze rows and, for an incremental refresh, the current silver rows
+sessions = partial(_record_table, "sessions")
+subscriptions = partial(_record_table, "subscriptions")
+student_follow_subject = partial(_record_table, "student_follow_subject")
 
 
 TRANSFORMS = {
