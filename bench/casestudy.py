@@ -8,7 +8,6 @@ Usage: python -m bench.casestudy --source DIR --dsn DSN --workdir DIR
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -219,13 +218,12 @@ def run(source: Path, dsn: str | None, workdir: Path, master: str = "local[*]") 
 def insert_row_by_row(dsn: str, frames: dict) -> dict:
     """One `INSERT` per row, as the case study loaded its warehouse (schema `casestudy`, replaced)."""
     import pandas as pd
-    import psycopg2
 
-    conn = psycopg2.connect(dsn)
+    from bench.common import fresh_schema
+
+    conn = fresh_schema(dsn, "casestudy")
     counts = {}
     try:
-        with conn, conn.cursor() as cur:
-            cur.execute("drop schema if exists casestudy cascade; create schema casestudy")
         for name, frame in frames.items():
             cols = list(frame.columns)
             with conn, conn.cursor() as cur:
@@ -242,14 +240,9 @@ def insert_row_by_row(dsn: str, frames: dict) -> dict:
 
 
 def main() -> None:
-    from bench.common import emit
+    from bench.common import baseline_parser, emit
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument(
-        "--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load"
-    )
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser = baseline_parser(__doc__)
     parser.add_argument("--master", default="local[*]")
     args = parser.parse_args()
     emit(run(args.source.resolve(), args.dsn, args.workdir.resolve(), args.master))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -26,6 +27,17 @@ def emit(result: dict) -> None:
     """Print a contender's result as the one line the harness reads back."""
     sys.stdout.write(RESULT_PREFIX + json.dumps(result, default=str) + "\n")
     sys.stdout.flush()
+
+
+def baseline_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every baseline script takes: --source, --dsn (default $BENCH_PG_DSN), --workdir."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True)
+    parser.add_argument(
+        "--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load"
+    )
+    parser.add_argument("--workdir", type=Path, required=True)
+    return parser
 
 
 def read_result(stdout: str) -> dict | None:
@@ -242,6 +254,20 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "not installed"
+
+
+def fresh_schema(dsn: str, schema: str):
+    """A PostgreSQL connection whose open transaction has dropped `schema` and created it again, empty."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"drop schema if exists {schema} cascade; create schema {schema}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def machine() -> dict:

@@ -7,15 +7,13 @@ Usage: python -m bench.duckdb_pipeline --source DIR --dsn DSN --workdir DIR
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
 import duckdb
 
-from lakehouse.schemas import BR_STATES
+from lakehouse.schemas import BR_STATES, PAGE_VIEW_SPELLINGS
 
 AT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]?\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
@@ -29,12 +27,7 @@ EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "student_client": ("studentId_clientType",),
     "user_type": ("custom_4",),
     "visitor_type": ("user_type",),
-    "page_name": ("Page Name", "PageName"),
-    "page_category": ("Page Category", "PageCategory"),
-    "page_category_1": ("Page Category 1", "PageCategory1"),
-    "page_category_2": ("Page Category 2", "PageCategory2"),
-    "page_category_3": ("Page Category 3", "PageCategory3"),
-    "last_accessed_url": ("Last Accessed Url", "LastAccessedUrl"),
+    **PAGE_VIEW_SPELLINGS,
     "first_accessed_page": ("first-accessed-page",),
     "university_name": ("custom_1",),
     "course_name": ("custom_2",),
@@ -271,14 +264,13 @@ def build(con: duckdb.DuckDBPyConnection, source: Path, timings: dict) -> dict:
 
 def load(con: duckdb.DuckDBPyConnection, dsn: str, workdir: Path, timings: dict) -> dict:
     """COPY the dims, facts and marts into PostgreSQL (schema `duck`, replaced); returns rows loaded per table."""
-    import psycopg2
+    from bench.common import fresh_schema
 
     t = time.perf_counter()
-    pg = psycopg2.connect(dsn)
+    pg = fresh_schema(dsn, "duck")
     loaded = {}
     try:
         with pg, pg.cursor() as cur:
-            cur.execute("drop schema if exists duck cascade; create schema duck")
             for name, select in LOADS.items():
                 rel = con.sql(select)
                 cols = ", ".join(f'"{c}" {PG_TYPES.get(str(ty), "text")}' for c, ty in zip(rel.columns, rel.types))
@@ -320,14 +312,9 @@ def run(source: Path, dsn: str | None, workdir: Path, threads: int | None = None
 
 
 def main() -> None:
-    from bench.common import emit
+    from bench.common import baseline_parser, emit
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, required=True)
-    parser.add_argument(
-        "--dsn", default=os.environ.get("BENCH_PG_DSN"), help="PostgreSQL DSN (default: $BENCH_PG_DSN); none: no load"
-    )
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser = baseline_parser(__doc__)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     emit(run(args.source.resolve(), args.dsn, args.workdir.resolve(), args.threads))

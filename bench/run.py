@@ -228,28 +228,16 @@ def lakehouse_run(
     return _with_db_error(result, db_error)
 
 
-def duckdb_script(scale: Scale, source: Path) -> dict:
-    folder = scale.workspace("duckdb")
-    dsn, db_error = scale.database("duckdb")
+def baseline(name: str, module: str, scale: Scale, source: Path) -> dict:
+    """A baseline script (`python -m MODULE`) over the same source, in its own workspace and database."""
+    folder = scale.workspace(name)
+    dsn, db_error = scale.database(name)
     env = {"BENCH_PG_DSN": dsn} if dsn else {}
     result = run_measured(
-        [str(PYTHON), "-m", "bench.duckdb_pipeline", "--source", str(source), "--workdir", str(folder)],
+        [str(PYTHON), "-m", module, "--source", str(source), "--workdir", str(folder)],
         env=env,
         timeout=scale.timeout,
-        log=scale.logs / "duckdb.log",
-    )
-    return _with_db_error(result, db_error)
-
-
-def casestudy(scale: Scale, source: Path) -> dict:
-    folder = scale.workspace("casestudy")
-    dsn, db_error = scale.database("casestudy")
-    env = {"BENCH_PG_DSN": dsn} if dsn else {}
-    result = run_measured(
-        [str(PYTHON), "-m", "bench.casestudy", "--source", str(source), "--workdir", str(folder)],
-        env=env,
-        timeout=scale.timeout,
-        log=scale.logs / "casestudy.log",
+        log=scale.logs / f"{name}.log",
     )
     return _with_db_error(result, db_error)
 
@@ -441,9 +429,9 @@ def bench_scale(
 
     step("pipeline_stages", pipeline_stages, scale, source)
     first = step("lakehouse_run", lakehouse_run, scale, source)
-    step("duckdb", duckdb_script, scale, source)
+    step("duckdb", baseline, "duckdb", "bench.duckdb_pipeline", scale, source)
     if events <= casestudy_max:
-        step("casestudy", casestudy, scale, source)
+        step("casestudy", baseline, "casestudy", "bench.casestudy", scale, source)
     elif "casestudy" in wanted:
         c["casestudy"] = {
             "ok": False,

@@ -24,7 +24,7 @@ from lakehouse import parsing as P
 from lakehouse.config import Settings, join
 from lakehouse.delta import Target, append_once, last_txn_version, write_tables
 from lakehouse.erasure import mark_erased, scrub_landing, tombstoned
-from lakehouse.landing import lake_fs, read_ledger
+from lakehouse.landing import lake_fs, lake_listing, read_ledger
 from lakehouse.reports import StageReport
 from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
 
@@ -530,13 +530,8 @@ def _name_the_file(
 
 def read_set_aside(settings: Settings) -> dict[tuple[int, str], dict[str, Any]]:
     """The landed files set aside, by (batch, landed path), as the fields they give their ledger entry."""
-    fs, root = lake_fs(settings)
-    folder = join(root, SET_ASIDE)
-    fs.invalidate_cache(folder)
-    try:
-        paths = [n for n in fs.ls(folder, detail=False) if n.endswith(".json")]
-    except FileNotFoundError:
-        return {}
+    fs, names = lake_listing(settings, SET_ASIDE)
+    paths = [n for n in names if n.endswith(".json")]
     blobs = fs.cat(paths) if paths else {}
     records = [json.loads(blobs[p]) for p in paths]
     return {(r["batch_id"], r["landed_path"]): {"file_reason": "set_aside", "head": None} for r in records}

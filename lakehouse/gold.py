@@ -149,46 +149,32 @@ def fact_page_view(page_views: DataFrame) -> DataFrame:
     return _with_erased(page_views).select(*FACT_PAGE_VIEW_COLUMNS)
 
 
-def fact_session(sessions: DataFrame) -> DataFrame:
-    """gold.fact_session: one row per distinct session record ever exported (kept if later exports omit it)."""
-    return _with_erased(sessions).select(
-        F.col("record_id").alias("session_id"),
-        "student_id",
-        "student_erased",
-        "session_start_at",
-        F.to_date("session_start_at").alias("session_date"),
-        "client_type",
-        "first_as_of",
-        "is_deleted",
+def _per_record(records: DataFrame, record: str, *columns: str | Column) -> DataFrame:
+    """One row per distinct record ever exported (kept if later exports omit it): `<record>_id`, its student
+    (`student_id`, `student_erased`), the columns, when it was first seen and whether it is deleted."""
+    return _with_erased(records).select(
+        F.col("record_id").alias(f"{record}_id"), "student_id", "student_erased", *columns, "first_as_of", "is_deleted"
     )
+
+
+def _dated(time: str, date: str) -> tuple[str, Column]:
+    """A time column and its day."""
+    return time, F.to_date(time).alias(date)
+
+
+def fact_session(sessions: DataFrame) -> DataFrame:
+    """gold.fact_session: one row per distinct session record ever exported."""
+    return _per_record(sessions, "session", *_dated("session_start_at", "session_date"), "client_type")
 
 
 def fact_subscription(subscriptions: DataFrame) -> DataFrame:
     """gold.fact_subscription: one row per distinct payment record ever exported."""
-    return _with_erased(subscriptions).select(
-        F.col("record_id").alias("subscription_id"),
-        "student_id",
-        "student_erased",
-        "payment_at",
-        F.to_date("payment_at").alias("payment_date"),
-        "plan_type",
-        "first_as_of",
-        "is_deleted",
-    )
+    return _per_record(subscriptions, "subscription", *_dated("payment_at", "payment_date"), "plan_type")
 
 
 def fact_subject_follow(follows: DataFrame) -> DataFrame:
     """gold.fact_subject_follow: one row per distinct follow record ever exported."""
-    return _with_erased(follows).select(
-        F.col("record_id").alias("follow_id"),
-        "student_id",
-        "student_erased",
-        "subject_id",
-        "followed_at",
-        F.to_date("followed_at").alias("followed_date"),
-        "first_as_of",
-        "is_deleted",
-    )
+    return _per_record(follows, "follow", "subject_id", *_dated("followed_at", "followed_date"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,16 +461,18 @@ def _activity(
 # -- marts -----------------------------------------------------------------------------------
 
 
-def _mart_update(
-    column: str, rows: Callable[[Run], DataFrame], touched: Callable[[DataFrame], Column]
-) -> Callable[[Run], None]:
-    """Recompute the mart's groups the new events touch (their days, months, user types) from `rows`."""
+def _mart(name: str, transform: Callable[[DataFrame], DataFrame], source: str, column: str, touched: str) -> GoldTable:
+    """A mart built by `transform` from one gold table; an update recomputes the groups of `column` the new events
+    touch (`touched`: a SQL expression over the new page views giving their days, months, user types)."""
+
+    def rows(run: Run) -> DataFrame:
+        return transform(run.gold(source))
 
     def update(run: Run) -> None:
         new = fact_page_view(run.changed("page_views"))
-        _replace_groups(run, rows(run), column, _touched(new.select(touched(new).alias(column)), column))
+        _replace_groups(run, rows(run), column, _touched(new.select(F.expr(touched).alias(column)), column))
 
-    return update
+    return GoldTable(name, ("page_views",), rows, update)
 
 
 def _students_changed(run: Run) -> DataFrame:
@@ -600,36 +588,15 @@ PHASES: tuple[tuple[GoldTable, ...], ...] = (
         _current_table("dim_subject", "dim_subject_history", ("subjects",), dim_subject),
         _current_table("dim_student", "dim_student_history", _STUDENT_INPUTS, dim_student),
         GoldTable("dim_date", FACT_INPUTS, lambda run: dim_date(*_dates(run, run.silver)), _dim_date_update),
-        GoldTable(
-            "mart_daily_activity",
-            ("page_views",),
-            lambda run: mart_daily_activity(run.gold("fact_page_view")),
-            _mart_update(
-                "event_date",
-                lambda run: mart_daily_activity(run.gold("fact_page_view")),
-                lambda new: F.col("event_date"),
-            ),
-        ),
-        GoldTable(
+        _mart("mart_daily_activity", mart_daily_activity, "fact_page_view", "event_date", "event_date"),
+        _mart(
             "mart_country_access",
-            ("page_views",),
-            lambda run: mart_country_access(run.gold("activity_by_country_student")),
-            _mart_update(
-                "month",
-                lambda run: mart_country_access(run.gold("activity_by_country_student")),
-                lambda new: F.trunc("event_date", "month"),
-            ),
+            mart_country_access,
+            "activity_by_country_student",
+            "month",
+            "trunc(event_date, 'month')",
         ),
-        GoldTable(
-            "mart_users_by_type",
-            ("page_views",),
-            lambda run: mart_users_by_type(run.gold("activity_by_student")),
-            _mart_update(
-                "user_type",
-                lambda run: mart_users_by_type(run.gold("activity_by_student")),
-                lambda new: F.col("user_type"),
-            ),
-        ),
+        _mart("mart_users_by_type", mart_users_by_type, "activity_by_student", "user_type", "user_type"),
     ),
     (
         GoldTable(

@@ -29,6 +29,17 @@ def lake_fs(settings: Settings) -> tuple[Any, str]:
     return storage.filesystem(settings.lake_url, settings)
 
 
+def lake_listing(settings: Settings, folder: str) -> tuple[Any, list[str]]:
+    """The lake's filesystem and what one of its folders holds now (no cached listing); nothing if it is absent."""
+    fs, root = lake_fs(settings)
+    path = join(root, folder)
+    fs.invalidate_cache(path)
+    try:
+        return fs, fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return fs, []
+
+
 def _safe(name: str) -> str:
     """A path segment Hadoop and Spark read as is: no ':' or glob characters, not hidden (`_`, `.`)."""
     name = _UNSAFE.sub("_", name)
@@ -42,13 +53,7 @@ def landed_path(f: SourceFile, sha256: str) -> str:
 
 def read_ledger(settings: Settings) -> list[dict[str, Any]]:
     """Every committed batch manifest, in batch order."""
-    fs, root = lake_fs(settings)
-    folder = join(root, LEDGER)
-    fs.invalidate_cache(folder)
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return []
+    fs, names = lake_listing(settings, LEDGER)
     paths = sorted(n for n in names if _MANIFEST.search(n.rsplit("/", 1)[-1]))
     if not paths:
         return []

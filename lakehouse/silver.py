@@ -25,7 +25,8 @@ SNAPSHOT_KEYS = {
 RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
 # Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
 PARTITION_BY: dict[str, tuple[str, ...]] = {"page_views": ("event_date",)}
-PROVENANCE = ("at_raw", "source_file", "line_number", "delivery", "as_of", "batch_id", "run_id", "loaded_at")
+_ORIGIN = ("source_file", "line_number", "delivery", "as_of", "batch_id")  # where a bronze line came from
+PROVENANCE = ("at_raw", *_ORIGIN, "run_id", "loaded_at")
 # Every silver table carries `changed_batch_id`: the bronze batch in which what gold reads of the row last changed (a
 # page view: the first batch holding the event; a snapshot row: the batch whose delivery rewrote it). Gold reads the
 # rows changed since its own watermark by this column, so Delta statistics are kept on it (STATS_COLUMNS).
@@ -170,21 +171,13 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         bronze_events.select(
             P.json_text(F.col("value")).alias("_text"),
             P.may_hold_control(F.col("value")).alias("_control"),
-            "source_file",
-            "line_number",
-            "delivery",
-            "as_of",
-            "batch_id",
+            *_ORIGIN,
         )
         .select(
             F.when(control, cleaned).otherwise(parsed).alias("r"),
             "_text",
             "_control",
-            "source_file",
-            "line_number",
-            "delivery",
-            "as_of",
-            "batch_id",
+            *_ORIGIN,
         )
         .select(
             event_at.alias("event_at"),
@@ -192,11 +185,7 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
             *(c.alias(k) for k, c in folded.items()),
             _erased(r).alias("student_erased"),
             extra.alias("extra_fields"),
-            "source_file",
-            "line_number",
-            "delivery",
-            "as_of",
-            "batch_id",
+            *_ORIGIN,
         )
     )
     # The identity of an event is its values (spellings folded, `at` as an instant), not where it was delivered.
@@ -220,11 +209,7 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         ),
         "extra_fields",
         "at_raw",
-        "source_file",
-        "line_number",
-        "delivery",
-        "as_of",
-        "batch_id",
+        *_ORIGIN,
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("loaded_at"),
     )
@@ -338,7 +323,7 @@ def snapshot_history(present: DataFrame, key: str, prior: DataFrame | None = Non
     )
 
 
-def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) -> DataFrame:
+def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
     """The table's rows from the first delivery in `bronze` on. `previous`: the table as it was, or just its rows from
     the latest delivery before that one on (all a new export is compared with)."""
     key = SNAPSHOT_KEYS[entity]
@@ -362,24 +347,12 @@ def _snapshot_table(entity: str, bronze: DataFrame, previous: DataFrame | None) 
     return history.crossJoin(F.broadcast(bounds.select(CHANGED)))
 
 
-def students(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.students: one row per student per students delivery from its first, with deletion markers."""
-    return _snapshot_table("students", bronze, previous)
-
-
-def courses(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.courses: one row per course per courses delivery from its first, with deletion markers."""
-    return _snapshot_table("courses", bronze, previous)
-
-
-def universities(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.universities: one row per university per delivery from its first, with deletion markers."""
-    return _snapshot_table("universities", bronze, previous)
-
-
-def subjects(bronze: DataFrame, previous: DataFrame | None = None) -> DataFrame:
-    """silver.subjects: one row per subject per subjects delivery from its first, with deletion markers."""
-    return _snapshot_table("subjects", bronze, previous)
+# silver.students, courses, universities, subjects: one row per key per delivery of its entity from the key's first,
+# with deletion markers; each takes the bronze rows and, for an incremental refresh, the previous silver rows
+students = partial(_snapshot_table, "students")
+courses = partial(_snapshot_table, "courses")
+universities = partial(_snapshot_table, "universities")
+subjects = partial(_snapshot_table, "subjects")
 
 
 _RECORD_COLUMNS = {
@@ -404,7 +377,7 @@ _RECORD_COLUMNS = {
 }
 
 
-def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> DataFrame:
+def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
     cols = _RECORD_COLUMNS[entity](F.col("r"))
     records = _records(bronze, entity)
     batch = records.agg(F.max("batch_id").alias("_batch"))
@@ -463,19 +436,11 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None) -> 
     )
 
 
-def sessions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.sessions: one row per distinct session record over all deliveries, first/last seen, is_deleted."""
-    return _record_table("sessions", bronze, current)
-
-
-def subscriptions(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.subscriptions: one row per distinct payment record over all deliveries, first/last seen."""
-    return _record_table("subscriptions", bronze, current)
-
-
-def student_follow_subject(bronze: DataFrame, current: DataFrame | None = None) -> DataFrame:
-    """silver.student_follow_subject: one row per distinct follow record over all deliveries, first/last seen."""
-    return _record_table("student_follow_subject", bronze, current)
+# silver.sessions, subscriptions, student_follow_subject: one row per distinct record over all deliveries, first and
+# last seen, is_deleted; each takes the bronze rows and, for an incremental refresh, the current silver rows
+sessions = partial(_record_table, "sessions")
+subscriptions = partial(_record_table, "subscriptions")
+student_follow_subject = partial(_record_table, "student_follow_subject")
 
 
 TRANSFORMS = {

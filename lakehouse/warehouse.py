@@ -67,9 +67,14 @@ class Load:
         return self.key is not None
 
 
+def _key_cast(key: str) -> str:
+    """A dimension key as the warehouse types it: the student id is text, the other ids are integers."""
+    return f"cast({key} as {'varchar' if key == 'student_id' else 'integer'})"
+
+
 def _dimension(entity: str, attributes: tuple[str, ...], key_collation: str | None = None) -> Load:
     key = f"{entity}_id"
-    key_sql = f"cast({key} as varchar)" if entity == "student" else f"cast({key} as integer)"
+    key_sql = _key_cast(key)
     columns = (key, *attributes, "is_deleted", "as_of", "delivery")
     attrs = [f"cast({a} as timestamptz) as {a}" if a.endswith("_at") else a for a in attributes]
     select = ", ".join(
@@ -100,6 +105,31 @@ _STUDENT = f"cast(coalesce(student_id, case when student_erased then '{ERASED_ME
 # a gold fact as this layout of gold writes it: one an earlier layout wrote lacks `student_erased` (none erased)
 _STUDENT_FACT = "(from {src} union all by name select null::boolean as student_erased where false)"
 
+
+def _record_fact(name: str, grain: str, columns: tuple[str, ...]) -> Load:
+    """A fact of one row per distinct source record, dated by its one `_at` column; its `_id` columns are the keys of
+    the dimensions it carries."""
+    keys = [c for c in columns if c.endswith("_id")]
+    (time,) = [c for c in columns if c.endswith("_at")]
+
+    def staged(column: str) -> str:
+        if column == "student_id":
+            return _STUDENT  # an erased learner's rows under the erased member
+        if column in keys:
+            return _key_cast(column)
+        return f"cast({column} as timestamptz)" if column == time else column
+
+    return Load(
+        name,
+        name,
+        grain,
+        columns,
+        f"select {', '.join(map(staged, columns))} from {_STUDENT_FACT}",
+        fact_time=time,
+        depends=tuple(f"dim_{k.removesuffix('_id')}" for k in keys),
+    )
+
+
 LOADS: tuple[Load, ...] = (
     # student_id is sorted and partitioned under collate "C": the same groups (text equality is bytewise either
     # way), a cheaper sort than under the database's collation
@@ -120,32 +150,14 @@ LOADS: tuple[Load, ...] = (
     _dimension("course", ("course_name",)),
     _dimension("university", ("university_name",)),
     _dimension("subject", ("subject_name",)),
-    Load(
-        "fact_session",
-        "fact_session",
-        "one row per distinct session record",
-        ("student_id", "session_start_at", "client_type"),
-        f"select {_STUDENT}, cast(session_start_at as timestamptz), client_type from {_STUDENT_FACT}",
-        fact_time="session_start_at",
-        depends=("dim_student",),
+    _record_fact(
+        "fact_session", "one row per distinct session record", ("student_id", "session_start_at", "client_type")
     ),
-    Load(
-        "fact_subscription",
-        "fact_subscription",
-        "one row per distinct payment",
-        ("student_id", "payment_at", "plan_type"),
-        f"select {_STUDENT}, cast(payment_at as timestamptz), plan_type from {_STUDENT_FACT}",
-        fact_time="payment_at",
-        depends=("dim_student",),
-    ),
-    Load(
-        "fact_subject_follow",
+    _record_fact("fact_subscription", "one row per distinct payment", ("student_id", "payment_at", "plan_type")),
+    _record_fact(
         "fact_subject_follow",
         "one row per distinct follow of a subject by a student",
         ("student_id", "subject_id", "followed_at"),
-        f"select {_STUDENT}, cast(subject_id as integer), cast(followed_at as timestamptz) from {_STUDENT_FACT}",
-        fact_time="followed_at",
-        depends=("dim_student", "dim_subject"),
     ),
     Load(
         "fact_page_view_daily",

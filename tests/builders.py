@@ -4,43 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
-
 from lakehouse import delta
+from lakehouse.config import PROJECT_ROOT
 from lakehouse.security import wait_listening
 
-EVENTS_BRONZE = StructType(
-    [
-        StructField("value", StringType()),
-        StructField("at_raw", StringType()),
-        StructField("source_file", StringType()),
-        StructField("landed_path", StringType()),
-        StructField("line_number", LongType()),
-        StructField("delivery", StringType()),
-        StructField("as_of", TimestampType()),
-        StructField("batch_id", LongType()),
-        StructField("landed_at", TimestampType()),
-        StructField("run_id", StringType()),
-    ]
+_BRONZE_META = (
+    "source_file string, landed_path string, line_number bigint, delivery string, as_of timestamp, batch_id bigint,"
+    " landed_at timestamp, run_id string"
 )
-ENTITY_BRONZE = StructType(
-    [
-        StructField("record", StringType()),
-        StructField("source_file", StringType()),
-        StructField("landed_path", StringType()),
-        StructField("line_number", LongType()),
-        StructField("delivery", StringType()),
-        StructField("as_of", TimestampType()),
-        StructField("batch_id", LongType()),
-        StructField("landed_at", TimestampType()),
-        StructField("run_id", StringType()),
-    ]
-)
+EVENTS_BRONZE = f"value string, at_raw string, {_BRONZE_META}"
+ENTITY_BRONZE = f"record string, {_BRONZE_META}"
 T0 = datetime(2020, 1, 1)
 
 
@@ -58,6 +37,11 @@ def event_rows(spark, lines, batch=1):
     return spark.createDataFrame(rows, EVENTS_BRONZE)
 
 
+def in_file(delivery, file, *texts):
+    """Event lines delivered one after another in one file, numbered from 1, as event_rows takes them."""
+    return [(text, delivery, file, n) for n, text in enumerate(texts, 1)]
+
+
 def entity_rows(spark, entity, deliveries, batch=1):
     """deliveries: {delivery: [record dict, ...]} -> bronze.<entity> rows."""
     rows = [
@@ -66,6 +50,14 @@ def entity_rows(spark, entity, deliveries, batch=1):
         for i, rec in enumerate(recs)
     ]
     return spark.createDataFrame(rows, ENTITY_BRONZE)
+
+
+def names(spark, entity, deliveries):
+    """Silver snapshot rows of a named entity: {delivery: [(id, name, is_deleted), ...]}."""
+    rows = [(*row, d, as_of(d)) for d, recs in deliveries.items() for row in recs]
+    return spark.createDataFrame(
+        rows, f"{entity}_id int, {entity}_name string, is_deleted boolean, delivery string, as_of timestamp"
+    )
 
 
 def _null_safe(row):
@@ -139,6 +131,25 @@ def commits(spark, settings, layer, table):
     return DeltaTable.forPath(spark, settings.table_path(layer, table)).history().count()
 
 
+# student 1 after moving to Contagem (MG): unchanged in the last two deliveries
+STUDENT_1_MOVED = {
+    "Id": "1",
+    "RegisteredDate": "2017-08-22 13:37:20.000",
+    "State": "MG",
+    "City": "Contagem",
+    "UniversityId": 10,
+    "CourseId": 20,
+    "SignupSource": "Google",
+}
+STUDENT_2 = {
+    "Id": "2",
+    "RegisteredDate": "2017-09-01 00:00:00.000",
+    "State": "São Paulo",
+    "City": "Santos",
+    "UniversityId": "11",
+    "CourseId": 21,
+    "SignupSource": None,
+}
 STUDENTS = {
     "2017-11-16": [
         {
@@ -150,24 +161,8 @@ STUDENTS = {
             "CourseId": "20",
             "SignupSource": "Google",
         },
-        {
-            "Id": "2",
-            "RegisteredDate": "2017-09-01 00:00:00.000",
-            "State": "São Paulo",
-            "City": "Santos",
-            "UniversityId": "11",
-            "CourseId": 21,
-            "SignupSource": None,
-        },
-        {
-            "Id": "2",
-            "RegisteredDate": "2017-09-01 00:00:00.000",
-            "State": "São Paulo",
-            "City": "Santos",
-            "UniversityId": "11",
-            "CourseId": 21,
-            "SignupSource": None,
-        },
+        STUDENT_2,
+        STUDENT_2,  # the same record twice in one delivery
         {
             "Id": "3",
             "RegisteredDate": "2017-10-01 00:00:00.000",
@@ -177,27 +172,11 @@ STUDENTS = {
         },
     ],
     "2017-11-17": [
-        {
-            "Id": "1",
-            "RegisteredDate": "2017-08-22 13:37:20.000",
-            "State": "MG",
-            "City": "Contagem",
-            "UniversityId": 10,
-            "CourseId": 20,
-            "SignupSource": "Google",
-        },
+        STUDENT_1_MOVED,
         {"Id": "3", "RegisteredDate": "2017-10-01 00:00:00.000", "State": "RJ", "UniversityId": 10, "CourseId": 20},
     ],
     "2017-11-18T06:00:00": [
-        {
-            "Id": "1",
-            "RegisteredDate": "2017-08-22 13:37:20.000",
-            "State": "MG",
-            "City": "Contagem",
-            "UniversityId": 10,
-            "CourseId": 20,
-            "SignupSource": "Google",
-        },
+        STUDENT_1_MOVED,
         {
             "Id": "2",
             "RegisteredDate": "2017-09-01 00:00:00.000",
@@ -218,6 +197,18 @@ STUDENTS = {
         },
     ],
 }
+
+
+def cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `lakehouse ARGS` as a user would, in its own Python process from the checkout; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:

@@ -26,6 +26,20 @@ def _pick(values: list[str], index_sql: str) -> str:
     return f"element_at(array({array}), cast({index_sql} as int) + 1)"
 
 
+def _landed(source_file: str, landed_path: str, line_number: str) -> list[str]:
+    """The columns every bronze and quarantine row carries: the line it came from and the batch that landed it."""
+    return [
+        f"'{source_file}' as source_file",
+        f"'{landed_path}' as landed_path",
+        f"{line_number} as line_number",
+        "'2017-11-18' as delivery",
+        f"timestamp'{AS_OF}' as as_of",
+        "1L as batch_id",
+        "timestamp'2017-11-18 07:00:00' as landed_at",
+        "'run-1' as run_id",
+    ]
+
+
 def _write(df: DataFrame, lake: str, layer: str, name: str, mode: str = "overwrite") -> None:
     df.coalesce(1).write.format("delta").mode(mode).option("overwriteSchema", "true").save(f"{lake}/{layer}/{name}")
 
@@ -138,51 +152,23 @@ def write_lake(spark: SparkSession, lake: str, events: int = 4000, students: int
     tables["bronze", "events"] = spark.range(small).selectExpr(
         "concat('{\"at\":\"2017-11-16 02:10:', id % 60, '\"}') as value",
         "'2017-11-16 02:10:20' as at_raw",
-        "'events/2017-11-18/part-0.json' as source_file",
-        "'landing/events/x/part-0.json' as landed_path",
-        "id + 1 as line_number",
-        "'2017-11-18' as delivery",
-        f"timestamp'{AS_OF}' as as_of",
-        "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at",
-        "'run-1' as run_id",
+        *_landed("events/2017-11-18/part-0.json", "landing/events/x/part-0.json", "id + 1"),
     )
     tables["bronze", "students"] = dim.limit(small).selectExpr(
         "to_json(struct(student_id as Id, state as State)) as record",
-        "'transactional/2017-11-18/students.json' as source_file",
-        "'landing/x/students.json' as landed_path",
-        "cast(student_id as long) + 1 as line_number",
-        "'2017-11-18' as delivery",
-        "as_of",
-        "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at",
-        "'run-1' as run_id",
+        *_landed("transactional/2017-11-18/students.json", "landing/x/students.json", "cast(student_id as long) + 1"),
     )
     tables["silver", "students"] = dim.limit(small).select("student_id", "state", "as_of")
     tables["quarantine", "events"] = spark.range(7).selectExpr(
         "case when id < 4 then 'not_json_object' else 'unparseable_at' end as reason",
         "concat('garbage ', id) as raw",
-        "'events/2017-11-18/part-0.json' as source_file",
-        "'landing/events/x/part-0.json' as landed_path",
-        "id + 1000 as line_number",
-        "'2017-11-18' as delivery",
-        f"timestamp'{AS_OF}' as as_of",
-        "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at",
-        "'run-1' as run_id",
+        *_landed("events/2017-11-18/part-0.json", "landing/events/x/part-0.json", "id + 1000"),
     )
     tables["quarantine", "transactional"] = spark.range(2).selectExpr(
         "'students' as entity",
         "'not_an_object' as reason",
         "'42' as raw",
-        "'transactional/2017-11-18/students.json' as source_file",
-        "'landing/x/students.json' as landed_path",
-        "id + 1 as line_number",
-        "'2017-11-18' as delivery",
-        f"timestamp'{AS_OF}' as as_of",
-        "1L as batch_id",
-        "timestamp'2017-11-18 07:00:00' as landed_at",
-        "'run-1' as run_id",
+        *_landed("transactional/2017-11-18/students.json", "landing/x/students.json", "id + 1"),
     )
     # version 0 of mart_users_by_type is a stale placeholder; version 1 is the real mart
     _write(

@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from lakehouse.config import PROJECT_ROOT
+from tests.builders import cli
 
 BI_PASSWORD = "bi-Secret-4-tests"
 
@@ -241,14 +240,7 @@ def test_config_masks_secrets_and_secret_looking_spark_settings(tmp_path):
         ' "ks-hunter2", "spark.hadoop.fs.gs.auth.access.token": "tok-hunter2",'
         ' "spark.executor.memory": "8g"}',
     }
-    shown = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "config"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = cli("config", env=env, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "hunter2" not in shown.stdout
     flat = "".join(shown.stdout.split())

@@ -15,7 +15,7 @@ from pyspark.sql.types import MapType
 
 from lakehouse import delta, gold, silver
 from lakehouse.config import Settings
-from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows
+from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows, in_file
 
 SCRIPT = """
 import json, sys
@@ -39,12 +39,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 def _bronze(spark, settings: Settings) -> None:
     events = event_rows(
         spark,
-        [
-            (SPACED, "2017-11-16", "p0.json", 1),
-            (SPACED, "2017-11-17", "p0.json", 1),
-            (CAMEL_GLUED, "2017-11-16", "p0.json", 2),
-            (ISO_ANON, "2017-11-17", "p1.json", 1),
-        ],
+        in_file("2017-11-16", "p0.json", SPACED, CAMEL_GLUED)
+        + in_file("2017-11-17", "p0.json", SPACED)
+        + in_file("2017-11-17", "p1.json", ISO_ANON),
     )
     delta.append_once(events, delta.Target("bronze", "events", settings, app_id="bronze.events", version=1))
     courses = {"2017-11-16": [{"Id": 20, "Name": "Direito"}, {"Id": "21", "Name": "Medicina"}]}

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from lakehouse.security import free_port
+from tests.builders import cli
 from tests.gold_lake import shared_lake
 
 CHROMIUM = "/usr/bin/chromium"
@@ -231,21 +232,9 @@ def test_google_oauth_by_configuration_alone(tmp_path):
 
 
 def test_open_dashboard_refuses_to_listen_beyond_loopback(tmp_path):
-    import subprocess
-    import sys
-
-    from lakehouse.config import PROJECT_ROOT
-
     env = {**os.environ, "LAKEHOUSE_DATA_DIR": str(tmp_path / "data"), "LAKEHOUSE_BIND": "0.0.0.0"}
     env.pop("LAKEHOUSE_ADMIN_PASSWORD", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "dashboard", "--port", str(free_port())],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli("dashboard", "--port", str(free_port()), env=env, timeout=120)
     assert done.returncode != 0
     message = " ".join(done.stderr.split())
     assert "beyond this machine" in message and "LAKEHOUSE_ADMIN_PASSWORD" in message, done.stderr

@@ -23,7 +23,7 @@ from lakehouse.landing import land
 from lakehouse.reports import StageReport
 from lakehouse.tools.generate import generate
 from lakehouse.warehouse import first_value
-from tests.builders import new_database
+from tests.builders import cli, new_database
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -178,15 +178,9 @@ def erased(world, spark):
     )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert erasure.verify(spark, settings, student), "killed mid-way: the student is still found somewhere"
-    done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "erase", "--student", student],
-        env=env,
-        cwd=PROJECT_ROOT,
-        timeout=900,
-        capture_output=True,
-    )
-    assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-3000:]
-    assert b"erased 1 student(s) (anonymize)" in done.stdout
+    done = cli("erase", "--student", student, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "erased 1 student(s) (anonymize)" in done.stdout
     return world
 
 

@@ -13,45 +13,34 @@ from tests.builders import (
     commits,
     entity_rows,
     event_rows,
+    in_file,
     line,
+    names,
     rows_of,
     srt,
     write_bronze,
 )
 
-D1, D2, D3 = datetime(2017, 11, 16), datetime(2017, 11, 17), datetime(2017, 11, 18, 6)
-
-
-def names(spark, key, name, rows):
-    """Silver snapshot rows (key, name, is_deleted, delivery, as_of)."""
-    return spark.createDataFrame(
-        rows, f"{key} int, {name} string, is_deleted boolean, delivery string, as_of timestamp"
-    )
+D2, D3 = datetime(2017, 11, 17), datetime(2017, 11, 18, 6)
 
 
 def test_dim_student_history_takes_names_as_of_each_delivery_and_current_is_latest(spark):
     students = silver.students(entity_rows(spark, "students", STUDENTS))
     universities = names(
         spark,
-        "university_id",
-        "university_name",
-        [
-            (10, "UFA", False, "2017-11-16", D1),
-            (11, "UFB", False, "2017-11-16", D1),
-            (10, "UFA", False, "2017-11-17", D2),
-            (11, "UFB Nova", False, "2017-11-17", D2),
-        ],
+        "university",
+        {
+            "2017-11-16": [(10, "UFA", False), (11, "UFB", False)],
+            "2017-11-17": [(10, "UFA", False), (11, "UFB Nova", False)],
+        },
     )
     courses = names(
         spark,
-        "course_id",
-        "course_name",
-        [
-            (20, "Direito", False, "2017-11-16", D1),
-            (21, "Medicina", False, "2017-11-16", D1),
-            (22, "Letras", False, "2017-11-18T06:00:00", D3),
-            (20, "Direito", True, "2017-11-18T06:00:00", D3),
-        ],
+        "course",
+        {
+            "2017-11-16": [(20, "Direito", False), (21, "Medicina", False)],
+            "2017-11-18T06:00:00": [(22, "Letras", False), (20, "Direito", True)],
+        },
     )
     hist = gold.dim_student_history(students, universities, courses)
     assert hist.columns == [*gold.STUDENT_COLUMNS, "delivery"]
@@ -84,14 +73,11 @@ def test_dim_course_current_and_history(spark):
     hist = gold.dim_course_history(
         names(
             spark,
-            "course_id",
-            "course_name",
-            [
-                (1, "Direito", False, "2017-11-16", D1),
-                (1, "Direito (Bacharelado)", False, "2017-11-17", D2),
-                (2, "Medicina", False, "2017-11-16", D1),
-                (2, "Medicina", True, "2017-11-17", D2),
-            ],
+            "course",
+            {
+                "2017-11-16": [(1, "Direito", False), (2, "Medicina", False)],
+                "2017-11-17": [(1, "Direito (Bacharelado)", False), (2, "Medicina", True)],
+            },
         )
     )
     assert hist.columns == ["course_id", "course_name", "is_deleted", "as_of", "delivery"]
@@ -172,8 +158,8 @@ def test_marts(spark):
 def test_page_view_enriched_joins_current_student(spark):
     hist = gold.dim_student_history(
         silver.students(entity_rows(spark, "students", STUDENTS)),
-        names(spark, "university_id", "university_name", [(10, "UFA", False, "2017-11-16", D1)]),
-        names(spark, "course_id", "course_name", [(20, "Direito", False, "2017-11-16", D1)]),
+        names(spark, "university", {"2017-11-16": [(10, "UFA", False)]}),
+        names(spark, "course", {"2017-11-16": [(20, "Direito", False)]}),
     )
     out = gold.page_view_enriched(facts(spark), gold.dim_student(hist))
     assert out.count() == 6
@@ -203,12 +189,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         "events",
         event_rows(
             spark,
-            [
-                (SPACED, "2017-11-16", "p0.json", 1),
-                (SPACED, "2017-11-16", "p1.json", 1),
-                (CAMEL_GLUED, "2017-11-16", "p1.json", 2),
-                (ISO_ANON, "2017-11-16", "p1.json", 3),
-            ],
+            in_file("2017-11-16", "p0.json", SPACED) + in_file("2017-11-16", "p1.json", SPACED, CAMEL_GLUED, ISO_ANON),
         ),
         1,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lakehouse import delta, gold, silver
-from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, event_rows
+from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, event_rows, in_file
 
 
 def _plan(df) -> str:
@@ -14,12 +14,7 @@ def _plan(df) -> str:
 def test_page_view_dedup_shuffles_and_sorts_once(spark):
     """Both windows (the earliest occurrence, the first batch) ride on one exchange by event_id and one sort."""
     rows = event_rows(
-        spark,
-        [
-            (SPACED, "2017-11-16", "a.json", 1),
-            (CAMEL_GLUED, "2017-11-16", "a.json", 2),
-            (ISO_ANON, "2017-11-17", "b.json", 1),
-        ],
+        spark, in_file("2017-11-16", "a.json", SPACED, CAMEL_GLUED) + in_file("2017-11-17", "b.json", ISO_ANON)
     )
     plan = _plan(silver.page_views(rows, "r"))
     assert plan.count("Exchange hashpartitioning(event_id") == 1 and plan.count("Exchange") == 1, plan

@@ -19,6 +19,7 @@ import pytest
 
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.security import free_port
+from tests.builders import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -179,23 +180,9 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 
         # `lakehouse run` talks to the running platform with the stored login; a wrong password is one line
         cli_env = {k: v for k, v in env.items() if k != "LAKEHOUSE_ADMIN_PASSWORD"}
-        wrong = subprocess.run(
-            [sys.executable, "-m", "lakehouse.cli", "run"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            env={**cli_env, "LAKEHOUSE_ADMIN_PASSWORD": "wrong"},
-            timeout=300,
-        )
+        wrong = cli("run", env={**cli_env, "LAKEHOUSE_ADMIN_PASSWORD": "wrong"}, timeout=300)
         assert wrong.returncode != 0 and "refused the admin login" in wrong.stderr, wrong.stderr[-2000:]
-        again = subprocess.run(
-            [sys.executable, "-m", "lakehouse.cli", "run"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            env=cli_env,
-            timeout=900,
-        )
+        again = cli("run", env=cli_env, timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         # both runs used the platform's warm Spark: neither started a JVM of its own (its console log would be here)
         assert not (Path(settings.data_dir) / "logs" / "spark.log").exists()
@@ -223,14 +210,7 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
         assert {"full-pipeline-report", "full-pipeline-details"} <= {a["key"] for a in artifacts}
         logs = api_client.post("/logs/filter", json={"limit": 200}).json()
         assert logs, "the runs logged nothing?"
-        shown = subprocess.run(
-            [sys.executable, "-m", "lakehouse.cli", "config"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            env=cli_env,
-            timeout=120,
-        ).stdout
+        shown = cli("config", env=cli_env, timeout=120).stdout
         texts = {
             "lakehouse config": shown,
             "artifacts": json.dumps(artifacts),
@@ -263,23 +243,7 @@ def test_up_runs_full_pipeline_created_through_the_rest_api(settings, pg_dsn, tm
 def test_up_refuses_to_listen_beyond_loopback_without_a_password(settings, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "LAKEHOUSE_ADMIN_PASSWORD"}
     env["LAKEHOUSE_BIND"] = "0.0.0.0"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lakehouse.cli",
-            "up",
-            "--prefect-port",
-            str(free_port()),
-            "--dashboard-port",
-            str(free_port()),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli("up", "--prefect-port", str(free_port()), "--dashboard-port", str(free_port()), env=env, timeout=120)
     assert done.returncode == 1
     said = " ".join(done.stdout.split())
     assert "beyond this machine" in said and "LAKEHOUSE_ADMIN_PASSWORD" in said, said

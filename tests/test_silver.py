@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from tests.builders import (
     commits,
     entity_rows,
     event_rows,
+    in_file,
     line,
     rows_of,
     srt,
@@ -27,97 +29,37 @@ from tests.builders import (
 
 def test_page_views_fold_spellings_parse_all_at_formats_split_student(spark):
     bronze = event_rows(
-        spark,
-        [
-            (SPACED, "2017-11-16", "p0.json", 1),
-            (CAMEL_GLUED, "2017-11-16", "p0.json", 2),
-            (ISO_ANON, "2017-11-16", "p1.json", 1),
-        ],
+        spark, in_file("2017-11-16", "p0.json", SPACED, CAMEL_GLUED) + in_file("2017-11-16", "p1.json", ISO_ANON)
     )
     out = silver.page_views(bronze, "run-1")
     assert out.columns == list(silver.PAGE_VIEW_COLUMNS)
-    # fmt: off
-    cols = ("event_at", "event_date", "student_id", "client_type", "page_name", "page_category",
-            "page_category_1", "last_accessed_url", "first_accessed_page", "user_type", "visitor_type", "nth",
-            "is_device_new", "country", "extra_fields", "line_number")
-    # fmt: on
-    assert rows_of(out, *cols) == srt(
-        [
-            (
-                datetime(2017, 11, 16, 2, 10, 20),
-                date(2017, 11, 16),
-                "12",
-                "Website",
-                "/busca",
-                "busca",
-                "busca",
-                "/x",
-                "home",
-                "CoreUser",
-                "known",
-                3,
-                False,
-                "br",
-                {},
-                1,
-            ),
-            (
-                datetime(2017, 11, 16, 3, 0, 0),
-                date(2017, 11, 16),
-                "7",
-                "Android",
-                "/arquivo/1",
-                "arquivo",
-                "arquivo",
-                "/y",
-                None,
-                "NewUser",
-                None,
-                4,
-                None,
-                "us",
-                {"shiny_new_field": '{"a":1}'},
-                2,
-            ),
-            (
-                datetime(2017, 11, 16, 2, 30, 0),
-                date(2017, 11, 16),
-                None,
-                None,
-                "/home",
-                None,
-                None,
-                None,
-                None,
-                None,
-                "anonymous",
-                None,
-                None,
-                "br",
-                {},
-                1,
-            ),
-        ]
-    )
+    # the three at formats, the student id and client split from one field (the anonymous line has neither)
+    assert rows_of(out, "event_at", "event_date", "student_id", "client_type", "line_number") == [
+        (datetime(2017, 11, 16, 2, 10, 20), date(2017, 11, 16), "12", "Website", 1),
+        (datetime(2017, 11, 16, 2, 30, 0), date(2017, 11, 16), None, None, 1),
+        (datetime(2017, 11, 16, 3, 0, 0), date(2017, 11, 16), "7", "Android", 2),
+    ]
+    # the page fields, whichever way the line spells their keys
+    pages = ("page_name", "page_category", "page_category_1", "last_accessed_url", "first_accessed_page")
+    assert rows_of(out, "event_at", *pages) == [
+        (datetime(2017, 11, 16, 2, 10, 20), "/busca", "busca", "busca", "/x", "home"),
+        (datetime(2017, 11, 16, 2, 30, 0), "/home", None, None, None, None),
+        (datetime(2017, 11, 16, 3, 0, 0), "/arquivo/1", "arquivo", "arquivo", "/y", None),
+    ]
+    # the rest cast, renamed, and the fields silver does not know kept as their JSON text
+    rest = ("user_type", "visitor_type", "nth", "is_device_new", "country", "extra_fields")
+    assert rows_of(out, "event_at", *rest) == [
+        (datetime(2017, 11, 16, 2, 10, 20), "CoreUser", "known", 3, False, "br", {}),
+        (datetime(2017, 11, 16, 2, 30, 0), None, "anonymous", None, None, "br", {}),
+        (datetime(2017, 11, 16, 3, 0, 0), "NewUser", None, 4, None, "us", {"shiny_new_field": '{"a":1}'}),
+    ]
     assert out.schema["event_at"].dataType == TimestampType()
 
 
 def test_duplicates_within_file_across_files_and_spellings_are_one_event(spark):
-    respelled = line(
-        at="2017-11-1602:10:20",
-        PageName="/busca",
-        PageCategory="busca",
-        PageCategory1="busca",
-        LastAccessedUrl="/x",
-        studentId_clientType="12@Website",
-        custom_4="CoreUser",
-        user_type="known",
-        nth=3,
-        device_new=False,
-        country="br",
-        session_uuid="s1",
-        **{"first-accessed-page": "home"},
-    )
+    # the same event with its keys spelt without spaces, in another order, and its time glued to its date
+    fields = json.loads(SPACED)
+    respelled = line(**{k.replace(" ", ""): v for k, v in reversed(fields.items())} | {"at": "2017-11-1602:10:20"})
     other = SPACED.replace('"nth": 3', '"nth": 4')
     bronze = event_rows(
         spark,
@@ -150,15 +92,7 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
         spark,
         settings,
         "events",
-        event_rows(
-            spark,
-            [
-                (SPACED, "2017-11-17", "p0.json", 1),
-                (SPACED, "2017-11-17", "p0.json", 2),
-                (ISO_ANON, "2017-11-17", "p0.json", 3),
-            ],
-            batch=1,
-        ),
+        event_rows(spark, in_file("2017-11-17", "p0.json", SPACED, SPACED, ISO_ANON), batch=1),
         1,
     )
     rep = silver.refresh(spark, settings, "run-1")

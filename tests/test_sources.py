@@ -213,12 +213,15 @@ def test_delivery_folder_names_with_offsets_are_utc(root: Any) -> None:
 
 
 def test_invalid_delivery_folder_is_warned_once_and_skipped(root: Any, caplog: pytest.LogCaptureFixture) -> None:
-    root.put("transactional/latest/students.json", b"[]")
-    root.put("transactional/latest/courses.json", b"[]")
-    root.put("events/2017-13-45/a.json", b"{}\n")
-    root.put("events/2017-13-45/b/c.json", b"{}\n")
-    root.put("transactional/2017-11-16/nested/students.json", b"[]")
-    root.put("transactional/2017-11-16/students.json", b"[]")
+    misplaced = (
+        "transactional/latest/students.json",
+        "transactional/latest/courses.json",
+        "events/2017-13-45/a.json",
+        "events/2017-13-45/b/c.json",
+        "transactional/2017-11-16/nested/students.json",
+    )
+    for path in (*misplaced, "transactional/2017-11-16/students.json"):
+        root.put(path, b"{}\n" if path.startswith("events/") else b"[]")
 
     with caplog.at_level(logging.WARNING, logger="lakehouse.sources"):
         got = list(source_of(root).list_files())

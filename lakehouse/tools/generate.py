@@ -413,28 +413,21 @@ class _World:
         history_start: datetime,
     ) -> None:
         rng = self.rng
-        new_sessions = []
-        for _ in range(_n(self.size, sessions, 5)):
-            new_sessions.append(
-                {
-                    "StudentId": rng.choice(ids),
-                    "SessionStartTime": _ts(_rand_dt(rng, window_start, window_end), 3),
-                    "StudentClient": _weighted(rng, self.client_items, self.client_cum),
-                }
-            )
+        n_sessions = _n(self.size, sessions, 5)
+        new_sessions = self._student_facts(
+            n_sessions,
+            ids,
+            ("SessionStartTime", window_start, window_end),
+            ("StudentClient", self.client_items, self.client_cum),
+        )
         for r in rng.sample(new_sessions, _n(len(new_sessions), 0.005)):
             r["StudentClient"] = None
         self.sessions.extend(new_sessions)
 
-        new_subs = []
-        for _ in range(_n(self.size, subs, 3)):
-            new_subs.append(
-                {
-                    "StudentId": rng.choice(ids),
-                    "PaymentDate": _ts(_rand_dt(rng, history_start, window_end), 3),
-                    "PlanType": _weighted(rng, self.plan_items, self.plan_cum),
-                }
-            )
+        n_subs = _n(self.size, subs, 3)
+        new_subs = self._student_facts(
+            n_subs, ids, ("PaymentDate", history_start, window_end), ("PlanType", self.plan_items, self.plan_cum)
+        )
         for r in rng.sample(new_subs, _n(len(new_subs), 0.01)):
             del r["PlanType"]
         self.subscriptions.extend(new_subs)
@@ -454,6 +447,22 @@ class _World:
         for r in rng.sample(new_follows, _n(len(new_follows), 0.005)):
             r["FollowDate"] = None
         self.follows.extend(new_follows)
+
+    def _student_facts(
+        self, count: int, ids: list[str], time: tuple[str, datetime, datetime], kind: tuple[str, list[Any], list[float]]
+    ) -> list[dict[str, Any]]:
+        """`count` records of a random student, each with a time field drawn between two times (millisecond text)
+        and then a field drawn by weight."""
+        (time_field, start, end), (kind_field, items, cum) = time, kind
+        rng = self.rng
+        return [
+            {
+                "StudentId": rng.choice(ids),
+                time_field: _ts(_rand_dt(rng, start, end), 3),
+                kind_field: _weighted(rng, items, cum),
+            }
+            for _ in range(count)
+        ]
 
     def export(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
         """Full export of every entity as of now, with a few exact duplicate records."""
