@@ -99,7 +99,7 @@ def test_dim_date_is_contiguous_over_all_fact_dates(spark):
 
 
 FACT = (
-    "event_id string, event_at timestamp, event_date date, student_id string, client_type string, "
+    "event_id string, event_at timestamp, event_date date, student_id string, student_erased boolean, client_type string, "
     "country string, region string, city_name string, browser string, platform string, page_name string, "
     "page_category string, user_type string, session_uuid string"
 )
@@ -108,7 +108,7 @@ FACT = (
 def facts(spark):
     def f(i, day, sid, client, country, utype, session):
         at = datetime(2017, 11 if day > 0 else 10, abs(day), 12)
-        return (f"e{i}", at, at.date(), sid, client, country, None, None, None, None, "/", None, utype, session)
+        return (f"e{i}", at, at.date(), sid, False, client, country, None, None, None, None, "/", None, utype, session)
 
     return spark.createDataFrame(
         [
