@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import faults
 from lakehouse.config import Settings, join
-from lakehouse.landing import LEDGER, lake_fs, read_ledger
+from lakehouse.landing import LEDGER, lake_fs, lake_listing, read_ledger
 from lakehouse.reports import StageReport
 from lakehouse.schemas import ERASED
 
@@ -63,13 +63,7 @@ def hashed(salt_text: str, student_id: str) -> str:
 
 def tombstones(settings: Settings) -> set[str]:
     """The salted hashes of every erased id."""
-    fs, root = lake_fs(settings)
-    folder = join(root, TOMBSTONES)
-    fs.invalidate_cache(folder)
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return set()
+    _, names = lake_listing(settings, TOMBSTONES)
     return {n.rsplit("/", 1)[-1][:-5] for n in names if n.endswith(".json")}
 
 
