@@ -267,12 +267,14 @@ def rows_written(path: str) -> int:
 
 @dataclass(frozen=True)
 class Commit:
-    """What one commit of a table says about itself: its version, an app's txn version, metrics, user metadata."""
+    """What one commit of a table says about itself: its version, an app's txn version, metrics, user metadata, and
+    whether it added or removed data files (an empty commit only records progress)."""
 
     version: int
     txn: int
     metrics: dict[str, str]
     user_metadata: str | None
+    touches_data: bool = True
 
 
 def _commit(fs: Any, version: int, name: str, app_id: str) -> Commit | None:
@@ -281,14 +283,17 @@ def _commit(fs: Any, version: int, name: str, app_id: str) -> Commit | None:
 
     info: dict = {}
     txn = None
+    touches_data = False
     for line in fs.cat_file(name).splitlines():
-        if b'"commitInfo"' in line:
+        if line.startswith((b'{"add"', b'{"remove"')):
+            touches_data = True
+        elif b'"commitInfo"' in line:
             info = json.loads(line).get("commitInfo") or {}
         elif b'"txn"' in line and (action := json.loads(line).get("txn")) and action["appId"] == app_id:
             txn = int(action["version"])
     if txn is None:
         return None
-    return Commit(version, txn, dict(info.get("operationMetrics") or {}), info.get("userMetadata"))
+    return Commit(version, txn, dict(info.get("operationMetrics") or {}), info.get("userMetadata"), touches_data)
 
 
 def app_commits(path: str, app_id: str, floor: int | None = None) -> Iterator[Commit]:
@@ -301,6 +306,13 @@ def app_commits(path: str, app_id: str, floor: int | None = None) -> Iterator[Co
             yield commit
             if floor is not None and commit.txn <= floor:
                 return
+
+
+def data_changed(path: str, app_id: str, after: int | None, upto: int) -> bool:
+    """Whether `app_id`'s commits to the table at `path` with txn versions in (after, upto] added or removed data:
+    batches that brought nothing for this table leave it, and whatever is built from it, as it was."""
+    floor = -1 if after is None else after
+    return any(c.touches_data for c in app_commits(path, app_id, floor) if floor < c.txn <= upto)
 
 
 def rows_committed(path: str, app_id: str, after: int | None, upto: int) -> int:

@@ -640,8 +640,12 @@ def _plan(
     if not reach:
         return None
     seen = _seen_marks(settings, table.name)
-    if seen is not None and all(seen.get(i, -1) >= m for i, m in reach.items()):
-        return None
+    if seen is not None and not any(
+        delta.data_changed(settings.table_path("silver", i), f"silver.{i}", seen.get(i), m)
+        for i, m in reach.items()
+        if seen.get(i, -1) < m
+    ):
+        return None  # no input moved, or only by batches that changed none of its rows
     return reach, seen
 
 

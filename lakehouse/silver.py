@@ -481,13 +481,17 @@ def _source(table: str) -> str:
 
 
 def _lag(settings: Settings, table: str) -> tuple[int | None, int] | None:
-    """(batch silver.<table> has consumed, bronze batch it must reach), or None when it is up to date."""
+    """(batch silver.<table> has consumed, bronze batch it must reach), or None when it is up to date: bronze holds
+    no later batch, or none with rows for it (a delivery without this entity: no Spark job, no commit)."""
     source = _source(table)
-    target = delta.last_txn_version(settings.table_path("bronze", source), f"bronze.{source}")
+    bronze_path = settings.table_path("bronze", source)
+    target = delta.last_txn_version(bronze_path, f"bronze.{source}")
     if target is None:
         return None
     done = delta.last_txn_version(settings.table_path("silver", table), f"silver.{table}")
-    return None if done is not None and done >= target else (done, target)
+    if done is not None and (done >= target or not delta.data_changed(bronze_path, f"bronze.{source}", done, target)):
+        return None
+    return done, target
 
 
 def pending(settings: Settings) -> bool:

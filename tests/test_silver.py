@@ -244,6 +244,10 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     before = commits(spark, settings, "silver", "students")
     assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
     assert commits(spark, settings, "silver", "students") == before
+    # a batch with no students record (a delivery without that export): no Spark job, no commit, no lag left
+    write_bronze(spark, settings, "students", entity_rows(spark, "students", {}, batch=4), 4)
+    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
+    assert commits(spark, settings, "silver", "students") == before and not silver.pending(settings)
 
 
 @pytest.mark.parametrize(
