@@ -1,5 +1,5 @@
 """Per-write overhead of bronze, silver and gold at demo and test sizes, measured: Delta's snapshot partitions
-(Spark's default 50 against the session's shuffle partitions) and table writes one after another against
+(Spark's default 50, the session's shuffle partitions, one) and table writes one after another against
 `delta.TABLE_WRITERS` side by side.
 
 One process, one Spark session, the same generated source; each variant builds a fresh lake, rounds alternate
@@ -28,6 +28,7 @@ def _variants(shuffle: int, writers: int) -> dict[str, dict]:
             "snapshot_partitions": shuffle,
             "writers": writers,
         },
+        f"1 snapshot partition, {writers} writes side by side": {"snapshot_partitions": 1, "writers": writers},
     }
 
 

@@ -83,6 +83,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
     if settings.spark_master.startswith("local"):  # a local driver serves no other machine: loopback only
         conf.update(
             {
+                # A one-machine lake's logs hold a few thousand files at most: one task rebuilds a table's state,
+                # and an incremental run rebuilds about 40 (bench/README.md: 196 -> 170 s for one delivery).
+                "spark.databricks.delta.snapshotPartitions": "1",
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
