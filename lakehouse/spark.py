@@ -84,7 +84,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
         conf.update(
             {
                 # A one-machine lake's logs hold a few thousand files at most: one task rebuilds a table's state,
-                # and an incremental run rebuilds about 40 (bench/README.md: 196 -> 170 s for one delivery).
+                # and an incremental run rebuilds about 40 (bench/README.md: 0.85-0.90x the wall time of 4 tasks).
                 "spark.databricks.delta.snapshotPartitions": "1",
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.driver.bindAddress": "127.0.0.1",
