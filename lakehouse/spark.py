@@ -60,6 +60,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
     from lakehouse import jars, storage
 
     shuffle = settings.effective_shuffle_partitions()
+    local = settings.spark_master.startswith("local")
     conf = {
         "spark.master": settings.spark_master,
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -77,15 +78,14 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.executorEnv.MALLOC_ARENA_MAX": ARENAS,
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Delta rebuilds a table's state from its log in this many tasks (default 50) before every read and
-        # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower (bench/README.md).
-        "spark.databricks.delta.snapshotPartitions": str(min(shuffle, 50)),
+        # commit; our logs are small, and 50 tasks per table made each stage 2-3x slower. A one-machine lake's logs
+        # hold a few thousand files at most: one task, and an incremental run, which rebuilds about 40 states, takes
+        # 0.85-0.90x the time it takes with 4 (bench/README.md).
+        "spark.databricks.delta.snapshotPartitions": "1" if local else str(min(shuffle, 50)),
     }
-    if settings.spark_master.startswith("local"):  # a local driver serves no other machine: loopback only
+    if local:  # a local driver serves no other machine: loopback only
         conf.update(
             {
-                # A one-machine lake's logs hold a few thousand files at most: one task rebuilds a table's state,
-                # and an incremental run rebuilds about 40 (bench/README.md: 0.85-0.90x the wall time of 4 tasks).
-                "spark.databricks.delta.snapshotPartitions": "1",
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
