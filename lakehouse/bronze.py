@@ -382,8 +382,8 @@ TALLIES = ("lines_read", "bronze_rows", "blank_lines", "records_cleaned", "erase
 
 
 def _tallies(key: str | None, keys: list[str]) -> list[Column]:
-    """The run report's accounting per `key` value (or overall) as aggregates, observed while a table is written:
-    lines read = bronze rows + quarantined (by reason) + blank lines, with no pass of its own."""
+    """The run report's accounting per `key` value (or overall) as aggregates, observed on the pass that computes the
+    classified rows: lines read = bronze rows + quarantined (by reason) + blank lines, with no pass of its own."""
     status, reason = F.col("status"), F.col("reason")
     fates = {
         "lines_read": F.lit(True),
@@ -474,20 +474,21 @@ def _write_group(
     frame = frame.persist(StorageLevel.DISK_ONLY)
     key, keys = (None, ["all"]) if group == "events" else ("entity", sorted({e["entity"] for e in entries}))
     pending = [t for t in tables if marks[t] < version]
-    # The accounting is observed on the whole frame while the first pending table is written (that write is never
-    # skipped: its mark was read under the writer lock), so counting costs no pass of its own.
     tally = Observation("bronze_accounting")
     try:
+        # One pass computes the classified rows into the cache and observes the run report's accounting on them;
+        # the tables are then written from the cache side by side. Written side by side straight away, each write
+        # computed the rows again while the cache was still empty.
+        frame.observe(tally, *_tallies(key, keys)).write.format("noop").mode("overwrite").save()
+        counts = _counts(tally.get, keys)
 
         def write(table: tuple[str, str], _session: SparkSession) -> int:
-            source = frame.observe(tally, *_tallies(key, keys)) if table == pending[0] else frame
-            rows = outputs[table](source.filter(F.col("batch_id") > marks[table]))
+            rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
             append_once(rows, Target(*table, settings, app_id=app_id(*table), version=version, stats=STATS_COLUMNS))
             faults.point("mid_bronze")
             return version
 
         written = write_tables(spark, {".".join(t): partial(write, t) for t in pending})
-        counts = _counts(tally.get, keys)
     finally:
         frame.unpersist()
     return {
@@ -590,13 +591,16 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
     """Append every landed batch newer than each bronze table's watermark; returns the run's accounting."""
     started = time.monotonic()
     manifests = read_ledger(settings)
-    groups: dict[str, dict[str, Any] | None] = {}
-    for group in GROUPS:
+
+    def write_group(group: str, session: SparkSession) -> dict[str, Any] | None:
         try:
-            groups[group] = _write_group(spark, settings, group, manifests, run_id)
+            return _write_group(session, settings, group, manifests, run_id)
         except (PySparkException, Py4JJavaError) as exc:
-            _name_the_file(spark, settings, group, manifests, run_id, exc)
+            _name_the_file(session, settings, group, manifests, run_id, exc)
             raise
+
+    # The groups share no table: events and exports are ingested side by side.
+    groups = write_tables(spark, {group: partial(write_group, group) for group in GROUPS})
     erased = sum(b["erased_dropped"] for g in groups.values() if g for b in g["counts"].values())
     if erased:  # a delivery brought erased students back: their landed copies lose them too
         scrub_landing(settings, tombstoned(settings))
