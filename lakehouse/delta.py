@@ -166,9 +166,11 @@ def merge_once(
     within: DataFrame | None = None,
 ) -> None:
     """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows (unless `insert` is false),
-    optionally update matched ones; committed at most once per (app_id, version). A missing table is created by an
-    idempotent append. `within`: the distinct values of the partition column(s) the source's rows can match in (a few
-    dates, say); the MERGE then reads and rewrites only those partitions of the table instead of all of it.
+    optionally update matched ones (those meeting `update_when`); committed at most once per (app_id, version). A
+    missing table is created by an idempotent append. `within`: the distinct values of the partition column(s) the
+    source's rows can match in (a few dates, say); the MERGE then reads and rewrites only those partitions of the table
+    instead of all of it. With `update_when`, a source row matching a row it would not update is left out first: it
+    changes nothing, and left in it would make the MERGE rewrite that row's file (`on` matches one row at most).
     Written in SQL, so it runs the same on a local session and over Spark Connect."""
     import uuid
 
@@ -190,6 +192,10 @@ def merge_once(
     if insert:
         clauses.append("WHEN NOT MATCHED THEN INSERT *")
     path = target.path.replace("`", "``")
+    using = view
+    if update_when:
+        unchanged = f"SELECT 1 FROM delta.`{path}` AS t WHERE ({on}) AND NOT ({update_when})"
+        using = f"(SELECT * FROM {view} AS s WHERE NOT EXISTS ({unchanged}))"
     confs = {"spark.databricks.delta.commitInfo.userMetadata": target.user_metadata}
     if target.once:
         confs.update(
@@ -203,7 +209,7 @@ def merge_once(
         if value is not None:
             spark.conf.set(key, value)
     try:
-        spark.sql(f"MERGE INTO delta.`{path}` AS t USING {view} AS s ON {on} {' '.join(clauses)}")
+        spark.sql(f"MERGE INTO delta.`{path}` AS t USING {using} AS s ON {on} {' '.join(clauses)}")
     finally:
         for key in confs:
             spark.conf.unset(key)

@@ -116,8 +116,32 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
             (None, "2017-11-17", "events/2017-11-17/p0.json", 3, 1),
         ]
     )
+    # batch 3: the same event delivered again later (nothing moves, its file is not rewritten), one new event
+    write_bronze(
+        spark,
+        settings,
+        "events",
+        event_rows(
+            spark,
+            [(SPACED, "2017-11-19", "late.json", 9), (ISO_ANON.replace("s3", "s4"), "2017-11-19", "late.json", 10)],
+            batch=3,
+        ),
+        3,
+    )
+    silver.refresh(spark, settings, "run-3")
+    table = delta.read_table(spark, "silver", "page_views", settings)
+    assert rows_of(table, "student_id", "delivery", "source_file", "line_number", "batch_id") == srt(
+        [
+            ("12", "2017-11-16", "events/2017-11-16/old.json", 4, 2),
+            ("7", "2017-11-18", "events/2017-11-18/p.json", 1, 2),
+            (None, "2017-11-17", "events/2017-11-17/p0.json", 3, 1),
+            (None, "2017-11-19", "events/2017-11-19/late.json", 10, 3),
+        ]
+    )
+    metrics = delta.app_commits(settings.table_path("silver", "page_views"), "silver.page_views").__next__().metrics
+    assert (metrics["numTargetRowsInserted"], metrics["numTargetFilesRemoved"]) == ("1", "0")
     before = commits(spark, settings, "silver", "page_views")
-    rep = silver.refresh(spark, settings, "run-3")
+    rep = silver.refresh(spark, settings, "run-4")
     assert rep.details["tables"]["page_views"]["skipped"] is True
     assert commits(spark, settings, "silver", "page_views") == before
 
