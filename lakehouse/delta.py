@@ -236,20 +236,40 @@ def _partition_filter(values: DataFrame) -> str:
     return " AND ".join(parts)
 
 
-def write_tables(spark: SparkSession, jobs: Mapping[str, Callable[[SparkSession], T]]) -> dict[str, T]:
+def write_tables(
+    spark: SparkSession,
+    jobs: Mapping[str, Callable[[SparkSession], T]],
+    after: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, T]:
     """Run independent table writes side by side, each on its own session of the same Spark (its own SQL conf, so one
-    MERGE's txn settings never reach another write; over Spark Connect, its own server session); every write finishes
-    before the first error is raised."""
-    from concurrent.futures import ThreadPoolExecutor
+    MERGE's txn settings never reach another write; over Spark Connect, its own server session). `after` names, per
+    job, the jobs it reads the tables of: it starts once those among `jobs` have finished, others start in `jobs`'
+    order as writers free up. After an error no job starts; those running finish before the first error is raised."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     from lakehouse.spark import fork
 
+    after = after or {}
     workers = min(TABLE_WRITERS, len(jobs))
     if workers <= 1:
         return {name: job(spark) for name, job in jobs.items()}
+    waiting = dict(jobs)
+    running: dict[Future[T], str] = {}
+    finished: dict[str, Future[T]] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delta-write") as pool:
-        futures = {name: pool.submit(job, fork(spark)) for name, job in jobs.items()}
-    return {name: future.result() for name, future in futures.items()}
+        while waiting or running:
+            failed = any(f.exception() is not None for f in finished.values())
+            ready = [n for n in waiting if all(d in finished or d not in jobs for d in after.get(n, ()))]
+            for name in [] if failed else ready[: workers - len(running)]:
+                running[pool.submit(waiting.pop(name), fork(spark))] = name
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished.update({running.pop(f): f for f in done})
+    results = {name: finished[name].result() for name in jobs if name in finished}  # raises the first error
+    if waiting:
+        raise RuntimeError(f"these writes wait on each other: {', '.join(waiting)}")
+    return results
 
 
 def _written(metrics: dict[str, str]) -> int:

@@ -285,7 +285,7 @@ class Run:
         )
 
     def gold(self, name: str) -> DataFrame:
-        """A gold table of an earlier phase (an empty one when its inputs never had a delivery)."""
+        """A gold table this one reads, named in its `after` (an empty one when its inputs never had a delivery)."""
         if delta.table_exists(self.session, "gold", name, self.settings):
             return delta.read_table(self.session, "gold", name, self.settings)
         return BY_NAME[name].build(Run(self.session, self.settings, name, {}, {}))
@@ -313,6 +313,7 @@ class GoldTable:
     inputs: tuple[str, ...]
     build: Callable[[Run], DataFrame]
     update: Callable[[Run], None]
+    after: tuple[str, ...] = ()  # the gold tables it reads: written before it in a run
 
 
 def _first_changed(run: Run, *names: str) -> str | None:
@@ -401,7 +402,7 @@ def _current_table(
         latest = latest_as_of(rows)
         return current(rows.where(F.col("as_of") >= F.lit(latest).cast("timestamp")) if latest else rows)
 
-    return GoldTable(name, inputs, build, lambda run: delta.overwrite(build(run), run.target))
+    return GoldTable(name, inputs, build, lambda run: delta.overwrite(build(run), run.target), after=(history,))
 
 
 def _dates(run: Run, read: Callable[[str], DataFrame]) -> list[DataFrame]:
@@ -472,7 +473,7 @@ def _mart(name: str, transform: Callable[[DataFrame], DataFrame], source: str, c
         new = fact_page_view(run.changed("page_views"))
         _replace_groups(run, rows(run), column, _touched(new.select(F.expr(touched).alias(column)), column))
 
-    return GoldTable(name, ("page_views",), rows, update)
+    return GoldTable(name, ("page_views",), rows, update, after=(source,))
 
 
 def _students_changed(run: Run) -> DataFrame:
@@ -559,61 +560,57 @@ def _student_history(run: Run) -> DataFrame:
 
 _STUDENT_INPUTS = ("students", "universities", "courses")
 
-# The gold tables in dependency order: each phase reads only silver and the phases before it, and its tables are
-# written side by side.
-PHASES: tuple[tuple[GoldTable, ...], ...] = (
-    (
-        _history_table("dim_university_history", "universities", dim_university_history),
-        _history_table("dim_course_history", "courses", dim_course_history),
-        _history_table("dim_subject_history", "subjects", dim_subject_history),
-        GoldTable("dim_student_history", _STUDENT_INPUTS, _student_history, _student_history_update),
-        GoldTable(
-            "fact_page_view",
-            ("page_views",),
-            lambda run: fact_page_view(run.silver("page_views")),
-            _fact_page_view_update,
-        ),
-        *(_record_fact(name) for name in _RECORD_FACTS),
-        _activity("activity_by_student", activity_by_student, ("student_id", "user_type")),
-        _activity(
-            "activity_by_country_student",
-            activity_by_country_student,
-            ("country", "month", "student_id"),
-            within="month",
-        ),
+# The gold tables in dependency order: each reads silver and the gold tables it names in `after`, and starts in a
+# run as soon as those are written, side by side with the others.
+ORDER: tuple[GoldTable, ...] = (
+    _history_table("dim_university_history", "universities", dim_university_history),
+    _history_table("dim_course_history", "courses", dim_course_history),
+    _history_table("dim_subject_history", "subjects", dim_subject_history),
+    GoldTable("dim_student_history", _STUDENT_INPUTS, _student_history, _student_history_update),
+    GoldTable(
+        "fact_page_view",
+        ("page_views",),
+        lambda run: fact_page_view(run.silver("page_views")),
+        _fact_page_view_update,
     ),
-    (
-        _current_table("dim_university", "dim_university_history", ("universities",), dim_university),
-        _current_table("dim_course", "dim_course_history", ("courses",), dim_course),
-        _current_table("dim_subject", "dim_subject_history", ("subjects",), dim_subject),
-        _current_table("dim_student", "dim_student_history", _STUDENT_INPUTS, dim_student),
-        GoldTable("dim_date", FACT_INPUTS, lambda run: dim_date(*_dates(run, run.silver)), _dim_date_update),
-        _mart("mart_daily_activity", mart_daily_activity, "fact_page_view", "event_date", "event_date"),
-        _mart(
-            "mart_country_access",
-            mart_country_access,
-            "activity_by_country_student",
-            "month",
-            "trunc(event_date, 'month')",
-        ),
-        _mart("mart_users_by_type", mart_users_by_type, "activity_by_student", "user_type", "user_type"),
+    *(_record_fact(name) for name in _RECORD_FACTS),
+    _activity("activity_by_student", activity_by_student, ("student_id", "user_type")),
+    _activity(
+        "activity_by_country_student",
+        activity_by_country_student,
+        ("country", "month", "student_id"),
+        within="month",
     ),
-    (
-        GoldTable(
-            "mart_state_activity",
-            ("page_views", *_STUDENT_INPUTS),
-            lambda run: mart_state_activity(run.gold("activity_by_student"), run.gold("dim_student")),
-            _state_activity_update,
-        ),
-        GoldTable(
-            "page_view_enriched",
-            ("page_views", *_STUDENT_INPUTS),
-            lambda run: page_view_enriched(run.gold("fact_page_view"), run.gold("dim_student")),
-            _enriched_update,
-        ),
+    _current_table("dim_university", "dim_university_history", ("universities",), dim_university),
+    _current_table("dim_course", "dim_course_history", ("courses",), dim_course),
+    _current_table("dim_subject", "dim_subject_history", ("subjects",), dim_subject),
+    _current_table("dim_student", "dim_student_history", _STUDENT_INPUTS, dim_student),
+    GoldTable("dim_date", FACT_INPUTS, lambda run: dim_date(*_dates(run, run.silver)), _dim_date_update),
+    _mart("mart_daily_activity", mart_daily_activity, "fact_page_view", "event_date", "event_date"),
+    _mart(
+        "mart_country_access",
+        mart_country_access,
+        "activity_by_country_student",
+        "month",
+        "trunc(event_date, 'month')",
+    ),
+    _mart("mart_users_by_type", mart_users_by_type, "activity_by_student", "user_type", "user_type"),
+    GoldTable(
+        "mart_state_activity",
+        ("page_views", *_STUDENT_INPUTS),
+        lambda run: mart_state_activity(run.gold("activity_by_student"), run.gold("dim_student")),
+        _state_activity_update,
+        after=("activity_by_student", "dim_student"),
+    ),
+    GoldTable(
+        "page_view_enriched",
+        ("page_views", *_STUDENT_INPUTS),
+        lambda run: page_view_enriched(run.gold("fact_page_view"), run.gold("dim_student")),
+        _enriched_update,
+        after=("fact_page_view", "dim_student"),
     ),
 )
-BY_NAME = {t.name: t for phase in PHASES for t in phase}
+BY_NAME = {t.name: t for t in ORDER}
 TABLES: tuple[str, ...] = tuple(BY_NAME)
 
 
@@ -652,7 +649,7 @@ def _plan(
 def pending(settings: Settings) -> bool:
     """Whether some gold table lags silver (read from the Delta logs, without Spark)."""
     marks = _silver_marks(settings)
-    return any(_plan(settings, table, marks) is not None for phase in PHASES for table in phase)
+    return any(_plan(settings, table, marks) is not None for table in ORDER)
 
 
 def _write(
@@ -680,30 +677,29 @@ def _write(
         "version": run.target.version,
         "rows_in": rows_in,
         "rows_out": delta.rows_written(run.target.path),
-        "seconds": round(time.monotonic() - started, 3),  # side by side with the phase's other writes
+        "seconds": round(time.monotonic() - started, 3),  # side by side with the other writes
     }
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
-    """Bring gold up to date with silver, phase by phase, the tables of a phase side by side; a table whose silver
-    inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
+    """Bring gold up to date with silver, each table as soon as the gold tables it reads are, side by side; a table
+    whose silver inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
     started = time.monotonic()
     marks = _silver_marks(settings)
     tables: dict[str, dict] = {}
-    for phase in PHASES:
-        jobs = {}
-        for table in phase:
-            plan = _plan(settings, table, marks)
-            if plan is None and full_refresh:
-                reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
-                plan = (reach, _seen_marks(settings, table.name)) if reach else None
-            if plan is None:
-                tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
-            else:
-                jobs[table.name] = partial(
-                    _write, settings=settings, table=table, reach=plan[0], seen=plan[1], full_refresh=full_refresh
-                )
-        tables.update(delta.write_tables(spark, jobs))
+    jobs = {}
+    for table in ORDER:
+        plan = _plan(settings, table, marks)
+        if plan is None and full_refresh:
+            reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
+            plan = (reach, _seen_marks(settings, table.name)) if reach else None
+        if plan is None:
+            tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
+        else:
+            jobs[table.name] = partial(
+                _write, settings=settings, table=table, reach=plan[0], seen=plan[1], full_refresh=full_refresh
+            )
+    tables.update(delta.write_tables(spark, jobs, after={t.name: t.after for t in ORDER}))
     return StageReport.of_tables(
         "gold",
         {name: tables[name] for name in TABLES},

@@ -96,6 +96,40 @@ def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
     assert delta.txn_versions(settings.table_path("bronze", "missing")) == {}
 
 
+def test_table_writes_start_after_the_tables_they_read_and_none_after_an_error(spark):
+    import threading
+
+    from lakehouse import delta
+
+    log: list[str] = []
+    lock = threading.Lock()
+
+    def job(name: str, fail: bool = False):
+        def run(_session):
+            with lock:
+                log.append(f"start {name}")
+            time.sleep(0.3)
+            with lock:
+                log.append(f"end {name}")
+            if fail:
+                raise ValueError(name)
+            return name
+
+        return run
+
+    after = {"dim": ("history",), "mart": ("dim", "fact"), "enriched": ("dim", "skipped")}
+    names = ("history", "fact", "other", "dim", "mart", "enriched")
+    assert delta.write_tables(spark, {n: job(n) for n in names}, after=after) == {n: n for n in names}
+    for name, reads in after.items():
+        for read in (r for r in reads if r != "skipped"):
+            assert log.index(f"end {read}") < log.index(f"start {name}"), log
+    log.clear()
+    jobs = {n: job(n, fail=n == "history") for n in names}
+    with pytest.raises(ValueError, match="history"):
+        delta.write_tables(spark, jobs, after=after)
+    assert not {"start dim", "start mart", "start enriched"} & set(log), log
+
+
 @pytest.fixture
 def pg_root():
     root = Path(tempfile.mkdtemp(prefix="lakehouse-pgtest-"))
