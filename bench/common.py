@@ -71,9 +71,11 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int]:
 
 
 class PeakSampler:
-    """Samples the RSS of a process tree every `interval` seconds in a thread; keeps the peaks."""
+    """Samples the RSS of a process tree every `interval` seconds in a thread; keeps the peaks. Once a second: the
+    kernel walks a process's page tables to give its PSS, about 60 ms of CPU for a 2 GiB JVM, so sampling 10 times a
+    second took 28 % of a core from the run it measured (on 2 cores), against 7 % once a second."""
 
-    def __init__(self, pid: int | None = None, interval: float = 0.1):
+    def __init__(self, pid: int | None = None, interval: float = 1.0):
         self.proc = psutil.Process(pid or os.getpid())
         self.interval = interval
         self._stop = threading.Event()
