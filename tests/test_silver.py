@@ -138,7 +138,7 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
             (None, "2017-11-19", "events/2017-11-19/late.json", 10, 3),
         ]
     )
-    metrics = delta.app_commits(settings.table_path("silver", "page_views"), "silver.page_views").__next__().metrics
+    metrics = next(delta.app_commits(settings.table_path("silver", "page_views"), "silver.page_views")).metrics
     assert (metrics["numTargetRowsInserted"], metrics["numTargetFilesRemoved"]) == ("1", "0")
     before = commits(spark, settings, "silver", "page_views")
     rep = silver.refresh(spark, settings, "run-4")
