@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lakehouse.bronze import ingest
+from lakehouse.bronze import ENTITIES, ingest, pending
 from lakehouse.delta import read_table
 from lakehouse.landing import land, read_ledger
 
@@ -176,7 +176,7 @@ def test_transactional_records_and_unreadable_exports(spark, settings):
 
 
 def test_generated_source_accounting_and_nothing_new_commits_nothing(spark, settings, tmp_path):
-    from lakehouse.bronze import GROUPS, pending
+    from lakehouse.bronze import GROUPS
     from lakehouse.tools.generate import generate
 
     summary = generate(Path(settings.source_url), seed=5, students=20, events=300, deliveries=2)
@@ -241,12 +241,20 @@ def test_duplicates_new_versions_and_watermarks(spark, settings):
     assert report.details["transactional"] is None and report.details["events"]["version"] == 3
     put(src, "transactional/2017-11-19/courses.json", b'[{"Id":2,"Name":"B"}]')  # transactional only: batch 4
     land(settings)
+    exports = [("bronze", e) for e in ENTITIES]
+    before = versions(spark, settings, exports)
     report = ingest(spark, settings, "r4")
     assert report.details["events"] is None and report.details["transactional"]["files"] == 1
     assert rows(read_table(spark, "bronze", "courses", settings), "record", "batch_id") == [
         ('{"Id":1,"Name":"A"}', 2),
         ('{"Id":2,"Name":"B"}', 4),
     ]
+    # the other entities' tables, which the delivery had no export for, got no commit, and lag nothing after
+    assert set(report.details["transactional"]["committed"]) == {"bronze.courses", "quarantine.transactional"}
+    after = versions(spark, settings, exports)
+    assert {t for t in exports if after[t] != before[t]} == {("bronze", "courses")}
+    assert not pending(settings)
+    assert ingest(spark, settings, "r5").skipped
 
 
 def test_line_numbers_are_exact_across_many_splits_of_one_file(spark, settings):
