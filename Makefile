@@ -36,12 +36,14 @@ gcs-demo: setup $(SAMPLE)/.complete
 	@$(BIN)/python -m lakehouse.jars --gcs
 	$(BIN)/python scripts/gcs_demo.py $(SAMPLE) data/gcs-demo
 
-# Linters over the whole tree: ruff (lint and format), mypy (settings in pyproject.toml), sqlfluff on the SQL.
+# Linters over the whole tree: ruff (lint and format), mypy (settings in pyproject.toml), sqlfluff on the SQL, and
+# docs/lake-tables.md against the catalogue it is generated from.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint warehouse_sql/
+	$(BIN)/python -m lakehouse.dictionary --check
 
 # The whole suite, end-to-end tests included, after the linters; CI runs exactly this. Two workers, a test module
 # each at a time: much of a test's time is spent waiting on subprocesses, servers and JVM starts.

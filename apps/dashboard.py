@@ -16,7 +16,8 @@ import panel as pn
 from apps.charts import NAMES, VegaChart, spec
 from apps.queries import Filters, Gold, to_datetime
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
-from lakehouse.security import wait_listening
+from lakehouse.platform import origins, public_url
+from lakehouse.security import ADMIN_USER, BindRefused, check_bind, login_set, wait_listening
 
 ALL = "All"
 # fmt: off
@@ -191,8 +192,6 @@ def login_options(settings: Settings, address: str, port: int) -> dict:
 
     from panel.config import config
 
-    from lakehouse.security import ADMIN_USER, check_bind, login_set
-
     cookie_secret = config.cookie_secret or secrets.token_urlsafe(32)
     if config.oauth_provider:
         if config.oauth_encryption_key:
@@ -213,8 +212,6 @@ def login_options(settings: Settings, address: str, port: int) -> dict:
 
 def serve(port: int = 5006, show: bool = False, address: str | None = None, settings: Settings | None = None) -> None:
     """Serve the dashboard on `port` until interrupted (blocks); `address` defaults to LAKEHOUSE_BIND."""
-    from lakehouse.platform import origins, public_url
-
     settings = settings or get_settings()
     address = address or settings.bind
     login = login_options(settings, address, port)
@@ -255,8 +252,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5006)
     parser.add_argument("--address", default=None, help="interface to listen on (default: LAKEHOUSE_BIND)")
     args = parser.parse_args(argv)
-    from lakehouse.security import BindRefused
-
     try:
         serve(args.port, address=args.address)
     except BindRefused as exc:

@@ -147,7 +147,7 @@ class Gold:
             assert self._lake is not None  # _refresh opened it
             return self._lake
 
-    def _state(self) -> tuple[list[catalog.Table], set[str], dict[str, int | None]]:
+    def _state(self) -> tuple[list[catalog.LakeTable], set[str], dict[str, int | None]]:
         """The lake's tables, their keys, and the latest Delta version of each cached source."""
         tables = catalog.discover(self.settings)
         by_key = {t.key: t for t in tables}

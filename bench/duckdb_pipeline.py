@@ -13,7 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from lakehouse.schemas import BR_STATES, PAGE_VIEW_SPELLINGS
+from lakehouse.schemas import BR_STATES
+from lakehouse.tables import EVENT_SPELLINGS
 
 AT_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]?\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$"
 EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
@@ -27,7 +28,7 @@ EVENT_FIELDS = {  # column <- JSON spellings (first non-null wins)
     "student_client": ("studentId_clientType",),
     "user_type": ("custom_4",),
     "visitor_type": ("user_type",),
-    **PAGE_VIEW_SPELLINGS,
+    **EVENT_SPELLINGS,
     "first_accessed_page": ("first-accessed-page",),
     "university_name": ("custom_1",),
     "course_name": ("custom_2",),

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import pyarrow as pa
 
-from lakehouse import warehouse
 from lakehouse.config import get_settings
 from lakehouse.pgserver import warehouse_logins
+from lakehouse.warehouse import loads, migrations
+from lakehouse.warehouse import mirror as warehouse
 
 # fmt: off
 COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
@@ -73,7 +74,7 @@ def load_with_copy(dsn: str, table: pa.Table) -> dict:
     """Stage with COPY (the mirror's path) and apply the SCD2 SQL, in one transaction."""
     duck = warehouse.duckdb_connection()
     source = warehouse.ArrowGold({"dim_student_history": table})
-    load = next(ld for ld in warehouse.LOADS if ld.target == "dim_student")
+    load = next(ld for ld in loads.LOADS if ld.target == "dim_student")
     conn = psycopg2.connect(dsn)
     started = time.perf_counter()
     with conn, conn.cursor() as cur:
@@ -153,7 +154,7 @@ def run(dsn: str | None = None, students: int = 20_000, deliveries: int = 5, rou
             name = f"bench_mirror_{method}_{suffix}"
             scratch = _database(admin, name)
             try:
-                warehouse.migrate(scratch)
+                migrations.migrate(scratch)
                 if loader is None:  # the whole mirror (gold version check, deliveries, COPY, SCD2, audit)
                     report = warehouse.mirror(
                         settings, warehouse.ArrowGold({"dim_student_history": table}), dsn=scratch

@@ -45,6 +45,19 @@ def _bronze(spark, source: Path, delivery_filter):
     )
 
 
+TABLES = (("silver", "page_views"), ("gold", "fact_page_view"))
+
+
+def _variant(spec, cols: list[str]):
+    """The table's spec laid out by `cols` (an `event_month` column added when it is one of them)."""
+    from dataclasses import replace
+
+    from lakehouse import tables
+
+    extra = (tables.own("event_month", "date", "first day of the event's month"),) if "event_month" in cols else ()
+    return replace(spec, columns=spec.columns + extra, partition_by=tuple(cols))
+
+
 def _files(path: Path) -> int:
     return sum(1 for _ in path.rglob("*.parquet"))
 
@@ -53,7 +66,7 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
     import duckdb
     from pyspark.sql import functions as F
 
-    from lakehouse import delta, gold, silver
+    from lakehouse import delta, gold, silver, tables
     from lakehouse.catalog import extension_path
     from lakehouse.config import Settings
     from lakehouse.spark import get_spark
@@ -76,7 +89,7 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
         spark = get_spark(settings)
         results = []
         for layout, cols in LAYOUTS.items():
-            silver.PARTITION_BY["page_views"] = gold.PARTITION_BY["fact_page_view"] = tuple(cols)
+            pv_spec, fact_spec = (_variant(tables.table(layer, name), cols) for layer, name in TABLES)
             for table in ("silver/page_views", "gold/fact_page_view"):
                 shutil.rmtree(work / "lake" / table, ignore_errors=True)
             first = _bronze(spark, source, lambda d: d != last)
@@ -85,16 +98,14 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             def write(df, version):
                 if cols == ["event_month"]:
                     df = df.withColumn("event_month", F.trunc("event_date", "month"))
-                target = delta.Target(
-                    "silver", "page_views", settings, app_id="bench", version=version, partition_by=tuple(cols)
-                )
+                target = delta.Target(pv_spec, settings, app_id="bench", version=version)
                 delta.merge_once(
                     spark,
                     df,
                     target,
                     on="t.event_id = s.event_id",
                     update_when=silver._EARLIER,
-                    update_set={c: f"s.{c}" for c in silver.PROVENANCE},
+                    update_set={c: f"s.{c}" for c in tables.PROVENANCE},
                 )
 
             t = time.perf_counter()
@@ -111,10 +122,12 @@ def measure(events: int, deliveries: int = 3) -> list[dict]:
             delta.merge_once(
                 spark,
                 fact,
-                delta.Target("gold", "fact_page_view", settings, app_id="bench", version=1, partition_by=tuple(cols)),
+                delta.Target(fact_spec, settings, app_id="bench", version=1),
                 on="t.event_id = s.event_id",
             )
-            delta.overwrite(gold.mart_daily_activity(fact), delta.Target("gold", "mart_daily_activity", settings))
+            delta.overwrite(
+                gold.mart_daily_activity(fact), delta.Target(tables.table("gold", "mart_daily_activity"), settings)
+            )
             gold_s = time.perf_counter() - t
             con = duckdb.connect()
             con.execute(f"load '{extension_path()}'")

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bench.common import PeakSampler, emit, mask
-from lakehouse import bronze, gold, landing, silver, warehouse
+from lakehouse import bronze, gold, landing, silver
 from lakehouse.reports import StageReport
+from lakehouse.warehouse import mirror as warehouse
 
 STAGES: tuple[tuple[str, Callable[..., StageReport], bool], ...] = (  # name, stage, needs spark
     ("land", landing.land, False),

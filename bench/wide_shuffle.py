@@ -35,7 +35,7 @@ def build(lake: str, initial: int, data: Path) -> dict:
         },
     )
     for table in silver.TABLES:
-        shutil.rmtree(settings.table_path("silver", table), ignore_errors=True)
+        shutil.rmtree(settings.table_path("silver", table.name), ignore_errors=True)
     spark = build_session(settings)
     started = time.monotonic()
     report = silver.refresh(spark, settings, f"wide-shuffle-{initial}")

@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 from prefect import Task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from lakehouse.reports import StageReport
+from lakehouse.reports import LockReport, RunReport, StageReport
 from lakehouse.runs import is_transient
 
 RETRY_DELAYS = [2, 10, 30]
@@ -31,17 +32,14 @@ TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
-def publish_report(flow: str, reports: list[StageReport], lock: dict[str, Any]) -> dict[str, Any]:
-    """Attach the run's table and markdown artifacts, and return the whole report (plain data, as saved)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    rows = [r.row() for r in reports]
-    stages = {r.stage: r.as_dict() for r in reports}
-    create_table_artifact(table=rows, key=f"{flow}-report", description=f"{flow}: rows in and out per layer")
-    body = json.dumps({"stages": stages, "lock": lock}, indent=2, default=str)
+def publish_report(flow: str, reports: list[StageReport], lock: LockReport) -> RunReport:
+    """Attach the run's table and markdown artifacts, and return the run's report."""
+    run = RunReport(flow, reports, lock)
+    create_table_artifact(table=run.summary, key=f"{flow}-report", description=f"{flow}: rows in and out per layer")
+    body = json.dumps({k: v for k, v in run.as_dict().items() if k in ("stages", "lock")}, indent=2, default=str)
     create_markdown_artifact(
         markdown=f"# {flow}\n\n```json\n{body}\n```\n",
         key=f"{flow}-details",
         description=f"{flow}: every stage's report",
     )
-    return {"flow": flow, "summary": rows, "stages": stages, "lock": lock}
+    return run

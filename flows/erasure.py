@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.common import TASK_OPTIONS, publish_report
 from lakehouse import erasure
-from lakehouse.reports import StageReport
+from lakehouse.reports import RunReport, StageReport
 from lakehouse.runs import run_stage, settings_for, writer_lock
 from lakehouse.spark import get_spark
 
@@ -23,7 +21,7 @@ def erase(student_ids: list[str]) -> StageReport:
 
 
 @flow(name="erase-students", log_prints=True)
-def erase_students(student_ids: list[str] | None = None) -> dict[str, Any]:
+def erase_students(student_ids: list[str] | None = None) -> RunReport:
     """Erase learners by id from every layer, every Delta version, the landed files and dw; idempotent."""
     if not student_ids:
         raise ValueError("name at least one student id to erase")

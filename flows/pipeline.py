@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
@@ -10,10 +10,10 @@ from prefect.runtime import flow_run
 from flows.common import TASK_OPTIONS, publish_report
 from lakehouse import bronze as bronze_stage
 from lakehouse import gold as gold_stage
-from lakehouse import landing, warehouse
+from lakehouse import landing
 from lakehouse import silver as silver_stage
 from lakehouse.pgserver import warehouse_dsn
-from lakehouse.reports import StageReport
+from lakehouse.reports import RunReport, StageReport
 from lakehouse.runs import (
     SPARK_STAGES,
     run_stage,
@@ -26,6 +26,7 @@ from lakehouse.runs import (
     writer_lock,
 )
 from lakehouse.spark import get_spark, warm_up
+from lakehouse.warehouse import mirror as mirror_stage
 
 Layer = Literal["silver", "gold"]
 
@@ -70,7 +71,7 @@ def gold(full_refresh: bool = False) -> StageReport:
 def mirror() -> StageReport:
     """Apply new gold versions to the PostgreSQL warehouse."""
     settings = settings_for()
-    return run_stage("mirror", settings, lambda: warehouse.mirror(settings))
+    return run_stage("mirror", settings, lambda: mirror_stage.mirror(settings))
 
 
 def _refine(full_refresh: Layer | None) -> list[StageReport]:
@@ -80,7 +81,7 @@ def _refine(full_refresh: Layer | None) -> list[StageReport]:
 @flow(name="full-pipeline", log_prints=True)
 def full_pipeline(
     source: str | None = None, delivery: str | None = None, full_refresh: Layer | None = None
-) -> dict[str, Any]:
+) -> RunReport:
     """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does)."""
     settings = settings_for(source)
     warehouse_dsn(settings)  # what cannot work in PostgreSQL is said in one line, before anything starts
@@ -98,7 +99,7 @@ def full_pipeline(
 
 
 @flow(name="land-bronze", log_prints=True)
-def land_bronze(source: str | None = None, delivery: str | None = None) -> dict[str, Any]:
+def land_bronze(source: str | None = None, delivery: str | None = None) -> RunReport:
     """Land new source files and ingest them into bronze."""
     settings = settings_for(source)
     if spark_work_expected(settings, delivery):
@@ -110,7 +111,7 @@ def land_bronze(source: str | None = None, delivery: str | None = None) -> dict[
 
 
 @flow(name="refine", log_prints=True)
-def refine(full_refresh: Layer | None = None) -> dict[str, Any]:
+def refine(full_refresh: Layer | None = None) -> RunReport:
     """Refine bronze into silver, then gold; optionally rebuild a layer from scratch."""
     settings = settings_for()
     if full_refresh or stages_pending(settings):
@@ -121,7 +122,7 @@ def refine(full_refresh: Layer | None = None) -> dict[str, Any]:
 
 
 @flow(name="mirror-warehouse", log_prints=True)
-def mirror_warehouse() -> dict[str, Any]:
+def mirror_warehouse() -> RunReport:
     """Mirror gold into the PostgreSQL warehouse (SCD2 dimensions and facts)."""
     with writer_lock(settings_for(), get_run_logger()) as lock:
         reports = [mirror()]

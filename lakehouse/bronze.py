@@ -19,26 +19,24 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
 
-from lakehouse import faults
+from lakehouse import faults, tables
 from lakehouse import parsing as P
 from lakehouse.config import Settings, join
-from lakehouse.delta import Target, append_once, last_txn_version, write_tables
-from lakehouse.erasure import mark_erased, scrub_landing, tombstoned
+from lakehouse.delta import Target, append_once, write_tables
+from lakehouse.delta_log import last_txn_version
 from lakehouse.landing import lake_fs, lake_listing, read_ledger
 from lakehouse.reports import StageReport
-from lakehouse.schemas import ENTITY_DATES, ENTITY_IDS, ENTITY_RAW
+from lakehouse.tombstones import mark_erased, scrub_landing, tombstoned
 
 log = logging.getLogger(__name__)
 
-ENTITIES = ("students", "courses", "universities", "subjects", "sessions", "subscriptions", "student_follow_subject")
+ENTITIES = tables.ENTITIES
 # Tables written together from one read of the landed files, as (layer, name).
 GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
     "events": (("bronze", "events"), ("quarantine", "events")),
     "transactional": (*(("bronze", e) for e in ENTITIES), ("quarantine", "transactional")),
 }
 SET_ASIDE = "_system/set_aside"  # one JSON record per landed file a person set aside (`lakehouse quarantine`)
-# Every bronze and quarantine table is read by batch (silver, the accounting): statistics on these columns only.
-STATS_COLUMNS = ("batch_id", "as_of")
 # The landed file a Spark row came from: the lake-relative tail of `_metadata.file_path`.
 LANDED_TAIL = r"(landing/[^/]+/[^/]+/[^/]+/[^/]+)$"
 
@@ -72,17 +70,16 @@ FILES_SCHEMA = StructType(
 )
 # The fields bronze checks (events; transactional: every entity's), read by the parser silver reads them with.
 EVENT_CHECKED = "at string, studentId_clientType string, country string"
-RECORD_CHECKED = ", ".join(f"`{f}` string" for f in sorted({f for s in ENTITY_RAW.values() for f in s.fieldNames()}))
-META = ["source_file", "landed_path", "line_number", "delivery", "as_of", "batch_id", "landed_at", "run_id"]
-BRONZE_EVENTS_COLUMNS = ["value", "at_raw", *META]
-QUARANTINE_EVENTS_COLUMNS = ["reason", "raw", "raw_base64", *META]
-BRONZE_ENTITY_COLUMNS = ["record", *META]
-QUARANTINE_TRANSACTIONAL_COLUMNS = ["entity", "reason", "raw", "raw_base64", *META]
+RECORD_CHECKED = ", ".join(f"`{f}` string" for f in sorted({f for e in tables.EXPORTS for f in e.fields}))
 
 
 def app_id(layer: str, name: str) -> str:
     """The Delta txnAppId bronze uses for one of its tables."""
     return f"bronze.{name}" if layer == "bronze" else f"bronze.quarantine.{name}"
+
+
+def _columns(layer: str, name: str) -> tuple[str, ...]:
+    return tables.table(layer, name).names
 
 
 def event_lines(raw_lines: DataFrame, files: DataFrame) -> DataFrame:
@@ -214,13 +211,17 @@ def classified_events(lines: DataFrame, run_id: str, dates: tuple[date, date] | 
 
 def bronze_events(classified: DataFrame) -> DataFrame:
     """`bronze.events`: one row per non-blank line that is a JSON object with a parseable `at`."""
-    return classified.filter(F.col("status") == "bronze").select(*BRONZE_EVENTS_COLUMNS)
+    return classified.filter(F.col("status") == "bronze").select(*_columns("bronze", "events"))
 
 
 def quarantine_events(classified: DataFrame) -> DataFrame:
     """`quarantine.events`: one row per event line that cannot be read, with its reason."""
     raw = F.when(F.col("reason") == "invalid_utf8", F.expr("make_valid_utf8(value)")).otherwise(F.col("value"))
-    return classified.filter(F.col("status") == "quarantine").withColumn("raw", raw).select(*QUARANTINE_EVENTS_COLUMNS)
+    return (
+        classified.filter(F.col("status") == "quarantine")
+        .withColumn("raw", raw)
+        .select(*_columns("quarantine", "events"))
+    )
 
 
 def _by_entity(make: Any) -> Column:
@@ -274,9 +275,11 @@ def transactional_records(
         F.when(F.col("_object"), P.value_too_large(record)).alias("_big"),
         F.when(F.col("_object"), P.changed_by_cleaning(record, F.col("_control"))).alias("_changed"),
         _by_entity(
-            lambda e: P.parse_export_time(P.clean(obj.getField(ENTITY_DATES[e]))) if e in ENTITY_DATES else None
+            lambda e: (
+                P.parse_export_time(P.clean(obj.getField(date))) if (date := tables.EXPORT[e].date_field) else None
+            )
         ).alias("_time"),
-        _by_entity(lambda e: P.too_long(*(P.clean(obj.getField(f)) for f in ENTITY_IDS[e]))).alias("_long_id"),
+        _by_entity(lambda e: P.too_long(*(P.clean(obj.getField(f)) for f in tables.EXPORT[e].ids))).alias("_long_id"),
     )
     readable = checked.select(
         *meta,
@@ -321,12 +324,14 @@ def transactional_records(
 
 def bronze_entity(records: DataFrame, entity: str) -> DataFrame:
     """`bronze.<entity>`: one row per exported record of that entity."""
-    return records.filter((F.col("status") == "bronze") & (F.col("entity") == entity)).select(*BRONZE_ENTITY_COLUMNS)
+    return records.filter((F.col("status") == "bronze") & (F.col("entity") == entity)).select(
+        *_columns("bronze", entity)
+    )
 
 
 def quarantine_transactional(records: DataFrame) -> DataFrame:
     """`quarantine.transactional`: exports and records that cannot be read or held, with their reason."""
-    return records.filter(F.col("status") == "quarantine").select(*QUARANTINE_TRANSACTIONAL_COLUMNS)
+    return records.filter(F.col("status") == "quarantine").select(*_columns("quarantine", "transactional"))
 
 
 def _files_frame(spark: SparkSession, entries: list[dict[str, Any]]) -> DataFrame:
@@ -476,7 +481,7 @@ def _write_group(
     run_id: str,
 ) -> dict[str, Any] | None:
     """Read the landed files the group's tables still lack and append them, one idempotent commit per table."""
-    tables = GROUPS[group]
+    group_tables = GROUPS[group]
     marks, version, entries = _backlog(settings, group, manifests)
     if not entries:
         return None
@@ -486,7 +491,7 @@ def _write_group(
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
     key, keys = (None, ["all"]) if group == "events" else ("entity", sorted({e["entity"] for e in entries}))
-    pending = [t for t in tables if any(_lacks(t, marks[t], e["batch_id"], e) for e in entries)]
+    pending = [t for t in group_tables if any(_lacks(t, marks[t], e["batch_id"], e) for e in entries)]
     tally = Observation("bronze_accounting")
     try:
         # One pass computes the classified rows into the cache and observes the run report's accounting on them;
@@ -497,7 +502,7 @@ def _write_group(
 
         def write(table: tuple[str, str], _session: SparkSession) -> int:
             rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
-            append_once(rows, Target(*table, settings, app_id=app_id(*table), version=version, stats=STATS_COLUMNS))
+            append_once(rows, Target(tables.table(*table), settings, app_id=app_id(*table), version=version))
             faults.point("mid_bronze")
             return version
 

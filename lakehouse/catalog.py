@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -10,14 +9,16 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import duckdb
 
+from lakehouse import delta_log
 from lakehouse.config import DELTA_LAYERS, Settings, get_settings, join
+from lakehouse.storage import filesystem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +35,9 @@ class CatalogError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Table:
+class LakeTable:
+    """A Delta table found in the lake, where it lives."""
+
     layer: str
     name: str
     location: str
@@ -56,12 +59,10 @@ def extension_path() -> str:
 
 
 def _fs(settings: Settings) -> tuple[Any, str]:
-    from lakehouse.storage import filesystem
-
     return filesystem(settings.lake_url, settings)
 
 
-def discover(settings: Settings | None = None) -> list[Table]:
+def discover(settings: Settings | None = None) -> list[LakeTable]:
     """Every `<layer>/<table>` folder of the lake that holds a `_delta_log`, sorted by key."""
     settings = settings or get_settings()
     if not settings.lake_is_local:
@@ -69,7 +70,7 @@ def discover(settings: Settings | None = None) -> list[Table]:
     return lake_tables(settings, DELTA_LAYERS)
 
 
-def lake_tables(settings: Settings, layers: tuple[str, ...] | list[str]) -> list[Table]:
+def lake_tables(settings: Settings, layers: tuple[str, ...] | list[str]) -> list[LakeTable]:
     """Every Delta table (a `<layer>/<table>` folder holding a `_delta_log`) under these layers, sorted by key."""
     fs, _ = _fs(settings)
     found = []
@@ -85,31 +86,20 @@ def lake_tables(settings: Settings, layers: tuple[str, ...] | list[str]) -> list
                 continue
             location = settings.table_path(layer, name)
             if fs.exists(join(location, "_delta_log")):
-                found.append(Table(layer, name, location))
+                found.append(LakeTable(layer, name, location))
     return sorted(found, key=lambda t: t.key)
 
 
-def last_commit(table: Table, settings: Settings | None = None) -> tuple[int, datetime] | None:
+def last_commit(table: LakeTable, settings: Settings | None = None) -> tuple[int, datetime] | None:
     """(version, commit time) of a table's latest Delta commit, from its `_delta_log`."""
-    fs, _ = _fs(settings or get_settings())
-    log = join(table.location, "_delta_log")
-    commits = sorted(p for p in fs.ls(log, detail=False) if re.search(r"/\d{20}\.json$", p))
-    if not commits:
-        return None
-    with fs.open(commits[-1], "r") as fh:
-        for line in fh:
-            info = json.loads(line).get("commitInfo")
-            if info and "timestamp" in info:
-                version = int(commits[-1].rsplit("/", 1)[-1][:20])
-                return version, datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
-    return None
+    return delta_log.last_commit(table.location, settings or get_settings())
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _scan(table: Table, version: int | None = None) -> str:
+def _scan(table: LakeTable, version: int | None = None) -> str:
     location = table.location if "://" in table.location else str(Path(table.location).resolve())
     at = "" if version is None else f", version => {int(version)}"
     return f"delta_scan({_literal(location)}{at})"
@@ -173,7 +163,7 @@ def gcs_secret_sql(settings: Settings) -> str:
 
 
 def _create_views(
-    con: duckdb.DuckDBPyConnection, database: str, tables: list[Table], versions: dict[str, int] | None = None
+    con: duckdb.DuckDBPyConnection, database: str, tables: list[LakeTable], versions: dict[str, int] | None = None
 ) -> list[str]:
     """Create `<database>.<layer>.<table>` views; returns the keys that could not be read."""
     versions = versions or {}
@@ -193,13 +183,11 @@ def _create_views(
     return skipped
 
 
-def _vacuumed(tables: list[Table], versions: dict[str, int] | None) -> str | None:
+def _vacuumed(tables: list[LakeTable], versions: dict[str, int] | None) -> str | None:
     """Why a pinned version cannot be read when a vacuum deleted its files: one line naming the oldest readable one."""
-    from lakehouse.delta import oldest_readable_version
-
     for table in tables:
         version = (versions or {}).get(table.key)
-        oldest = None if version is None else oldest_readable_version(table.location)
+        oldest = None if version is None else delta_log.oldest_readable_version(table.location)
         if version is not None and oldest is not None and version < oldest:
             return (
                 f"{table.key} version {version} can no longer be read (a vacuum deleted its files);"
@@ -213,7 +201,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def refresh_catalog(
-    settings: Settings | None = None, tables: list[Table] | None = None, con: duckdb.DuckDBPyConnection | None = None
+    settings: Settings | None = None,
+    tables: list[LakeTable] | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> bool:
     """Rewrite the views of the persistent catalog file (Settings.catalog_path); False when it is locked by another process."""
     settings = settings or get_settings()
@@ -257,7 +247,7 @@ class LakeConnection:
     """A locked-down DuckDB connection: views read-only, file access limited to the lake, configuration locked."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, tables: list[Table], skipped: list[str], database: str | None = None
+        self, con: duckdb.DuckDBPyConnection, tables: list[LakeTable], skipped: list[str], database: str | None = None
     ):
         self.con = con
         self.tables = tables
@@ -331,7 +321,7 @@ def connect(
     settings: Settings | None = None,
     read_only: bool = True,
     versions: dict[str, int] | None = None,
-    tables: list[Table] | None = None,
+    tables: list[LakeTable] | None = None,
     refresh: bool = False,
 ) -> LakeConnection:
     """Open DuckDB with every lake table as a view `<layer>.<table>`; `versions` pins tables to a Delta version."""

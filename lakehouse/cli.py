@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lakehouse.config import Settings
-from lakehouse.reports import COLUMNS, StageReport
+from lakehouse.reports import COLUMNS, RunReport, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
@@ -122,6 +122,37 @@ def query(
 
 
 @app.command()
+def tables(
+    name: str = typer.Argument(None, help="a table (gold.dim_student or dim_student) or a layer; default: all"),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table or json (one array)"),
+    warehouse: bool = typer.Option(False, "--warehouse", help="the PostgreSQL warehouse's dw tables instead"),
+) -> None:
+    """The data dictionary: every table's grain, keys, how it is kept, and its columns (type, description, whether
+    personal), from the catalogue; types as `lakehouse query` shows them (PostgreSQL's for --warehouse)."""
+    import json
+    import sys
+
+    from lakehouse import dictionary
+
+    try:
+        found = dictionary.select(name, warehouse)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    if output is OutputFormat.json:
+        sys.stdout.write(json.dumps([dictionary.entry(t) for t in found]) + "\n")
+        return
+    if output is OutputFormat.csv:
+        fail("--format is table or json here")
+    for spec in found:
+        entry = dictionary.entry(spec)
+        grid = Table("column", "type", "personal", "description", title=f"{entry['table']}: {entry['grain']}")
+        for c in entry["columns"]:
+            grid.add_row(c["name"], c["type"], "yes" if c["pii"] else "", c["description"])
+        console.print(grid)
+        console.print(f"  key: {', '.join(entry['keys'])}; kept: {entry['kept_by']}\n", highlight=False)
+
+
+@app.command()
 def dashboard(
     port: int = typer.Option(5006, help="port to serve on"),
     address: str = typer.Option(None, help="interface to listen on (default LAKEHOUSE_BIND; 0.0.0.0: every one)"),
@@ -181,7 +212,7 @@ def pg_status() -> None:
 @warehouse_app.command("sql")
 def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
     """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
-    from lakehouse.warehouse import LOADS_BY_TARGET, load_sql
+    from lakehouse.warehouse.loads import LOADS_BY_TARGET, load_sql
 
     if table not in LOADS_BY_TARGET:
         fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
@@ -283,13 +314,14 @@ def run(
         reason = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else str(state.message)
         where = failed.get("stage")
         fail(f"{where} failed: {failed.get('error') or reason}" if where else reason.splitlines()[0][:300])
-    payload = json.dumps(result, indent=2, default=str)
+    payload = json.dumps(result.as_dict(), indent=2, default=str)
     (settings.data_dir / "last-run.json").parent.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "last-run.json").write_text(payload)
     if report:
         report.write_text(payload)
-    quarantined = sum(r["quarantined"] for r in result["summary"])
-    console.print(f"[green]run completed[/] ({quarantined} quarantined records); `lakehouse summary` shows the lake")
+    console.print(
+        f"[green]run completed[/] ({result.quarantined} quarantined records); `lakehouse summary` shows the lake"
+    )
 
 
 @app.command("quarantine")
@@ -349,8 +381,7 @@ def erase(
     get_settings.cache_clear()
     from flows.erasure import erase_students
 
-    result = erase_students(student_ids=student)
-    report = StageReport.from_dict(result["stages"]["erase"])
+    report = erase_students(student_ids=student).stages[0]
     console.print(
         f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
         f"{report.seconds:.1f} s; audit row {report.details['erasure_id']} in _system.erasures",
@@ -428,8 +459,8 @@ def summary() -> None:
         quarantined += rows if layer == "quarantine" else 0
     console.print(table)
     try:
-        reports = [StageReport.from_dict(r) for r in last["stages"].values()] if last else []
-    except TypeError:  # written by an older version
+        reports = RunReport.from_dict(last).stages if last else []
+    except (TypeError, KeyError):  # written by an older version
         reports = []
         console.print(f"[dim]{last_path} is from an older version: the next `lakehouse run` rewrites it[/]")
     if reports:

@@ -13,37 +13,25 @@ from functools import partial, reduce
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import delta
+from lakehouse import delta, silver, tables
 from lakehouse.config import Settings
-from lakehouse.reports import StageReport
+from lakehouse.delta_log import (
+    app_commits,
+    data_changed,
+    is_table,
+    last_txn_version,
+    oldest_readable_version,
+    rows_committed,
+    rows_written,
+)
+from lakehouse.reports import StageReport, TableReport
 from lakehouse.silver import latest_as_of
 
-# Layer policy, measured in bench/partitioning.py (bench/README.md): tables read or replaced by day or month are
-# partitioned by it; the rest are small, or read whole.
-PARTITION_BY: dict[str, tuple[str, ...]] = {
-    "fact_page_view": ("event_date",),
-    "page_view_enriched": ("event_date",),
-    "activity_by_country_student": ("month",),
-}
-# Columns Delta keeps file statistics on: those reads and replacements prune by (default: the first 32 columns).
-STATS_COLUMNS: dict[str, tuple[str, ...]] = {
-    "fact_page_view": ("event_at",),
-    "page_view_enriched": ("event_at", "student_id"),
-    **{f"dim_{e}_history": ("as_of",) for e in ("student", "course", "university", "subject")},
-}
-
-# fmt: off
-FACT_PAGE_VIEW_COLUMNS = ("event_id", "event_at", "event_date", "student_id", "student_erased", "client_type",
-                          "country", "region", "city_name", "browser", "platform", "page_name", "page_category",
-                          "user_type", "session_uuid")
-STUDENT_COLUMNS = ("student_id", "registered_at", "state", "city", "university_id", "university_name", "course_id",
-                   "course_name", "signup_source", "is_deleted", "as_of")
-# fmt: on
+SPECS = {t.name: t for t in tables.layer("gold")}
+FACT_PAGE_VIEW_COLUMNS = SPECS["fact_page_view"].names
+STUDENT_COLUMNS = SPECS["dim_student"].names
 # The student attributes page_view_enriched carries: a change to one of them re-enriches that student's events.
-# fmt: off
-ENRICHMENT = ("state", "city", "university_id", "university_name", "course_id", "course_name", "signup_source",
-              "registered_at")
-# fmt: on
+ENRICHMENT = tuple(c for c in SPECS["page_view_enriched"].names if c not in FACT_PAGE_VIEW_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,8 +224,7 @@ def page_view_enriched(facts: DataFrame, students: DataFrame) -> DataFrame:
 # refresh (the I/O edge): each table built whole once, then kept from what changed
 # --------------------------------------------------------------------------------------------------
 
-SNAPSHOTS = ("students", "courses", "universities", "subjects")
-FACT_INPUTS = ("page_views", "sessions", "subscriptions", "student_follow_subject")
+FACT_INPUTS = ("page_views", *tables.RECORDS)
 # Gold's layout, 2 since facts carry `student_erased`. Each layout commits under app ids of its own, so a table an
 # earlier layout wrote (other columns, other keys) has no marks of this one, and is rebuilt once.
 LAYOUT = 2
@@ -248,16 +235,16 @@ def app_id(table: str) -> str:
     return f"gold.{table}@{LAYOUT}"
 
 
-CHANGED = "changed_batch_id"  # silver's column: the bronze batch in which what gold reads of a row last changed
+CHANGED = silver.CHANGED  # the bronze batch in which what gold reads of a silver row last changed
 _RECORD_FACTS = {
-    "fact_session": ("sessions", fact_session, "session_id"),
-    "fact_subscription": ("subscriptions", fact_subscription, "subscription_id"),
-    "fact_subject_follow": ("student_follow_subject", fact_subject_follow, "follow_id"),
+    "fact_session": ("sessions", fact_session),
+    "fact_subscription": ("subscriptions", fact_subscription),
+    "fact_subject_follow": ("student_follow_subject", fact_subject_follow),
 }
 
 
 @dataclass
-class Run:
+class Refresh:
     """One gold table's refresh: the silver batches it has seen and must reach per input, and how it writes."""
 
     session: SparkSession
@@ -269,8 +256,6 @@ class Run:
 
     def silver(self, name: str) -> DataFrame:
         """The whole silver table (an empty one when no delivery fed it yet)."""
-        from lakehouse import silver
-
         if name not in self.marks:
             return silver.empty(self.session, name)
         return delta.read_table(self.session, "silver", name, self.settings)
@@ -286,21 +271,18 @@ class Run:
 
     def gold(self, name: str) -> DataFrame:
         """A gold table this one reads, named in its `after` (an empty one when its inputs never had a delivery)."""
-        if delta.table_exists(self.session, "gold", name, self.settings):
+        if delta.table_exists("gold", name, self.settings):
             return delta.read_table(self.session, "gold", name, self.settings)
-        return BY_NAME[name].build(Run(self.session, self.settings, name, {}, {}))
+        return BY_NAME[name].build(Refresh(self.session, self.settings, name, {}, {}))
 
     @property
     def target(self) -> delta.Target:
         # the txn version grows whenever an input mark does: their sum
         return delta.Target(
-            "gold",
-            self.table,
+            SPECS[self.table],
             self.settings,
             app_id=app_id(self.table),
             version=sum(self.marks.values()) if self.once else None,
-            partition_by=PARTITION_BY.get(self.table, ()),
-            stats=STATS_COLUMNS.get(self.table, ()),
             user_metadata=json.dumps({"marks": self.marks}),
         )
 
@@ -311,12 +293,12 @@ class GoldTable:
 
     name: str
     inputs: tuple[str, ...]
-    build: Callable[[Run], DataFrame]
-    update: Callable[[Run], None]
+    build: Callable[[Refresh], DataFrame]
+    update: Callable[[Refresh], None]
     after: tuple[str, ...] = ()  # the gold tables it reads: written before it in a run
 
 
-def _first_changed(run: Run, *names: str) -> str | None:
+def _first_changed(run: Refresh, *names: str) -> str | None:
     """The earliest `as_of` among the changed rows of these snapshot tables (exact text), None when none changed."""
     bounds = [run.changed(n).agg(F.min("as_of").alias("b")) for n in names if n in run.marks]
     if not bounds:
@@ -351,7 +333,7 @@ def _within(column: str, values: list) -> str:
     return " OR ".join(parts) or "false"
 
 
-def _replace_groups(run: Run, rows: DataFrame, column: str, values: list) -> None:
+def _replace_groups(run: Refresh, rows: DataFrame, column: str, values: list) -> None:
     """Replace the table's rows whose `column` is one of `values` with `rows` (restricted to them)."""
     if not values:
         delta.advance(run.session, run.target)
@@ -366,7 +348,7 @@ def _replace_groups(run: Run, rows: DataFrame, column: str, values: list) -> Non
 def _history_table(name: str, entity: str, transform: Callable[[DataFrame], DataFrame]) -> GoldTable:
     """dim_<entity>_history: the silver snapshot's columns; a change rewrites its deliveries from the first changed."""
 
-    def update(run: Run) -> None:
+    def update(run: Refresh) -> None:
         first = _first_changed(run, entity)
         if first is None:
             delta.advance(run.session, run.target)
@@ -377,7 +359,7 @@ def _history_table(name: str, entity: str, transform: Callable[[DataFrame], Data
     return GoldTable(name, (entity,), lambda run: transform(run.silver(entity)), update)
 
 
-def _student_history_update(run: Run) -> None:
+def _student_history_update(run: Refresh) -> None:
     first = _first_changed(run, "students", "universities", "courses")
     if first is None:
         delta.advance(run.session, run.target)
@@ -397,7 +379,7 @@ def _current_table(
     """dim_<entity>: each key's latest state. Every key seen has a row at the history's latest delivery (present or
     a deletion marker), so that delivery alone gives the whole table."""
 
-    def build(run: Run) -> DataFrame:
+    def build(run: Refresh) -> DataFrame:
         rows = run.gold(history)
         latest = latest_as_of(rows)
         return current(rows.where(F.col("as_of") >= F.lit(latest).cast("timestamp")) if latest else rows)
@@ -405,7 +387,7 @@ def _current_table(
     return GoldTable(name, inputs, build, lambda run: delta.overwrite(build(run), run.target), after=(history,))
 
 
-def _dates(run: Run, read: Callable[[str], DataFrame]) -> list[DataFrame]:
+def _dates(run: Refresh, read: Callable[[str], DataFrame]) -> list[DataFrame]:
     return [
         read("page_views").select("event_date"),
         fact_session(read("sessions")).select("session_date"),
@@ -414,7 +396,7 @@ def _dates(run: Run, read: Callable[[str], DataFrame]) -> list[DataFrame]:
     ]
 
 
-def _dim_date_update(run: Run) -> None:
+def _dim_date_update(run: Refresh) -> None:
     """Facts are never removed: the calendar only grows, to cover the dates of the changed facts."""
     delta.overwrite(dim_date(run.gold("dim_date").select("date"), *_dates(run, run.changed)), run.target)
 
@@ -422,15 +404,16 @@ def _dim_date_update(run: Run) -> None:
 # -- facts -----------------------------------------------------------------------------------
 
 
-def _fact_page_view_update(run: Run) -> None:
+def _fact_page_view_update(run: Refresh) -> None:
     """Each event enters silver once, in the batch its changed_batch_id names: its new rows are appended."""
     delta.append_once(fact_page_view(run.changed("page_views")), run.target)
 
 
 def _record_fact(name: str) -> GoldTable:
-    entity, transform, key = _RECORD_FACTS[name]
+    entity, transform = _RECORD_FACTS[name]
+    (key,) = SPECS[name].keys
 
-    def update(run: Run) -> None:
+    def update(run: Refresh) -> None:
         rows = transform(run.changed(entity))
         delta.merge_once(
             run.session, rows, run.target, on=f"t.{key} = s.{key}", update_set={c: f"s.{c}" for c in rows.columns}
@@ -444,7 +427,7 @@ def _activity(
 ) -> GoldTable:
     """A partial aggregate of the page views: the new events' counts are added to their groups."""
 
-    def update(run: Run) -> None:
+    def update(run: Refresh) -> None:
         added = aggregate(fact_page_view(run.changed("page_views")))
         on = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
         delta.merge_once(
@@ -466,23 +449,23 @@ def _mart(name: str, transform: Callable[[DataFrame], DataFrame], source: str, c
     """A mart built by `transform` from one gold table; an update recomputes the groups of `column` the new events
     touch (`touched`: a SQL expression over the new page views giving their days, months, user types)."""
 
-    def rows(run: Run) -> DataFrame:
+    def rows(run: Refresh) -> DataFrame:
         return transform(run.gold(source))
 
-    def update(run: Run) -> None:
+    def update(run: Refresh) -> None:
         new = fact_page_view(run.changed("page_views"))
         _replace_groups(run, rows(run), column, _touched(new.select(F.expr(touched).alias(column)), column))
 
     return GoldTable(name, ("page_views",), rows, update, after=(source,))
 
 
-def _students_changed(run: Run) -> DataFrame:
+def _students_changed(run: Refresh) -> DataFrame:
     """Students whose enrichment attributes changed since this table's last refresh: dim_student then (read back at
     the version this table last saw) against dim_student now; `old`/`new` hold their states. Raises LookupError when
     that version is no longer readable."""
     path = run.settings.table_path("gold", "dim_student")
     seen = _seen(path, app_id("dim_student"), run.seen)
-    if seen is None or seen < (delta.oldest_readable_version(path) or 0):  # an erasure vacuums every old version
+    if seen is None or seen < (oldest_readable_version(path) or 0):  # an erasure vacuums every old version
         raise LookupError("dim_student as this table last saw it is not in the log, or no longer readable")
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
     now = run.gold("dim_student")
@@ -497,14 +480,14 @@ def _students_changed(run: Run) -> DataFrame:
 def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
     """The Delta version of a gold table whose commit recorded input marks no later than `marks`: the table as a
     reader that has seen `marks` last read it."""
-    for commit in delta.app_commits(path, app_id):
+    for commit in app_commits(path, app_id):
         theirs = json.loads(commit.user_metadata or "{}").get("marks", {})
         if all(theirs.get(k, -1) <= marks.get(k, -1) for k in theirs):
             return commit.version
     return None
 
 
-def _students_moved(run: Run, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame] | None:
+def _students_moved(run: Refresh, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame] | None:
     """(dim_student, the students whose attributes changed); None when those cannot be told, after rebuilding the
     table whole with `build(dim_student)`."""
     students = run.gold("dim_student")
@@ -515,7 +498,7 @@ def _students_moved(run: Run, build: Callable[[DataFrame], DataFrame]) -> tuple[
         return None
 
 
-def _state_activity_update(run: Run) -> None:
+def _state_activity_update(run: Refresh) -> None:
     """The states whose totals change: those of students with new events (null: anonymous or unknown), and the
     states students moved from and to."""
     found = _students_moved(run, lambda students: mart_state_activity(run.gold("activity_by_student"), students))
@@ -533,7 +516,7 @@ def _state_activity_update(run: Run) -> None:
     _replace_groups(run, rows, "state", _touched(states, "state"))
 
 
-def _enriched_update(run: Run) -> None:
+def _enriched_update(run: Refresh) -> None:
     """New events are appended with their student's current attributes; the events of students whose attributes
     changed are rewritten in place (a MERGE on student_id, committed once per version under its own app id)."""
     found = _students_moved(run, lambda students: page_view_enriched(run.gold("fact_page_view"), students))
@@ -541,7 +524,7 @@ def _enriched_update(run: Run) -> None:
         return
     students, moved = found
     restate = delta.Target(
-        "gold", run.table, run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
+        SPECS[run.table], run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
     )
     delta.merge_once(
         run.session,
@@ -554,7 +537,7 @@ def _enriched_update(run: Run) -> None:
     delta.append_once(page_view_enriched(fact_page_view(run.changed("page_views")), students), run.target)
 
 
-def _student_history(run: Run) -> DataFrame:
+def _student_history(run: Refresh) -> DataFrame:
     return dim_student_history(run.silver("students"), run.silver("universities"), run.silver("courses"))
 
 
@@ -612,18 +595,19 @@ ORDER: tuple[GoldTable, ...] = (
 )
 BY_NAME = {t.name: t for t in ORDER}
 TABLES: tuple[str, ...] = tuple(BY_NAME)
+assert set(TABLES) == set(SPECS), "every gold table of the catalogue has a model here"
 
 
 def _silver_marks(settings: Settings) -> dict[str, int | None]:
     return {
-        t: delta.last_txn_version(settings.table_path("silver", t), f"silver.{t}") for t in (*SNAPSHOTS, *FACT_INPUTS)
+        t.name: last_txn_version(settings.table_path("silver", t.name), silver.app_id(t.name)) for t in silver.TABLES
     }
 
 
 def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
     """The silver batches gold.<table> has consumed per input, from its latest commit (None: never built, or built
     by an earlier layout of gold: then it is built whole)."""
-    for commit in delta.app_commits(settings.table_path("gold", table), app_id(table)):
+    for commit in app_commits(settings.table_path("gold", table), app_id(table)):
         marks = json.loads(commit.user_metadata or "{}").get("marks")
         return marks if isinstance(marks, dict) else None
     return None
@@ -638,7 +622,7 @@ def _plan(
         return None
     seen = _seen_marks(settings, table.name)
     if seen is not None and not any(
-        delta.data_changed(settings.table_path("silver", i), f"silver.{i}", seen.get(i), m)
+        data_changed(settings.table_path("silver", i), silver.app_id(i), seen.get(i), m)
         for i, m in reach.items()
         if seen.get(i, -1) < m
     ):
@@ -659,26 +643,25 @@ def _write(
     reach: dict[str, int],
     seen: dict[str, int] | None,
     full_refresh: bool,
-) -> dict:
+) -> TableReport:
     """Refresh one gold table on `session`: built whole when new, unreadable as before, or on a full refresh;
     otherwise kept from what changed."""
     started = time.monotonic()
-    run = Run(session, settings, table.name, seen or {}, reach, once=seen != reach)
-    if full_refresh or seen is None or not delta.table_exists(session, "gold", table.name, settings):
+    run = Refresh(session, settings, table.name, seen or {}, reach, once=seen != reach)
+    if full_refresh or seen is None or not is_table(settings.table_path("gold", table.name)):
         delta.overwrite(table.build(run), run.target)
     else:
         table.update(run)
     rows_in = sum(
-        delta.rows_committed(settings.table_path("silver", i), f"silver.{i}", (seen or {}).get(i), m)
+        rows_committed(settings.table_path("silver", i), silver.app_id(i), (seen or {}).get(i), m)
         for i, m in reach.items()
     )
-    return {
-        "skipped": False,
-        "version": run.target.version,
-        "rows_in": rows_in,
-        "rows_out": delta.rows_written(run.target.path),
-        "seconds": round(time.monotonic() - started, 3),  # side by side with the other writes
-    }
+    return TableReport(
+        rows_in=rows_in,
+        rows_out=rows_written(run.target.path),
+        seconds=round(time.monotonic() - started, 3),  # side by side with the other writes
+        version=run.target.version,
+    )
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
@@ -686,7 +669,7 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
     whose silver inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
     started = time.monotonic()
     marks = _silver_marks(settings)
-    tables: dict[str, dict] = {}
+    reports: dict[str, TableReport] = {}
     jobs = {}
     for table in ORDER:
         plan = _plan(settings, table, marks)
@@ -694,15 +677,15 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
             reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
             plan = (reach, _seen_marks(settings, table.name)) if reach else None
         if plan is None:
-            tables[table.name] = {"skipped": True, "rows_in": 0, "rows_out": 0}
+            reports[table.name] = TableReport(skipped=True)
         else:
             jobs[table.name] = partial(
                 _write, settings=settings, table=table, reach=plan[0], seen=plan[1], full_refresh=full_refresh
             )
-    tables.update(delta.write_tables(spark, jobs, after={t.name: t.after for t in ORDER}))
+    reports.update(delta.write_tables(spark, jobs, after={t.name: t.after for t in ORDER}))
     return StageReport.of_tables(
         "gold",
-        {name: tables[name] for name in TABLES},
+        {name: reports[name] for name in TABLES},
         time.monotonic() - started,
         run_id=run_id,
         full_refresh=full_refresh,

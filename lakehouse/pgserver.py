@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from lakehouse.config import Settings, get_settings
 from lakehouse.security import free_port, secure_dir, write_secret
-from lakehouse.warehouse import BI_GROUP, BI_LOGIN, SQL_DIR
+from lakehouse.warehouse.loads import SQL_DIR
+from lakehouse.warehouse.roles import BI_GROUP, BI_LOGIN
 
 if TYPE_CHECKING:
     import psycopg2.extensions

@@ -30,6 +30,7 @@ from lakehouse.security import (
     public_host,
     write_secret,
 )
+from lakehouse.spark import connect_server_command, jvm_environment
 
 if TYPE_CHECKING:
     import httpx
@@ -371,8 +372,6 @@ class Platform:
     def _start_spark(self, timeout: float = 180) -> None:
         """A Spark Connect server with the lake's settings, so a deployment run pays no JVM start: it listens on
         loopback and asks for a token only the platform's processes get. Not when Spark is already remote."""
-        from lakehouse.spark import connect_server_command, jvm_environment
-
         if self.settings.spark_master.startswith("sc://"):
             return
         if not port_free(self.spark_port):

@@ -1,4 +1,5 @@
-"""What a stage reports: the same figures for every stage (landing, bronze, silver, gold, the warehouse mirror)."""
+"""What a run reports: the same figures for every stage (landing, bronze, silver, gold, the warehouse mirror), each
+table's refresh below its stage, and the run's stages with the writer lock it held."""
 
 from __future__ import annotations
 
@@ -11,9 +12,22 @@ COLUMNS = ("files", "rows in", "rows out", "quarantined", "deliveries")
 
 
 @dataclass
+class TableReport:
+    """One table's refresh within a stage: skipped (nothing new), rows read and written, its wall time (side by side
+    with the stage's other writes), and the input version it reached (a bronze batch, or gold's txn version)."""
+
+    skipped: bool = False
+    rows_in: int = 0
+    rows_out: int = 0
+    seconds: float = 0.0
+    version: int | None = None
+
+
+@dataclass
 class StageReport:
     """One stage's run: files taken, rows read and written, rows quarantined, deliveries seen, whether it had nothing
-    to do, and its wall time; `details` holds what is the stage's own (its tables, batches, per-group counts)."""
+    to do, and its wall time; `tables` holds its tables' refreshes, `details` what else is the stage's own (batches,
+    per-group counts)."""
 
     stage: str
     files: int = 0
@@ -23,6 +37,7 @@ class StageReport:
     deliveries: list[str] = field(default_factory=list)
     skipped: bool = False
     seconds: float = 0.0
+    tables: dict[str, TableReport] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -43,18 +58,68 @@ class StageReport:
         return dataclasses.asdict(self)
 
     @classmethod
-    def of_tables(cls, stage: str, tables: dict[str, dict[str, Any]], seconds: float, **details: Any) -> StageReport:
-        """A layer's report from its tables' reports (each with `skipped`, `rows_in`, `rows_out`)."""
+    def of_tables(cls, stage: str, tables: dict[str, TableReport], seconds: float, **details: Any) -> StageReport:
+        """A layer's report from its tables' reports."""
         return cls(
             stage,
-            rows_in=sum(t["rows_in"] for t in tables.values()),
-            rows_out=sum(t["rows_out"] for t in tables.values()),
-            skipped=all(t["skipped"] for t in tables.values()),
+            rows_in=sum(t.rows_in for t in tables.values()),
+            rows_out=sum(t.rows_out for t in tables.values()),
+            skipped=all(t.skipped for t in tables.values()),
             seconds=round(seconds, 3),
-            details={**details, "tables": tables},
+            tables=tables,
+            details=details,
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageReport:
         """A report read back from `as_dict` (a run report on disk); unknown keys are refused."""
-        return cls(**data)
+        tables = {name: TableReport(**t) for name, t in (data.get("tables") or {}).items()}
+        return cls(**{**data, "tables": tables})
+
+
+@dataclass
+class LockReport:
+    """How a run held the single-writer lock: when it asked, got and released it, how long it waited; `reentrant`
+    when the run already held it."""
+
+    requested_at: float = 0.0
+    acquired_at: float = 0.0
+    waited_seconds: float = 0.0
+    released_at: float = 0.0
+    reentrant: bool = False
+
+
+@dataclass
+class RunReport:
+    """A flow run: its stages' reports in order and the writer lock it held (what `lakehouse run` saves as
+    last-run.json and the flow publishes as artifacts)."""
+
+    flow: str
+    stages: list[StageReport]
+    lock: LockReport
+
+    @property
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per stage."""
+        return [s.row() for s in self.stages]
+
+    def stage(self, name: str) -> StageReport | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(s.quarantined for s in self.stages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "summary": self.summary,
+            "stages": {s.stage: s.as_dict() for s in self.stages},
+            "lock": dataclasses.asdict(self.lock),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A run report read back from `as_dict`."""
+        stages = [StageReport.from_dict(s) for s in data["stages"].values()]
+        return cls(data["flow"], stages, LockReport(**data.get("lock", {})))

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings, get_settings
-from lakehouse.reports import StageReport
+from lakehouse.reports import LockReport, StageReport
 from lakehouse.sources import OneDelivery, Source, open_source
 
 WRITER_LIMIT = "lakehouse-writer"  # the Prefect global concurrency limit (one slot) every lake writer holds
@@ -39,15 +40,11 @@ def source_for(settings: Settings, delivery: str | None = None) -> Source:
 
 def stages_pending(settings: Settings) -> bool:
     """Whether a Spark stage has work (read from the Delta logs and the ledger, without Spark)."""
-    from lakehouse import bronze, gold, silver
-
     return bronze.pending(settings) or silver.pending(settings) or gold.pending(settings)
 
 
 def spark_work_expected(settings: Settings, delivery: str | None = None) -> bool:
     """Whether a run will need Spark: a stage has work, or the source lists a file the ledger has not seen."""
-    from lakehouse import landing
-
     if stages_pending(settings):
         return True
     try:
@@ -140,6 +137,10 @@ def inject_transient(task: str, settings: Settings | None = None) -> None:
 _held = threading.local()
 
 
+# Prefect is imported where it is used, on purpose: it reads its settings when first imported, and a command sets
+# them (the platform's API, or a temporary server's login) after importing this module.
+
+
 def _api_configured() -> bool:
     from prefect.settings import PREFECT_API_URL
 
@@ -176,18 +177,18 @@ def _file_lock(path: Path, logger: logging.Logger | logging.LoggerAdapter[Any]) 
 @contextlib.contextmanager
 def writer_lock(
     settings: Settings, logger: logging.Logger | logging.LoggerAdapter[Any] | None = None
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[LockReport]:
     """Hold the single-writer lock: the Prefect `lakehouse-writer` limit when a server is used, plus a lake lock file.
-    Reentrant in one thread; yields when it was requested, acquired and released."""
+    Reentrant in one thread; yields when it was requested, acquired and released (filled in as it happens)."""
     if getattr(_held, "depth", 0):
         _held.depth += 1
         try:
-            yield {"reentrant": True}
+            yield LockReport(reentrant=True)
         finally:
             _held.depth -= 1
         return
     logger = logger or log
-    info: dict[str, Any] = {"requested_at": time.time()}
+    info = LockReport(requested_at=time.time())
     with contextlib.ExitStack() as stack:
         if _api_configured():
             from prefect.concurrency.sync import concurrency
@@ -195,16 +196,16 @@ def writer_lock(
             ensure_writer_limit()
             stack.enter_context(concurrency(WRITER_LIMIT, occupy=1, strict=True))
         stack.enter_context(_file_lock(settings.data_dir / "lakehouse.lock", logger))
-        info["acquired_at"] = time.time()
-        info["waited_seconds"] = round(info["acquired_at"] - info["requested_at"], 3)
-        if info["waited_seconds"] > 1:
-            logger.info("writer lock acquired after %.1f s", info["waited_seconds"])
+        info.acquired_at = time.time()
+        info.waited_seconds = round(info.acquired_at - info.requested_at, 3)
+        if info.waited_seconds > 1:
+            logger.info("writer lock acquired after %.1f s", info.waited_seconds)
         _held.depth = 1
         try:
             yield info
         finally:
             _held.depth = 0
-            info["released_at"] = time.time()
+            info.released_at = time.time()
 
 
 # -- progress events (the CLI draws them) ------------------------------------------------------

@@ -4,39 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import delta
+from lakehouse import bronze, delta, tables
 from lakehouse import parsing as P
 from lakehouse.config import Settings
+from lakehouse.delta_log import data_changed, is_table, last_txn_version, rows_committed, rows_written
 from lakehouse.parsing import parse_at, parse_export_time
-from lakehouse.reports import StageReport
-from lakehouse.schemas import BR_STATES, ENTITY_RAW, ERASED, PAGE_VIEW_FIELDS, PAGE_VIEW_RAW, PAGE_VIEW_SPELLINGS
+from lakehouse.reports import StageReport, TableReport
+from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_RAW
 
-SNAPSHOT_KEYS = {
-    "students": "student_id",
-    "courses": "course_id",
-    "universities": "university_id",
-    "subjects": "subject_id",
-}
-RECORD_ENTITIES = ("sessions", "subscriptions", "student_follow_subject")
-# Layer policy, measured in bench/partitioning.py (bench/README.md): page views by the event's own day.
-PARTITION_BY: dict[str, tuple[str, ...]] = {"page_views": ("event_date",)}
+SPECS = {t.name: t for t in tables.layer("silver")}
+SNAPSHOT_KEYS = {e: SPECS[e].keys[0] for e in tables.SNAPSHOTS}
 _ORIGIN = ("source_file", "line_number", "delivery", "as_of", "batch_id")  # where a bronze line came from
-PROVENANCE = ("at_raw", *_ORIGIN, "run_id", "loaded_at")
 # Every silver table carries `changed_batch_id`: the bronze batch in which what gold reads of the row last changed (a
 # page view: the first batch holding the event; a snapshot row: the batch whose delivery rewrote it). Gold reads the
-# rows changed since its own watermark by this column, so Delta statistics are kept on it (STATS_COLUMNS).
+# rows changed since its own watermark by this column, so Delta statistics are kept on it (the catalogue's stats).
 CHANGED = "changed_batch_id"
-# Columns Delta keeps min/max statistics on, per table: those our reads prune by (default: the first 32 columns).
-STATS_COLUMNS: dict[str, tuple[str, ...]] = {
-    "page_views": ("event_at", "batch_id", CHANGED),
-    **{t: ("as_of", CHANGED) for t in ("students", "courses", "universities", "subjects")},
-    **{t: (CHANGED,) for t in ("sessions", "subscriptions", "student_follow_subject")},
-}
 
 # silver column <- raw field, for the fields that keep their meaning under a new name or as is
 _RENAMED = {
@@ -52,51 +40,6 @@ _PLAIN = ("browser", "carrier", "city_name", "clv_total", "country", "custom_1",
           "install_uuid", "language", "library_ver", "marketing_campaign", "marketing_medium", "marketing_source",
           "model", "nth", "os_ver", "platform", "region", "session_uuid", "uuid", "studentId_clientType")
 # fmt: on
-_TYPES = {"clv_total": "bigint", "nth": "bigint", "is_device_new": "boolean"}
-PAGE_VIEW_COLUMNS = (
-    "event_id",
-    "event_at",
-    "event_date",
-    "student_id",
-    "student_erased",
-    "client_type",
-    "user_type",
-    "visitor_type",
-    "country",
-    "region",
-    "city_name",
-    "browser",
-    "platform",
-    "page_name",
-    "page_category",
-    "page_category_1",
-    "page_category_2",
-    "page_category_3",
-    "last_accessed_url",
-    "first_accessed_page",
-    "session_uuid",
-    "event_name",
-    "event_type",
-    "carrier",
-    "clv_total",
-    "custom_1",
-    "custom_2",
-    "custom_3",
-    "is_device_new",
-    "install_uuid",
-    "language",
-    "library_ver",
-    "marketing_campaign",
-    "marketing_medium",
-    "marketing_source",
-    "model",
-    "nth",
-    "os_ver",
-    "uuid",
-    "extra_fields",
-    *PROVENANCE,
-    CHANGED,
-)
 
 
 def _blank_to_null(c: Column) -> Column:
@@ -127,13 +70,13 @@ def conform_state(raw: Column) -> Column:
 
 def _erased(r: Column) -> Column:
     """Whether an erasure anonymized this raw event or record (its mark): its student was erased."""
-    return F.coalesce(P.nonblank(P.clean(r.getField(ERASED))) == "true", F.lit(False))
+    return F.coalesce(P.nonblank(P.clean(r.getField(tables.ERASED))) == "true", F.lit(False))
 
 
 def _erased_mark(erased: Column) -> Column:
     """What an erased event or record adds to the text its id hashes: nothing for the others, whose ids stay as
     they were before ids knew of erasure."""
-    return F.when(erased, F.lit(ERASED)).otherwise(F.lit(""))
+    return F.when(erased, F.lit(tables.ERASED)).otherwise(F.lit(""))
 
 
 def _encoded(c: Column) -> Column:
@@ -147,12 +90,12 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     text, control = F.col("_text"), F.col("_control")
     r = F.col("r")
     folded: dict[str, Column] = {
-        name: F.coalesce(*(r.getField(s) for s in spellings)) for name, spellings in PAGE_VIEW_SPELLINGS.items()
+        name: F.coalesce(*(r.getField(s) for s in spellings)) for name, spellings in tables.EVENT_SPELLINGS.items()
     }
     folded.update({name: r.getField(raw) for name, raw in _RENAMED.items()})
     folded.update({name: r.getField(name) for name in _PLAIN})
     # Fields outside the known set are rare: the line is parsed into a map for them only when its keys show one.
-    known = F.array(*(F.lit(f) for f in PAGE_VIEW_FIELDS))
+    known = F.array(*(F.lit(f) for f in tables.EVENT_FIELDS))
     unknown = F.array_except(F.json_object_keys(text), known)
     everything = P.all_fields(text)
     everything = F.when(
@@ -166,7 +109,7 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
     ).otherwise(F.create_map().cast("map<string,string>"))
     event_at = parse_at(r.getField("at"))
     parsed = F.from_json(text, PAGE_VIEW_RAW)
-    cleaned = F.struct(*(P.field(parsed, f, control).alias(f) for f in PAGE_VIEW_FIELDS))
+    cleaned = F.struct(*(P.field(parsed, f, control).alias(f) for f in tables.EVENT_FIELDS))
     raw = (
         bronze_events.select(
             P.json_text(F.col("value")).alias("_text"),
@@ -202,11 +145,7 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         student_id.alias("student_id"),
         "student_erased",
         client_type.alias("client_type"),
-        *(
-            (F.col(k).try_cast(_TYPES[k]) if k in _TYPES else F.col(k)).alias(k)
-            for k in folded
-            if k != "studentId_clientType"
-        ),
+        *(_typed(k) for k in folded if k != tables.EVENT_STUDENT_FIELD),
         "extra_fields",
         "at_raw",
         *_ORIGIN,
@@ -220,8 +159,14 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         rows.withColumn("_n", F.row_number().over(first))
         .withColumn(CHANGED, F.min("batch_id").over(same))
         .where("_n = 1")
-        .select(*PAGE_VIEW_COLUMNS)
+        .select(*SPECS["page_views"].names)
     )
+
+
+def _typed(name: str) -> Column:
+    """A page-view field read as text, cast to its column's type in the catalogue."""
+    kind = SPECS["page_views"].column(name).type
+    return (F.col(name) if kind == "string" else F.col(name).try_cast(kind)).alias(name)
 
 
 def event_dates(bronze_events: DataFrame) -> DataFrame:
@@ -436,60 +381,111 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None = No
     )
 
 
-# silver.sessions, subscriptions, student_follow_subject: one row per distinct record over all deliveries, first and
-# last seen, is_deleted; each takes the bronze rows and, for an incremental refresh, the current silver rows
-sessions = partial(_record_table, "sessions")
-subscriptions = partial(_record_table, "subscriptions")
-student_follow_subject = partial(_record_table, "student_follow_subject")
-
-
-TRANSFORMS = {
-    "students": students,
-    "courses": courses,
-    "universities": universities,
-    "subjects": subjects,
-    "sessions": sessions,
-    "subscriptions": subscriptions,
-    "student_follow_subject": student_follow_subject,
-}
-TABLES = ("page_views", *TRANSFORMS)
-
-
 # --------------------------------------------------------------------------------------------------
-# refresh (the I/O edge)
+# the tables, and how each is kept (the I/O edge)
 # --------------------------------------------------------------------------------------------------
 
 
-_BRONZE_EVENTS = (
-    "value string, at_raw string, source_file string, line_number bigint, delivery string, "
-    "as_of timestamp, batch_id bigint"
+def app_id(table: str) -> str:
+    """The Delta txn app id silver.<table>'s refreshes commit under (their version: the bronze batch reached)."""
+    return f"silver.{table}"
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One silver table's refresh: the bronze rows of the batches it folds in, the table as it is, where it writes."""
+
+    session: SparkSession
+    rows: DataFrame
+    current: DataFrame
+    target: delta.Target
+    run_id: str
+
+
+@dataclass(frozen=True)
+class SilverTable:
+    """How one silver table is kept: the bronze table it reads, its whole content from bronze rows (and the run's
+    id), and what a refresh does with the rows of new batches."""
+
+    name: str
+    source: str
+    transform: Callable[[DataFrame, str], DataFrame]
+    update: Callable[[Refresh], None]
+
+    @property
+    def spec(self) -> tables.Table:
+        return SPECS[self.name]
+
+
+def _merge_page_views(r: Refresh) -> None:
+    """New events are inserted; an event seen again keeps its earliest delivered occurrence's provenance."""
+    delta.merge_once(
+        r.session,
+        page_views(r.rows, r.run_id),
+        r.target,
+        on="t.event_id = s.event_id",
+        update_when=_EARLIER,
+        update_set={c: f"s.{c}" for c in tables.PROVENANCE},
+        within=event_dates(r.rows),  # an event's date is part of its identity: only its day can hold it
+    )
+
+
+def _replace_deliveries(transform: Callable[..., DataFrame]) -> Callable[[Refresh], None]:
+    """A snapshot: the deliveries from the first new one on are rewritten, compared with the state just before."""
+
+    def update(r: Refresh) -> None:
+        first = _as_of(r.rows, F.min)
+        if first is None:  # the new batches hold no record of this entity
+            delta.advance(r.session, r.target)
+            return
+        rows = transform(r.rows, _previous(r.current, first))
+        delta.overwrite(rows, r.target, replace_where=f"as_of >= TIMESTAMP'{first}'")
+
+    return update
+
+
+def _refold(transform: Callable[..., DataFrame]) -> Callable[[Refresh], None]:
+    """A record table: the new exports are folded into the rows it holds, and the table rewritten."""
+    return lambda r: delta.overwrite(transform(r.rows, r.current), r.target)
+
+
+def _snapshot_model(entity: str) -> SilverTable:
+    transform = partial(_snapshot_table, entity)
+    return SilverTable(entity, entity, lambda rows, _run_id: transform(rows), _replace_deliveries(transform))
+
+
+def _record_model(entity: str) -> SilverTable:
+    transform = partial(_record_table, entity)
+    return SilverTable(entity, entity, lambda rows, _run_id: transform(rows), _refold(transform))
+
+
+TABLES: tuple[SilverTable, ...] = (
+    SilverTable("page_views", "events", page_views, _merge_page_views),
+    *(_snapshot_model(e) for e in tables.SNAPSHOTS),
+    *(_record_model(e) for e in tables.RECORDS),
 )
-_BRONZE_ENTITY = (
-    "record string, source_file string, line_number bigint, delivery string, as_of timestamp, batch_id bigint"
-)
+BY_NAME = {t.name: t for t in TABLES}
+assert tuple(BY_NAME) == tuple(SPECS), "every silver table of the catalogue has a model here, in its order"
+
+
+_EMPTY_SOURCE = {"events": "value string, at_raw string", "record": "record string"}
 
 
 def empty(spark: SparkSession, table: str) -> DataFrame:
     """An empty silver.<table> with its columns (for a table no delivery has fed yet)."""
-    if table == "page_views":
-        return page_views(spark.createDataFrame([], _BRONZE_EVENTS), "")
-    return TRANSFORMS[table](spark.createDataFrame([], _BRONZE_ENTITY))
+    model = BY_NAME[table]
+    return model.transform(spark.createDataFrame([], tables.table("bronze", model.source).ddl), "")
 
 
-def _source(table: str) -> str:
-    return "events" if table == "page_views" else table
-
-
-def _lag(settings: Settings, table: str) -> tuple[int | None, int] | None:
+def _lag(settings: Settings, table: SilverTable) -> tuple[int | None, int] | None:
     """(batch silver.<table> has consumed, bronze batch it must reach), or None when it is up to date: bronze holds
     no later batch, or none with rows for it (a delivery without this entity: no Spark job, no commit)."""
-    source = _source(table)
-    bronze_path = settings.table_path("bronze", source)
-    target = delta.last_txn_version(bronze_path, f"bronze.{source}")
+    bronze_path, watermark = settings.table_path("bronze", table.source), bronze.app_id("bronze", table.source)
+    target = last_txn_version(bronze_path, watermark)
     if target is None:
         return None
-    done = delta.last_txn_version(settings.table_path("silver", table), f"silver.{table}")
-    if done is not None and (done >= target or not delta.data_changed(bronze_path, f"bronze.{source}", done, target)):
+    done = last_txn_version(settings.table_path("silver", table.name), app_id(table.name))
+    if done is not None and (done >= target or not data_changed(bronze_path, watermark, done, target)):
         return None
     return done, target
 
@@ -519,83 +515,63 @@ def _previous(rows: DataFrame, first: str) -> DataFrame:
     return rows.where(F.col("as_of") >= F.lit(latest_as_of(rows, first) or first).cast("timestamp"))
 
 
-def _current(session: SparkSession, settings: Settings, table: str) -> DataFrame | None:
-    """silver.<table> to build on, or None when it must be built from the whole of bronze (missing, or written before
-    it carried `changed_batch_id`, or `student_erased`)."""
-    if not delta.table_exists(session, "silver", table, settings):
+def _current(session: SparkSession, settings: Settings, table: SilverTable) -> DataFrame | None:
+    """silver.<table> to build on, or None when it must be built from the whole of bronze: missing, or written with
+    other columns than the catalogue's (an earlier layout)."""
+    if not is_table(settings.table_path("silver", table.name)):
         return None
-    current = delta.read_table(session, "silver", table, settings)
-    erasable = table == "page_views" or table in _RECORD_COLUMNS
-    return current if CHANGED in current.columns and ("student_erased" in current.columns or not erasable) else None
+    current = delta.read_table(session, "silver", table.name, settings)
+    return current if tuple(current.columns) == table.spec.names else None
 
 
-def _write(session: SparkSession, settings: Settings, table: str, run_id: str, full_refresh: bool) -> dict:
-    """Bring silver.<table> up to date on `session`: page views MERGE their new rows, snapshots replace the deliveries
-    from the first new one on, record tables fold the new exports into their rows."""
+def _write(
+    session: SparkSession, settings: Settings, table: SilverTable, run_id: str, full_refresh: bool
+) -> TableReport:
+    """Bring one silver table up to date on `session`: built whole when new, of an earlier layout or on a full
+    refresh; otherwise its model's update folds in the new batches."""
     started = time.monotonic()
-    source = _source(table)
-    bronze_path = settings.table_path("bronze", source)
+    bronze_path, watermark = settings.table_path("bronze", table.source), bronze.app_id("bronze", table.source)
     lag = _lag(settings, table)
     if lag is None and full_refresh:
-        reached = delta.last_txn_version(bronze_path, f"bronze.{source}")
+        reached = last_txn_version(bronze_path, watermark)
         lag = None if reached is None else (reached, reached)
     if lag is None:
-        return {"skipped": True, "rows_in": 0, "rows_out": 0}
+        return TableReport(skipped=True)
     done, upto = lag
     current = None if full_refresh else _current(session, settings, table)
     since = -1 if current is None or done is None else done
-    rows = delta.read_table(session, "bronze", source, settings).where(
+    rows = delta.read_table(session, "bronze", table.source, settings).where(
         (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(upto))
     )
     target = delta.Target(
-        "silver",
-        table,
+        table.spec,
         settings,
-        app_id=f"silver.{table}",
+        app_id=app_id(table.name),
         version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
-        partition_by=PARTITION_BY.get(table, ()),
-        stats=STATS_COLUMNS[table],
     )
     if current is None:
-        delta.overwrite(page_views(rows, run_id) if table == "page_views" else TRANSFORMS[table](rows), target)
-    elif table == "page_views":
-        delta.merge_once(
-            session,
-            page_views(rows, run_id),
-            target,
-            on="t.event_id = s.event_id",
-            update_when=_EARLIER,
-            update_set={c: f"s.{c}" for c in PROVENANCE},
-            within=event_dates(rows),  # an event's date is part of its identity: only its day can hold it
-        )
-    elif table in SNAPSHOT_KEYS:
-        first = _as_of(rows, F.min)
-        if first is None:  # the new batches hold no record of this entity
-            delta.advance(session, target)
-        else:
-            delta.overwrite(
-                TRANSFORMS[table](rows, _previous(current, first)), target, replace_where=f"as_of >= TIMESTAMP'{first}'"
-            )
+        delta.overwrite(table.transform(rows, run_id), target)
     else:
-        delta.overwrite(TRANSFORMS[table](rows, current), target)
-    return {
-        "skipped": False,
-        "batch": upto,
-        "rows_in": delta.rows_committed(bronze_path, f"bronze.{source}", since, upto),
-        "rows_out": delta.rows_written(target.path),
-        "seconds": round(time.monotonic() - started, 3),  # side by side with the layer's other writes
-    }
+        table.update(Refresh(session, rows, current, target, run_id))
+    return TableReport(
+        rows_in=rows_committed(bronze_path, watermark, since, upto),
+        rows_out=rows_written(target.path),
+        seconds=round(time.monotonic() - started, 3),  # side by side with the layer's other writes
+        version=upto,
+    )
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
     """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
     `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
     started = time.monotonic()
-    tables = delta.write_tables(
+    reports = delta.write_tables(
         spark,
         {
-            table: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
+            table.name: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
             for table in TABLES
         },
     )
-    return StageReport.of_tables("silver", tables, time.monotonic() - started, run_id=run_id, full_refresh=full_refresh)
+    return StageReport.of_tables(
+        "silver", reports, time.monotonic() - started, run_id=run_id, full_refresh=full_refresh
+    )

@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
+from lakehouse.config import get_settings
+from lakehouse.storage import gcs_filesystem
+
 if TYPE_CHECKING:
     from lakehouse.config import Settings
 
@@ -220,8 +223,6 @@ class GCSSource:
         if not bucket:
             raise SourceError(f"no bucket in {url!r}; expected gs://bucket/prefix")
         self.root = rest
-        from lakehouse.storage import gcs_filesystem
-
         self.fs = gcs_filesystem(settings)
         self.skipped: list[dict[str, str]] = []
 
@@ -463,8 +464,6 @@ class OneDelivery:
 def open_source(url: str, settings: Settings | None = None) -> Source:
     """The Source for a local path, `file://`, `gs://bucket/prefix` or `gdrive://<folder-id>`."""
     if settings is None:
-        from lakehouse.config import get_settings
-
         settings = get_settings()
     if url.startswith("file://") or "://" not in url:
         path = url[len("file://") :] if url.startswith("file://") else url

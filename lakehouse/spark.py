@@ -12,7 +12,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from lakehouse import jars, storage
 from lakehouse.config import Settings, get_settings
+from lakehouse.security import secure_dir, wait_listening, write_secret
 
 _lock = threading.Lock()
 _LOG4J = Path(__file__).with_name("log4j2.properties")
@@ -57,8 +59,6 @@ def check_java() -> str:
 def session_conf(settings: Settings) -> dict[str, str]:
     """Every Spark setting a session for these settings starts with: a local or cluster session's, and the Spark
     Connect server's (`lakehouse up`)."""
-    from lakehouse import jars, storage
-
     shuffle = settings.effective_shuffle_partitions()
     local = settings.spark_master.startswith("local")
     conf = {
@@ -209,8 +209,6 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
     file in the data folder, not the command line, where any local user would read them."""
     import pyspark
 
-    from lakehouse.security import secure_dir, write_secret
-
     conf = {
         **session_conf(settings),
         "spark.connect.grpc.binding.address": "localhost",
@@ -236,8 +234,6 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
 def start_connect_server(settings: Settings, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
     """Run the Spark Connect server of `connect_server_command` in its own process group, its console to `log`; it
     returns once the server listens (`lakehouse up` runs the same command under its own supervision)."""
-    from lakehouse.security import wait_listening
-
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             connect_server_command(settings, port),

@@ -139,9 +139,10 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     """A warehouse made by an earlier version as the superuser is handed over to the owner role; the mirror then runs
     as that role (no superuser, no CREATEROLE); bi_user is read-only by default, limited, refused by every database but
     the warehouse's, and its password reaches the server only as a SCRAM verifier."""
-    from lakehouse import warehouse
     from lakehouse.pgserver import DATABASE, OWNER, warehouse_logins
-    from lakehouse.warehouse import ArrowGold, migrate, mirror
+    from lakehouse.warehouse import roles
+    from lakehouse.warehouse.migrations import migrate
+    from lakehouse.warehouse.mirror import ArrowGold, mirror
     from tests.warehouse_data import sample_gold
 
     superuser = _connect(pg_server.admin_dsn, dbname="postgres")
@@ -185,9 +186,9 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
 
     bi = _connect(pg_server.dsn, user="bi_user", password=BI_PASSWORD)
     assert _one(bi, "show default_transaction_read_only") == ("on",)
-    assert _one(bi, "show statement_timeout") == (warehouse.BI_LOGIN_SETTINGS["statement_timeout"],)
+    assert _one(bi, "show statement_timeout") == (roles.BI_LOGIN_SETTINGS["statement_timeout"],)
     limit = _one(bi, "select rolconnlimit from pg_roles where rolname = current_user")
-    assert limit == (warehouse.BI_CONNECTION_LIMIT,)
+    assert limit == (roles.BI_CONNECTION_LIMIT,)
     assert _one(bi, "select count(*) from dw.owner_made_later") == (0,)
     assert _one(bi, "select count(*) from dw.dim_student")[0] > 0
     with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):

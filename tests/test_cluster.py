@@ -13,7 +13,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType
 
-from lakehouse import delta, gold, silver
+from lakehouse import delta, gold, silver, tables
 from lakehouse.config import Settings
 from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, STUDENTS, entity_rows, event_rows, in_file
 
@@ -43,11 +43,15 @@ def _bronze(spark, settings: Settings) -> None:
         + in_file("2017-11-17", "p0.json", SPACED)
         + in_file("2017-11-17", "p1.json", ISO_ANON),
     )
-    delta.append_once(events, delta.Target("bronze", "events", settings, app_id="bronze.events", version=1))
+    delta.append_once(
+        events, delta.Target(tables.table("bronze", "events"), settings, app_id="bronze.events", version=1)
+    )
     courses = {"2017-11-16": [{"Id": 20, "Name": "Direito"}, {"Id": "21", "Name": "Medicina"}]}
     for entity, recs in {"students": STUDENTS, "courses": courses}.items():
         rows = entity_rows(spark, entity, recs)
-        delta.append_once(rows, delta.Target("bronze", entity, settings, app_id=f"bronze.{entity}", version=1))
+        delta.append_once(
+            rows, delta.Target(tables.table("bronze", entity), settings, app_id=f"bronze.{entity}", version=1)
+        )
 
 
 def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path):

@@ -17,12 +17,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from lakehouse import bronze, catalog, erasure, gold, silver, warehouse
+from lakehouse import bronze, catalog, erasure, gold, silver, tombstones
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.landing import land
 from lakehouse.reports import StageReport
 from lakehouse.tools.generate import generate
-from lakehouse.warehouse import first_value
+from lakehouse.warehouse.loads import ERASED_MEMBER, ERASED_MEMBER_SK
+from lakehouse.warehouse.mirror import first_value, mirror
 from tests.builders import cli, new_database
 
 pytestmark = pytest.mark.timeout(1200)
@@ -43,7 +44,7 @@ def _run(spark, settings: Settings, run_id: str) -> StageReport:
     report = bronze.ingest(spark, settings, run_id)
     silver.refresh(spark, settings, run_id)
     gold.refresh(spark, settings, run_id)
-    warehouse.mirror(settings)
+    mirror(settings)
     return report
 
 
@@ -208,8 +209,8 @@ def test_the_student_is_found_nowhere(erased, spark):
     )
     # tombstones hold salted hashes only; the salt is a 0600 secret
     names = [p.name for p in (lake / "_system" / "tombstones").iterdir()]
-    salt_file = Path(settings.data_dir) / erasure.SALT_FILE
-    assert names == [erasure.hashed(salt_file.read_text().strip(), student) + ".json"]
+    salt_file = Path(settings.data_dir) / tombstones.SALT_FILE
+    assert names == [tombstones.hashed(salt_file.read_text().strip(), student) + ".json"]
     assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
 
 
@@ -238,7 +239,7 @@ def test_the_warehouse_holds_no_version_of_the_student(erased):
     with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from dw.dim_student where student_id = %s", (student,))
         assert cur.fetchone()[0] == 0
-        cur.execute("select count(*) from dw.dim_student where student_sk <> %s", (warehouse.ERASED_MEMBER_SK,))
+        cur.execute("select count(*) from dw.dim_student where student_sk <> %s", (ERASED_MEMBER_SK,))
         assert cur.fetchone()[0] > 0
         for table in ("fact_session", "fact_subject_follow", "fact_page_view_daily"):
             cur.execute(f"select count(*) from dw.{table} where student_id = %s", (student,))
@@ -255,17 +256,15 @@ def test_the_students_facts_point_to_the_erased_member(erased):
     under the anonymous (null) student."""
     settings = erased["settings"]
     with psycopg2.connect(settings.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
-        cur.execute(
-            "select student_sk, is_current from dw.dim_student where student_id = %s", (warehouse.ERASED_MEMBER,)
-        )
-        assert cur.fetchall() == [(warehouse.ERASED_MEMBER_SK, True)]
+        cur.execute("select student_sk, is_current from dw.dim_student where student_id = %s", (ERASED_MEMBER,))
+        assert cur.fetchall() == [(ERASED_MEMBER_SK, True)]
         cur.execute(
             "select count(*) from dw.fact_page_view_daily where (student_sk = %s) <> (student_id = %s)",
-            (warehouse.ERASED_MEMBER_SK, warehouse.ERASED_MEMBER),
+            (ERASED_MEMBER_SK, ERASED_MEMBER),
         )
         assert cur.fetchone()[0] == 0
     assert all(erased["dw_before"].values())
-    assert _dw_rows(settings, warehouse.ERASED_MEMBER) == erased["dw_before"]
+    assert _dw_rows(settings, ERASED_MEMBER) == erased["dw_before"]
 
 
 def test_verify_exits_non_zero_when_it_finds_the_student(erased, spark):

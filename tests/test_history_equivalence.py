@@ -16,7 +16,7 @@ from lakehouse.tools.generate import STATES, generate
 from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta
 
 IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
-SILVER = ("page_views", *silver.TRANSFORMS)
+SILVER = tuple(silver.BY_NAME)
 GOLD = gold.TABLES
 
 

@@ -24,7 +24,7 @@ from lakehouse.config import Settings
 from lakehouse.delta import read_table
 from lakehouse.landing import land
 from lakehouse.parsing import MAX_ID_CHARS, MAX_VALUE_BYTES
-from lakehouse.warehouse import mirror
+from lakehouse.warehouse.mirror import mirror
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,11 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from lakehouse import warehouse
-from lakehouse.warehouse import ArrowGold, migrate, mirror
+from lakehouse.config import PROJECT_ROOT
+from lakehouse.warehouse import csv_copy, migrations, roles
+from lakehouse.warehouse.loads import SQL_DIR
+from lakehouse.warehouse.migrations import migrate
+from lakehouse.warehouse.mirror import MIRROR_LOCK, ArrowGold, mirror
 from tests.warehouse_data import (
     DIM_ATTRS,
     canonical,
@@ -43,7 +46,7 @@ def without_audit(state: dict) -> dict:
 
 def test_migrations_apply_once_and_enforce_scd2(pg_dsn):
     first = migrate(pg_dsn)
-    assert first == [p.name for _, _, p in warehouse.migrations()]
+    assert first == [p.name for _, _, p in migrations.migrations()]
     assert migrate(pg_dsn) == []
     conn = connect(pg_dsn)
     cur = conn.cursor()
@@ -78,18 +81,18 @@ def test_migrations_apply_once_and_enforce_scd2(pg_dsn):
 def test_changed_applied_migration_is_refused(pg_dsn, tmp_path, monkeypatch):
     migrate(pg_dsn)
     sql_dir = tmp_path / "warehouse_sql"
-    shutil.copytree(warehouse.SQL_DIR, sql_dir)
+    shutil.copytree(SQL_DIR, sql_dir)
     edited = sql_dir / "003_facts.sql"
     edited.write_text(edited.read_text() + "\ncreate index fact_session_at on dw.fact_session (session_start_at);\n")
-    next_version = max(v for v, _, _ in warehouse.migrations()) + 1
+    next_version = max(v for v, _, _ in migrations.migrations()) + 1
     (sql_dir / f"{next_version:03d}_pending.sql").write_text("create table dw.pending_marker (x int);\n")
-    monkeypatch.setattr(warehouse, "SQL_DIR", sql_dir)
-    with pytest.raises(warehouse.MigrationError) as raised:
+    monkeypatch.setattr(migrations, "SQL_DIR", sql_dir)
+    with pytest.raises(migrations.MigrationError) as raised:
         migrate(pg_dsn)
     message = str(raised.value)
     assert "warehouse_sql/003_facts.sql was changed after it was applied" in message
     assert f"new migration, warehouse_sql/{next_version + 1:03d}_<what>.sql" in message
-    with pytest.raises(warehouse.MigrationError):  # the mirror refuses too, before touching anything
+    with pytest.raises(migrations.MigrationError):  # the mirror refuses too, before touching anything
         mirror(dsn=pg_dsn, source=ArrowGold(sample_gold()))
     with connect(pg_dsn) as conn, conn.cursor() as cur:  # nothing applied, not even the pending migration
         cur.execute(
@@ -97,7 +100,7 @@ def test_changed_applied_migration_is_refused(pg_dsn, tmp_path, monkeypatch):
             " (select count(*) from dw.dim_student where student_sk > 0)"
         )
         assert cur.fetchone() == (None, None, 0)
-    edited.write_text((warehouse.PROJECT_ROOT / "warehouse_sql" / "003_facts.sql").read_text())  # restored
+    edited.write_text((PROJECT_ROOT / "warehouse_sql" / "003_facts.sql").read_text())  # restored
     assert migrate(pg_dsn) == [f"{next_version:03d}_pending.sql"]
 
 
@@ -158,7 +161,7 @@ def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
         cases = ((failing_gold(), RuntimeError), (rejected_rows(), psycopg2.errors.InvalidTextRepresentation))
         for batches, error in cases:
             with conn.cursor() as cur, pytest.raises(error):
-                warehouse.copy_batches(cur, "stage.dim_course_history", columns, batches)
+                csv_copy.copy_batches(cur, "stage.dim_course_history", columns, batches)
             conn.rollback()
             assert not [t for t in threading.enumerate() if t.name == "csv-stream"]
     finally:
@@ -312,7 +315,7 @@ def test_late_delivery_rewinds_to_its_as_of(pg_dsn, settings):
 def test_two_mirrors_serialize(pg_dsn, settings):
     migrate(pg_dsn)
     holder = connect(pg_dsn)
-    holder.cursor().execute("select pg_advisory_lock(%s)", (warehouse.MIRROR_LOCK,))
+    holder.cursor().execute("select pg_advisory_lock(%s)", (MIRROR_LOCK,))
     results, errors = [], []
 
     def run():
@@ -398,7 +401,7 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
 def test_no_bi_password_creates_no_login(pg_dsn, settings, caplog):
     assert settings.bi_password is None
     with caplog.at_level("WARNING"):
-        assert warehouse.ensure_bi_login(pg_dsn, settings) is False
+        assert roles.ensure_bi_login(pg_dsn, settings) is False
     assert "LAKEHOUSE_BI_PASSWORD is unset" in caplog.text
 
 

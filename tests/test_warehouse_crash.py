@@ -17,7 +17,8 @@ import psycopg2
 import pytest
 
 from lakehouse.config import PROJECT_ROOT, Settings
-from lakehouse.warehouse import LOADS, mirror
+from lakehouse.warehouse.loads import LOADS
+from lakehouse.warehouse.mirror import mirror
 from tests.warehouse_data import canonical, sample_gold, write_delta_files
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ FORKER = r"""
 import os, sys, traceback
 import duckdb, pandas, psycopg2, pyarrow, pyarrow.csv  # imported once, before forking
 from lakehouse import config
-from lakehouse.warehouse import mirror
+from lakehouse.warehouse.mirror import mirror
 print("ready", flush=True)
 for line in sys.stdin:
     fault, lake, dsn = line.rstrip("\n").split("\t")

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from lakehouse.warehouse import ArrowGold, migrate, mirror
+from lakehouse.warehouse.migrations import migrate
+from lakehouse.warehouse.mirror import ArrowGold, mirror
 from tests.warehouse_data import (
     DIM_ATTRS,
     UTC,

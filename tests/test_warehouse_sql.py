@@ -6,21 +6,21 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from lakehouse import warehouse
 from lakehouse.cli import app
 from lakehouse.config import PROJECT_ROOT
+from lakehouse.warehouse import loads, migrations
 
 DIMENSION_STEPS = ["rewound", "reopened", "versions", "closed", "inserted"]
 FACT_STEPS = ["resolved", "removed", "inserted"]
 
 
 def test_every_table_renders_from_one_of_two_templates():
-    assert sorted(p.name for p in (warehouse.SQL_DIR / "load").glob("*.sql")) == ["dimension.sql", "fact.sql"]
-    for load in warehouse.LOADS:
-        sql = warehouse.load_sql(load.target)
+    assert sorted(p.name for p in (loads.SQL_DIR / "load").glob("*.sql")) == ["dimension.sql", "fact.sql"]
+    for load in loads.LOADS:
+        sql = loads.load_sql(load.target)
         assert sql.startswith(f"-- dw.{load.target}: {load.grain}.\n")
         assert "{{" not in sql and "{%" not in sql
-        steps = [name for name, _ in warehouse.load_statements(load.target)]
+        steps = [name for name, _ in loads.load_statements(load.target)]
         assert steps == (DIMENSION_STEPS if load.is_dimension else FACT_STEPS), load.target
         for column in load.columns:
             if column not in ("as_of", "delivery"):  # dimensions turn these into valid_from / valid_to
@@ -31,10 +31,10 @@ def test_every_table_renders_from_one_of_two_templates():
 
 
 def test_table_options_reach_the_rendered_sql():
-    student = warehouse.load_sql("dim_student")
+    student = loads.load_sql("dim_student")
     assert 'partition by student_id collate "C" order by as_of' in student
-    assert "collate" not in warehouse.load_sql("dim_course")
-    daily = warehouse.load_sql("fact_page_view_daily")
+    assert "collate" not in loads.load_sql("dim_course")
+    daily = loads.load_sql("fact_page_view_daily")
     assert "sum(page_views) as page_views" in daily and "max(last_event_at) as last_event_at" in daily
     assert "group by event_date, student_id, client_type, country" in daily
     assert "s.first_event_at < student_first.valid_from" in daily
@@ -42,7 +42,7 @@ def test_table_options_reach_the_rendered_sql():
 
 def test_unknown_table_is_refused_in_one_line():
     with pytest.raises(KeyError, match="no dw target table 'dim_nothing'"):
-        warehouse.load_sql("dim_nothing")
+        loads.load_sql("dim_nothing")
     result = CliRunner().invoke(app, ["warehouse", "sql", "dim_nothing"])
     assert result.exit_code == 1
     assert "no dw table 'dim_nothing'; one of: dim_student" in result.output
@@ -51,12 +51,12 @@ def test_unknown_table_is_refused_in_one_line():
 def test_cli_prints_the_rendered_sql():
     result = CliRunner().invoke(app, ["warehouse", "sql", "fact_subject_follow"])
     assert result.exit_code == 0, result.output
-    assert result.output == warehouse.load_sql("fact_subject_follow")
+    assert result.output == loads.load_sql("fact_subject_follow")
 
 
 def test_sql_folder_is_the_checkout_folder_or_the_packaged_copy():
-    assert warehouse.SQL_DIR in (PROJECT_ROOT / "warehouse_sql", PROJECT_ROOT / "lakehouse" / "warehouse_sql")
-    assert [p.name for _, _, p in warehouse.migrations()][0] == "001_schemas.sql"
+    assert loads.SQL_DIR in (PROJECT_ROOT / "warehouse_sql", PROJECT_ROOT / "lakehouse" / "warehouse_sql")
+    assert [p.name for _, _, p in migrations.migrations()][0] == "001_schemas.sql"
 
 
 def test_rendered_sql_of_every_table_passes_sqlfluff():
@@ -67,8 +67,8 @@ def test_rendered_sql_of_every_table_passes_sqlfluff():
     problems = {
         load.target: [
             f"L{v['start_line_no']} {v['code']} {v['description']}"
-            for v in sqlfluff.lint(warehouse.load_sql(load.target), config_path=config)
+            for v in sqlfluff.lint(loads.load_sql(load.target), config_path=config)
         ]
-        for load in warehouse.LOADS
+        for load in loads.LOADS
     }
-    assert problems == {load.target: [] for load in warehouse.LOADS}
+    assert problems == {load.target: [] for load in loads.LOADS}

@@ -1,0 +1,242 @@
+"""Reading a Delta table's transaction log without Spark: commits, app watermarks (txn), operation metrics, the data
+files a version reads, and which versions can still be read. Local paths and gs:// alike."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow.parquet as pq
+
+from lakehouse.config import Settings
+from lakehouse.storage import filesystem
+
+_COMMIT = re.compile(r"/(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"/(\d{20})\.checkpoint(?:\.\d+\.\d+)?\.parquet$")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one commit of a table says about itself: its version, an app's txn version, metrics, user metadata, and
+    whether it added or removed data files (an empty commit only records progress)."""
+
+    version: int
+    txn: int
+    metrics: dict[str, str]
+    user_metadata: str | None
+    touches_data: bool = True
+
+
+class DeltaLog:
+    """The `_delta_log` of the table at `path`, listed once (never from a cached listing)."""
+
+    def __init__(self, path: str, settings: Settings | None = None):
+        self.fs, root = filesystem(path, settings)
+        self.root = root.rstrip("/")
+        self.dir = self.root + "/_delta_log"
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The log's file names (empty when there is no table)."""
+        try:
+            return self.fs.ls(self.dir, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+
+    @cached_property
+    def commits(self) -> list[tuple[int, str]]:
+        """(version, file) of every commit file still in the log, oldest first."""
+        return sorted((int(m.group(1)), n) for n in self.names if (m := _COMMIT.search(n)))
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.commits)
+
+    @property
+    def latest(self) -> int | None:
+        """The table's current version (None: no table)."""
+        return self.commits[-1][0] if self.commits else None
+
+    def actions(self, name: str) -> Iterator[dict[str, Any]]:
+        """The actions of one commit file."""
+        for line in self.fs.cat_file(name).splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+    def _checkpoint_parts(self, version: int) -> list[str]:
+        return sorted(n for n in self.names if (m := _CHECKPOINT.search(n)) and int(m.group(1)) == version)
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """The versions a checkpoint file exists for, oldest first."""
+        return sorted({int(m.group(1)) for n in self.names if (m := _CHECKPOINT.search(n))})
+
+    def _checkpoint_column(self, version: int, column: str) -> Iterator[dict[str, Any]]:
+        for part in self._checkpoint_parts(version):
+            with self.fs.open(part, "rb") as f:
+                yield from (a for a in pq.read_table(f, columns=[column]).column(column).to_pylist() if a)
+
+    def txn_versions(self) -> dict[str, int]:
+        """Every app's latest committed txnVersion."""
+        versions: dict[str, int] = {}
+        checkpoint = -1
+        if any(n.endswith("/_last_checkpoint") for n in self.names):
+            checkpoint = json.loads(self.fs.cat_file(self.dir + "/_last_checkpoint"))["version"]
+            for txn in self._checkpoint_column(checkpoint, "txn"):
+                versions[txn["appId"]] = int(txn["version"])
+        for version, name in self.commits:
+            if version <= checkpoint:
+                continue
+            for line in self.fs.cat_file(name).splitlines():
+                if b'"txn"' in line and (txn := json.loads(line).get("txn")):
+                    versions[txn["appId"]] = int(txn["version"])
+        return versions
+
+    def _commit(self, version: int, name: str, app_id: str) -> Commit | None:
+        info: dict = {}
+        txn = None
+        touches_data = False
+        for line in self.fs.cat_file(name).splitlines():
+            if line.startswith((b'{"add"', b'{"remove"')):
+                touches_data = True
+            elif b'"commitInfo"' in line:
+                info = json.loads(line).get("commitInfo") or {}
+            elif b'"txn"' in line and (action := json.loads(line).get("txn")) and action["appId"] == app_id:
+                txn = int(action["version"])
+        if txn is None:
+            return None
+        return Commit(version, txn, dict(info.get("operationMetrics") or {}), info.get("userMetadata"), touches_data)
+
+    def app_commits(self, app_id: str, floor: int | None = None) -> Iterator[Commit]:
+        """The commits carrying an `app_id` txn, newest first; stops after the first at or below txn `floor`."""
+        for version, name in reversed(self.commits):
+            commit = self._commit(version, name, app_id)
+            if commit is not None:
+                yield commit
+                if floor is not None and commit.txn <= floor:
+                    return
+
+    def commit_info(self, version: int | None = None) -> dict[str, Any]:
+        """The `commitInfo` of a commit (default: the latest); empty when there is none."""
+        files = dict(self.commits)
+        name = files.get(self.latest if version is None else version)  # type: ignore[arg-type]
+        for action in self.actions(name) if name else ():
+            if "commitInfo" in action:
+                return action["commitInfo"] or {}
+        return {}
+
+    def _relative(self, file: str) -> str:
+        file = unquote(file)
+        return file[len(self.root) + 1 :] if file.startswith(self.root + "/") else file
+
+    def files_on_disk(self) -> set[str]:
+        """Every file under the table's folder outside its log, relative to the table root."""
+        return {f[len(self.root) + 1 :] for f in self.fs.find(self.root) if "/_delta_log/" not in f}
+
+    def live_files(self) -> set[str]:
+        """The data files the latest version reads, relative to the table root: the latest checkpoint's adds, then
+        the commits after it."""
+        checkpoints = self.checkpoints
+        base = checkpoints[-1] if checkpoints else -1
+        live = {self._relative(a["path"]) for a in self._checkpoint_column(base, "add")} if base >= 0 else set()
+        for version, name in self.commits:
+            if version > base:
+                self._apply(live, name)
+        return live
+
+    def _apply(self, live: set[str], name: str) -> None:
+        for action in self.actions(name):
+            if "add" in action:
+                live.add(self._relative(action["add"]["path"]))
+            elif "remove" in action:
+                live.discard(self._relative(action["remove"]["path"]))
+
+    def oldest_readable_version(self) -> int | None:
+        """The oldest version whose data files all still exist (None: none, or no table): the log can still list
+        versions whose removed files a vacuum deleted."""
+        commits = dict(self.commits)
+        if not commits:
+            return None
+        existing = self.files_on_disk()
+        latest = max(commits)
+        active: set[str] = set()
+        base = -1
+        if any(v not in commits for v in range(latest + 1)):  # the log was cleaned: start from a checkpoint
+            usable = [c for c in self.checkpoints if all(v in commits for v in range(c + 1, latest + 1))]
+            if not usable:
+                return None
+            base = usable[0]
+            active = {self._relative(a["path"]) for a in self._checkpoint_column(base, "add")}
+            if active <= existing:
+                return base
+        for version in range(base + 1, latest + 1):
+            self._apply(active, commits[version])
+            if active <= existing:
+                return version
+        return None
+
+
+def is_table(path: str, settings: Settings | None = None) -> bool:
+    """Whether a Delta table lives at `path` (a commit in its log)."""
+    return DeltaLog(path, settings).exists
+
+
+def latest_version(path: str, settings: Settings | None = None) -> int | None:
+    """The current version of the table at `path` (None: no table)."""
+    return DeltaLog(path, settings).latest
+
+
+def last_commit(path: str, settings: Settings | None = None) -> tuple[int, datetime] | None:
+    """(version, commit time) of the table's latest commit."""
+    log = DeltaLog(path, settings)
+    info = log.commit_info()
+    if log.latest is None or "timestamp" not in info:
+        return None
+    return log.latest, datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
+
+
+def last_txn_version(path: str, app_id: str) -> int | None:
+    """The highest txnVersion committed to the table at `path` by `app_id` (None: never, or no table)."""
+    return DeltaLog(path).txn_versions().get(app_id)
+
+
+def app_commits(path: str, app_id: str, floor: int | None = None) -> Iterator[Commit]:
+    """The table's commits carrying an `app_id` txn, newest first (see DeltaLog.app_commits)."""
+    return DeltaLog(path).app_commits(app_id, floor)
+
+
+def data_changed(path: str, app_id: str, after: int | None, upto: int) -> bool:
+    """Whether `app_id`'s commits with txn versions in (after, upto] added or removed data: batches that brought
+    nothing for this table leave it, and whatever is built from it, as it was."""
+    floor = -1 if after is None else after
+    return any(c.touches_data for c in app_commits(path, app_id, floor) if floor < c.txn <= upto)
+
+
+def written(metrics: dict[str, str]) -> int:
+    """Rows a commit wrote: a MERGE's inserted and updated rows, or a write's output rows."""
+    if "numTargetRowsInserted" in metrics:
+        return int(metrics["numTargetRowsInserted"]) + int(metrics.get("numTargetRowsUpdated") or 0)
+    return int(metrics.get("numOutputRows") or 0)
+
+
+def rows_committed(path: str, app_id: str, after: int | None, upto: int) -> int:
+    """Rows `app_id` wrote in its commits with txn versions in (after, upto]: the rows of those input batches,
+    counted from the commits' metrics instead of by reading them again."""
+    floor = -1 if after is None else after
+    return sum(written(c.metrics) for c in app_commits(path, app_id, floor) if floor < c.txn <= upto)
+
+
+def rows_written(path: str) -> int:
+    """Rows the table's latest commit wrote, from its operation metrics."""
+    return written(DeltaLog(path).commit_info().get("operationMetrics") or {})
+
+
+def oldest_readable_version(path: str) -> int | None:
+    """The oldest version of the table at `path` whose data files all still exist (see DeltaLog)."""
+    return DeltaLog(path).oldest_readable_version()

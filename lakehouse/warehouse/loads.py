@@ -1,0 +1,189 @@
+"""What the mirror loads into each `dw` table, derived from the catalogue: the gold table it reads, the DuckDB select
+that stages it, and the parameters of its kind's load template (warehouse_sql/load/dimension.sql or fact.sql)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lakehouse import tables
+from lakehouse.config import PROJECT_ROOT
+
+
+def _sql_dir() -> Path:
+    """warehouse_sql/: the copy shipped inside the installed package (wheel), else the checkout's top-level folder."""
+    packaged = Path(__file__).resolve().parent.parent / "warehouse_sql"
+    return packaged if packaged.is_dir() else PROJECT_ROOT / "warehouse_sql"
+
+
+SQL_DIR = _sql_dir()
+ERASED_MEMBER = tables.ERASED_MEMBER
+ERASED_MEMBER_SK = 0
+# dimension keys sorted and partitioned under collate "C": the same groups (text equality is bytewise either way),
+# a cheaper sort than under the database's collation
+KEY_COLLATION = {"dim_student": "C"}
+
+
+@dataclass(frozen=True)
+class Load:
+    """One dw target table: the gold table it reads, the DuckDB select that stages it, and what its kind's load
+    template needs to be rendered for it."""
+
+    target: str
+    gold: str
+    grain: str  # what one row of the target is, in one line
+    columns: tuple[str, ...]  # the staged columns
+    select: str  # DuckDB select over `{src}` giving `columns` in order
+    key: str | None = None  # dimensions: the business key
+    key_collation: str | None = None  # dimensions: the collation the key is sorted and partitioned under
+    fact_time: str | None = None  # facts: the column whose time picks each dimension's version
+    measures: tuple[tuple[str, str], ...] = ()  # facts: (column, aggregate) combining the staged rows of one grain
+    depends: tuple[str, ...] = ()  # facts: the dimensions whose surrogate keys the fact carries
+
+    @property
+    def is_dimension(self) -> bool:
+        return self.key is not None
+
+    @property
+    def spec(self) -> tables.Table:
+        return tables.table("dw", self.target)
+
+
+def _staged(column: tables.Column, key: bool = False) -> str:
+    """A gold column as the warehouse types it: ids cast to the dimension key's type, times to timestamptz."""
+    if column.type == "timestamp":
+        return f"cast({column.name} as timestamptz) as {column.name}"
+    if key or column.type in ("int", "boolean") or column.name == "delivery":
+        duck = {"string": "varchar", "int": "integer", "boolean": "boolean"}[column.type]
+        return f"cast({column.name} as {duck}) as {column.name}"
+    return column.name
+
+
+def _dimension(spec: tables.Table) -> Load:
+    gold = tables.table("gold", spec.source or "")
+    key = gold.keys[0]
+    return Load(
+        spec.name,
+        gold.name,
+        spec.grain,
+        gold.names,
+        f"select {', '.join(_staged(c, key=c.name == key) for c in gold.columns)} from {{src}}",
+        key=key,
+        key_collation=KEY_COLLATION.get(spec.name),
+    )
+
+
+# an erased learner's rows under the erased member; anonymous rows (no learner ever) keep a null key
+_STUDENT = f"cast(coalesce(student_id, case when student_erased then '{ERASED_MEMBER}' end) as varchar) as student_id"
+# a gold fact as this layout of gold writes it: one an earlier layout wrote lacks `student_erased` (none erased)
+_STUDENT_FACT = "(from {src} union all by name select null::boolean as student_erased where false)"
+
+
+def _depends(spec: tables.Table) -> tuple[str, ...]:
+    """The dimensions whose surrogate keys a fact carries."""
+    return tuple(f"dim_{c.removesuffix('_sk')}" for c in spec.names if c.endswith("_sk"))
+
+
+def _record_fact(spec: tables.Table) -> Load:
+    """A fact of one row per distinct source record, dated by its one `_at` column."""
+    gold = tables.table("gold", spec.source or "")
+    staged = [c for c in spec.names if not c.endswith("_sk")]
+    (time,) = [c for c in staged if c.endswith("_at")]
+    select = [_STUDENT if c == "student_id" else _staged(gold.column(c), key=c.endswith("_id")) for c in staged]
+    return Load(
+        spec.name,
+        gold.name,
+        spec.grain,
+        tuple(staged),
+        f"select {', '.join(select)} from {_STUDENT_FACT}",
+        fact_time=time,
+        depends=_depends(spec),
+    )
+
+
+def _page_view_daily(spec: tables.Table) -> Load:
+    staged = tuple(c for c in spec.names if not c.endswith("_sk"))
+    return Load(
+        spec.name,
+        spec.source or "",
+        spec.grain,
+        staged,
+        f"select cast(event_date as date) as event_date, {_STUDENT}, client_type,"
+        " country, count(*) as page_views, cast(min(event_at) as timestamptz) as first_event_at,"
+        " cast(max(event_at) as timestamptz) as last_event_at"
+        f" from {_STUDENT_FACT} group by all",
+        fact_time="first_event_at",
+        measures=(("page_views", "sum"), ("first_event_at", "min"), ("last_event_at", "max")),
+        depends=_depends(spec),
+    )
+
+
+def _load(spec: tables.Table) -> Load:
+    if spec.name.startswith("dim_"):
+        return _dimension(spec)
+    if spec.name == "fact_page_view_daily":
+        return _page_view_daily(spec)
+    return _record_fact(spec)
+
+
+# dimensions first: facts pick their surrogate keys from them
+LOADS: tuple[Load, ...] = tuple(
+    _load(t)
+    for t in sorted(tables.layer("dw"), key=lambda t: not t.name.startswith("dim_"))
+    if t.kept_by is tables.Kept.LOADED
+)
+LOADS_BY_TARGET = {load.target: load for load in LOADS}
+
+
+def _template_context(load: Load) -> dict[str, Any]:
+    """The variables of the load's template (their meaning is stated at the top of each template)."""
+    if load.is_dimension:
+        attributes = [c for c in load.columns if c not in (load.key, "is_deleted", "as_of", "delivery")]
+        return {
+            "table": load.target,
+            "grain": load.grain,
+            "key": load.key,
+            "attributes": attributes,
+            "key_collation": load.key_collation or "",
+        }
+    measures = [list(m) for m in load.measures]
+    dimensions = [{"entity": d.removeprefix("dim_"), "key": LOADS_BY_TARGET[d].key} for d in load.depends]
+    return {
+        "table": load.target,
+        "grain": load.grain,
+        "fact_time": load.fact_time,
+        "measures": measures,
+        "columns": [c for c in load.columns if c not in dict(load.measures)],
+        "dimensions": dimensions,
+    }
+
+
+def load_sql(target: str) -> str:
+    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS."""
+    load = LOADS_BY_TARGET.get(target)
+    if load is None:
+        raise KeyError(f"no dw target table {target!r}; targets: {', '.join(LOADS_BY_TARGET)}")
+    template = SQL_DIR / "load" / ("dimension.sql" if load.is_dimension else "fact.sql")
+    # the environment sqlfluff lints the templates with: trailing newline kept, the `do` statement, no escaping
+    env = jinja2.Environment(
+        keep_trailing_newline=True, undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.do"], autoescape=False
+    )
+    return env.from_string(template.read_text()).render(_template_context(load))
+
+
+def load_statements(target: str) -> list[tuple[str, str]]:
+    """The statements of the target's load SQL as (name, sql); a name is the statement's leading `-- name:`."""
+    statements = []
+    for chunk in re.split(r";[ \t]*(?:\n|$)", load_sql(target)):
+        lines = chunk.strip().splitlines()
+        if not any(ln.strip() and not ln.lstrip().startswith("--") for ln in lines):
+            continue
+        names = [m.group(1) for ln in lines if (m := re.match(r"--\s*(\w+):", ln))]
+        if not names:
+            raise ValueError(f"a statement of the {target} load has no leading `-- name:` comment")
+        statements.append((names[-1], chunk.strip()))
+    return statements
