@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
+import duckdb
 import pandas as pd
 
-from lakehouse import catalog
+from lakehouse import catalog, tables
 from lakehouse.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,17 @@ CACHE = [
     "from gold.fact_subscription",
     "create or replace table memory.main.calendar as select cast(date as date) as day from gold.dim_date",
 ]
-CACHE_SOURCES = (
-    "gold.fact_page_view",
-    "gold.dim_student",
-    "gold.fact_session",
-    "gold.fact_subscription",
-    "gold.dim_date",
-)
+
+
+def _reads(statements: list[str]) -> tuple[str, ...]:
+    """The catalogue's tables these statements read."""
+    reading = [sql for sql in statements if not sql.lstrip().lower().startswith("drop ")]
+    names = {n.split(" AS ")[0] for sql in reading for n in duckdb.get_table_names(sql, qualified=True)}
+    return tuple(sorted(names & set(tables.BY_KEY)))
+
+
+# the lake tables the cache is built from: a new commit to one of them rebuilds it
+CACHE_SOURCES = _reads(CACHE)
 # one filter clause for page views; $client / $country null means "all"
 PV_FILTER = (
     "event_date between $start and $end"

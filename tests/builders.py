@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lakehouse import delta
+from lakehouse import delta, tables
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.security import wait_listening
 
@@ -119,9 +119,23 @@ ISO_ANON = line(
 )
 
 
+def target(settings, layer: str, name: str, shape=None, **identity) -> delta.Target:
+    """A write to `<layer>.<name>`: the catalogue's table, or with `shape` a table shaped like that DataFrame (a test's
+    own table, or an older lake's layout), with the catalogue's layout where its columns allow."""
+    spec = tables.BY_KEY.get(f"{layer}.{name}")
+    if shape is not None:
+        names = [f.name for f in shape.schema.fields]
+        columns = tuple(tables.own(f.name, f.dataType.simpleString(), "a test column") for f in shape.schema.fields)
+        partition = () if spec is None else tuple(c for c in spec.partition_by if c in names)
+        stats = () if spec is None else tuple(c for c in spec.stats if c in names)
+        spec = tables.Table(layer, name, "a test table", (), columns, tables.Kept.APPENDED, partition, stats)
+    assert spec is not None, f"{layer}.{name} is not in the catalogue: give its shape"
+    return delta.Target(spec, settings, **identity)
+
+
 def write_bronze(spark, settings, table, df, batch):
     """Append rows to bronze.<table> as landing batch `batch`."""
-    delta.append_once(df, delta.Target("bronze", table, settings, app_id=f"bronze.{table}", version=batch))
+    delta.append_once(df, target(settings, "bronze", table, app_id=f"bronze.{table}", version=batch))
 
 
 def commits(spark, settings, layer, table):

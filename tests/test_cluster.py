@@ -88,8 +88,8 @@ def test_refresh_on_standalone_cluster_equals_local(spark, standalone, tmp_path)
 
     tables = [("silver", t) for t in ("page_views", *silver.TRANSFORMS)] + [("gold", t) for t in gold.TABLES]
     for layer, table in tables:
-        if not delta.table_exists(spark, layer, table, local):
-            assert not delta.table_exists(spark, layer, table, remote), table
+        if not delta.table_exists(layer, table, local):
+            assert not delta.table_exists(layer, table, remote), table
             continue
         a, b = (delta.read_table(spark, layer, table, s) for s in (local, remote))
         cols = sorted(c for c in a.columns if c not in ("run_id", "loaded_at"))

@@ -75,7 +75,7 @@ def test_killed_run_then_rerun_equals_a_clean_run(spark, source, clean, fault, t
     }
     proc = subprocess.run([sys.executable, "-c", RUN], env=env, cwd=ROOT, timeout=600, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    committed = [t for t in TABLES if table_exists(spark, *t, settings)]
+    committed = [t for t in TABLES if table_exists(*t, settings)]
     if fault == "mid_bronze":
         assert 0 < len(committed) < len(TABLES)  # killed after a table's commit, before the last one
     if fault == "after_bronze_commit":

@@ -24,7 +24,7 @@ from lakehouse.reports import StageReport
 from lakehouse.tools.generate import generate
 from lakehouse.warehouse.loads import ERASED_MEMBER, ERASED_MEMBER_SK
 from lakehouse.warehouse.mirror import first_value, mirror
-from tests.builders import cli, new_database
+from tests.builders import cli, new_database, target
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -341,7 +341,7 @@ def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings)
     new uuid; delete removes the rows; other students are untouched."""
     from datetime import datetime
 
-    from lakehouse import delta
+    from lakehouse import delta, delta_log
 
     def line(student: str, session: str, n: int) -> str:
         return json.dumps(
@@ -365,11 +365,11 @@ def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings)
         "value string, at_raw string, source_file string, line_number long, "
         "delivery string, as_of timestamp, batch_id long, landed_at timestamp, run_id string",
     )
-    delta.overwrite(events, delta.Target("bronze", "events", settings))
+    delta.overwrite(events, target(settings, "bronze", "events", events))
     sessions = spark.createDataFrame(
         [('{"StudentId": "7", "SessionStartTime": "2017-11-10 00:40:41.000"}', 1)], "record string, batch_id long"
     )
-    delta.overwrite(sessions, delta.Target("bronze", "sessions", settings))
+    delta.overwrite(sessions, target(settings, "bronze", "sessions", sessions))
 
     counts = erasure.erase_lake(spark, settings, {"7"}, "anonymize")
     assert counts["bronze.events"] == 3 and counts["bronze.sessions"] == 1
@@ -391,4 +391,4 @@ def test_anonymized_lines_keep_sessions_and_delete_mode_removes(spark, settings)
     assert "bronze.events (any version still readable)" in erasure.verify(spark, settings, "17")  # version 0
     assert erasure.vacuum_all(settings)["bronze.events"] > 0
     assert erasure.verify(spark, settings, "17") == {}
-    assert delta.oldest_readable_version(settings.table_path("bronze", "events")) == 2
+    assert delta_log.oldest_readable_version(settings.table_path("bronze", "events")) == 2

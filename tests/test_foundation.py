@@ -52,12 +52,13 @@ def _duckdb_with_delta() -> duckdb.DuckDBPyConnection:
 
 
 def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
-    from lakehouse import delta
+    from lakehouse import delta, delta_log
+    from tests.builders import target
 
     rows = [(1, "Curso1", dt.datetime(2017, 11, 16, 2, 10, 20), True), (2, None, None, False)]
     df = spark.createDataFrame(rows, "course_id int, course_name string, as_of timestamp, is_deleted boolean")
-    delta.overwrite(df, delta.Target("gold", "t_roundtrip", settings))
-    once = delta.Target("gold", "t_roundtrip", settings, app_id="test", version=1)
+    delta.overwrite(df, target(settings, "gold", "t_roundtrip", df))
+    once = target(settings, "gold", "t_roundtrip", df, app_id="test", version=1)
     delta.append_once(df, once)
     delta.append_once(df, once)  # skipped
 
@@ -65,7 +66,7 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
     back = spark.read.format("delta").load(path)
     assert back.count() == 4
     assert back.exceptAll(df.unionByName(df)).count() == 0
-    assert delta.last_txn_version(path, "test") == 1
+    assert delta_log.last_txn_version(path, "test") == 1
 
     got = (
         _duckdb_with_delta()
@@ -83,17 +84,18 @@ def test_delta_written_by_spark_reads_back_in_spark_and_duckdb(spark, settings):
 
 
 def test_txn_versions_read_from_json_commits_and_checkpoints(spark, settings):
-    from lakehouse import delta
+    from lakehouse import delta, delta_log
+    from tests.builders import target
 
     df = spark.createDataFrame([(1,)], "x int")
     for version in range(1, 13):  # Delta writes a checkpoint every 10 commits
-        delta.append_once(df, delta.Target("bronze", "t_txn", settings, app_id="a", version=version))
-    delta.append_once(df, delta.Target("bronze", "t_txn", settings, app_id="b", version=7))
+        delta.append_once(df, target(settings, "bronze", "t_txn", df, app_id="a", version=version))
+    delta.append_once(df, target(settings, "bronze", "t_txn", df, app_id="b", version=7))
     path = settings.table_path("bronze", "t_txn")
     assert Path(path, "_delta_log", "_last_checkpoint").exists()
-    assert delta.txn_versions(path) == {"a": 12, "b": 7}
-    assert delta.last_txn_version(path, "c") is None
-    assert delta.txn_versions(settings.table_path("bronze", "missing")) == {}
+    assert delta_log.DeltaLog(path).txn_versions() == {"a": 12, "b": 7}
+    assert delta_log.last_txn_version(path, "c") is None
+    assert delta_log.DeltaLog(settings.table_path("bronze", "missing")).txn_versions() == {}
 
 
 def test_table_writes_start_after_the_tables_they_read_and_none_after_an_error(spark):

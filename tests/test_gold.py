@@ -239,7 +239,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
 
     # a full refresh rebuilds every table from scratch (a new commit each) to the same content, and the next
     # incremental run still knows it has nothing to do
-    existing = [t for t in gold.TABLES if delta.table_exists(spark, "gold", t, settings)]
+    existing = [t for t in gold.TABLES if delta.table_exists("gold", t, settings)]
     layers = {"silver": ["page_views", "students", "courses"], "gold": existing}
     tables = [(layer, t) for layer, ts in layers.items() for t in ts]
     kept = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lakehouse import delta, gold, silver
-from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, event_rows, in_file
+from tests.builders import CAMEL_GLUED, ISO_ANON, SPACED, event_rows, in_file, target
 
 
 def _plan(df) -> str:
@@ -40,7 +40,7 @@ def test_enrichment_broadcasts_the_student_dimension(spark, settings):
         ),
     )
     for name, df in {"fact_page_view": facts, "dim_student": students}.items():
-        delta.overwrite(df, delta.Target("gold", name, settings))
+        delta.overwrite(df, target(settings, "gold", name, df))
     plan = _plan(
         gold.page_view_enriched(
             delta.read_table(spark, "gold", "fact_page_view", settings),

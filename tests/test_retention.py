@@ -34,16 +34,17 @@ def _vacuum_everything(spark, path: str) -> None:
 def test_a_vacuumed_version_names_the_oldest_readable_one(spark, settings):
     from typer.testing import CliRunner
 
-    from lakehouse import catalog, delta
+    from lakehouse import catalog, delta, delta_log
     from lakehouse.cli import app
+    from tests.builders import target
 
     df = spark.createDataFrame([(1, "a")], "id int, name string")
     for _ in range(3):
-        delta.overwrite(df, delta.Target("gold", "t_retention", settings))  # versions 0, 1, 2: each replaces the files
+        delta.overwrite(df, target(settings, "gold", "t_retention", df))  # versions 0, 1, 2: each replaces the files
     path = settings.table_path("gold", "t_retention")
-    assert delta.oldest_readable_version(path) == 0
+    assert delta_log.oldest_readable_version(path) == 0
     _vacuum_everything(spark, path)
-    assert delta.oldest_readable_version(path) == 2
+    assert delta_log.oldest_readable_version(path) == 2
 
     names, rows, _ = catalog.query("select count(*) from gold.t_retention", settings, version=2)
     assert rows == [(1,)]
@@ -61,17 +62,18 @@ def test_a_vacuumed_version_names_the_oldest_readable_one(spark, settings):
 
 def test_oldest_readable_version_after_the_log_was_cleaned(spark, settings):
     """The log of a long-lived table starts at a checkpoint: versions before it are gone from the log too."""
-    from lakehouse import delta
+    from lakehouse import delta, delta_log
+    from tests.builders import target
 
     df = spark.createDataFrame([(1,)], "x int")
     for version in range(12):  # appends: every version's files stay; Delta checkpoints at version 10
-        delta.append_once(df, delta.Target("bronze", "t_cleaned", settings, app_id="t", version=version))
+        delta.append_once(df, target(settings, "bronze", "t_cleaned", df, app_id="t", version=version))
     path = settings.table_path("bronze", "t_cleaned")
     log = Path(path, "_delta_log")
     assert (log / f"{10:020d}.checkpoint.parquet").exists()
     for version in range(10):  # what the log cleanup does past the log retention
         (log / f"{version:020d}.json").unlink()
-    assert delta.oldest_readable_version(path) == 10
-    delta.overwrite(df, delta.Target("bronze", "t_cleaned", settings))  # version 12 replaces every file
+    assert delta_log.oldest_readable_version(path) == 10
+    delta.overwrite(df, target(settings, "bronze", "t_cleaned", df))  # version 12 replaces every file
     _vacuum_everything(spark, path)
-    assert delta.oldest_readable_version(path) == 12
+    assert delta_log.oldest_readable_version(path) == 12

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import TimestampType
 
-from lakehouse import delta, silver
+from lakehouse import delta, delta_log, silver
 from tests.builders import (
     CAMEL_GLUED,
     ISO_ANON,
@@ -138,7 +138,7 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
             (None, "2017-11-19", "events/2017-11-19/late.json", 10, 3),
         ]
     )
-    metrics = next(delta.app_commits(settings.table_path("silver", "page_views"), "silver.page_views")).metrics
+    metrics = next(delta_log.app_commits(settings.table_path("silver", "page_views"), "silver.page_views")).metrics
     assert (metrics["numTargetRowsInserted"], metrics["numTargetFilesRemoved"]) == ("1", "0")
     before = commits(spark, settings, "silver", "page_views")
     rep = silver.refresh(spark, settings, "run-4")
@@ -264,7 +264,7 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
     assert rep.details["tables"]["students"]["batch"] == 3 and rep.details["tables"]["sessions"]["skipped"]
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
-    assert delta.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
+    assert delta_log.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
     assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
     assert commits(spark, settings, "silver", "students") == before

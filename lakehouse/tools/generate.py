@@ -20,6 +20,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from lakehouse.tables import ENTITIES, EXPORTS
+
 FIRST_DELIVERY = date(2017, 11, 16)
 FIRST_WINDOW_START = date(2017, 11, 1)
 LAST_DELIVERY_TIME = "T06:00:00"
@@ -27,7 +29,6 @@ MAX_LINES_PER_PART = 250_000
 MIN_PARTS = 4
 MIN_EVENTS_PER_DELIVERY = 8
 CRLF_PART = 1
-ENTITIES = ("students", "courses", "universities", "subjects", "sessions", "subscriptions", "student_follow_subject")
 CLIENTS = ("Website", "Webapp", "Android", "iOS")
 MALFORMED_KINDS = ("not_json", "truncated_json", "json_array", "json_scalar", "missing_at", "bad_at")
 DUPLICATE_KINDS = ("within_file", "cross_file", "cross_delivery")
@@ -480,7 +481,7 @@ class _World:
             "student_follow_subject": [r for r in self.follows if r["StudentId"] in present],
         }
         dups = {}
-        for entity in ("students", "sessions", "subscriptions", "student_follow_subject"):
+        for entity in (e.entity for e in EXPORTS if e.student_field):  # exports of learners' records
             rows = out[entity]
             picks = sorted(rng.sample(range(len(rows)), min(len(rows), _n(len(rows), 0.002))), reverse=True)
             for p in picks:  # descending, so earlier picks keep their index
