@@ -1,4 +1,5 @@
-{#- The SCD type 2 load of one dimension, rendered per table from its load spec (LOADS in lakehouse/warehouse.py);
+{#- The SCD type 2 load of one dimension, rendered per table from its load spec
+    (LOADS in lakehouse/warehouse/loads.py, from the catalogue);
     `lakehouse warehouse sql dim_<entity>` prints the result.
     table: dw.<table> and its stage tables stage.<table>_history and stage.<table>_version
     key: the business key; attributes: the versioned columns

@@ -1,4 +1,5 @@
-{#- The load of one fact, rendered per table from its load spec (LOADS in lakehouse/warehouse.py);
+{#- The load of one fact, rendered per table from its load spec
+    (LOADS in lakehouse/warehouse/loads.py, from the catalogue);
     `lakehouse warehouse sql fact_<name>` prints the result.
     table: dw.<table>, staged in stage.<table>
     columns: the staged columns that make the grain (staged rows are distinct per grain)
