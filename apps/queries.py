@@ -182,9 +182,7 @@ class Gold:
             if old is not None:
                 old.close()
         if versions and versions != self._versions:
-            with self._lake._lock:
-                for sql in CACHE:
-                    self._lake.con.execute(sql)  # fixed DDL on the connection's own in-memory database
+            self._lake.cache(CACHE)  # fixed DDL on the connection's own in-memory database
             self._versions = versions
         self._checked, self._stale = time.monotonic(), False
 

@@ -261,6 +261,13 @@ class LakeConnection:
         check_read_only(sql)
         return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
+    def cache(self, statements: list[str]) -> None:
+        """Run fixed statements of the caller's own (tables of the connection's in-memory database built from the
+        views); unchecked, so never with text from a user."""
+        with self._lock:
+            for sql in statements:
+                self.con.execute(sql)
+
     def rows(self, sql: str, params: list | dict | None = None) -> tuple[list[str], list[tuple]]:
         """(column names, rows) of one read statement."""
         with self._lock:

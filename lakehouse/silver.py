@@ -300,6 +300,14 @@ universities = partial(_snapshot_table, "universities")
 subjects = partial(_snapshot_table, "subjects")
 
 
+# silver.students, courses, universities, subjects: one row per key per delivery of its entity from the key's first,
+# with deletion markers; each takes the bronze rows and, for an incremental refresh, the previous silver rows
+students = partial(_snapshot_table, "students")
+courses = partial(_snapshot_table, "courses")
+universities = partial(_snapshot_table, "universities")
+subjects = partial(_snapshot_table, "subjects")
+
+
 _RECORD_COLUMNS = {
     "sessions": lambda r: {
         "student_id": _blank_to_null(r.StudentId),
@@ -381,6 +389,22 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None = No
     )
 
 
+# silver.sessions, subscriptions, student_follow_subject: one row per distinct record over all deliveries, first and
+# last seen, is_deleted; each takes the bronze rows and, for an incremental refresh, the current silver rows
+sessions = partial(_record_table, "sessions")
+subscriptions = partial(_record_table, "subscriptions")
+student_follow_subject = partial(_record_table, "student_follow_subject")
+TRANSFORMS = {
+    "students": students,
+    "courses": courses,
+    "universities": universities,
+    "subjects": subjects,
+    "sessions": sessions,
+    "subscriptions": subscriptions,
+    "student_follow_subject": student_follow_subject,
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # the tables, and how each is kept (the I/O edge)
 # --------------------------------------------------------------------------------------------------
@@ -450,12 +474,12 @@ def _refold(transform: Callable[..., DataFrame]) -> Callable[[Refresh], None]:
 
 
 def _snapshot_model(entity: str) -> SilverTable:
-    transform = partial(_snapshot_table, entity)
+    transform = TRANSFORMS[entity]
     return SilverTable(entity, entity, lambda rows, _run_id: transform(rows), _replace_deliveries(transform))
 
 
 def _record_model(entity: str) -> SilverTable:
-    transform = partial(_record_table, entity)
+    transform = TRANSFORMS[entity]
     return SilverTable(entity, entity, lambda rows, _run_id: transform(rows), _refold(transform))
 
 

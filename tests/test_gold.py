@@ -197,7 +197,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         write_bronze(spark, settings, entity, entity_rows(spark, entity, recs), 1)
     silver.refresh(spark, settings, "r1")
     rep = gold.refresh(spark, settings, "r1")
-    built = {t for t, r in rep.details["tables"].items() if not r["skipped"]}
+    built = {t for t, r in rep.tables.items() if not r.skipped}
     assert {
         "fact_page_view",
         "dim_student",
@@ -206,8 +206,8 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         "dim_date",
         "page_view_enriched",
     } <= built
-    assert rep.details["tables"]["fact_session"]["skipped"]
-    assert rep.details["tables"]["fact_page_view"]["rows_out"] == 3
+    assert rep.tables["fact_session"].skipped
+    assert rep.tables["fact_page_view"].rows_out == 3
     # the late event of a later delivery: its own day and month
     write_bronze(
         spark,
@@ -220,7 +220,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
     )
     silver.refresh(spark, settings, "r2")
     rep = gold.refresh(spark, settings, "r2")
-    assert rep.details["tables"]["fact_page_view"]["rows_out"] == 1 and rep.details["tables"]["dim_student"]["skipped"]
+    assert rep.tables["fact_page_view"].rows_out == 1 and rep.tables["dim_student"].skipped
     read = lambda t: delta.read_table(spark, "gold", t, settings)  # noqa: E731
     assert rows_of(read("fact_page_view").where("page_name = '/late'"), "event_date") == [(date(2017, 10, 31),)]
     assert rows_of(read("mart_country_access").where("country = 'ar'"), "month", "page_views") == [
@@ -231,10 +231,10 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         (date(2017, 10, 31), date(2017, 11, 16), 17)
     ]
     before = {
-        t: commits(spark, settings, "gold", t) for t in rep.details["tables"] if not rep.details["tables"][t]["skipped"]
+        t: commits(spark, settings, "gold", t) for t in rep.tables if not rep.tables[t].skipped
     }
     again = gold.refresh(spark, settings, "r3")
-    assert all(r["skipped"] for r in again.details["tables"].values())
+    assert all(r.skipped for r in again.tables.values())
     assert {t: commits(spark, settings, "gold", t) for t in before} == before
 
     # a full refresh rebuilds every table from scratch (a new commit each) to the same content, and the next
@@ -246,7 +246,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         (layer, t): (_snapshot(spark, settings, layer, t).collect(), commits(spark, settings, layer, t))
         for layer, t in tables
     }
-    assert not silver.refresh(spark, settings, "full", full_refresh=True).details["tables"]["page_views"]["skipped"]
+    assert not silver.refresh(spark, settings, "full", full_refresh=True).tables["page_views"].skipped
     rebuilt = gold.refresh(spark, settings, "full", full_refresh=True).details["tables"]
     assert {t for t, r in rebuilt.items() if not r["skipped"]} == set(existing)  # those with silver inputs
     for (layer, t), (rows, n) in kept.items():

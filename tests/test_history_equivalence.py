@@ -103,7 +103,7 @@ def test_rerun_with_nothing_new_commits_nothing(spark, lakes, kind):
     paths = [lake.table_path(layer, t) for layer, ts in (("silver", SILVER), ("gold", GOLD)) for t in ts]
     before = [_latest_commit(p) for p in paths]
     report = _run(spark, lake, "again")
-    assert all(t["skipped"] for layer in report.values() for t in layer.details["tables"].values())
+    assert all(t.skipped for layer in report.values() for t in layer.tables.values())
     assert [_latest_commit(p) for p in paths] == before
 
 

@@ -96,8 +96,8 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
         1,
     )
     rep = silver.refresh(spark, settings, "run-1")
-    table = rep.details["tables"]["page_views"]
-    assert table.pop("seconds") > 0 and table == {"skipped": False, "batch": 1, "rows_in": 3, "rows_out": 2}
+    table = rep.tables["page_views"]
+    assert table.seconds > 0 and (table.skipped, table.version, table.rows_in, table.rows_out) == (False, 1, 3, 2)
     # batch 2: one known event again (delivered earlier: its provenance moves), one new event
     write_bronze(
         spark,
@@ -107,7 +107,7 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
         2,
     )
     rep = silver.refresh(spark, settings, "run-2")
-    assert rep.details["tables"]["page_views"]["rows_in"] == 2
+    assert rep.tables["page_views"].rows_in == 2
     table = delta.read_table(spark, "silver", "page_views", settings)
     assert rows_of(table, "student_id", "delivery", "source_file", "line_number", "batch_id") == srt(
         [
@@ -142,7 +142,7 @@ def test_refresh_page_views_incremental_dedup_and_no_op(spark, settings):
     assert (metrics["numTargetRowsInserted"], metrics["numTargetFilesRemoved"]) == ("1", "0")
     before = commits(spark, settings, "silver", "page_views")
     rep = silver.refresh(spark, settings, "run-4")
-    assert rep.details["tables"]["page_views"]["skipped"] is True
+    assert rep.tables["page_views"].skipped is True
     assert commits(spark, settings, "silver", "page_views") == before
 
 
@@ -261,7 +261,7 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
         spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]}, batch=3), 3
     )
     rep = silver.refresh(spark, settings, "r")
-    assert rep.details["tables"]["students"]["batch"] == 3 and rep.details["tables"]["sessions"]["skipped"]
+    assert rep.tables["students"].batch == 3 and rep.tables["sessions"].skipped
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
     assert delta_log.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
