@@ -1,6 +1,9 @@
-"""The erasure flow: erase learners everywhere (`lakehouse erase`), under the writer lock."""
+"""The erasure flow: erase learners everywhere (`lakehouse erase`), under the writer lock. The ids come in a file, so
+Prefect stores its path, never them: flow and task parameters, logs and artifacts hold at most counts."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
@@ -13,18 +16,21 @@ from lakehouse.spark import get_spark
 
 
 @task(name="erase", **TASK_OPTIONS)
-def erase(student_ids: list[str]) -> StageReport:
-    """Erase the learners from the lake, its older versions and the warehouse (lakehouse.erasure.erase)."""
+def erase(ids_file: str) -> StageReport:
+    """Erase the learners named in `ids_file` from the lake, its logs and older versions, and the warehouse."""
     settings = settings_for()
     run_id = str(flow_run.id or "local")
-    return run_stage("erase", settings, lambda: erasure.erase(get_spark(settings), settings, student_ids, run_id))
+    ids = erasure.student_ids(Path(ids_file).read_text().splitlines())
+    return run_stage("erase", settings, lambda: erasure.erase(get_spark(settings), settings, ids, run_id))
 
 
 @flow(name="erase-students", log_prints=True)
-def erase_students(student_ids: list[str] | None = None) -> RunReport:
-    """Erase learners by id from every layer, every Delta version, the landed files and dw; idempotent."""
-    if not student_ids:
-        raise ValueError("name at least one student id to erase")
+def erase_students(ids_file: str | None = None) -> RunReport:
+    """Erase the learners whose ids `ids_file` lists (one a line, on the machine that runs the flow) from every
+    layer, every Delta log and version, the landed files and dw; idempotent."""
+    if not ids_file:
+        raise ValueError("give ids_file: a file of the student ids to erase, one a line (never the ids themselves)")
     with writer_lock(settings_for(), get_run_logger()) as lock:
-        reports = [erase(student_ids)]
+        reports = [erase(ids_file)]
+    get_run_logger().info("erased %d learner(s)", reports[0].details["students"])
     return publish_report("erase-students", reports, lock)

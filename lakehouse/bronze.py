@@ -26,7 +26,7 @@ from lakehouse.delta import Target, append_once, write_tables
 from lakehouse.delta_log import last_txn_version
 from lakehouse.landing import lake_fs, lake_listing, read_ledger
 from lakehouse.reports import StageReport
-from lakehouse.tombstones import mark_erased, scrub_landing, tombstoned
+from lakehouse.tombstones import Erased, mark_erased, scrub_landing
 
 log = logging.getLogger(__name__)
 
@@ -486,7 +486,8 @@ def _write_group(
     if not entries:
         return None
     frame, outputs = _classified(spark, settings, group, entries, run_id)
-    frame = mark_erased(frame, settings, group)  # records of erased students (tombstones): kept nowhere, counted
+    erased = Erased.of(settings)
+    frame = mark_erased(frame, erased, group)  # records of erased learners (tombstones): kept nowhere, counted
     # On disk, not in the heap: at 10M events the in-memory cache builder exhausted a 2.5 GB heap (bench/README.md);
     # at 1M the disk cache was faster too (42 s against 47 s for bronze).
     frame = frame.persist(StorageLevel.DISK_ONLY)
@@ -497,8 +498,11 @@ def _write_group(
         # One pass computes the classified rows into the cache and observes the run report's accounting on them;
         # the tables are then written from the cache side by side. Written side by side straight away, each write
         # computed the rows again while the cache was still empty.
-        frame.observe(tally, *_tallies(key, keys)).write.format("noop").mode("overwrite").save()
+        named = F.collect_set(F.when(F.col("_erased"), F.col("landed_path"))).alias("erased_files")
+        frame.observe(tally, *_tallies(key, keys), named).write.format("noop").mode("overwrite").save()
         counts = _counts(tally.get, keys)
+        if tally.get["erased_files"]:  # a delivery brought erased learners back: their landed copies lose them too
+            scrub_landing(settings, erased, set(tally.get["erased_files"]))
 
         def write(table: tuple[str, str], _session: SparkSession) -> int:
             rows = outputs[table](frame.filter(F.col("batch_id") > marks[table]))
@@ -620,8 +624,6 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
     # The groups share no table: events and exports are ingested side by side.
     groups = write_tables(spark, {group: partial(write_group, group) for group in GROUPS})
     erased = sum(b["erased_dropped"] for g in groups.values() if g for b in g["counts"].values())
-    if erased:  # a delivery brought erased students back: their landed copies lose them too
-        scrub_landing(settings, tombstoned(settings))
     faults.point("after_bronze_commit")
     written = [g for g in groups.values() if g]
     buckets = [b for g in written for b in g["counts"].values()]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.table import Table
 
 from lakehouse.config import Settings
@@ -33,8 +35,18 @@ def main() -> None:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line reason and exit non-zero."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape_text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_text(value: object) -> str:
+    """Text from data as the terminal shows it: control characters as visible escapes (never interpreted, so no
+    escape sequence reaches the terminal), Rich markup as plain text."""
+    text = "NULL" if value is None else str(value)
+    return markup_escape(_CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), text))
 
 
 @app.command()
@@ -115,9 +127,9 @@ def query(
         writer.writerow(names)
         writer.writerows(rows)
     else:
-        table = Table(*names, title=f"{len(rows):,} rows")
+        table = Table(*(escape_text(n) for n in names), title=f"{len(rows):,} rows")
         for row in rows:
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
+            table.add_row(*(escape_text(v) for v in row))
         console.print(table)
 
 
@@ -348,32 +360,38 @@ def quarantine_file(
 @app.command()
 def erase(
     student: list[str] = typer.Option(None, "--student", help="a student id to erase (repeatable)"),
-    verify: str = typer.Option(None, "--verify", help="scan everything for this student id instead; exit 1 if found"),
+    ids_file: Path = typer.Option(None, "--ids-file", help="a file of student ids to erase, one a line"),
+    verify: str = typer.Option(None, "--verify", help="look everywhere for this student id instead; exit 1 if found"),
 ) -> None:
-    """A learner's right to erasure: remove students from every layer, older version, landed file and dw
-    (the `erase-students` flow, run here); `--verify ID` reports where an id is still found (docs/erasure.md)."""
+    """A learner's right to erasure: remove learners from every layer, Delta log and version, landed file and dw
+    (the `erase-students` flow, run here; the ids reach it in a private file, never as flow parameters);
+    `--verify ID` prints every place an id is still found (docs/erasure.md)."""
+    import os
+
     from lakehouse.config import get_settings
 
     if verify:
-        from lakehouse import erasure
-        from lakehouse.spark import get_spark
+        from lakehouse.verify import verify as find
 
-        settings = get_settings()
-        found = erasure.verify(get_spark(settings), settings, verify)
-        for place, count in found.items():
-            console.print(f"[red]found[/] {count:,} in {place}", highlight=False)
+        found = find(get_settings(), verify)
+        for place in found:
+            console.print(f"[red]found[/] {place.count:,} in {escape_text(place.place)}", highlight=False)
         if found:
             raise typer.Exit(1)
         console.print(
-            f"student {verify!r} is found nowhere (lake, every readable version, landed files, dw)", highlight=False
+            "the id is found nowhere (every file of the lake, the Prefect database and logs, dw and pg_stats)",
+            highlight=False,
         )
         return
-    if not student:
-        fail("name the students to erase with --student ID (or check one with --verify ID)")
-    import os
-
+    from lakehouse.erasure import student_ids
     from lakehouse.platform import PlatformError, client_env
+    from lakehouse.security import request_file
 
+    try:
+        given = [*(student or []), *(ids_file.read_text().splitlines() if ids_file else [])]
+        ids = student_ids(given)
+    except (OSError, ValueError) as exc:
+        fail(f"{exc}: name the students with --student ID or --ids-file FILE (or check one with --verify ID)")
     try:
         os.environ.update(client_env(get_settings()))
     except PlatformError as exc:
@@ -381,7 +399,8 @@ def erase(
     get_settings.cache_clear()
     from flows.erasure import erase_students
 
-    report = erase_students(student_ids=student).stages[0]
+    with request_file(get_settings(), "erasure", "\n".join(sorted(ids)) + "\n") as request:
+        report = erase_students(ids_file=str(request)).stages[0]
     console.print(
         f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
         f"{report.seconds:.1f} s; audit row {report.details['erasure_id']} in _system.erasures",
@@ -455,7 +474,7 @@ def summary() -> None:
     table = Table("layer", "table", "rows", title="lakehouse: rows per table")
     quarantined = 0
     for layer, name, rows in _row_counts(settings):
-        table.add_row(layer, name, f"{rows:,}")
+        table.add_row(escape_text(layer), escape_text(name), f"{rows:,}")
         quarantined += rows if layer == "quarantine" else 0
     console.print(table)
     try:
@@ -476,11 +495,14 @@ def summary() -> None:
         console.print(f"erased, dropped      {dropped:,} records of erased students in the last run", highlight=False)
     land = next((r.details for r in reports if r.stage == "land"), {})
     for entry in land.get("not_landed_files", []):  # delivery folders and files the layout does not take, links
-        console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
+        console.print(
+            f"[yellow]not landed[/]           {escape_text(entry['path'])}: {escape_text(entry['why'])}",
+            highlight=False,
+        )
     if land.get("not_landed", 0) > len(land.get("not_landed_files", [])):
         console.print(f"not landed           ... {land['not_landed']:,} in all", highlight=False)
-    console.print(f"lake                 {settings.lake_url}", highlight=False)
-    console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
+    console.print(f"lake                 {escape_text(settings.lake_url)}", highlight=False)
+    console.print(f"warehouse            {escape_text(_warehouse_location(settings))}", highlight=False)
     state = running_platform(settings)
     if state:
         console.print(f"Prefect UI           {state['ui_url']} (running)", highlight=False)

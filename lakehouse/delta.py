@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from lakehouse import tables
 from lakehouse.config import Settings, get_settings
-from lakehouse.delta_log import is_table, last_txn_version
+from lakehouse.delta_log import DeltaLog, is_table, last_txn_version
 from lakehouse.spark import fork
 
 T = TypeVar("T")
@@ -50,6 +50,7 @@ def read_table(spark: SparkSession, layer: str, name: str, settings: Settings | 
 
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 NO_STATS_PROPERTY = "delta.dataSkippingNumIndexedCols"
+CHECKPOINT_INTERVAL = "delta.checkpointInterval"
 
 
 class SchemaMismatch(ValueError):
@@ -98,9 +99,7 @@ def _writer(df: DataFrame, target: Target, mode: str, check: bool = True) -> Dat
     if check:
         check_schema(df, target.table)
     writer = df.write.format("delta").mode(mode)
-    stats = target.table.stats
-    properties = {**TABLE_PROPERTIES, **({STATS_PROPERTY: ",".join(stats)} if stats else {NO_STATS_PROPERTY: "0"})}
-    for key, value in properties.items():
+    for key, value in _properties(target.table).items():
         writer = writer.option(key, value)
     if target.table.partition_by:
         writer = writer.partitionBy(*target.table.partition_by)
@@ -140,12 +139,15 @@ def merge_once(
     update_set: dict[str, str] | None = None,
     insert: bool = True,
     within: DataFrame | None = None,
+    delete_when: str | None = None,
 ) -> None:
     """MERGE `source` (alias s) into the table (alias t) on `on`: insert unmatched rows (unless `insert` is false),
     optionally update matched ones (those meeting `update_when`); committed at most once per (app_id, version). A
     missing table is created by an idempotent append. `within`: the distinct values of the partition column(s) the
     source's rows can match in (a few dates, say); the MERGE then reads and rewrites only those partitions of the table
-    instead of all of it. With `update_when`, a source row matching a row it would not update is left out first: it
+    instead of all of it. `delete_when`: matched rows meeting it are deleted instead (a predicate over s and t, so
+    values to match stay in the source, never literals in the commit). With `update_when`, a source row matching a
+    row it would not update is left out first: it
     changes nothing, and left in it would make the MERGE rewrite that row's file (`on` matches one row at most).
     Written in SQL, so it runs the same on a local session and over Spark Connect."""
     if insert:
@@ -160,7 +162,7 @@ def merge_once(
     if within is not None:
         on = f"({on}) AND ({_partition_filter(within)})"
     view = f"merge_source_{uuid.uuid4().hex}"
-    clauses = []
+    clauses = [f"WHEN MATCHED AND ({delete_when}) THEN DELETE"] if delete_when else []
     if update_set:
         condition = f" AND ({update_when})" if update_when else ""
         assignments = ", ".join(f"`{column}` = {value}" for column, value in update_set.items())
@@ -240,3 +242,45 @@ def write_tables(
     if waiting:
         raise RuntimeError(f"these writes wait on each other: {', '.join(waiting)}")
     return results
+
+
+def _properties(table: tables.Table) -> dict[str, str]:
+    """The table properties a table of this spec carries: the lake's, and its statistics columns."""
+    stats = {STATS_PROPERTY: ",".join(table.stats)} if table.stats else {NO_STATS_PROPERTY: "0"}
+    return {**TABLE_PROPERTIES, **stats}
+
+
+def align_properties(spark: SparkSession, target: Target) -> bool:
+    """Bring an existing table's properties to its spec (a table created by an earlier layout keeps its own: Delta
+    takes them only at creation), so its next files keep statistics only where the catalogue says. Whether it
+    committed a change (an ALTER TABLE, read back from the log first: no commit when they agree)."""
+    log = DeltaLog(target.path, target.settings)
+    if not log.exists:
+        return False
+    have = log.configuration()
+    wanted = _properties(target.table)
+    stale = [k for k in (STATS_PROPERTY, NO_STATS_PROPERTY) if k in have and k not in wanted]
+    changed = {k: v for k, v in wanted.items() if have.get(k) != v}
+    if not changed and not stale:
+        return False
+    table = "delta.`" + target.path.replace("`", "``") + "`"
+    if stale:
+        spark.sql(f"ALTER TABLE {table} UNSET TBLPROPERTIES ({', '.join(repr(k) for k in stale)})")
+    if changed:
+        pairs = ", ".join(f"{k!r} = {v!r}" for k, v in changed.items())
+        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({pairs})")
+    return True
+
+
+def compact_history(spark: SparkSession, path: str, keep: dict[str, str] | None = None) -> int:
+    """Make the table's current state its first readable version and delete every log file before it: a checkpoint
+    is written at a commit that changes no data, then the older commits, checksums and checkpoints go. Time travel to
+    older versions ends (their data files must already be vacuumed); `keep` are table properties set in that commit
+    (what later runs read from commits that are gone). Call under the writer lock. The log files deleted."""
+    table = "delta.`" + path.replace("`", "``") + "`"
+    properties = {CHECKPOINT_INTERVAL: "1", **(keep or {})}
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({', '.join(f'{k!r} = {v!r}' for k, v in properties.items())})")
+    spark.sql(f"ALTER TABLE {table} UNSET TBLPROPERTIES ({CHECKPOINT_INTERVAL!r})")
+    log = DeltaLog(path)
+    base = max(log.checkpoints)  # the commit that set the interval
+    return log.remove_before(base)

@@ -131,6 +131,31 @@ class DeltaLog:
                 return action["commitInfo"] or {}
         return {}
 
+    def configuration(self) -> dict[str, str]:
+        """The table's properties as of its latest version (the newest metaData action)."""
+        base = self.checkpoints[-1] if self.checkpoints else -1
+        for version, name in reversed(self.commits):
+            if version <= base:
+                break
+            for action in self.actions(name):
+                if "metaData" in action:
+                    return dict(action["metaData"].get("configuration") or {})
+        for meta in self._checkpoint_column(base, "metaData") if base >= 0 else ():
+            return dict(meta.get("configuration") or {})
+        return {}
+
+    def remove_before(self, version: int) -> int:
+        """Delete every log file of the versions before `version` (commits, checksums, checkpoints, and the
+        filesystem's hidden checksums of each); the files deleted."""
+        gone = [
+            n
+            for n in self.names
+            if (m := re.match(r"\.?(\d{20})\.", n.rsplit("/", 1)[-1])) and int(m.group(1)) < version
+        ]
+        for name in gone:
+            self.fs.rm(name)
+        return len(gone)
+
     def _relative(self, file: str) -> str:
         file = unquote(file)
         return file[len(self.root) + 1 :] if file.startswith(self.root + "/") else file
@@ -213,9 +238,14 @@ def app_commits(path: str, app_id: str, floor: int | None = None) -> Iterator[Co
 
 def data_changed(path: str, app_id: str, after: int | None, upto: int) -> bool:
     """Whether `app_id`'s commits with txn versions in (after, upto] added or removed data: batches that brought
-    nothing for this table leave it, and whatever is built from it, as it was."""
+    nothing for this table leave it, and whatever is built from it, as it was. When those commits are no longer in
+    the log (an erasure compacted it), the table may have changed: True."""
     floor = -1 if after is None else after
-    return any(c.touches_data for c in app_commits(path, app_id, floor) if floor < c.txn <= upto)
+    log = DeltaLog(path)
+    found = [c for c in log.app_commits(app_id, floor) if floor < c.txn <= upto]
+    if not found:
+        return log.txn_versions().get(app_id, -1) > floor
+    return any(c.touches_data for c in found)
 
 
 def written(metrics: dict[str, str]) -> int:

@@ -1,9 +1,11 @@
-"""A learner's right to erasure, above the layers it rewrites: every layer, every readable Delta version, the landed
-files and the warehouse (docs/erasure.md). What later runs need of an erasure (tombstones, the filter of later
-deliveries, the landing scrub) is in `lakehouse.tombstones`."""
+"""A learner's right to erasure, above the layers it rewrites: every layer, every Delta log and version, the landed
+files, and the warehouse with its statistics (docs/erasure.md). What later runs need of an erasure (tombstones, who
+a raw text names, the filter of later deliveries, the landing scrub) is in `lakehouse.tombstones`; `lakehouse.verify`
+looks for what is left."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
@@ -15,171 +17,228 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import delta, faults, gold, silver, tables
+from lakehouse import parsing as P
 from lakehouse.catalog import lake_tables
-from lakehouse.config import Settings, join
-from lakehouse.delta_log import DeltaLog, is_table
-from lakehouse.landing import lake_fs, read_ledger
+from lakehouse.config import DELTA_LAYERS, Settings
+from lakehouse.delta_log import DeltaLog
 from lakehouse.pgserver import managed, warehouse_dsn
 from lakehouse.reports import StageReport
-from lakehouse.storage import filesystem
 from lakehouse.tombstones import (
-    REDACTED,
-    STUDENT_FIELD,
     Erased,
-    event_student,
     hashed,
-    id_pattern,
-    kind_of,
-    landed_files,
-    names_erased,
-    record_student,
+    keys_column,
+    learners_column,
     salt,
     scrub_landing,
-    value_pattern,
+    without_learners,
     write_tombstones,
 )
-from lakehouse.warehouse.loads import ERASED_MEMBER, ERASED_MEMBER_SK, LOADS
+from lakehouse.warehouse.loads import ERASED_MEMBER, ERASED_MEMBER_SK
+from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.mirror import MIRROR_LOCK, first_value, mirror
 
 AUDIT = tables.table("_system", "erasures")
-DELTA_LAYERS = ("bronze", "quarantine", "silver", "gold")
-ERASED = tables.ERASED
+LAKE_LAYERS = (*DELTA_LAYERS, "_system")
+KEY = "t.landed_path <=> s.landed_path AND t.line_number <=> s.line_number"  # a bronze or quarantine row
 
 
-# -- Delta tables ----------------------------------------------------------------------------------
+def student_ids(given: Iterable[str]) -> set[str]:
+    """The ids to erase, trimmed, blanks left out; ValueError (naming no id) when none is left."""
+    ids = {i.strip() for i in given if i and i.strip()}
+    if not ids:
+        raise ValueError("name at least one student id to erase")
+    return ids
 
 
-def _sql_list(ids: Iterable[str]) -> str:
-    return ", ".join("'" + i.replace("\\", "\\\\").replace("'", "\\'") + "'" for i in sorted(ids))
+# -- bronze and quarantine: the rows naming the learners, rewritten by key ------------------------------------------
 
 
-def _table(settings: Settings, layer: str, name: str) -> str:
-    return "delta.`" + settings.table_path(layer, name).replace("`", "``") + "`"
+def _hour(when: Column, pattern: str) -> Column:
+    """A time read as silver reads it, kept to its hour (the day and the hour stay, the minutes go)."""
+    return F.date_format(F.date_trunc("hour", P.parse_at(when)), pattern)
 
 
-def _affected(spark: SparkSession, statement: str) -> int:
-    """Run an UPDATE or DELETE; the rows it changed."""
-    rows = spark.sql(statement).collect()
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+def anonymized_event(value: Column, event_id: Column, nonce: str) -> Column:
+    """A raw event line without its learner: the student part of `studentId_clientType` removed (the client type
+    kept), the per-person ids replaced by hashes of a value never stored (one per erasure: a session stays one
+    session), the quasi-identifiers blanked, `at` kept to the hour, and the erasure's mark with a token of the event's
+    identity (distinct events stay distinct, duplicates stay duplicates)."""
+    fields = F.from_json(P.json_text(value), "map<string,string>")
+    blanked = F.array(*(F.lit(k) for k in tables.EVENT_QUASI_IDENTIFIERS))
+    person = F.array(*(F.lit(k) for k in tables.EVENT_PERSON_FIELDS))
+
+    def rewritten(k: Column, v: Column) -> Column:
+        return (
+            F.when(
+                k == tables.EVENT_STUDENT_FIELD,
+                F.when(v.contains("@"), F.concat(F.lit("@"), F.substring_index(v, "@", -1))),
+            )
+            .when(
+                F.array_contains(person, k) & v.isNotNull(), F.substring(F.sha2(F.concat(F.lit(nonce), v), 256), 1, 32)
+            )
+            .when(F.array_contains(blanked, k), F.lit(None))
+            .when(k == "at", _hour(v, "yyyy-MM-dd HH:mm:ss"))
+            .otherwise(v)
+        )
+
+    kept = F.map_filter(F.transform_values(fields, rewritten), lambda k, _: ~k.isin(tables.ERASED, tables.ERASED_ID))
+    mark = F.create_map(
+        F.lit(tables.ERASED), F.lit("true"), F.lit(tables.ERASED_ID), F.sha2(F.concat(F.lit(nonce), event_id), 256)
+    )
+    return F.to_json(F.map_concat(kept, mark))
 
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def anonymized_record(record: Column, entity: str, record_id: Column, nonce: str) -> Column:
+    """A raw export record without its learner: no student field, its time kept to the hour, and the erasure's mark
+    with a token of the record's identity."""
+    export = tables.EXPORT[entity]
+    fields = F.from_json(record, "map<string,string>")
+    dated = F.transform_values(
+        fields, lambda k, v: F.when(k == F.lit(export.date_field), _hour(v, "yyyy-MM-dd HH:mm:ss.SSS")).otherwise(v)
+    )
+    kept = F.map_filter(dated, lambda k, _: ~k.isin(export.student_field, tables.ERASED, tables.ERASED_ID))
+    mark = F.create_map(
+        F.lit(tables.ERASED), F.lit("true"), F.lit(tables.ERASED_ID), F.sha2(F.concat(F.lit(nonce), record_id), 256)
+    )
+    return F.to_json(F.map_concat(kept, mark))
 
 
-def quarantined(ids: set[str], table: str) -> tuple[str, str]:
-    """SQL over a quarantine table's row: (whether its raw text names one of `ids`, that text with them redacted)."""
-    kinds = ["events"] if table == "events" else list(STUDENT_FIELD)[1:]
-    found, redacted = [], "raw"
-    for kind in kinds:
-        pattern = _sql_text(id_pattern(ids, kind))
-        scope = "" if table == "events" else f"entity = '{kind}' AND "
-        found.append(f"({scope}(raw RLIKE {pattern} OR cast(unbase64(raw_base64) AS string) RLIKE {pattern}))")
-        redacted = f"regexp_replace({redacted}, {pattern}, {_sql_text(chr(34) + REDACTED + chr(34))})"
-    return "(" + " OR ".join(found) + ")", redacted
+def _named(rows: DataFrame, text: str, keys: Column, erased: Erased) -> DataFrame:
+    return rows.where(erased.any_of(learners_column(F.col(text), keys)))
 
 
-def _anonymized_event(nonce: str) -> str:
-    """SQL rewriting a raw event line (`value`): no student (its client type kept), per-person uuids replaced by a
-    hash of a nonce that is never stored (one nonce per erasure: the same session stays one session), and the
-    erasure's mark."""
-    uuids = ", ".join(f"'{u}'" for u in tables.EVENT_PERSON_FIELDS)
-    return (
-        "to_json(map_concat(map_filter(transform_values(from_json(value, 'map<string,string>'), (k, v) -> CASE "
-        f"WHEN k = 'studentId_clientType' THEN CASE WHEN v LIKE '%@%' THEN concat('@', substring_index(v, '@', -1)) "
-        "END "
-        f"WHEN k IN ({uuids}) AND v IS NOT NULL THEN substr(sha2(concat('{nonce}', v), 256), 1, 32) "
-        f"ELSE v END), (k, v) -> k != '{ERASED}'), map('{ERASED}', 'true')))"
+def _bronze_rewrites(
+    spark: SparkSession, settings: Settings, name: str, erased: Erased, mode: str, nonce: str
+) -> DataFrame | None:
+    """The rows of bronze.<name> naming an erased learner, keyed, with `_delete` or their rewritten text."""
+    rows = delta.read_table(spark, "bronze", name, settings)
+    if name == "events":
+        named = _named(rows, "value", keys_column("events"), erased)
+        if mode == "delete":
+            return named.select("landed_path", "line_number", F.lit(True).alias("_delete"), "value", "at_raw")
+        ids = silver.identified_events(named, "").select("source_file", "line_number", "batch_id", "event_id")
+        out = named.join(ids, ["source_file", "line_number", "batch_id"])
+        value = anonymized_event(F.col("value"), F.col("event_id"), nonce)
+        at = F.get_json_object(value, "$.at")
+        return out.select(
+            "landed_path", "line_number", F.lit(False).alias("_delete"), value.alias("value"), at.alias("at_raw")
+        )
+    export = tables.EXPORT[name]
+    if export.student_field is None:
+        return None
+    named = _named(rows, "record", keys_column(name), erased)
+    if mode == "delete" or export.is_snapshot:  # a learner's profile goes, whatever the mode
+        return named.select("landed_path", "line_number", F.lit(True).alias("_delete"), "record")
+    ids = silver.identified_records(named, name)
+    record = anonymized_record(F.col("record"), name, F.col("record_id"), nonce)
+    return named.join(ids, ["landed_path", "line_number"]).select(
+        "landed_path", "line_number", F.lit(False).alias("_delete"), record.alias("record")
     )
 
 
-def _anonymized_record() -> str:
-    """SQL rewriting a raw export record (`record`) without its StudentId, with the erasure's mark."""
-    return (
-        "to_json(map_concat(map_filter(from_json(record, 'map<string,string>'), "
-        f"(k, v) -> k NOT IN ('StudentId', '{ERASED}')), map('{ERASED}', 'true')))"
+def _quarantine_rewrites(spark: SparkSession, settings: Settings, name: str, erased: Erased) -> DataFrame:
+    """The rows of quarantine.<name> naming an erased learner: a line or record goes; a file quarantined whole keeps
+    its row without the learner's records (and without its original bytes, which hold them)."""
+    rows = delta.read_table(spark, "quarantine", name, settings)
+    keys = keys_column("events") if name == "events" else keys_column(F.col("entity"))
+    named = rows.where(erased.any_of(learners_column(F.col("raw"), keys)))
+    return named.select(
+        "landed_path",
+        "line_number",
+        F.col("line_number").isNotNull().alias("_delete"),
+        without_learners(F.col("raw"), keys, erased).alias("raw"),
+        F.lit(None).cast("string").alias("raw_base64"),
     )
 
 
-def erase_lake(spark: SparkSession, settings: Settings, ids: set[str], mode: str) -> dict[str, int]:
-    """Rewrite bronze and quarantine without `ids` (Delta UPDATE/DELETE), by `mode` (anonymize or delete)."""
+def erase_lake(spark: SparkSession, settings: Settings, erased: Erased, mode: str) -> dict[str, int]:
+    """Rewrite bronze and quarantine without the erased learners, by `mode` (anonymize or delete): each table's rows
+    naming them are computed apart and merged back by their key, so no commit records who they were."""
     nonce = secrets.token_hex(16)
-    listed = _sql_list(ids)
-    event = (
-        "nullif(trim(substring_index(trim(regexp_replace(get_json_object(value, '$.studentId_clientType'), "
-        "'[\\\\x00-\\\\x1F\\\\x7F]', '')), '@', 1)), '')"
-    )
-
-    def record(field: str) -> str:
-        return f"nullif(trim(regexp_replace(get_json_object(record, '$.{field}'), '[\\\\x00-\\\\x1F\\\\x7F]', '')), '')"
-
-    raw = {"events": quarantined(ids, "events")[0], "transactional": quarantined(ids, "transactional")[0]}
-    statements: dict[str, list[str]] = {
-        "bronze.events": [
-            f"DELETE FROM {{t}} WHERE {event} IN ({listed})"
-            if mode == "delete"
-            else f"UPDATE {{t}} SET value = {_anonymized_event(nonce)} WHERE {event} IN ({listed})"
-        ],
-        "bronze.students": [f"DELETE FROM {{t}} WHERE {record('Id')} IN ({listed})"],
-        **{
-            f"bronze.{e}": [
-                f"DELETE FROM {{t}} WHERE {record('StudentId')} IN ({listed})"
-                if mode == "delete"
-                else f"UPDATE {{t}} SET record = {_anonymized_record()} WHERE {record('StudentId')} IN ({listed})"
-            ]
-            for e in tables.RECORDS
-        },
-        # a quarantined line or record naming the student goes; a whole quarantined file has the ids redacted
-        **{
-            f"quarantine.{q}": [
-                f"DELETE FROM {{t}} WHERE line_number IS NOT NULL AND {raw[q]}",
-                f"UPDATE {{t}} SET raw = {quarantined(ids, q)[1]}, raw_base64 = NULL "
-                f"WHERE line_number IS NULL AND {raw[q]}",
-            ]
-            for q in ("events", "transactional")
-        },
-    }
+    jobs: dict[tuple[str, str], DataFrame | None] = {}
+    for name in ("events", *tables.ENTITIES):
+        if delta.table_exists("bronze", name, settings):
+            jobs[("bronze", name)] = _bronze_rewrites(spark, settings, name, erased, mode, nonce)
+    for name in ("events", "transactional"):
+        if delta.table_exists("quarantine", name, settings):
+            jobs[("quarantine", name)] = _quarantine_rewrites(spark, settings, name, erased)
     counts: dict[str, int] = {}
-    for name, sqls in statements.items():
-        layer, table = name.split(".")
-        if not is_table(settings.table_path(layer, table)):
+    for (layer, name), rewrites in jobs.items():
+        if rewrites is None:
             continue
-        counts[name] = sum(_affected(spark, s.replace("{t}", _table(settings, layer, table))) for s in sqls)
+        rewrites = rewrites.cache()
+        try:
+            counts[f"{layer}.{name}"] = rewrites.count()
+            if counts[f"{layer}.{name}"]:
+                columns = [c for c in rewrites.columns if c not in ("landed_path", "line_number", "_delete")]
+                delta.merge_once(
+                    spark,
+                    rewrites,
+                    delta.Target(tables.table(layer, name), settings),
+                    on=KEY,
+                    update_set={c: f"s.{c}" for c in columns},
+                    insert=False,
+                    delete_when="s._delete",
+                )
+        finally:
+            rewrites.unpersist()
         faults.point("mid_erasure")
     return counts
 
 
+# -- every Delta table: layout, vacuum, history ------------------------------------------------------------------------
+
+
+def _lake_tables(settings: Settings) -> list[tables.Table]:
+    """The catalogue's specs of the Delta tables the lake holds."""
+    found = {t.key for t in lake_tables(settings, LAKE_LAYERS)}
+    return [t for t in tables.LAKE if t.key in found]
+
+
+def align_layouts(spark: SparkSession, settings: Settings) -> int:
+    """Every table's properties as the catalogue says (statistics never on personal columns): the files the
+    erasure writes carry no learner's id in their statistics. The tables changed."""
+    return sum(delta.align_properties(spark, delta.Target(spec, settings)) for spec in _lake_tables(settings))
+
+
+def _stale(file: str, live: set[str], names: set[str]) -> bool:
+    """Whether a file of a table is read by no current data file: not one of them, nor a hidden checksum of one."""
+    base = file.rsplit("/", 1)[-1]
+    return file not in live and not (base.startswith(".") and base.endswith(".crc") and base[1:-4] in names)
+
+
 def vacuum_all(settings: Settings) -> dict[str, int]:
-    """Delete every data file no longer read by the latest version of each Delta table of the lake (what `VACUUM
-    RETAIN 0 HOURS` does, from the log, without a Spark job per table): no earlier version can be read any more.
-    Runs under the writer lock, so no write is under way."""
+    """Delete every file of each Delta table that its latest version does not read, outside its log (what `VACUUM
+    RETAIN 0 HOURS` does, from the log, without a Spark job per table; change-data files included): no earlier
+    version can be read any more. Runs under the writer lock, so no write is under way."""
     deleted: dict[str, int] = {}
-    for layer, name in ((t.layer, t.name) for t in lake_tables(settings, [*DELTA_LAYERS, "_system"])):
+    for layer, name in ((t.layer, t.name) for t in lake_tables(settings, LAKE_LAYERS)):
         log = DeltaLog(settings.table_path(layer, name), settings)
         if not log.exists:
             continue
-        fs, root, live = log.fs, log.root, log.live_files()
-        stale = [
-            f
-            for f in fs.find(root)
-            if "/_delta_log/" not in f
-            and f[len(root) + 1 :] not in live
-            and not f[len(root) + 1 :].split("/")[-1].startswith(("_", "."))
-        ]
-        stale += [
-            f
-            for f in fs.find(root)
-            if f.endswith(".crc")
-            and "/_delta_log/" not in f
-            and f[len(root) + 1 :].split("/")[-1][1:-4] not in {x.split("/")[-1] for x in live}
-        ]
-        for f in sorted(set(stale)):
-            fs.rm(f)
-        deleted[f"{layer}.{name}"] = len(set(stale))
+        live = log.live_files()
+        names = {f.rsplit("/", 1)[-1] for f in live}
+        gone = sorted(f for f in log.files_on_disk() if _stale(f, live, names))
+        for file in gone:
+            log.fs.rm(f"{log.root}/{file}")
+        deleted[f"{layer}.{name}"] = len(gone)
     return deleted
 
 
-# -- the warehouse --------------------------------------------------------------------------------
+def compact_histories(spark: SparkSession, settings: Settings) -> int:
+    """Every table's history compacted to its current state (delta.compact_history): no commit before it, whose
+    conditions or statistics could name an erased learner, stays; gold's marks are kept beside it. The log files
+    deleted."""
+    removed = 0
+    for spec in _lake_tables(settings):
+        keep = {}
+        if spec.layer == "gold" and (marks := gold.seen_marks(settings, spec.name)) is not None:
+            keep[gold.MARKS_PROPERTY] = json.dumps({"app_id": gold.app_id(spec.name), "marks": marks})
+        removed += delta.compact_history(spark, settings.table_path(spec.layer, spec.name), keep)
+    return removed
+
+
+# -- the warehouse ---------------------------------------------------------------------------------------------------
 
 
 def _warehouse_dsn(settings: Settings) -> str | None:
@@ -192,12 +251,15 @@ def _warehouse_dsn(settings: Settings) -> str | None:
 def _dw_mirrored(dsn: str) -> bool:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("select to_regclass('dw.load_audit') is not null")
-        return bool(first_value(cur))
+        found = bool(first_value(cur))
+    conn.close()
+    return found
 
 
 def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
-    """Mirror the erased gold (its facts of the students now point to the erased member), then drop every version of
-    the students from dw's dimension and empty the stage tables; a VACUUM removes the dead row versions from disk."""
+    """Mirror the erased gold (its facts of the learners now point to the erased member), drop every version of the
+    learners from dw's dimension, drop the stage tables (with their statistics; the next migration makes them
+    again), then vacuum and analyse dw, so no row and no statistic of `pg_stats` holds them."""
     dsn = _warehouse_dsn(settings)
     if dsn is None or not _dw_mirrored(dsn):
         return {}
@@ -207,32 +269,38 @@ def erase_warehouse(settings: Settings, ids: set[str]) -> dict[str, int]:
     try:
         with conn, conn.cursor() as cur:
             cur.execute("select pg_advisory_xact_lock(%s)", (MIRROR_LOCK,))
-            for load in LOADS:
-                if not load.is_dimension and "student_id" in load.columns:
-                    # gold no longer holds the students: the mirror left none; a row that still does goes to the member
-                    cur.execute(
-                        f"update dw.{load.target} set student_id = %s, student_sk = %s where student_id = any(%s)",
-                        (ERASED_MEMBER, ERASED_MEMBER_SK, sorted(ids)),
-                    )
-                    counts[f"dw.{load.target}"] = cur.rowcount
+            cur.execute(
+                "select table_name from information_schema.columns where table_schema = 'dw'"
+                " and column_name = 'student_id' and table_name <> 'dim_student'"
+                " and table_name in (select table_name from information_schema.tables"
+                " where table_schema = 'dw' and table_type = 'BASE TABLE')"
+            )
+            for (table,) in cur.fetchall():  # gold no longer holds them: a row that still does goes to the member
+                sk = ", student_sk = %s" if table.startswith("fact_") else ""
+                cur.execute(
+                    f"update dw.{table} set student_id = %s{sk} where student_id = any(%s)",
+                    (ERASED_MEMBER, *((ERASED_MEMBER_SK,) if sk else ()), sorted(ids)),
+                )
+                counts[f"dw.{table}"] = cur.rowcount
             cur.execute("delete from dw.dim_student where student_id = any(%s)", (sorted(ids),))
             counts["dw.dim_student"] = cur.rowcount
             cur.execute(
-                "select string_agg(format('%I.%I', schemaname, tablename), ', ') from pg_tables"
-                " where schemaname = 'stage'"
+                "select string_agg(format('stage.%I', tablename), ', ') from pg_tables where schemaname = 'stage'"
             )
             staged = first_value(cur)
             if staged:
-                cur.execute(f"truncate {staged}")
+                cur.execute(f"drop table {staged}")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("vacuum dw.dim_student, " + ", ".join(f"dw.{lo.target}" for lo in LOADS if not lo.is_dimension))
+            cur.execute("select string_agg(format('dw.%I', tablename), ', ') from pg_tables where schemaname = 'dw'")
+            cur.execute(f"vacuum (analyze) {first_value(cur)}")
     finally:
         conn.close()
+    migrate(dsn)  # the stage tables again, empty and without statistics
     return counts
 
 
-# -- the audit log ---------------------------------------------------------------------------------
+# -- the audit log ---------------------------------------------------------------------------------------------------
 
 
 def _audit(
@@ -245,7 +313,7 @@ def _audit(
     rows: dict[str, int],
     seconds: float,
 ) -> None:
-    """Append the erasure's row to `_system.erasures` (no id: only how many students and rows)."""
+    """Append the erasure's row to `_system.erasures` (no id: only how many learners and rows)."""
     row = [(erasure_id, run_id, datetime.now(UTC), mode, students, rows, seconds)]
     target = delta.Target(AUDIT, settings, app_id=f"erasure.{erasure_id}", version=0)
     delta.append_once(spark.createDataFrame(row, AUDIT.ddl), target)
@@ -256,116 +324,38 @@ def audit_log(spark: SparkSession, settings: Settings) -> DataFrame:
     return delta.read_table(spark, AUDIT.layer, AUDIT.name, settings)
 
 
-# -- erase -----------------------------------------------------------------------------------------
+# -- erase -----------------------------------------------------------------------------------------------------------
 
 
-def erase(spark: SparkSession, settings: Settings, student_ids: Iterable[str], run_id: str = "local") -> StageReport:
-    """Erase learners from every layer, every Delta version, the landed files and the warehouse. Idempotent: a run
-    interrupted anywhere is completed by running it again. Call under the writer lock."""
-    ids = {i.strip() for i in student_ids if i and i.strip()}
-    if not ids:
-        raise ValueError("name at least one student id to erase")
+def erase(spark: SparkSession, settings: Settings, ids: Iterable[str], run_id: str = "local") -> StageReport:
+    """Erase learners from every layer, every Delta log and version, the landed files and the warehouse. Idempotent:
+    a run interrupted anywhere is completed by running it again. Call under the writer lock. Neither its report nor
+    its errors carry an id."""
+    wanted = student_ids(ids)
     mode = settings.erasure_mode
     started = time.monotonic()
     key = salt(settings, create=True)
     assert key is not None
-    write_tombstones(settings, (hashed(key, i) for i in ids))  # first: bronze drops them from now on
-    rows: dict[str, int] = {}
-    rows.update(scrub_landing(settings, lambda student: student in ids))
-    rows.update(erase_lake(spark, settings, ids, mode))
+    hashes = frozenset(hashed(key, i) for i in wanted)
+    write_tombstones(settings, hashes)  # first: bronze drops them from now on
+    erased = Erased(key, hashes)
+    rows: dict[str, int] = {"tables_realigned": align_layouts(spark, settings)}
+    rows.update(scrub_landing(settings, erased, hint=wanted))
+    rows.update(erase_lake(spark, settings, erased, mode))
     faults.point("erasure_after_bronze")
     # silver and gold are rebuilt from the rewritten bronze: they equal what a full build gives, and each gold
     # table's commit records the silver marks it has consumed, so later incremental runs stay consistent
     silver.refresh(spark, settings, run_id, full_refresh=True)
     gold.refresh(spark, settings, run_id, full_refresh=True)
     rows["files_vacuumed"] = sum(vacuum_all(settings).values())
-    rows.update(erase_warehouse(settings, ids))
+    rows["log_files_removed"] = compact_histories(spark, settings)
+    rows.update(erase_warehouse(settings, wanted))
     seconds = round(time.monotonic() - started, 3)
     erasure_id = uuid.uuid4().hex
-    _audit(spark, settings, erasure_id, run_id, mode, len(ids), rows, seconds)
+    _audit(spark, settings, erasure_id, run_id, mode, len(wanted), rows, seconds)
     return StageReport(
         "erase",
-        rows_out=sum(n for table, n in rows.items() if table != "files_vacuumed"),
+        rows_out=sum(n for name, n in rows.items() if "." in name),
         seconds=seconds,
-        details={"erasure_id": erasure_id, "run_id": run_id, "mode": mode, "students": len(ids), "rows": rows},
+        details={"erasure_id": erasure_id, "run_id": run_id, "mode": mode, "students": len(wanted), "rows": rows},
     )
-
-
-# -- verify ---------------------------------------------------------------------------------------
-
-
-def _data_files(settings: Settings, layer: str, name: str) -> list[str]:
-    """Every data file of a Delta table still on disk: together they hold every version that can still be read."""
-    fs, root = filesystem(settings.table_path(layer, name), settings)
-    prefix = settings.table_path(layer, name)[: -len(root)] if not settings.lake_is_local else ""
-    return [prefix + f for f in fs.find(root) if f.endswith(".parquet") and "/_delta_log/" not in f]
-
-
-def _naming(layer: str, name: str, columns: list[str], student_id: str) -> Column | None:
-    """A predicate: the row names the student (a student_id column, a raw line or record, a quarantined raw text)."""
-    ids = {student_id}
-    found = []
-    if "student_id" in columns:
-        found.append(F.col("student_id").cast("string") == student_id)
-    if "value" in columns:
-        found.append(event_student(F.col("value")) == student_id)
-    if "record" in columns and name in STUDENT_FIELD:
-        found.append(record_student(name, F.col("record")) == student_id)
-    if "raw" in columns:
-        found.append(F.expr(quarantined(ids, "events" if name == "events" else "transactional")[0]))
-    if not found:
-        return None
-    out = found[0]
-    for f in found[1:]:
-        out = out | f
-    return F.coalesce(out, F.lit(False))
-
-
-def verify(spark: SparkSession, settings: Settings, student_id: str) -> dict[str, int]:
-    """Where a student id is still found: rows of every Delta table (every file still on disk, so every readable
-    version), landed files, ledger heads, and dw. Empty after an erasure."""
-    student_id = student_id.strip()
-    found: dict[str, int] = {}
-    for layer, name in ((t.layer, t.name) for t in lake_tables(settings, [*DELTA_LAYERS, "_system"])):
-        files = _data_files(settings, layer, name)
-        if not files:
-            continue
-        rows = spark.read.option("mergeSchema", "true").parquet(*files)
-        predicate = _naming(layer, name, rows.columns, student_id)
-        if predicate is not None and (n := rows.where(predicate).count()):
-            found[f"{layer}.{name} (any version still readable)"] = n
-    fs, root = lake_fs(settings)
-    patterns = {k: value_pattern(k) for k in STUDENT_FIELD}
-    erased: Erased = lambda student: student == student_id  # noqa: E731
-    for entry, rel in landed_files(settings):
-        pattern = patterns.get(kind_of(entry))
-        path = join(root, rel)
-        if pattern is not None and fs.exists(path):
-            if n := names_erased(fs.cat_file(path).decode("utf-8", "replace"), pattern, erased):
-                found[f"landed file {rel}"] = n
-    for m in read_ledger(settings):
-        for e in m["files"]:
-            pattern = patterns.get(kind_of(e))
-            heads = [h.get("head") or "" for h in (e, *e.get("long_lines", []))]
-            if pattern is not None and any(names_erased(h, pattern, erased) for h in heads):
-                found[f"ledger batch {m['batch_id']} head of {e['landed_path']}"] = 1
-    found.update(_verify_warehouse(settings, student_id))
-    return found
-
-
-def _verify_warehouse(settings: Settings, student_id: str) -> dict[str, int]:
-    dsn = _warehouse_dsn(settings)
-    if dsn is None or not _dw_mirrored(dsn):
-        return {}
-    found = {}
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(
-            "select table_schema, table_name from information_schema.columns where column_name = 'student_id'"
-            " and table_schema in ('dw', 'stage') order by 1, 2"
-        )
-        for schema, table in cur.fetchall():
-            cur.execute(f'select count(*) from "{schema}"."{table}" where student_id = %s', (student_id,))
-            if n := first_value(cur):
-                found[f"warehouse {schema}.{table}"] = n
-    conn.close()
-    return found

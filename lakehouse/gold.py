@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta, silver, tables
 from lakehouse.config import Settings
 from lakehouse.delta_log import (
+    DeltaLog,
     app_commits,
     data_changed,
     is_table,
@@ -228,6 +229,9 @@ FACT_INPUTS = ("page_views", *tables.RECORDS)
 # Gold's layout, 2 since facts carry `student_erased`. Each layout commits under app ids of its own, so a table an
 # earlier layout wrote (other columns, other keys) has no marks of this one, and is rebuilt once.
 LAYOUT = 2
+
+
+MARKS_PROPERTY = "lakehouse.gold.marks"  # the marks a compacted history keeps (lakehouse.erasure)
 
 
 def app_id(table: str) -> str:
@@ -604,13 +608,16 @@ def _silver_marks(settings: Settings) -> dict[str, int | None]:
     }
 
 
-def _seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
-    """The silver batches gold.<table> has consumed per input, from its latest commit (None: never built, or built
-    by an earlier layout of gold: then it is built whole)."""
-    for commit in app_commits(settings.table_path("gold", table), app_id(table)):
+def seen_marks(settings: Settings, table: str) -> dict[str, int] | None:
+    """The silver batches gold.<table> has consumed per input, from its latest commit, or from the table property an
+    erasure's compaction of its history kept them in (None: never built, or built by an earlier layout of gold:
+    then it is built whole)."""
+    path = settings.table_path("gold", table)
+    for commit in app_commits(path, app_id(table)):
         marks = json.loads(commit.user_metadata or "{}").get("marks")
         return marks if isinstance(marks, dict) else None
-    return None
+    kept = json.loads(DeltaLog(path).configuration().get(MARKS_PROPERTY) or "{}")
+    return kept.get("marks") if kept.get("app_id") == app_id(table) else None
 
 
 def _plan(
@@ -620,7 +627,7 @@ def _plan(
     reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
     if not reach:
         return None
-    seen = _seen_marks(settings, table.name)
+    seen = seen_marks(settings, table.name)
     if seen is not None and not any(
         data_changed(settings.table_path("silver", i), silver.app_id(i), seen.get(i), m)
         for i, m in reach.items()
@@ -675,7 +682,7 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
         plan = _plan(settings, table, marks)
         if plan is None and full_refresh:
             reach = {i: m for i in table.inputs if (m := marks[i]) is not None}
-            plan = (reach, _seen_marks(settings, table.name)) if reach else None
+            plan = (reach, seen_marks(settings, table.name)) if reach else None
         if plan is None:
             reports[table.name] = TableReport(skipped=True)
         else:

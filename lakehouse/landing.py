@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -142,10 +143,11 @@ class _LineCap:
 
 
 def _copy_hashing(
-    source: Source, f: SourceFile, fs: Any, tmp: str, max_line: int
+    source: Source, f: SourceFile, fs: Any, tmp: str, max_line: int, max_bytes: int | None = None
 ) -> tuple[str, int, bytes, list[dict[str, Any]]]:
     """Stream a source file to `tmp` in the lake; its sha256, size, first bytes, and (events) the lines longer than
-    `max_line`, each kept whole in `<tmp>.line-<n>`."""
+    `max_line`, each kept whole in `<tmp>.line-<n>`. Past `max_bytes` nothing more is written (the rest is still
+    read for the hash): a file too large to land costs no disk."""
     digest, size, head = hashlib.sha256(), 0, b""
     try:
         src = source.open(f)
@@ -165,7 +167,8 @@ def _copy_hashing(
                 head += chunk[: HEAD - size]
             size += len(chunk)
             if lines is None:
-                dst.write(chunk)
+                if max_bytes is None or size - len(chunk) <= max_bytes:
+                    dst.write(chunk)
             else:
                 lines.feed(chunk)
         if lines is not None:
@@ -236,11 +239,20 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
         if settings.lake_is_local:
             fs.makedirs(incoming, exist_ok=True)
         tmp = join(incoming, uuid.uuid4().hex)
+        limit = settings.max_file_bytes if f.kind == "transactional" else None
         try:
-            sha256, size, head, long_lines = _copy_hashing(source, f, fs, tmp, settings.max_line_bytes)
+            sha256, size, head, long_lines = _copy_hashing(source, f, fs, tmp, settings.max_line_bytes, limit)
         except _Unreadable as e:
             _remove(fs, [tmp])
             skipped.append({"path": f.path, "why": f"cannot be read: {e}"})
+            continue
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _remove(fs, [tmp, *(p for p in fs.glob(f"{tmp}.line-*"))])
+            skipped.append(
+                {"path": f.path, "why": "not landed: no space left on the lake's disk (landed once there is)"}
+            )
             continue
         target = landed_path(f, sha256)
         entry = {
@@ -257,7 +269,8 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
             "landed_at": datetime.now(UTC).isoformat(),
             "batch_id": batch_id,
         }
-        if f.kind == "transactional" and size > settings.max_file_bytes:
+        too_large = limit is not None and size > limit
+        if too_large:  # set aside whole: its hash and head are kept, its content is not
             entry.update(file_reason="file_too_large", head=head.decode("utf-8", "replace"))
         sides = [(f"{tmp}.line-{x['line_number']}", f"{target}.line-{x['line_number']}") for x in long_lines]
         if long_lines:
@@ -267,6 +280,9 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
             _remove(fs, [tmp, *(t for t, _ in sides)])
             entry.update(status="duplicate", landed_path=original["landed_path"], duplicate_of=original["path"])
             entry.pop("long_lines", None)
+        elif too_large:
+            _remove(fs, [tmp])
+            entry["status"] = "new"
         else:
             for temporary, final in [*sides, (tmp, target)]:  # the landed file last: it marks the others done
                 _move(fs, settings, temporary, join(root, final))

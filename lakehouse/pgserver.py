@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lakehouse.config import Settings, get_settings
-from lakehouse.security import free_port, secure_dir, write_secret
+from lakehouse.security import free_port, read_beneath, secure_dir, write_beneath, write_secret
 from lakehouse.warehouse.loads import SQL_DIR
 from lakehouse.warehouse.roles import BI_GROUP, BI_LOGIN
 
@@ -83,7 +83,7 @@ class ManagedPostgres:
         owner = self._owner()
         if owner is None:
             return self.root / "cluster"
-        home = Path(_account(owner).pw_dir)
+        home = Path(_account(owner).pw_dir).resolve()
         resolved = self.root.resolve()
         digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
         return home / "lakehouse" / f"{resolved.parent.name or 'root'}-{digest}"
@@ -136,11 +136,24 @@ class ManagedPostgres:
             raise PostgresError(f"{args[0]} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
         return proc
 
+    @property
+    def _base(self) -> Path:
+        """The trusted folder the server's files are reached from: the server user's home, or `root`."""
+        owner = self._owner()
+        return Path(_account(owner).pw_dir).resolve() if owner else Path(os.path.abspath(self.root))
+
+    def _write(self, path: Path, text: str, append: bool = False) -> None:
+        """Write a file of the server's folders (which its user owns) without following a symbolic link."""
+        write_beneath(self._base, Path(os.path.abspath(path)).relative_to(self._base), text, append)
+
+    def _read(self, path: Path) -> str:
+        return read_beneath(self._base, Path(os.path.abspath(path)).relative_to(self._base))
+
     def _chown(self, path: Path) -> None:
         owner = self._owner()
         if owner:
             entry = _account(owner)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialized(self) -> bool:
@@ -184,12 +197,15 @@ class ManagedPostgres:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        with open(self.cluster / "postgresql.conf", "a") as conf:
-            conf.write(
+        self._write(
+            self.cluster / "postgresql.conf",
+            (
                 "\n# managed by lakehouse\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
                 "fsync = on\nmax_connections = 50\nshared_buffers = 256MB\n"
                 "password_encryption = scram-sha-256\n"
-            )
+            ),
+            append=True,
+        )
 
     def _make_server_dir(self, path: Path) -> None:
         """The folder holding the data directory, reachable by the server's user (created when missing)."""
@@ -239,7 +255,7 @@ class ManagedPostgres:
         self._write_hba()
         if not self.running():
             self._clear_stale_pid()
-            self.logfile.touch()
+            self._write(self.logfile, "", append=True)
             self._chown(self.logfile)
             self._run(
                 "pg_ctl",
@@ -276,21 +292,21 @@ class ManagedPostgres:
     def _write_hba(self) -> None:
         """pg_hba: TCP on 127.0.0.1 with scram passwords; bi_user only to the databases in `bi_databases`."""
         if not self.bi_databases.exists():
-            self.bi_databases.write_text(DATABASE + "\n")
+            self._write(self.bi_databases, DATABASE + "\n")
             self._chown(self.bi_databases)
         hba = self.cluster / "pg_hba.conf"
         wanted = HBA.format(bi=BI_LOGIN)
-        if hba.read_text() != wanted:
-            hba.write_text(wanted)
+        if self._read(hba) != wanted:
+            self._write(hba, wanted)
             self._chown(hba)
             if self.running():
                 self._run("pg_ctl", "reload", "-D", str(self.cluster))
 
     def allow_bi(self, database: str) -> None:
         """Let `bi_user` connect to one more database of this cluster (another warehouse)."""
-        names = self.bi_databases.read_text().split()
+        names = self._read(self.bi_databases).split()
         if database not in names:
-            self.bi_databases.write_text("\n".join([*names, database]) + "\n")
+            self._write(self.bi_databases, "\n".join([*names, database]) + "\n")
             self._run("pg_ctl", "reload", "-D", str(self.cluster))
 
     def _connect(self, database: str) -> psycopg2.extensions.connection:

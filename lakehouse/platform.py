@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
+
+import psutil
 
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.runs import WRITER_LIMIT
@@ -30,7 +34,7 @@ from lakehouse.security import (
     public_host,
     write_secret,
 )
-from lakehouse.spark import connect_server_command, jvm_environment
+from lakehouse.spark import SCRATCH, connect_server_command, jvm_environment
 
 if TYPE_CHECKING:
     import httpx
@@ -60,8 +64,6 @@ def public_url(settings: Settings, port: int, configured: str | None) -> str:
 def local_names(bind: str) -> list[str]:
     """The host names and addresses a browser may use for a service listening on `bind`."""
     import ipaddress
-
-    import psutil
 
     if is_loopback(bind):
         return ["127.0.0.1", "localhost"]
@@ -150,15 +152,31 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _ours(state: dict) -> bool:
+    """Whether the process the state names is the `lakehouse up` that wrote it (same start time, this program) and
+    its Prefect server is what listens on the recorded API port: only then may it be sent the admin login."""
+    try:
+        proc = psutil.Process(state["pid"])
+        if abs(proc.create_time() - float(state["started"])) > 1 or "lakehouse" not in " ".join(proc.cmdline()):
+            return False
+        family = {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+        port = urlsplit(state["api_url"]).port
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid in family
+            for c in psutil.net_connections("tcp")
+        )
+    except (psutil.Error, KeyError, ValueError, TypeError):
+        return False
+
+
 def running_platform(settings: Settings) -> dict | None:
-    """The state of a `lakehouse up` serving this data folder, if one answers."""
+    """The state of a `lakehouse up` serving this data folder, if one answers and is ours."""
     path = _state_file(settings)
     try:
         state = json.loads(path.read_text())
-        os.kill(state["pid"], 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return None
-    return state if _healthy(state["api_url"]) else None
+    return state if _ours(state) and _healthy(state["api_url"]) else None
 
 
 def client_env(settings: Settings) -> dict[str, str]:
@@ -418,6 +436,7 @@ class Platform:
     def _write_state(self) -> None:
         state = {
             "pid": os.getpid(),
+            "started": psutil.Process().create_time(),
             "api_url": self.api_url,
             "ui_url": self.ui_url,
             "dashboard_url": self.dashboard_url if self.dashboard else None,
@@ -442,8 +461,6 @@ class Platform:
 
     def stop(self, grace: float = 10) -> None:
         """Stop every started process group, then any of their descendants that left the group."""
-        import psutil
-
         descendants: list[psutil.Process] = []
         for child in reversed(self.children):
             descendants += (
@@ -468,12 +485,12 @@ class Platform:
             _unless_gone(proc.kill, f"kill process {proc.pid}")
         _state_file(self.settings).unlink(missing_ok=True)
         spark_token_file(self.settings).unlink(missing_ok=True)
+        if self.spark_token:  # the Spark Connect server's scratch files go with it
+            shutil.rmtree(Path(self.settings.data_dir).resolve() / SCRATCH / f"connect-{self.spark_port}", True)
 
 
 def _unless_gone(action: Callable[[], Any], what: str) -> Any:
     """Run `action` on a process that may have exited meanwhile (then nothing happens); log any other failure."""
-    import psutil
-
     try:
         return action()
     except (psutil.NoSuchProcess, ProcessLookupError):

@@ -16,6 +16,7 @@ from typing import Any
 from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings, get_settings
 from lakehouse.reports import LockReport, StageReport
+from lakehouse.security import secure_data_dir
 from lakehouse.sources import OneDelivery, Source, open_source
 
 WRITER_LIMIT = "lakehouse-writer"  # the Prefect global concurrency limit (one slot) every lake writer holds
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def settings_for(source: str | None = None) -> Settings:
-    """The process settings, with the source overridden when a run names one."""
+    """The process settings, with the source overridden when a run names one (the data folder and a local lake made
+    private on the way)."""
     settings = get_settings()
+    secure_data_dir(settings)
     return settings.model_copy(update={"source": source}) if source else settings
 
 

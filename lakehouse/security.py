@@ -9,6 +9,9 @@ import socket
 import stat
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lakehouse.config import Settings
@@ -32,7 +35,10 @@ def secure_dir(path: Path) -> Path:
 
 
 def secure_data_dir(settings: Settings) -> Path:
-    """The project data folder, created or tightened to mode 0700."""
+    """The project data folder, and a local lake wherever it lives (both hold learners' data and secrets), created or
+    tightened to mode 0700."""
+    if settings.lake_is_local:
+        secure_dir(Path(settings.lake_url))
     return secure_dir(Path(settings.data_dir))
 
 
@@ -50,6 +56,55 @@ def write_secret(path: Path, text: str, replace: bool = False) -> Path:
     if replace:
         os.replace(target, path)
     return path
+
+
+def open_beneath(base: Path, relative: str | Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """A file descriptor of `base/relative`, opened without following a symbolic link at any component below
+    `base` (each folder opened in turn, O_NOFOLLOW): a link swapped in after a check fails with OSError instead of
+    leading elsewhere. `base` itself is trusted."""
+    parts = Path(relative).parts
+    if not parts or any(p in ("", ".", "..") or "/" in p for p in parts):
+        raise ValueError(f"not a path below {base}: {relative!r}")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    folder = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(parts[-1], flags | nofollow, mode, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def write_beneath(base: Path, relative: str | Path, text: str, append: bool = False) -> None:
+    """Write (or append to) `base/relative` without following a symbolic link below `base` (open_beneath)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    with os.fdopen(open_beneath(base, relative, flags), "w") as out:
+        out.write(text)
+
+
+def read_beneath(base: Path, relative: str | Path) -> str:
+    """Read `base/relative` without following a symbolic link below `base` (open_beneath)."""
+    with os.fdopen(open_beneath(base, relative), "r") as f:
+        return f.read()
+
+
+REQUESTS = "requests"  # under the data folder: private files handing a request to a flow
+
+
+@contextmanager
+def request_file(settings: Settings, kind: str, text: str) -> Iterator[Path]:
+    """A 0600 file under the data folder holding `text` while the block runs (what a flow must read but Prefect
+    must never store as a parameter); it is deleted afterwards, and leftovers of killed runs at the next one."""
+    folder = secure_dir(Path(settings.data_dir).resolve() / REQUESTS)
+    for stale in folder.glob(f"{kind}-*"):
+        stale.unlink(missing_ok=True)
+    path = write_secret(folder / f"{kind}-{uuid.uuid4().hex}", text)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def admin_password_file(settings: Settings) -> Path:

@@ -73,10 +73,12 @@ def _erased(r: Column) -> Column:
     return F.coalesce(P.nonblank(P.clean(r.getField(tables.ERASED))) == "true", F.lit(False))
 
 
-def _erased_mark(erased: Column) -> Column:
-    """What an erased event or record adds to the text its id hashes: nothing for the others, whose ids stay as
+def _erased_mark(erased: Column, token: Column | None = None) -> Column:
+    """What an erased event or record adds to the text its id hashes: the mark and the erasure's token of the
+    identity it had (so distinct records stay distinct once anonymized); nothing for the others, whose ids stay as
     they were before ids knew of erasure."""
-    return F.when(erased, F.lit(tables.ERASED)).otherwise(F.lit(""))
+    mark = F.lit(tables.ERASED) if token is None else F.concat(F.lit(tables.ERASED), F.coalesce(token, F.lit("")))
+    return F.when(erased, mark).otherwise(F.lit(""))
 
 
 def _encoded(c: Column) -> Column:
@@ -84,8 +86,8 @@ def _encoded(c: Column) -> Column:
     return F.coalesce(F.concat(F.length(c).cast("string"), F.lit(":"), c), F.lit("~"))
 
 
-def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
-    """Typed page views from bronze event rows, one row per event_id (its earliest delivered occurrence)."""
+def identified_events(bronze_events: DataFrame, run_id: str) -> DataFrame:
+    """Every bronze event line typed, with its `event_id` and where it was delivered (before duplicates collapse)."""
     # Fields are read as bronze checked them (lakehouse.parsing): the same parser, control characters removed.
     text, control = F.col("_text"), F.col("_control")
     r = F.col("r")
@@ -152,6 +154,12 @@ def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("loaded_at"),
     )
+    return rows
+
+
+def page_views(bronze_events: DataFrame, run_id: str) -> DataFrame:
+    """Typed page views from bronze event rows, one row per event_id (its earliest delivered occurrence)."""
+    rows = identified_events(bronze_events, run_id)
     # One sort by event id serves both windows: the earliest delivered occurrence, and the first batch holding one.
     same = Window.partitionBy("event_id")
     first = same.orderBy("as_of", "delivery", "source_file", "line_number")
@@ -186,6 +194,20 @@ _EARLIER = (
 # --------------------------------------------------------------------------------------------------
 # transactional entities
 # --------------------------------------------------------------------------------------------------
+
+
+def _record_id(entity: str, r: Column) -> Column:
+    """The identity of a parsed export record: a hash of its values (and, once anonymized, the erasure's mark)."""
+    cols = _RECORD_COLUMNS[entity](r)
+    values = F.to_json(F.struct(*(c.alias(k) for k, c in cols.items() if k != "student_erased")))
+    return F.sha2(F.concat(values, _erased_mark(cols["student_erased"], r.getField(tables.ERASED_ID))), 256)
+
+
+def identified_records(bronze: DataFrame, entity: str) -> DataFrame:
+    """Every bronze record of `entity` with its `record_id`, keyed as bronze keys it (landed_path, line_number)."""
+    return bronze.select(
+        "landed_path", "line_number", _record_id(entity, F.from_json("record", ENTITY_RAW[entity])).alias("record_id")
+    )
 
 
 def _records(bronze: DataFrame, entity: str) -> DataFrame:
@@ -335,13 +357,7 @@ def _record_table(entity: str, bronze: DataFrame, current: DataFrame | None = No
     records = _records(bronze, entity)
     batch = records.agg(F.max("batch_id").alias("_batch"))
     seen = records.select(
-        F.sha2(
-            F.concat(
-                F.to_json(F.struct(*(c.alias(k) for k, c in cols.items() if k != "student_erased"))),
-                _erased_mark(cols["student_erased"]),
-            ),
-            256,
-        ).alias("record_id"),
+        _record_id(entity, F.col("r")).alias("record_id"),
         *(c.alias(k) for k, c in cols.items()),
         F.struct("as_of", "delivery").alias("_first"),
         F.struct("as_of", "delivery").alias("_last"),

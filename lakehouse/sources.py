@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from lakehouse.config import get_settings
+from lakehouse.security import open_beneath
 from lakehouse.storage import gcs_filesystem
 
 if TYPE_CHECKING:
@@ -208,9 +209,14 @@ class LocalSource:
 
     def open(self, f: SourceFile) -> BinaryIO:
         path = self.root.joinpath(*_checked_parts(f.path))
-        if not self._inside(str(path)):  # changed into a link out of the folder since the listing
+        real = os.path.realpath(path)
+        if not self._inside(real):  # changed into a link out of the folder since the listing
             raise SourceError(f"{f.path} resolves outside the source folder: refused")
-        return open(path, "rb")
+        # the path checked, opened with no link followed: one swapped in since the check fails instead of leading out
+        try:
+            return os.fdopen(open_beneath(self.root, os.path.relpath(real, self.root)), "rb")
+        except OSError as exc:
+            raise SourceError(f"{f.path} changed into a link while it was opened: refused ({exc.strerror})") from None
 
 
 class GCSSource:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 from pyspark.sql import SparkSession
 
 from lakehouse import jars, storage
@@ -56,9 +59,10 @@ def check_java() -> str:
     return line
 
 
-def session_conf(settings: Settings) -> dict[str, str]:
+def session_conf(settings: Settings, scratch: Path | None = None) -> dict[str, str]:
     """Every Spark setting a session for these settings starts with: a local or cluster session's, and the Spark
-    Connect server's (`lakehouse up`)."""
+    Connect server's (`lakehouse up`). `scratch`: the JVM's private folder for shuffle files, cached blocks and
+    temporary files (scratch_dir)."""
     shuffle = settings.effective_shuffle_partitions()
     local = settings.spark_master.startswith("local")
     conf = {
@@ -73,7 +77,8 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.warehouse.dir": str(settings.data_dir / "spark-warehouse"),
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_LOG4J} -Duser.timezone=UTC"
+        + (f" -Djava.io.tmpdir={scratch}" if scratch else ""),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executorEnv.MALLOC_ARENA_MAX": ARENAS,
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
@@ -89,6 +94,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
+                **({"spark.local.dir": str(scratch)} if scratch else {}),
             }
         )
     gcs = settings.lake_url.startswith("gs://")
@@ -112,6 +118,29 @@ def jvm_environment() -> dict[str, str]:
     return {"PYSPARK_PYTHON": sys.executable, "MALLOC_ARENA_MAX": ARENAS}
 
 
+SCRATCH = "spark-scratch"  # under the data folder: one 0700 folder per Spark JVM
+
+
+def scratch_dir(settings: Settings, name: str) -> Path:
+    """An empty private folder for one JVM's scratch files (shuffle files, the disk cache of raw lines, temporary
+    files: they hold learners' data, so never in /tmp). The folders of this project's JVMs that are gone (a kill -9)
+    are emptied first."""
+    root = secure_dir(Path(settings.data_dir).resolve() / SCRATCH)
+    for child in root.iterdir():
+        owner = child.name.split("-", 1)[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(child, ignore_errors=True)
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    return path
+
+
+def properties_text(conf: dict[str, str]) -> str:
+    """Spark settings as a properties file's lines (backslashes escaped)."""
+    return "".join(f"{key} {value.replace(chr(92), chr(92) * 2)}\n" for key, value in conf.items())
+
+
 def log_path(settings: Settings) -> Path:
     """Where the JVMs this project starts write their console output."""
     return Path(settings.data_dir) / "logs" / "spark.log"
@@ -132,12 +161,24 @@ def build_session(settings: Settings, app_name: str = "lakehouse") -> SparkSessi
 
     for key, value in jvm_environment().items():
         os.environ.setdefault(key, value)
-    conf = SparkConf(loadDefaults=False).setAll(list(session_conf(settings).items())).setAppName(app_name)
     if SparkContext._gateway is None:
+        scratch = scratch_dir(settings, f"{os.getpid()}-session")
+        atexit.register(shutil.rmtree, scratch, True)
+        settings_ = session_conf(settings, scratch)
+        conf = SparkConf(loadDefaults=False).setAll(list(settings_.items())).setAppName(app_name)
         log = log_path(settings)
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as sink:
-            SparkContext._ensure_initialized(gateway=launch_gateway(conf, {"stdout": sink, "stderr": sink}), conf=conf)
+        # every setting (secrets among them) through a 0600 file, never the JVM's command line
+        properties = write_secret(scratch / "session.conf", properties_text({**settings_, "spark.app.name": app_name}))
+        os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {shlex.quote(str(properties))} pyspark-shell"
+        try:
+            with open(log, "ab") as sink:
+                gateway = launch_gateway(None, {"stdout": sink, "stderr": sink})
+        finally:
+            properties.unlink(missing_ok=True)
+        SparkContext._ensure_initialized(gateway=gateway, conf=conf)
+    else:
+        conf = SparkConf(loadDefaults=False).setAll(list(session_conf(settings).items())).setAppName(app_name)
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
@@ -210,14 +251,14 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
     import pyspark
 
     conf = {
-        **session_conf(settings),
+        **session_conf(settings, scratch_dir(settings, f"connect-{port}")),
         "spark.connect.grpc.binding.address": "localhost",
         "spark.connect.grpc.binding.port": str(port),
         "spark.app.name": "lakehouse Spark Connect",
     }
     properties = write_secret(
         secure_dir(Path(settings.data_dir)) / "spark-connect.conf",
-        "".join(f"{key} {value}\n" for key, value in conf.items()),
+        properties_text(conf),
         replace=True,
     )
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"

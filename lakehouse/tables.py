@@ -10,6 +10,7 @@ from enum import StrEnum
 # -- the source's shapes ---------------------------------------------------------------------------------------------
 
 ERASED = "erased"  # the mark an erasure leaves on a raw event or record it anonymizes (`"erased": "true"`)
+ERASED_ID = "erased_id"  # beside it: a token of the identity the event or record had (distinct ones stay distinct)
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,21 @@ EXPORTS: tuple[Export, ...] = (
     Export("subjects", ("Id", "Name"), ("Id",)),
     Export(
         "sessions",
-        ("StudentId", "SessionStartTime", "StudentClient", ERASED),
+        ("StudentId", "SessionStartTime", "StudentClient", ERASED, ERASED_ID),
         ("StudentId", "StudentClient"),
         "SessionStartTime",
         "StudentId",
     ),
     Export(
         "subscriptions",
-        ("StudentId", "PaymentDate", "PlanType", ERASED),
+        ("StudentId", "PaymentDate", "PlanType", ERASED, ERASED_ID),
         ("StudentId", "PlanType"),
         "PaymentDate",
         "StudentId",
     ),
     Export(
         "student_follow_subject",
-        ("StudentId", "SubjectId", "FollowDate", ERASED),
+        ("StudentId", "SubjectId", "FollowDate", ERASED, ERASED_ID),
         ("StudentId", "SubjectId"),
         "FollowDate",
         "StudentId",
@@ -82,6 +83,17 @@ EVENT_FIELDS = (
 # fmt: on
 EVENT_STUDENT_FIELD = "studentId_clientType"  # "<student id>@<client type>"
 EVENT_PERSON_FIELDS = ("session_uuid", "install_uuid", "uuid")  # per-person ids of an event line
+# What could single a learner out among others once their id is gone: blanked when an erasure anonymizes their events
+# (the page category, the user type, the country, the client type and the day the marts count are kept, `at` to the
+# hour; the per-person ids are replaced by hashes of a value never stored); their records keep their time to the hour
+# (docs/erasure.md).
+# fmt: off
+EVENT_QUASI_IDENTIFIERS = (
+    "city_name", "region", "custom_1", "custom_2", "custom_3", "browser", "carrier", "model", "os_ver", "platform",
+    "clv_total", "Page Name", "PageName", "Last Accessed Url", "LastAccessedUrl", "first-accessed-page",
+    "marketing_campaign", "marketing_medium", "marketing_source",
+)
+# fmt: on
 # silver column <- the raw spellings of one field (first non-null wins)
 EVENT_SPELLINGS = {
     "page_name": ("Page Name", "PageName"),
