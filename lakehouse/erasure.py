@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import partial
 
 import psycopg2
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -155,25 +156,24 @@ def erase_lake(spark: SparkSession, settings: Settings, erased: Erased, mode: st
     """Rewrite bronze and quarantine without the erased learners, by `mode` (anonymize or delete): each table's rows
     naming them are computed apart and merged back by their key, so no commit records who they were."""
     nonce = secrets.token_hex(16)
-    jobs: dict[tuple[str, str], DataFrame | None] = {}
-    for name in ("events", *tables.ENTITIES):
-        if delta.table_exists("bronze", name, settings):
-            jobs[("bronze", name)] = _bronze_rewrites(spark, settings, name, erased, mode, nonce)
-    for name in ("events", "transactional"):
-        if delta.table_exists("quarantine", name, settings):
-            jobs[("quarantine", name)] = _quarantine_rewrites(spark, settings, name, erased)
-    counts: dict[str, int] = {}
-    for (layer, name), rewrites in jobs.items():
-        if rewrites is None:
-            continue
-        rewrites = rewrites.cache()
+
+    def rewrites(layer: str, name: str, session: SparkSession) -> DataFrame | None:
+        if layer == "bronze":
+            return _bronze_rewrites(session, settings, name, erased, mode, nonce)
+        return _quarantine_rewrites(session, settings, name, erased)
+
+    def rewrite(layer: str, name: str, session: SparkSession) -> int:
+        found = rewrites(layer, name, session)
+        if found is None:
+            return 0
+        found = found.cache()
         try:
-            counts[f"{layer}.{name}"] = rewrites.count()
-            if counts[f"{layer}.{name}"]:
-                columns = [c for c in rewrites.columns if c not in ("landed_path", "line_number", "_delete")]
+            changed = found.count()
+            if changed:
+                columns = [c for c in found.columns if c not in ("landed_path", "line_number", "_delete")]
                 delta.merge_once(
-                    spark,
-                    rewrites,
+                    session,
+                    found,
                     delta.Target(tables.table(layer, name), settings),
                     on=KEY,
                     update_set={c: f"s.{c}" for c in columns},
@@ -181,9 +181,15 @@ def erase_lake(spark: SparkSession, settings: Settings, erased: Erased, mode: st
                     delete_when="s._delete",
                 )
         finally:
-            rewrites.unpersist()
+            found.unpersist()
         faults.point("mid_erasure")
-    return counts
+        return changed
+
+    names = [("bronze", n) for n in ("events", *tables.ENTITIES)] + [
+        ("quarantine", n) for n in ("events", "transactional")
+    ]
+    present = [(layer, n) for layer, n in names if delta.table_exists(layer, n, settings)]
+    return delta.write_tables(spark, {f"{layer}.{n}": partial(rewrite, layer, n) for layer, n in present})
 
 
 # -- every Delta table: layout, vacuum, history ------------------------------------------------------------------------
@@ -198,7 +204,11 @@ def _lake_tables(settings: Settings) -> list[tables.Table]:
 def align_layouts(spark: SparkSession, settings: Settings) -> int:
     """Every table's properties as the catalogue says (statistics never on personal columns): the files the
     erasure writes carry no learner's id in their statistics. The tables changed."""
-    return sum(delta.align_properties(spark, delta.Target(spec, settings)) for spec in _lake_tables(settings))
+
+    def align(spec: tables.Table, session: SparkSession) -> bool:
+        return delta.align_properties(session, delta.Target(spec, settings))
+
+    return sum(delta.write_tables(spark, {s.key: partial(align, s) for s in _lake_tables(settings)}).values())
 
 
 def _stale(file: str, live: set[str], names: set[str]) -> bool:
@@ -229,13 +239,14 @@ def compact_histories(spark: SparkSession, settings: Settings) -> int:
     """Every table's history compacted to its current state (delta.compact_history): no commit before it, whose
     conditions or statistics could name an erased learner, stays; gold's marks are kept beside it. The log files
     deleted."""
-    removed = 0
-    for spec in _lake_tables(settings):
+
+    def compact(spec: tables.Table, session: SparkSession) -> int:
         keep = {}
         if spec.layer == "gold" and (marks := gold.seen_marks(settings, spec.name)) is not None:
             keep[gold.MARKS_PROPERTY] = json.dumps({"app_id": gold.app_id(spec.name), "marks": marks})
-        removed += delta.compact_history(spark, settings.table_path(spec.layer, spec.name), keep)
-    return removed
+        return delta.compact_history(session, settings.table_path(spec.layer, spec.name), keep)
+
+    return sum(delta.write_tables(spark, {s.key: partial(compact, s) for s in _lake_tables(settings)}).values())
 
 
 # -- the warehouse ---------------------------------------------------------------------------------------------------

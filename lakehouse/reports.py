@@ -122,4 +122,4 @@ class RunReport:
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
         """A run report read back from `as_dict`."""
         stages = [StageReport.from_dict(s) for s in data["stages"].values()]
-        return cls(data["flow"], stages, LockReport(**data.get("lock", {})))
+        return cls(data.get("flow", ""), stages, LockReport(**(data.get("lock") or {})))

@@ -9,8 +9,8 @@ import pytest
 
 
 def test_vacuum_retention_never_shorter_than_log_retention():
-    from flows.maintenance import min_retain_hours, retention_hours
     from lakehouse.delta import TABLE_PROPERTIES
+    from lakehouse.maintenance import min_retain_hours, retention_hours
 
     assert TABLE_PROPERTIES["delta.logRetentionDuration"] == TABLE_PROPERTIES["delta.deletedFileRetentionDuration"]
     assert min_retain_hours() == 7 * 24

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import TimestampType
 
-from lakehouse import delta, delta_log, silver
+from lakehouse import delta, delta_log, silver, tables
 from tests.builders import (
     CAMEL_GLUED,
     ISO_ANON,
@@ -32,7 +32,7 @@ def test_page_views_fold_spellings_parse_all_at_formats_split_student(spark):
         spark, in_file("2017-11-16", "p0.json", SPACED, CAMEL_GLUED) + in_file("2017-11-16", "p1.json", ISO_ANON)
     )
     out = silver.page_views(bronze, "run-1")
-    assert out.columns == list(silver.PAGE_VIEW_COLUMNS)
+    assert out.columns == list(tables.table("silver", "page_views").names)
     # the three at formats, the student id and client split from one field (the anonymous line has neither)
     assert rows_of(out, "event_at", "event_date", "student_id", "client_type", "line_number") == [
         (datetime(2017, 11, 16, 2, 10, 20), date(2017, 11, 16), "12", "Website", 1),
@@ -261,16 +261,16 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
         spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]}, batch=3), 3
     )
     rep = silver.refresh(spark, settings, "r")
-    assert rep.tables["students"].batch == 3 and rep.tables["sessions"].skipped
+    assert rep.tables["students"].version == 3 and rep.tables["sessions"].skipped
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
     assert delta_log.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
-    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
+    assert silver.refresh(spark, settings, "r").tables["students"].skipped
     assert commits(spark, settings, "silver", "students") == before
     # a batch with no students record (a delivery without that export): no Spark job, no commit, no lag left
     write_bronze(spark, settings, "students", entity_rows(spark, "students", {}, batch=4), 4)
-    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
+    assert silver.refresh(spark, settings, "r").tables["students"].skipped
     assert commits(spark, settings, "silver", "students") == before and not silver.pending(settings)
 
 

@@ -61,9 +61,29 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+STAGE_OPTIONS = "autovacuum_enabled=false"  # staged rows never get statistics (pg_stats would keep them)
+
+
+def _stage_tables(cur: Cursor) -> None:
+    """Create the stage tables the loads need that are missing (an erasure drops them all), each unlogged and never
+    analysed: `pg_stats` keeps no staged value."""
+    cur.execute(
+        "select c.relname, coalesce(array_to_string(c.reloptions, ','), '') from pg_class c"
+        " join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'stage' and c.relkind = 'r'"
+    )
+    found = dict(cur.fetchall())
+    for name, columns in stage_tables().items():
+        if name not in found:
+            listed = ", ".join(f"{column} {pg}" for column, pg in columns)
+            cur.execute(f"create unlogged table stage.{name} ({listed}) with ({STAGE_OPTIONS})")
+        elif STAGE_OPTIONS not in found[name]:
+            cur.execute(f"alter table stage.{name} set ({STAGE_OPTIONS})")
+
+
 def sync_catalogue(cur: Cursor) -> None:
-    """Add the columns the catalogue lists that a `dw` or stage table lacks, and set every `dw` comment that differs
-    from the catalogue's description (tables, views and their columns)."""
+    """Create missing stage tables, add the columns the catalogue lists that a `dw` or stage table lacks, and set
+    every `dw` comment that differs from the catalogue's description (tables, views and their columns)."""
+    _stage_tables(cur)
     wanted = {
         ("dw", t.name): [(c.name, c.type) for c in t.columns]
         for t in tables.layer("dw")
