@@ -635,6 +635,7 @@ def ingest(spark: SparkSession, settings: Settings, run_id: str) -> StageReport:
         quarantined=sum(n for b in buckets for n in b["quarantined"].values()),
         deliveries=sorted({d for g in written for d in g["deliveries"]}),
         skipped=not written,
+        commits=sum(len(g["committed"]) for g in written),
         seconds=round(time.monotonic() - started, 3),
         details={"run_id": run_id, "batches": [m["batch_id"] for m in manifests], "erased_dropped": erased, **groups},
     )

@@ -20,6 +20,8 @@ pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL 
 app.add_typer(pg_app, name="pg")
 warehouse_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL warehouse (schema dw).")
 app.add_typer(warehouse_app, name="warehouse")
+engine_app = typer.Typer(no_args_is_help=True, help="The background engines (Spark, Prefect) of this data folder.")
+app.add_typer(engine_app, name="engine")
 console = Console()
 err = Console(stderr=True)
 
@@ -182,6 +184,35 @@ def dashboard(
         fail(str(exc))
 
 
+@engine_app.command("status")
+def engine_status() -> None:
+    """Say which engines run for this data folder, where, and how long since their last use."""
+    from lakehouse import engine
+    from lakehouse.config import get_settings
+
+    settings = get_settings()
+    for kind in engine.KINDS:
+        found = engine.read(settings, kind)
+        if found is None:
+            console.print(f"{kind:8} stopped", highlight=False)
+        else:
+            idle = engine.idle_for(settings, kind)
+            console.print(
+                f"{kind:8} running at {found.url} (pid {found.pid}, unused for {idle:.0f} s)", highlight=False
+            )
+
+
+@engine_app.command("stop")
+def engine_stop() -> None:
+    """Stop this data folder's engines (a command that needs one starts it again)."""
+    from lakehouse import engine
+    from lakehouse.config import get_settings
+
+    settings = get_settings()
+    for kind in engine.KINDS:
+        console.print(f"{kind:8} {'stopped' if engine.stop(settings, kind) else 'was not running'}", highlight=False)
+
+
 @pg_app.command("start")
 def pg_start() -> None:
     """Start the managed cluster (created on first use) and print its DSN, password masked."""
@@ -270,6 +301,7 @@ def run(
     import contextlib
 
     from flows.pipeline import full_pipeline
+    from lakehouse import engine
     from lakehouse.runs import add_listener, settings_for, spark_work_expected
     from lakehouse.spark import warm_up
 
@@ -308,7 +340,7 @@ def run(
 
     remove = add_listener(draw)
     try:
-        with progress:
+        with progress, engine.holding(settings):
             state = full_pipeline(
                 source=source,
                 delivery=delivery,
@@ -398,8 +430,10 @@ def erase(
         fail(str(exc))
     get_settings.cache_clear()
     from flows.erasure import erase_students
+    from lakehouse import engine
 
-    with request_file(get_settings(), "erasure", "\n".join(sorted(ids)) + "\n") as request:
+    settings = get_settings()
+    with request_file(settings, "erasure", "\n".join(sorted(ids)) + "\n") as request, engine.holding(settings):
         report = erase_students(ids_file=str(request)).stages[0]
     console.print(
         f"erased {report.details['students']} student(s) ({report.details['mode']}) in "
@@ -483,10 +517,12 @@ def summary() -> None:
         reports = []
         console.print(f"[dim]{last_path} is from an older version: the next `lakehouse run` rewrites it[/]")
     if reports:
-        stages = Table("stage", *COLUMNS, "status", title="last run")
+        stages = Table("stage", *COLUMNS, "status", "commits", "jobs", title="last run")
         for report in reports:
             row = report.row()
-            stages.add_row(*(str(row[k]) for k in ("stage", *COLUMNS, "status")))
+            stages.add_row(
+                *(str("-" if row[k] is None else row[k]) for k in ("stage", *COLUMNS, "status", "commits", "jobs"))
+            )
         console.print(stages)
     console.print(f"quarantined records  {quarantined:,}")
     bronze = next((r.details for r in reports if r.stage == "bronze"), {})

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,17 @@ SECRET_KEY = re.compile(r"secret|passw|token|credential|private|key|auth", re.IG
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90s`, `10m`, `26h`, `2d` or `0`; ValueError naming the forms otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: write it as 90s, 10m, 26h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def join(base: str, *parts: str) -> str:
@@ -97,8 +108,23 @@ class Settings(BaseSettings):
     gcs_endpoint: str | None = Field(
         None, description="GCS endpoint of every GCS client (an emulator, a private endpoint); unset: Google's"
     )
+    engine_idle: str = Field(
+        "10m",
+        description="how long a background engine (Spark, Prefect) a command starts stays up after its last use "
+        "(`90s`, `10m`, `2h`); 0: none, every command starts its own",
+    )
     gcs_hmac_key_id: str | None = Field(None, description="GCS HMAC key id DuckDB reads a gs:// lake with")
     gcs_hmac_secret: SecretStr | None = Field(None, description="GCS HMAC secret DuckDB reads a gs:// lake with")
+
+    @field_validator("engine_idle")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def engine_idle_seconds(self) -> float:
+        return parse_duration(self.engine_idle)
 
     @property
     def source_url(self) -> str:

@@ -21,6 +21,7 @@ from lakehouse.delta_log import (
     data_changed,
     is_table,
     last_txn_version,
+    latest_version,
     oldest_readable_version,
     rows_committed,
     rows_written,
@@ -655,6 +656,7 @@ def _write(
     otherwise kept from what changed."""
     started = time.monotonic()
     run = Refresh(session, settings, table.name, seen or {}, reach, once=seen != reach)
+    before = latest_version(run.target.path)
     if full_refresh or seen is None or not is_table(settings.table_path("gold", table.name)):
         delta.overwrite(table.build(run), run.target)
     else:
@@ -668,6 +670,7 @@ def _write(
         rows_out=rows_written(run.target.path),
         seconds=round(time.monotonic() - started, 3),  # side by side with the other writes
         version=run.target.version,
+        commits=(latest_version(run.target.path) or 0) - (-1 if before is None else before),
     )
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,7 +23,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from lakehouse import engine
 from lakehouse.config import PROJECT_ROOT, Settings
+from lakehouse.prefect_server import auth_env, home_env, prefect_home
 from lakehouse.runs import WRITER_LIMIT
 from lakehouse.security import (
     ADMIN_USER,
@@ -46,10 +49,6 @@ WORK_POOL = "lakehouse"
 
 class PlatformError(RuntimeError):
     """The running platform cannot be used (one line naming the fix)."""
-
-
-def prefect_home(settings: Settings) -> Path:
-    return Path(settings.data_dir).resolve() / "prefect"
 
 
 def _state_file(settings: Settings) -> Path:
@@ -89,17 +88,7 @@ def origins(settings: Settings, port: int, public: str) -> list[str]:
 def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     """Prefect settings that keep its state in the project's data folder (and, with `port`, that serve and talk to
     the platform's server: CSRF protection on, CORS limited to the UI's own origins)."""
-    home = prefect_home(settings)
-    home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"
-        ),
-    }
+    env = home_env(settings)
     if port is not None:
         public = public_url(settings, port, settings.prefect_url)
         env.update(
@@ -115,11 +104,6 @@ def prefect_env(settings: Settings, port: int | None = None) -> dict[str, str]:
             }
         )
     return env
-
-
-def auth_env(credentials: str) -> dict[str, str]:
-    """The basic-auth string (`user:password`) for a Prefect server and for its clients."""
-    return {"PREFECT_SERVER_API_AUTH_STRING": credentials, "PREFECT_API_AUTH_STRING": credentials}
 
 
 def api_session(api_url: str, credentials: str | None, timeout: float = 30) -> httpx.Client:
@@ -180,8 +164,9 @@ def running_platform(settings: Settings) -> dict | None:
 
 
 def client_env(settings: Settings) -> dict[str, str]:
-    """Environment for a local flow run: the running platform's API with the admin login, else Prefect's temporary
-    server on our database, behind a login made for this process only."""
+    """Environment for a local flow run: the running platform's API with the admin login, else the data folder's
+    warm engines (lakehouse.engine), else (LAKEHOUSE_ENGINE_IDLE=0) Prefect's temporary server on our database, behind
+    a login made for this process only."""
     if os.environ.get("PREFECT_API_URL"):
         return {}
     state = running_platform(settings)
@@ -203,7 +188,20 @@ def client_env(settings: Settings) -> dict[str, str]:
         if state.get("spark_url") and "spark_master" not in settings.model_fields_set and token.exists():
             env.update(spark_env(state["spark_url"], token.read_text()))  # the platform's warm Spark
         return env
+    if settings.engine_idle_seconds > 0:  # the data folder's warm engines, started in the background when not running
+        return engine_env(settings)
     return {**prefect_env(settings), **auth_env(f"{ADMIN_USER}:{secrets.token_urlsafe(24)}")}
+
+
+def engine_env(settings: Settings) -> dict[str, str]:
+    """Environment for a command on the data folder's warm engines: Prefect's, and Spark's unless the settings name a
+    master of their own (a cluster, a Connect server); both started side by side when they are not running."""
+    kinds = ["prefect"]
+    if "spark_master" not in settings.model_fields_set and settings.spark_master.startswith("local"):
+        kinds.append("spark")
+    with ThreadPoolExecutor(len(kinds), thread_name_prefix="engine-start") as pool:
+        running = dict(zip(kinds, pool.map(lambda kind: engine.ensure(settings, kind), kinds)))
+    return {k: v for kind, found in running.items() for k, v in engine.client_env(settings, kind, found).items()}
 
 
 def spark_token_file(settings: Settings) -> Path:

@@ -10,12 +10,41 @@ import argparse
 import base64
 import binascii
 import hmac
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from lakehouse.config import Settings
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = {"/api/health", "/api/ready"}  # probes, as Prefect itself leaves them open (GET only)
+
+
+def prefect_home(settings: Settings) -> Path:
+    """Where Prefect keeps its state for this data folder (database, settings)."""
+    return Path(settings.data_dir).resolve() / "prefect"
+
+
+def home_env(settings: Settings) -> dict[str, str]:
+    """Prefect settings that keep its state in the project's data folder."""
+    home = prefect_home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"
+        ),
+    }
+
+
+def auth_env(credentials: str) -> dict[str, str]:
+    """The basic-auth string (`user:password`) for a Prefect server and for its clients."""
+    return {"PREFECT_SERVER_API_AUTH_STRING": credentials, "PREFECT_API_AUTH_STRING": credentials}
 
 
 class LoginFirst:

@@ -14,20 +14,23 @@ COLUMNS = ("files", "rows in", "rows out", "quarantined", "deliveries")
 @dataclass
 class TableReport:
     """One table's refresh within a stage: skipped (nothing new), rows read and written, its wall time (side by side
-    with the stage's other writes), and the input version it reached (a bronze batch, or gold's txn version)."""
+    with the stage's other writes), the input version it reached (a bronze batch, or gold's txn version), and the
+    Delta commits it made."""
 
     skipped: bool = False
     rows_in: int = 0
     rows_out: int = 0
     seconds: float = 0.0
     version: int | None = None
+    commits: int = 0
 
 
 @dataclass
 class StageReport:
     """One stage's run: files taken, rows read and written, rows quarantined, deliveries seen, whether it had nothing
-    to do, and its wall time; `tables` holds its tables' refreshes, `details` what else is the stage's own (batches,
-    per-group counts)."""
+    to do, its wall time, the Delta commits it made and the Spark jobs it ran (None when Spark runs elsewhere: a Spark
+    Connect server); `tables` holds its tables' refreshes, `details` what else is the stage's own (batches, per-group
+    counts)."""
 
     stage: str
     files: int = 0
@@ -37,6 +40,8 @@ class StageReport:
     deliveries: list[str] = field(default_factory=list)
     skipped: bool = False
     seconds: float = 0.0
+    commits: int = 0
+    jobs: int | None = None
     tables: dict[str, TableReport] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +56,8 @@ class StageReport:
             "deliveries": len(self.deliveries),
             "status": "skipped" if self.skipped else "done",
             "seconds": self.seconds,
+            "commits": self.commits,
+            "jobs": self.jobs,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +73,7 @@ class StageReport:
             rows_out=sum(t.rows_out for t in tables.values()),
             skipped=all(t.skipped for t in tables.values()),
             seconds=round(seconds, 3),
+            commits=sum(t.commits for t in tables.values()),
             tables=tables,
             details=details,
         )

@@ -18,6 +18,7 @@ from lakehouse.config import Settings, get_settings
 from lakehouse.reports import LockReport, StageReport
 from lakehouse.security import secure_data_dir
 from lakehouse.sources import OneDelivery, Source, open_source
+from lakehouse.spark import spark_jobs
 
 WRITER_LIMIT = "lakehouse-writer"  # the Prefect global concurrency limit (one slot) every lake writer holds
 SPARK_STAGES = ("bronze", "silver", "gold")
@@ -236,12 +237,16 @@ def emit(stage: str, event: str, report: StageReport | None = None, error: str =
 def run_stage(name: str, settings: Settings, stage: Callable[[], StageReport]) -> StageReport:
     """Run one stage, announcing its start and end to listeners (and the test hook's injected failures)."""
     emit(name, "start")
+    jobs = spark_jobs()
     try:
         inject_transient(name, settings)
         report = stage()
     except BaseException as exc:
         emit(name, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    after = spark_jobs()
+    if jobs is not None and after is not None:
+        report.jobs = len(after - jobs)
     emit(name, "skipped" if report.skipped else "done", report)
     return report
 

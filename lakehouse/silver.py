@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from lakehouse import bronze, delta, tables
 from lakehouse import parsing as P
 from lakehouse.config import Settings
-from lakehouse.delta_log import data_changed, is_table, last_txn_version, rows_committed, rows_written
+from lakehouse.delta_log import data_changed, is_table, last_txn_version, latest_version, rows_committed, rows_written
 from lakehouse.parsing import parse_at, parse_export_time
 from lakehouse.reports import StageReport, TableReport
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_RAW
@@ -578,6 +578,7 @@ def _write(
     if lag is None:
         return TableReport(skipped=True)
     done, upto = lag
+    before = latest_version(settings.table_path("silver", table.name))
     current = None if full_refresh else _current(session, settings, table)
     since = -1 if current is None or done is None else done
     rows = delta.read_table(session, "bronze", table.source, settings).where(
@@ -598,7 +599,13 @@ def _write(
         rows_out=rows_written(target.path),
         seconds=round(time.monotonic() - started, 3),  # side by side with the layer's other writes
         version=upto,
+        commits=_commits(target.path, before),
     )
+
+
+def _commits(path: str, before: int | None) -> int:
+    """The commits a table got since it was at version `before` (None: it did not exist)."""
+    return (latest_version(path) or 0) - (-1 if before is None else before)
 
 
 def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:

@@ -232,6 +232,16 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
         return _session
 
 
+def spark_jobs() -> set[int] | None:
+    """The ids of the Spark jobs this process's local session has run (the last thousand), to count a stage's; None
+    without a local session (none started, or Spark Connect, whose client sees no jobs)."""
+    with _lock:
+        session = _session
+    if session is None or is_remote(session):
+        return None
+    return set(session.sparkContext.statusTracker().getJobIdsForGroup(None))
+
+
 def fork(spark: SparkSession) -> SparkSession:
     """Another session on the same Spark: its own SQL settings and temporary views, the same engine."""
     if is_remote(spark):

@@ -26,7 +26,7 @@ from lakehouse import tables
 from lakehouse.config import Settings
 from lakehouse.landing import lake_fs, read_ledger
 from lakehouse.pgserver import managed, warehouse_dsn
-from lakehouse.platform import prefect_home
+from lakehouse.prefect_server import prefect_home
 from lakehouse.tombstones import array_items, kind_of, learners
 
 DISTINCTIVE = 6  # characters from which an id is also looked for in every byte

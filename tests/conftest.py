@@ -15,6 +15,8 @@ from lakehouse.security import free_port
 from tests.builders import wait_port
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# every command of a test starts its own Spark and Prefect unless the test asks for the warm engines
+os.environ.setdefault("LAKEHOUSE_ENGINE_IDLE", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: each its own Prefect home (database, settings)
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix=f"prefect-{os.environ['PYTEST_XDIST_WORKER']}-"))
 
