@@ -60,7 +60,17 @@ def test_summary_shows_the_last_runs_stages_and_what_was_not_landed(settings):
     assert done.exit_code == 0, done.output
     assert "last run" in done.output
     rows = [[c.strip() for c in ln.split("│") if c.strip()] for ln in done.output.splitlines() if "│" in ln]
-    assert ["bronze", "2", "10", "7", "3", "1", "done", "0", "-"] in rows  # files, rows in, rows out, quarantined, deliveries
+    assert [
+        "bronze",
+        "2",
+        "10",
+        "7",
+        "3",
+        "1",
+        "done",
+        "0",
+        "-",
+    ] in rows  # files, rows in, rows out, quarantined, deliveries
     assert ["land", "2", "0", "0", "0", "2", "done", "0", "-"] in rows
     assert "events/latest: delivery folder name is not an ISO date" in done.output
     assert "... 3 in all" in done.output
