@@ -141,7 +141,9 @@ def _ours(state: dict) -> bool:
     its Prefect server is what listens on the recorded API port: only then may it be sent the admin login."""
     try:
         proc = psutil.Process(state["pid"])
-        if abs(proc.create_time() - float(state["started"])) > 1 or "lakehouse" not in " ".join(proc.cmdline()):
+        args = proc.cmdline()
+        command = any(a in ("lakehouse", "lakehouse.cli") or a.endswith("/lakehouse") for a in args) and "up" in args
+        if abs(proc.create_time() - float(state["started"])) > 1 or not command:
             return False
         family = {proc.pid, *(c.pid for c in proc.children(recursive=True))}
         port = urlsplit(state["api_url"]).port
