@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn
@@ -283,25 +285,39 @@ def run(
     report: Path = typer.Option(None, help="also write the run's JSON report to this file"),
 ) -> None:
     """Land → bronze → silver → gold → warehouse for everything new (the `full-pipeline` flow, run here)."""
-    import json
+    from lakehouse.config import get_settings
+
+    with _client(get_settings()) as settings:
+        _run_pipeline(settings, source, delivery, full_refresh, report)
+
+
+@contextlib.contextmanager
+def _client(settings: Settings) -> Iterator[Settings]:
+    """Hold the data folder's warm engines while the command runs, and point it at the running platform or at them
+    (started when they are not running); the settings it then runs with."""
     import os
 
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+    from lakehouse import engine
     from lakehouse.config import get_settings
     from lakehouse.platform import PlatformError, client_env
 
-    settings = get_settings()
-    try:
-        os.environ.update(client_env(settings))
-    except PlatformError as exc:
-        fail(str(exc))
-    get_settings.cache_clear()  # the running platform's Spark, when it lends it
-    settings = get_settings()
-    import contextlib
+    with engine.holding(settings):
+        try:
+            os.environ.update(client_env(settings))
+        except PlatformError as exc:
+            fail(str(exc))
+        get_settings.cache_clear()  # the platform's or the engine's Spark, when it lends it
+        yield get_settings()
+
+
+def _run_pipeline(
+    settings: Settings, source: str | None, delivery: str | None, full_refresh: RefreshLayer | None, report: Path | None
+) -> None:
+    import json
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.pipeline import full_pipeline
-    from lakehouse import engine
     from lakehouse.runs import add_listener, settings_for, spark_work_expected
     from lakehouse.spark import warm_up
 
@@ -340,7 +356,7 @@ def run(
 
     remove = add_listener(draw)
     try:
-        with progress, engine.holding(settings):
+        with progress:
             state = full_pipeline(
                 source=source,
                 delivery=delivery,
@@ -398,8 +414,6 @@ def erase(
     """A learner's right to erasure: remove learners from every layer, Delta log and version, landed file and dw
     (the `erase-students` flow, run here; the ids reach it in a private file, never as flow parameters);
     `--verify ID` prints every place an id is still found (docs/erasure.md)."""
-    import os
-
     from lakehouse.config import get_settings
 
     if verify:
@@ -416,7 +430,6 @@ def erase(
         )
         return
     from lakehouse.erasure import student_ids
-    from lakehouse.platform import PlatformError, client_env
     from lakehouse.security import request_file
 
     try:
@@ -424,16 +437,12 @@ def erase(
         ids = student_ids(given)
     except (OSError, ValueError) as exc:
         fail(f"{exc}: name the students with --student ID or --ids-file FILE (or check one with --verify ID)")
-    try:
-        os.environ.update(client_env(get_settings()))
-    except PlatformError as exc:
-        fail(str(exc))
-    get_settings.cache_clear()
-    from flows.erasure import erase_students
-    from lakehouse import engine
+    with (
+        _client(get_settings()) as settings,
+        request_file(settings, "erasure", "\n".join(sorted(ids)) + "\n") as request,
+    ):
+        from flows.erasure import erase_students  # Prefect reads its settings when imported: after _client's
 
-    settings = get_settings()
-    with request_file(settings, "erasure", "\n".join(sorted(ids)) + "\n") as request, engine.holding(settings):
         report = erase_students(ids_file=str(request)).stages[0]
     console.print(
         f"erased {report.details['students']} student(s) ({report.details['mode']}) in "

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import psutil
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 from lakehouse.prefect_server import auth_env, home_env
 from lakehouse.security import ADMIN_USER, free_port, secure_dir, wait_listening, write_secret
-from lakehouse.spark import connect_server_command, jvm_environment, session_conf
+from lakehouse.spark import SCRATCH, connect_server_command, jvm_environment, session_conf
 
 KINDS = ("spark", "prefect")
 FOLDER = "engine"
@@ -280,6 +281,7 @@ def serve(kind: str, idle: float, poll: float = 1.0) -> int:
             server.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        shutil.rmtree(Path(settings.data_dir).resolve() / SCRATCH / f"connect-{port}", ignore_errors=True)
     return 0
 
 
