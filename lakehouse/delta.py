@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from lakehouse import tables
 from lakehouse.config import Settings, get_settings
 from lakehouse.delta_log import DeltaLog, is_table, last_txn_version
-from lakehouse.spark import fork
+from lakehouse.spark import fork, release
 
 T = TypeVar("T")
 
@@ -228,16 +228,22 @@ def write_tables(
     waiting = dict(jobs)
     running: dict[Future[T], str] = {}
     finished: dict[str, Future[T]] = {}
+    sessions: dict[str, SparkSession] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="delta-write") as pool:
         while waiting or running:
             failed = any(f.exception() is not None for f in finished.values())
             ready = [n for n in waiting if all(d in finished or d not in jobs for d in after.get(n, ()))]
             for name in [] if failed else ready[: workers - len(running)]:
-                running[pool.submit(waiting.pop(name), fork(spark))] = name
+                session = fork(spark)
+                running[pool.submit(waiting.pop(name), session)] = name
+                sessions[name] = session
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            finished.update({running.pop(f): f for f in done})
+            for future in done:
+                name = running.pop(future)
+                finished[name] = future
+                release(sessions.pop(name))
     results = {name: finished[name].result() for name in jobs if name in finished}  # raises the first error
     if waiting:
         raise RuntimeError(f"these writes wait on each other: {', '.join(waiting)}")

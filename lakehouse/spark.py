@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shlex
 import shutil
@@ -193,7 +194,28 @@ def _remote_session(url: str, app_name: str = "lakehouse", new: bool = False) ->
     remote = builder.create() if new else builder.getOrCreate()
     for key, value in SQL_CONF.items():
         remote.conf.set(key, value)
+    if not _remotes:  # closed while the interpreter still runs: a channel closed at its finalization can hang it
+        atexit.register(_close_remotes)
+    _remotes.append(remote)
     return remote  # type: ignore[return-value]  # the Connect session serves the same DataFrame API
+
+
+_remotes: list = []  # the Spark Connect sessions of this process, closed at its exit
+
+
+def _close_remotes() -> None:
+    while _remotes:
+        with contextlib.suppress(Exception):
+            _remotes.pop().stop()
+
+
+def release(session: SparkSession) -> None:
+    """Close a session `fork` made, once its write is done (a Spark Connect session holds a channel to the
+    server; a local one shares the engine and needs nothing)."""
+    if is_remote(session) and session in _remotes:
+        _remotes.remove(session)
+        with contextlib.suppress(Exception):
+            session.stop()
 
 
 _session: SparkSession | None = None
