@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     gcs_endpoint: str | None = Field(
         None, description="GCS endpoint of every GCS client (an emulator, a private endpoint); unset: Google's"
     )
+    deletion_vectors: bool = Field(
+        False,
+        description="Delta deletion vectors on the lake's tables (a MERGE marks rows instead of rewriting files); "
+        "every reader of the lake must support them",
+    )
     engine_idle: str = Field(
         "10m",
         description="how long a background engine (Spark, Prefect) a command starts stays up after its last use "

@@ -23,8 +23,8 @@ T = TypeVar("T")
 # files it removed are kept equally long, so a version the log still offers has its files (the maintenance vacuum
 # retains at least this long).
 RETENTION = "interval 7 days"
+DELETION_VECTORS = "delta.enableDeletionVectors"  # LAKEHOUSE_DELETION_VECTORS: off unless every reader has them
 TABLE_PROPERTIES = {
-    "delta.enableDeletionVectors": "false",
     "delta.logRetentionDuration": RETENTION,
     "delta.deletedFileRetentionDuration": RETENTION,
 }
@@ -99,7 +99,7 @@ def _writer(df: DataFrame, target: Target, mode: str, check: bool = True) -> Dat
     if check:
         check_schema(df, target.table)
     writer = df.write.format("delta").mode(mode)
-    for key, value in _properties(target.table).items():
+    for key, value in _properties(target.table, target.settings).items():
         writer = writer.option(key, value)
     if target.table.partition_by:
         writer = writer.partitionBy(*target.table.partition_by)
@@ -250,10 +250,12 @@ def write_tables(
     return results
 
 
-def _properties(table: tables.Table) -> dict[str, str]:
-    """The table properties a table of this spec carries: the lake's, and its statistics columns."""
+def _properties(table: tables.Table, settings: Settings) -> dict[str, str]:
+    """The table properties a table of this spec carries: the lake's, deletion vectors as the settings say, and its
+    statistics columns."""
     stats = {STATS_PROPERTY: ",".join(table.stats)} if table.stats else {NO_STATS_PROPERTY: "0"}
-    return {**TABLE_PROPERTIES, **stats}
+    vectors = {DELETION_VECTORS: str(settings.deletion_vectors).lower()}
+    return {**TABLE_PROPERTIES, **vectors, **stats}
 
 
 def align_properties(spark: SparkSession, target: Target) -> bool:
@@ -264,7 +266,7 @@ def align_properties(spark: SparkSession, target: Target) -> bool:
     if not log.exists:
         return False
     have = log.configuration()
-    wanted = _properties(target.table)
+    wanted = _properties(target.table, target.settings)
     stale = [k for k in (STATS_PROPERTY, NO_STATS_PROPERTY) if k in have and k not in wanted]
     changed = {k: v for k, v in wanted.items() if have.get(k) != v}
     if not changed and not stale:
@@ -290,3 +292,10 @@ def compact_history(spark: SparkSession, path: str, keep: dict[str, str] | None 
     log = DeltaLog(path)
     base = max(log.checkpoints)  # the commit that set the interval
     return log.remove_before(base)
+
+
+def purge(spark: SparkSession, path: str) -> None:
+    """Rewrite the files of a table that hold rows its deletion vectors hide (a MERGE or DELETE with deletion vectors
+    only marks them), so the next vacuum removes every byte of them; nothing to do without deletion vectors."""
+    if DeltaLog(path).configuration().get(DELETION_VECTORS) == "true":
+        spark.sql("REORG TABLE delta.`" + path.replace("`", "``") + "` APPLY (PURGE)")

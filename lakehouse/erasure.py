@@ -182,6 +182,7 @@ def erase_lake(spark: SparkSession, settings: Settings, erased: Erased, mode: st
                 )
         finally:
             found.unpersist()
+        delta.purge(session, settings.table_path(layer, name))  # rows deletion vectors hide, out of the files
         faults.point("mid_erasure")
         return changed
 

@@ -25,7 +25,6 @@ _LOG4J = Path(__file__).with_name("log4j2.properties")
 
 # Table features every reader of the lake (Spark, DuckDB's delta extension, delta-rs) understands.
 DELTA_DEFAULTS = {
-    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     "spark.databricks.delta.properties.defaults.columnMapping.mode": "none",
     "spark.databricks.delta.properties.defaults.enableRowTracking": "false",
     "spark.databricks.delta.properties.defaults.checkpointPolicy": "classic",
@@ -99,8 +98,17 @@ def session_conf(settings: Settings, scratch: Path | None = None) -> dict[str, s
             }
         )
     gcs = settings.lake_url.startswith("gs://")
+    vectors = {
+        "spark.databricks.delta.properties.defaults.enableDeletionVectors": str(settings.deletion_vectors).lower()
+    }
     conf.update(
-        {**DELTA_DEFAULTS, **SQL_CONF, **(storage.spark_gcs_conf(settings) if gcs else {}), **settings.spark_conf}
+        {
+            **DELTA_DEFAULTS,
+            **vectors,
+            **SQL_CONF,
+            **(storage.spark_gcs_conf(settings) if gcs else {}),
+            **settings.spark_conf,
+        }
     )
     # Delta (and the GCS connector) as local files from the project's jar cache: no resolution at start; a spark://
     # cluster's executors fetch them from the driver.
