@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -24,11 +25,16 @@ DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
 # fmt: off
 CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
-              "erasure", "six_deliveries", "growth")
+              "erasure", "six_deliveries", "six_deliveries_dv", "growth")
 # fmt: on
 # The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
 SERIES_EVENTS = 600_000
-SERIES = {"six_deliveries": 6, "growth": 12}
+# name -> (deliveries, settings of its runs): the same six deliveries with Delta deletion vectors, side by side
+SERIES: dict[str, tuple[int, dict[str, str]]] = {
+    "six_deliveries": (6, {}),
+    "six_deliveries_dv": (6, {"LAKEHOUSE_DELETION_VECTORS": "true"}),
+    "growth": (12, {}),
+}
 SEED = 7
 DELIVERIES = 3
 EXTRA_DELIVERY = "2017-11-19T06:00:00"
@@ -207,8 +213,18 @@ def pipeline_stages(scale: Scale, source: Path) -> dict:
     return _with_db_error(result, db_error)
 
 
+def stop_engines(env: dict[str, str]) -> None:
+    """Stop the warm engines of a run's data folder."""
+    subprocess.run([str(LAKEHOUSE), "engine", "stop"], env={**os.environ, **env}, capture_output=True, timeout=300)
+
+
 def lakehouse_run(
-    scale: Scale, source: Path, name: str = "lakehouse_run", keep: bool = False, dsn: str | None = None
+    scale: Scale,
+    source: Path,
+    name: str = "lakehouse_run",
+    keep: bool = False,
+    dsn: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> dict:
     folder = scale.workspace(name, keep=keep)
     db_error = None
@@ -218,7 +234,7 @@ def lakehouse_run(
     report_file = folder / f"run-report-{tag}.json"
     result = run_measured(
         [str(LAKEHOUSE), "run", "--report", str(report_file)],
-        env=scale.lakehouse_env(source, folder, dsn),
+        env={**scale.lakehouse_env(source, folder, dsn), **(settings or {})},
         timeout=scale.timeout,
         log=scale.logs / f"{tag}.log",
     )
@@ -307,10 +323,10 @@ def erasure(scale: Scale, source: Path, first_run: dict | None, dsn: str | None)
     return out
 
 
-def delivery_series(scale: Scale, deliveries: int) -> dict:
-    """Feed `deliveries` daily deliveries to one lake, one `lakehouse run` each, timing every run; then build a fresh
-    lake from all of them in one run, and compare the two lakes' gold tables (DuckDB, every row)."""
-    name = f"series{deliveries}"
+def delivery_series(scale: Scale, deliveries: int, settings: dict[str, str], name: str) -> dict:
+    """Feed `deliveries` daily deliveries to one lake, one `lakehouse run` each (on the data folder's warm engines,
+    as a day's runs go), timing every run; then build a fresh lake from all of them in one run, and compare the two
+    lakes' gold tables (DuckDB, every row). `settings`: environment of every run."""
     source, info = ensure_source(scale.dir, scale.events, deliveries, name=f"source-{deliveries}")
     staged = scale.workspace(f"{name}-source")
     dsn, db_error = scale.database(name)
@@ -318,7 +334,7 @@ def delivery_series(scale: Scale, deliveries: int) -> dict:
     for delivery in info["deliveries"]:
         for kind in ("transactional", "events"):
             shutil.copytree(source / kind / delivery, staged / kind / delivery, copy_function=os.link)
-        run = lakehouse_run(scale, staged, name=name, keep=bool(runs), dsn=dsn)
+        run = lakehouse_run(scale, staged, name=name, keep=bool(runs), dsn=dsn, settings=settings)
         run.pop("_dsn", None)
         runs.append({"delivery": delivery, "events": info["events_by_delivery"][delivery], **run})
         log(f"  {name}: delivery {len(runs)}/{deliveries} {run.get('wall_s', '-')} s")
@@ -327,8 +343,10 @@ def delivery_series(scale: Scale, deliveries: int) -> dict:
                 {"ok": False, "source": info, "runs": runs, "error": f"delivery {delivery}: {run.get('error')}"},
                 db_error,
             )
-    full = lakehouse_run(scale, staged, name=f"{name}-full")
+    full = lakehouse_run(scale, staged, name=f"{name}-full", settings=settings)
     full.pop("_dsn", None)
+    for folder in (name, f"{name}-full"):  # their engines go now, not after their idle time
+        stop_engines(scale.lakehouse_env(staged, scale.dir / "runs" / folder, None))
     out = {"ok": full["ok"], "source": info, "runs": runs, "full": full}
     if full["ok"]:
         out["differences"] = gold_differences(
@@ -445,6 +463,8 @@ def bench_scale(
     step("mirror", external, scale, "mirror", source, lake_folder, quick)
     step("dashboard", external, scale, "dashboard", source, lake_folder, quick)
     step("erasure", erasure, scale, source, first, first_dsn)  # last: it rewrites the first run's lake
+    for folder in (scale.dir / "runs").glob("*"):
+        stop_engines(scale.lakehouse_env(source, folder, None))
     return out
 
 
@@ -536,9 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         contenders = result["scales"][key].setdefault("contenders", {})
         scale = Scale(args.series_events, args.workdir.resolve(), server, server_error, args.timeout)
         for name in series:
-            log(f"{args.series_events:,} events: {name} ({SERIES[name]} deliveries, one run each)")
+            deliveries, settings = SERIES[name]
+            log(f"{args.series_events:,} events: {name} ({deliveries} deliveries, one run each)")
             try:
-                contenders[name] = delivery_series(scale, SERIES[name])
+                contenders[name] = delivery_series(scale, deliveries, settings, name)
             except Exception as exc:  # noqa: BLE001 - a broken contender never stops the others
                 contenders[name] = {"ok": False, "error": mask(f"harness: {type(exc).__name__}: {exc}")[:600]}
             save()
