@@ -80,7 +80,9 @@ def test_runs_on_the_warm_engines_equal_a_cold_build_and_reuse_them(world, spark
     assert cli("engine", "status", env=env, timeout=60).stdout.count("running at") == 2
     con = duckdb_with_delta()
     for table in tables.names("gold"):
-        assert_same_rows(con, delta_scan_sql(cold, "gold", table, ["*"]), delta_scan_sql(settings, "gold", table, ["*"]))
+        assert_same_rows(
+            con, delta_scan_sql(cold, "gold", table, ["*"]), delta_scan_sql(settings, "gold", table, ["*"])
+        )
 
 
 def test_a_killed_engine_is_replaced_and_an_idle_one_stops(world):
@@ -93,6 +95,7 @@ def test_a_killed_engine_is_replaced_and_an_idle_one_stops(world):
     _run(env)  # the dead engine is detected and a new one serves the run
     replaced = engine.read(settings, "spark")
     assert replaced is not None and replaced.server != killed.server
+
     def running() -> bool:
         try:
             server = psutil.Process(replaced.server).status() != psutil.STATUS_ZOMBIE
