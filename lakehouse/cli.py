@@ -211,12 +211,13 @@ def pg_status() -> None:
 
 @warehouse_app.command("sql")
 def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
-    """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
-    from lakehouse.warehouse.loads import LOADS_BY_TARGET, load_sql
+    """Print the SQL the mirror runs for a dw table: its load (its kind's template rendered from the table's spec),
+    and for a fact the re-pointing of its surrogate keys when only its dimensions changed."""
+    from lakehouse.warehouse.loads import LOADS_BY_TARGET, table_sql
 
     if table not in LOADS_BY_TARGET:
         fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
-    print(load_sql(table), end="")
+    print(table_sql(table), end="")
 
 
 PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")

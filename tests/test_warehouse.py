@@ -225,7 +225,7 @@ def test_run_per_delivery_equals_one_run(pg_dsn, settings):
     for k in (1, 2, 3):
         tables = sample_gold(upto=k)
         report = mirror(settings, ArrowGold(tables, {name: k for name in tables}), dsn=pg_dsn)
-        assert report.details["tables"]["dim_student"]["deliveries"] == [f"2017-11-{15 + k}"]
+        assert report.details["tables"]["dim_student"].deliveries == [f"2017-11-{15 + k}"]
         with connect(pg_dsn) as conn, conn.cursor() as cur:
             for entity in DIM_ATTRS:
                 check_invariants(cur, entity)
@@ -268,8 +268,8 @@ def test_fact_loads_rewrite_only_changed_rows(pg_dsn, settings):
     gone = {tuple(r.values()) for r in sessions.slice(0, 10).to_pylist()} - {
         tuple(r.values()) for r in sessions.slice(10).to_pylist()
     }
-    assert report.details["tables"]["fact_session"]["rows_removed"] == len(gone)
-    assert report.details["tables"]["fact_session"]["rows_inserted"] == 3
+    assert report.details["tables"]["fact_session"].rows_removed == len(gone)
+    assert report.details["tables"]["fact_session"].rows_inserted == 3
     kept = set(before) & set(after)
     assert len(kept) == len(before) - len(gone) and all(before[k] == after[k] for k in kept)  # not rewritten
     with connect(pg_dsn) as conn, conn.cursor() as cur:
@@ -298,9 +298,11 @@ def test_late_delivery_rewinds_to_its_as_of(pg_dsn, settings):
 
     mirror(settings, source([0, 2], 1), dsn=pg_dsn)
     report = mirror(settings, source([0, 1, 2], 2), dsn=pg_dsn)
-    assert report.details["tables"]["dim_student"]["deliveries"] == ["2017-11-17"]
-    assert report.details["tables"]["dim_student"]["replayed"] == ["2017-11-18"]
-    assert report.details["tables"]["fact_session"]["status"] == "applied"  # same gold facts, re-resolved keys
+    assert report.details["tables"]["dim_student"].deliveries == ["2017-11-17"]
+    late = report.details["tables"]["dim_student"]
+    # the later delivery is re-read: its gold rows changed too (keys first seen in the late one are in it now)
+    assert late.restated_from == "2017-11-17T06:00:00+00:00" and late.corrected + late.replayed == ["2017-11-18"]
+    assert report.details["tables"]["fact_session"].status == "applied"  # same gold facts, re-resolved keys
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
             assert dw_history(cur, entity) == reference_history(entity, exports[entity])
@@ -410,11 +412,11 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
     write_delta(spark, lake, sample_gold(upto=2))
     first = mirror(settings, dsn=pg_dsn)
     assert len(first.details["applied"]) == 8
-    assert first.details["tables"]["dim_student"]["deliveries"] == ["2017-11-16", "2017-11-17"]
+    assert first.details["tables"]["dim_student"].deliveries == ["2017-11-16", "2017-11-17"]
     write_delta(spark, lake, sample_gold(upto=3))
     second = mirror(settings, dsn=pg_dsn)
-    assert second.details["tables"]["dim_student"]["deliveries"] == ["2017-11-18"]
-    assert second.details["tables"]["dim_student"]["gold_version"] == 1
+    assert second.details["tables"]["dim_student"].deliveries == ["2017-11-18"]
+    assert second.details["tables"]["dim_student"].gold_version == 1
     assert mirror(settings, dsn=pg_dsn).skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:

@@ -140,7 +140,7 @@ def test_history_matches_reference_model(pg_dsn, settings, scenario):
         again = mirror(settings, gold(scenario, arrived, len(scenario["runs"])), dsn=pg_dsn)
         assert again.skipped
         newer = mirror(settings, gold(scenario, arrived, len(scenario["runs"]) + 1), dsn=pg_dsn)
-        assert newer.details["tables"]["dim_student"]["deliveries"] == []  # a new gold version, no new delivery
+        assert newer.details["tables"]["dim_student"].deliveries == []  # a new gold version, no new delivery
         assert {e: dw_history(cur, e) for e in ENTITIES} == before
     finally:
         conn.close()
