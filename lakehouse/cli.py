@@ -226,6 +226,7 @@ PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
 class RefreshLayer(str, Enum):
     silver = "silver"
     gold = "gold"
+    warehouse = "warehouse"
 
 
 def _stage_note(report: StageReport) -> str:
@@ -237,7 +238,9 @@ def _stage_note(report: StageReport) -> str:
 def run(
     source: str = typer.Option(None, help="override LAKEHOUSE_SOURCE for this run"),
     delivery: str = typer.Option(None, help="land only this delivery folder"),
-    full_refresh: RefreshLayer = typer.Option(None, help="rebuild this layer and the layers after it"),
+    full_refresh: RefreshLayer = typer.Option(
+        None, help="rebuild this layer and the layers after it (warehouse: dw alone, from gold, in one transaction)"
+    ),
     report: Path = typer.Option(None, help="also write the run's JSON report to this file"),
 ) -> None:
     """Land → bronze → silver → gold → warehouse for everything new (the `full-pipeline` flow, run here)."""
@@ -263,7 +266,8 @@ def run(
     from lakehouse.spark import warm_up
 
     with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
-        if full_refresh or spark_work_expected(settings_for(source), delivery):
+        refined = full_refresh in (RefreshLayer.silver, RefreshLayer.gold)
+        if refined or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}

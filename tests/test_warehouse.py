@@ -13,7 +13,7 @@ import psycopg2.errors
 import pytest
 
 from lakehouse.config import PROJECT_ROOT
-from lakehouse.warehouse import csv_copy, migrations, roles
+from lakehouse.warehouse import csv_copy, drift, migrations, roles
 from lakehouse.warehouse.loads import SQL_DIR
 from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.mirror import MIRROR_LOCK, ArrowGold, mirror
@@ -426,3 +426,82 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
         assert cur.fetchone()[0] == sample_gold(upto=3)["fact_page_view"].num_rows
         cur.execute("select gold_version from dw.load_audit where table_name = 'fact_session' order by load_id")
         assert [r[0] for r in cur.fetchall()] == [0, 1]
+
+
+def test_drift_names_each_table_that_differs_from_gold(pg_dsn, settings):
+    source = ArrowGold(sample_gold())
+    first = mirror(settings, source, dsn=pg_dsn)
+    assert first.details["drifted"] == [] and len(first.details["drift"]) == 8
+    assert drift.drift(settings, source, dsn=pg_dsn) == first.details["drift"]
+    with connect(pg_dsn) as conn, conn.cursor() as cur:  # dw edited behind the mirror's back
+        cur.execute("update dw.dim_student set city = 'Atlantis' where student_id = '3' and is_current")
+        cur.execute("delete from dw.fact_session where ctid = (select min(ctid) from dw.fact_session)")
+        cur.execute("update dw.fact_page_view_daily set page_views = page_views + 1 where student_id = '5'")
+    found = {t.table: t for t in drift.drift(settings, source, dsn=pg_dsn)}
+    assert sorted(t for t, d in found.items() if d.drifted) == ["dim_student", "fact_page_view_daily", "fact_session"]
+    assert found["fact_session"].dw_rows == found["fact_session"].gold_rows - 1
+    assert found["dim_student"].dw_rows == found["dim_student"].gold_rows  # same rows, another state
+    again = mirror(settings, source, dsn=pg_dsn)  # nothing new in gold: nothing loaded, the drift reported
+    assert again.skipped and sorted(again.details["drifted"]) == ["dim_student", "fact_page_view_daily", "fact_session"]
+
+
+def test_full_refresh_rebuilds_dw_from_gold_in_one_transaction(pg_server, pg_dsn, settings, monkeypatch):
+    """A rebuild restores what was edited behind the mirror's back; BI sessions read the previous state, unblocked,
+    until it commits."""
+    from lakehouse import config
+
+    monkeypatch.setenv("LAKEHOUSE_BI_PASSWORD", "bi-secret-for-tests")
+    config.get_settings.cache_clear()
+    settings = config.get_settings()
+    source = ArrowGold(sample_gold())
+    mirror(settings, source, dsn=pg_dsn)
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        clean = canonical(cur)
+        cur.execute("select student_sk from dw.dim_student where student_id = '3' and is_current")
+        (sk,) = cur.fetchone()
+        cur.execute("update dw.dim_student set city = 'Atlantis' where student_sk = %s", (sk,))
+        cur.execute("delete from dw.fact_subscription")
+    bi = connect(psycopg2.extensions.make_dsn(pg_dsn, user="bi_user", password="bi-secret-for-tests"))
+    bi.cursor().execute("set statement_timeout = '5s'")  # a read the rebuild blocked would fail
+
+    def bi_reads():
+        with bi.cursor() as cur:
+            cur.execute("select city from dw.dim_student where student_id = '3' and is_current")
+            city = cur.fetchone()[0]
+            cur.execute("select count(*) from dw.fact_subscription")
+            return city, cur.fetchone()[0]
+
+    holder = connect(pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + psycopg2.extensions.parse_dsn(pg_dsn)["dbname"])
+    holder.autocommit = False
+    holder.cursor().execute("lock table dw.fact_page_view_daily in share mode")  # the rebuild's last table waits
+    done: list = []
+    rebuild = threading.Thread(target=lambda: done.append(mirror(settings, source, dsn=pg_dsn, full_refresh=True)))
+    rebuild.start()
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the rebuild has restated the dimensions and waits on the last fact
+            cur.execute(
+                "select count(*) from pg_locks where relation = 'dw.fact_page_view_daily'::regclass and not granted"
+            )
+            if cur.fetchone()[0]:
+                break
+            time.sleep(0.05)
+    assert rebuild.is_alive()
+    assert bi_reads() == ("Atlantis", 0)  # the state before the rebuild, read without waiting
+    holder.rollback()
+    holder.close()
+    rebuild.join(60)
+    report = done[0]
+    assert report.details["full_refresh"] and report.details["drifted"] == []
+    assert report.details["tables"]["dim_student"].restated_from == "-infinity"
+    assert (
+        report.details["tables"]["dim_student"].rows_removed
+        == 1
+        == report.details["tables"]["dim_student"].rows_inserted
+    )
+    assert bi_reads() == ("city3", sample_gold()["fact_subscription"].num_rows)
+    bi.close()
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        assert without_audit(canonical(cur)) == without_audit(clean)
+        cur.execute("select count(*) from dw.dim_student where student_sk = %s", (sk,))
+        assert cur.fetchone()[0] == 0  # the edited version was replaced; every other version kept its key

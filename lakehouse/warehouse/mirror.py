@@ -107,7 +107,7 @@ def _stage(
 def replay_from(cur: Cursor, target: str, moment: datetime | None) -> None:
     """Set the as-of a dimension's versions are restated from (stage.load_replay); None: from the start."""
     cur.execute(
-        "insert into stage.load_replay (table_name, replay_from) values (%s, coalesce(%s, '-infinity'))"
+        "insert into stage.load_replay (table_name, replay_from) values (%s, coalesce(%s::timestamptz, '-infinity'))"
         " on conflict (table_name) do update set replay_from = excluded.replay_from",
         (target, moment),
     )
