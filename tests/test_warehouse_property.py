@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from lakehouse.warehouse.loads import SQL_DIR
 from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.mirror import ArrowGold, mirror
 from tests.builders import new_database
@@ -26,6 +25,7 @@ from tests.warehouse_data import (
     canonical,
     check_invariants,
     dw_history,
+    empty_warehouse,
     history_rows,
     reference_history,
 )
@@ -152,14 +152,6 @@ def correct(scenario: dict, delivery: int, what: str, records: list[dict]) -> No
         scenario[what][delivery] = Delivery(old.name, old.as_of, records)
 
 
-def reset(cur):
-    cur.execute(
-        "truncate dw.dim_student, dw.dim_course, dw.dim_university, dw.dim_subject, dw.fact_session, dw.load_audit,"
-        " dw.load_delivery restart identity cascade"
-    )
-    cur.execute((SQL_DIR / "010_erased_member.sql").read_text())
-
-
 def surrogate_keys(cur) -> dict[tuple, int]:
     """Every version's surrogate key by (entity, key, valid_from, state)."""
     found = {}
@@ -195,7 +187,7 @@ def test_history_matches_reference_model(pg_dsn, fresh_dsn, settings, scenario):
         steps.append(("arrive", tuple(run)))
         steps += [("correct", c[1:]) for c in scenario["corrections"] if c[0] == r]
     try:
-        reset(cur)
+        empty_warehouse(cur)
         arrived: list[int] = []
         for version, (kind, what) in enumerate(steps, start=1):
             if kind == "arrive":
@@ -212,7 +204,7 @@ def test_history_matches_reference_model(pg_dsn, fresh_dsn, settings, scenario):
             after = surrogate_keys(cur)
             kept = before.keys() & after.keys()
             assert {v: after[v] for v in kept} == {v: before[v] for v in kept}, "a version that stayed changed its key"
-            reset(fresh_cur)
+            empty_warehouse(fresh_cur)
             mirror(settings, gold(scenario, arrived, version), dsn=fresh_dsn)
             assert without_audit(canonical(cur)) == without_audit(canonical(fresh_cur)), (kind, what)
         state = canonical(cur)

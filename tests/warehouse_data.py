@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lakehouse.warehouse.loads import SQL_DIR
+
 UTC = UTC
 TS = pa.timestamp("us", tz="UTC")
 
@@ -190,6 +192,16 @@ def canonical(cur) -> dict:
     )
     out["load_delivery"] = facts("select table_name, delivery, as_of from dw.load_delivery")
     return out
+
+
+def empty_warehouse(cur) -> None:
+    """Every dw table emptied but the migrations' record, the erased member back: dw as a first mirror finds it."""
+    cur.execute(
+        "select string_agg(format('dw.%I', tablename), ', ') from pg_tables where schemaname = 'dw'"
+        " and tablename <> 'schema_version'"
+    )
+    cur.execute(f"truncate {cur.fetchone()[0]} restart identity cascade")
+    cur.execute((SQL_DIR / "010_erased_member.sql").read_text())
 
 
 # -- a small deterministic sample of every gold table --------------------------------------
@@ -377,6 +389,6 @@ def write_delta_files(lake: str, tables: dict[str, pa.Table]) -> None:
 
 
 # fmt: off
-__all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "history_rows",
-           "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
+__all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "empty_warehouse",
+           "history_rows", "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
 # fmt: on
