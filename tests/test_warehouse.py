@@ -14,7 +14,7 @@ import pytest
 
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.warehouse import csv_copy, drift, migrations, roles
-from lakehouse.warehouse.loads import SQL_DIR
+from lakehouse.warehouse.loads import LOADS, SQL_DIR
 from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.mirror import MIRROR_LOCK, ArrowGold, mirror
 from tests.warehouse_data import (
@@ -120,7 +120,7 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
     config.get_settings.cache_clear()
     try:
         report = mirror(config.get_settings(), ArrowGold(sample_gold()), dsn=dsn)
-        assert len(report.details["applied"]) == 8
+        assert len(report.details["applied"]) == len(LOADS)
         with connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("select rolsuper from pg_roles where rolname = current_user")
             assert cur.fetchone()[0] is False
@@ -170,7 +170,7 @@ def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
 
 def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
     report = mirror(settings, ArrowGold(sample_gold()), dsn=pg_dsn)
-    assert len(report.details["applied"]) == 8 and not report.skipped
+    assert len(report.details["applied"]) == len(LOADS) and not report.skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
@@ -346,10 +346,10 @@ def test_two_mirrors_serialize(pg_dsn, settings):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert sorted(len(r.details["applied"]) for r in results) == [0, 8]
+    assert sorted(len(r.details["applied"]) for r in results) == [0, len(LOADS)]
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         cur.execute("select count(distinct load_id), count(*) from dw.load_audit")
-        assert cur.fetchone() == (1, 8)
+        assert cur.fetchone() == (1, len(LOADS))
         exports = sample_deliveries()
         for entity in DIM_ATTRS:
             assert dw_history(cur, entity) == reference_history(entity, exports[entity])
@@ -387,6 +387,11 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
         "select count(*) from stage.dim_student_history",
         "insert into stage.fact_session (student_id) values ('1')",
         "select * from dw.schema_version for update",
+        "update dw.students set city = 'x'",
+        "delete from dw.courses",
+        "insert into dw.dim_date (date, year, quarter, month, month_name, week, weekday, weekday_name, is_weekend)"
+        " values ('2000-01-01', 2000, 1, 1, 'January', 52, 6, 'Saturday', true)",
+        "truncate dw.mart_daily_activity",
         "select nextval('dw.load_id_seq')",
         "create temp table mine (x int)",
         "create temporary view mine as select 1 as x",
@@ -411,7 +416,7 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
     lake = settings.lake_url
     write_delta(spark, lake, sample_gold(upto=2))
     first = mirror(settings, dsn=pg_dsn)
-    assert len(first.details["applied"]) == 8
+    assert len(first.details["applied"]) == len(LOADS)
     assert first.details["tables"]["dim_student"].deliveries == ["2017-11-16", "2017-11-17"]
     write_delta(spark, lake, sample_gold(upto=3))
     second = mirror(settings, dsn=pg_dsn)
@@ -431,7 +436,7 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
 def test_drift_names_each_table_that_differs_from_gold(pg_dsn, settings):
     source = ArrowGold(sample_gold())
     first = mirror(settings, source, dsn=pg_dsn)
-    assert first.details["drifted"] == [] and len(first.details["drift"]) == 8
+    assert first.details["drifted"] == [] and len(first.details["drift"]) == len(LOADS)
     assert drift.drift(settings, source, dsn=pg_dsn) == first.details["drift"]
     with connect(pg_dsn) as conn, conn.cursor() as cur:  # dw edited behind the mirror's back
         cur.execute("update dw.dim_student set city = 'Atlantis' where student_id = '3' and is_current")
@@ -505,3 +510,61 @@ def test_full_refresh_rebuilds_dw_from_gold_in_one_transaction(pg_server, pg_dsn
         assert without_audit(canonical(cur)) == without_audit(clean)
         cur.execute("select count(*) from dw.dim_student where student_sk = %s", (sk,))
         assert cur.fetchone()[0] == 0  # the edited version was replaced; every other version kept its key
+
+
+def test_calendar_marts_and_current_views(pg_dsn, settings):
+    """dw.dim_date covers every fact's day with its derived columns, the marts hold gold's rows, and each current-state
+    view is its dimension's current versions."""
+    gold = sample_gold()
+    mirror(settings, ArrowGold(gold), dsn=pg_dsn)
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select date, year, quarter, month, month_name, week, weekday, weekday_name, is_weekend from dw.dim_date"
+        )
+        days = {r[0]: r for r in cur.fetchall()}
+        assert len(days) == gold["dim_date"].num_rows
+        for day, row in days.items():
+            iso = day.isocalendar()
+            assert row[1:] == (
+                day.year,
+                (day.month - 1) // 3 + 1,
+                day.month,
+                day.strftime("%B"),
+                iso.week,
+                iso.weekday,
+                day.strftime("%A"),
+                iso.weekday >= 6,
+            )
+        for table, column in (
+            ("fact_session", "session_date"),
+            ("fact_subscription", "payment_date"),
+            ("fact_subject_follow", "followed_date"),
+            ("fact_page_view_daily", "event_date"),
+            ("mart_daily_activity", "event_date"),
+        ):
+            cur.execute(
+                f"select count(*), count(d.date) from dw.{table} f left join dw.dim_date d on d.date = f.{column}"
+            )
+            rows, dated = cur.fetchone()
+            assert rows == dated > 0, table
+        for mart in ("mart_country_access", "mart_users_by_type", "mart_state_activity", "mart_daily_activity"):
+            names = gold[mart].column_names
+            cur.execute(f"select {', '.join(names)} from dw.{mart}")
+            assert sorted(cur.fetchall(), key=str) == sorted(
+                (tuple(r.values()) for r in gold[mart].to_pylist()), key=str
+            ), mart
+        for view, dimension in (
+            ("students", "student"),
+            ("courses", "course"),
+            ("universities", "university"),
+            ("subjects", "subject"),
+        ):
+            cur.execute(
+                f"select * from dw.{view} except all select {dimension}_sk, {dimension}_id,"
+                f" {', '.join(DIM_ATTRS[dimension])}, is_deleted, valid_from from dw.dim_{dimension} where is_current"
+            )
+            assert cur.fetchall() == [], view
+            cur.execute(f"select count(*), count(distinct {dimension}_id) from dw.{view}")
+            count, keys = cur.fetchone()
+            cur.execute(f"select count(distinct {dimension}_id) from dw.dim_{dimension}")
+            assert count == keys == cur.fetchone()[0], view

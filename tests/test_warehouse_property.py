@@ -22,6 +22,7 @@ from tests.warehouse_data import (
     UTC,
     Delivery,
     arrow_table,
+    calendar,
     canonical,
     check_invariants,
     dw_history,
@@ -70,8 +71,9 @@ RECORDS = {
 
 @st.composite
 def scenarios(draw):
-    """Exports (with repeats), the sessions each delivery brings, the arrival order of the deliveries, how arrivals
-    are grouped into runs, and corrections: an applied delivery's export (or sessions) exported again, changed."""
+    """Exports (with repeats), the sessions and page views each delivery brings, the arrival order of the deliveries,
+    how arrivals are grouped into runs, and corrections: an applied delivery's export (or sessions) exported again,
+    changed."""
     n = draw(st.integers(1, 5))
     exports_of = {
         entity: draw(
@@ -84,6 +86,7 @@ def scenarios(draw):
             if export and draw(st.booleans()):
                 exports[i] = export + [dict(draw(st.sampled_from(export)))]
     sessions = draw(st.lists(st.lists(SESSION, max_size=4), min_size=n, max_size=n))
+    views = draw(st.lists(st.lists(VIEW, max_size=4), min_size=n, max_size=n))
     order = list(range(n))
     how = draw(st.sampled_from(["in order", "one late", "shuffled"]))
     if how == "one late" and n > 1:  # a delivery that arrives after later ones were applied
@@ -113,6 +116,7 @@ def scenarios(draw):
             for entity in ENTITIES
         },
         "sessions": sessions,
+        "views": views,
         "runs": runs,
         "corrections": corrections,
     }
@@ -130,6 +134,13 @@ SESSION = st.builds(
 )
 
 
+VIEW = st.builds(
+    lambda sid, hours: {"student_id": sid, "event_at": START + timedelta(hours=hours), "client_type": "Website"},
+    st.sampled_from([*STUDENT_IDS, "404", None]),
+    st.integers(-24, 72),
+)
+
+
 def gold(exports: dict, arrived: list[int], version: int) -> ArrowGold:
     tables = {}
     for entity in ENTITIES:
@@ -138,8 +149,18 @@ def gold(exports: dict, arrived: list[int], version: int) -> ArrowGold:
         tables[f"dim_{entity}_history"] = arrow_table(
             rows, (key, *DIM_ATTRS[entity], "is_deleted", "as_of", "delivery"), key=key
         )
-    sessions = [s for i in arrived for s in exports["sessions"][i]]
-    tables["fact_session"] = arrow_table(sessions, ("student_id", "session_start_at", "client_type"))
+    sessions = [{**s, "session_date": s["session_start_at"].date()} for i in arrived for s in exports["sessions"][i]]
+    tables["fact_session"] = arrow_table(sessions, ("student_id", "session_start_at", "session_date", "client_type"))
+    views = [
+        {**v, "event_id": f"{i}-{n}", "event_date": v["event_at"].date(), "country": "br"}
+        for i in arrived
+        for n, v in enumerate(exports["views"][i])
+    ]
+    tables["fact_page_view"] = arrow_table(
+        views, ("event_id", "event_at", "event_date", "student_id", "client_type", "country")
+    )
+    days = [s["session_date"] for s in sessions] + [v["event_date"] for v in views] or [START.date()]
+    tables["dim_date"] = calendar(min(days), max(days))
     return ArrowGold(tables, {name: version for name in tables})
 
 

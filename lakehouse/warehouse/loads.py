@@ -122,19 +122,45 @@ def _page_view_daily(spec: tables.Table) -> Load:
     )
 
 
+# what the warehouse adds to a gold table it mirrors row for row: column -> DuckDB expression over gold's columns
+DERIVED = {
+    "dim_date": {
+        "quarter": "cast(quarter(date) as integer)",
+        "month_name": "strftime(date, '%B')",
+        "week": "cast(weekofyear(date) as integer)",
+        "is_weekend": "weekday >= 6",
+    },
+}
+
+
+def _mirrored(spec: tables.Table) -> Load:
+    """A gold table mirrored row for row (the calendar, the marts), with the columns the warehouse derives."""
+    gold = tables.table("gold", spec.source or "")
+    derived = DERIVED.get(spec.name, {})
+    select = [f"{derived[c]} as {c}" if c in derived else _staged(gold.column(c)) for c in spec.names]
+    return Load(spec.name, gold.name, spec.grain, spec.names, f"select {', '.join(select)} from {{src}}")
+
+
+def _kind(spec: tables.Table) -> int:
+    """The order loads run in: SCD2 dimensions (facts pick their surrogate keys from them), the calendar, the facts,
+    the marts."""
+    if (spec.source or "").endswith("_history"):
+        return 0
+    return {"dim": 1, "fact": 2}.get(spec.name.split("_")[0], 3)
+
+
 def _load(spec: tables.Table) -> Load:
-    if spec.name.startswith("dim_"):
+    if _kind(spec) == 0:
         return _dimension(spec)
     if spec.name == "fact_page_view_daily":
         return _page_view_daily(spec)
-    return _record_fact(spec)
+    if _kind(spec) == 2:
+        return _record_fact(spec)
+    return _mirrored(spec)
 
 
-# dimensions first: facts pick their surrogate keys from them
 LOADS: tuple[Load, ...] = tuple(
-    _load(t)
-    for t in sorted(tables.layer("dw"), key=lambda t: not t.name.startswith("dim_"))
-    if t.kept_by is tables.Kept.LOADED
+    _load(t) for t in sorted(tables.layer("dw"), key=_kind) if t.kept_by is tables.Kept.LOADED
 )
 LOADS_BY_TARGET = {load.target: load for load in LOADS}
 

@@ -46,11 +46,15 @@ def first_value(cur: Cursor) -> Any:
     return row[0]
 
 
-def _last_gold_version(cur: Cursor, target: str) -> int | None:
-    """The gold version the table's last load read (-1: the gold table was gone); None: never loaded."""
-    cur.execute("select gold_version from dw.load_audit where table_name = %s order by load_id desc limit 1", (target,))
+def _last_load(cur: Cursor, target: str) -> tuple[int, list[str] | None] | None:
+    """(the gold version the table's last load read, -1 when the gold table was gone; the columns it staged), or
+    None when it was never loaded."""
+    cur.execute(
+        "select gold_version, staged_columns from dw.load_audit where table_name = %s order by load_id desc limit 1",
+        (target,),
+    )
     row = cur.fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 # Settings of the load transaction. synchronous_commit off: the commit does not wait for its WAL flush, so a
@@ -236,8 +240,8 @@ def _repoint_fact(cur: Cursor, load: Load, dimensions: set[str], version: int | 
 def _audit(cur: Cursor, load_id: int, load: Load, version: int | None, report: LoadReport) -> None:
     cur.execute(
         "insert into dw.load_audit (load_id, table_name, gold_table, gold_version, deliveries, rows_staged,"
-        " rows_inserted, rows_closed, rows_removed, restated_from, rows_repointed)"
-        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " rows_inserted, rows_closed, rows_removed, restated_from, rows_repointed, staged_columns)"
+        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             load_id,
             load.target,
@@ -250,6 +254,7 @@ def _audit(cur: Cursor, load_id: int, load: Load, version: int | None, report: L
             report.rows_removed,
             report.restated_from,
             report.rows_repointed,
+            list(load.columns),
         ),
     )
 
@@ -300,11 +305,12 @@ def mirror(
                     if keys_changed:
                         repointed.add(load.target)
                 else:
-                    last = _last_gold_version(cur, load.target)
-                    seen = None if last in (None, -1) else last
+                    last = _last_load(cur, load.target)
+                    seen = None if last is None or last[0] == -1 else last[0]
+                    reshaped = last is not None and last[1] != list(load.columns)  # loaded before a column was
                     if version is None and last is None:
                         loaded[load.target] = LoadReport("missing")
-                    elif full_refresh or version != seen:
+                    elif full_refresh or version != seen or reshaped:
                         loaded[load.target] = _load_fact(cur, duck, load, source, version, load_id)
                     elif repointed.intersection(load.depends) and version is not None:
                         loaded[load.target] = _repoint_fact(cur, load, repointed, version, load_id())

@@ -19,7 +19,7 @@
 {%- endmacro -%}
 {%- set sort_key = key ~ (' collate "' ~ key_collation ~ '"' if key_collation else "") -%}
 {%- set state = attributes + ["is_deleted"] -%}
--- dw.{{ table }}: {{ grain }}.
+-- {{ ("dw." ~ table ~ ": " ~ grain ~ ".") | wordwrap(117, wrapstring="\n-- ") }}
 -- Restated from the replay point (stage.load_replay): stage.{{ table }}_history holds every gold history row with an
 -- as-of at or after it. The versions gold gives from there (stage.{{ table }}_version) are compared with the stored
 -- versions that reach it: one with the same key, start and state stays, surrogate key included, and only its end
