@@ -1,0 +1,131 @@
+"""What the mirror costs for a one-student correction, side by side with a full rebuild of dw, on one lake.
+
+Generates a source (`lakehouse generate --events N`), runs `lakehouse run` on it, then exports one delivery's
+students.json again with one student moved (another state and city: the correction of docs/warehouse.md) and runs
+`lakehouse run` again; then `lakehouse run --full-refresh warehouse` (dw rebuilt in place), and a mirror of the same
+gold into an empty database. Each figure is the mirror stage's own seconds (migrations, fingerprints, staging, load
+SQL, drift check, commit), read from the run's report; the Spark stages before it are reported apart. Its own data
+folder and PostgreSQL cluster, stopped at the end.
+Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--workdir DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+
+from bench.common import LAKEHOUSE, ROOT
+from lakehouse.config import Settings
+from lakehouse.pgserver import managed
+from lakehouse.warehouse.mirror import mirror
+
+
+def _run(env: dict[str, str], report: Path, *args: str) -> dict:
+    """`lakehouse run ARGS`; (its stages' seconds, the mirror's report)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(LAKEHOUSE), "run", "--report", str(report), *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.exit(f"lakehouse run {' '.join(args)} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    stages = json.loads(report.read_text())["stages"]
+    mirrored = stages["mirror"]
+    return {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
+        "mirror_seconds": mirrored["seconds"],
+        "mirror": {
+            table: {k: v for k, v in load.items() if k in ("status", "gold_version") or v not in (0, [], None)}
+            for table, load in mirrored["details"]["tables"].items()
+            if load["status"] == "applied"
+        },
+        "drifted": mirrored["details"]["drifted"],
+    }
+
+
+def _correct(source: Path, which: str) -> dict:
+    """Export the delivery's students.json again with its first student moved; what changed."""
+    deliveries = sorted(p for p in (source / "transactional").iterdir() if (p / "students.json").exists())
+    path = (deliveries[-1] if which == "last" else deliveries[0]) / "students.json"
+    records = json.loads(path.read_text())
+    student = records[0]
+    before = (student.get("State"), student.get("City"))
+    student["State"], student["City"] = ("AM", "Manaus") if before != ("AM", "Manaus") else ("SP", "Santos")
+    path.write_text(json.dumps(records, ensure_ascii=False))
+    return {
+        "delivery": path.parent.name,
+        "student": student["Id"],
+        "from": before,
+        "to": [student["State"], student["City"]],
+    }
+
+
+def _empty_database(settings: Settings) -> str:
+    """A new empty database on the benchmark's cluster; its DSN (the cluster's administrator)."""
+    admin = managed(settings).admin_dsn
+    conn = psycopg2.connect(admin)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("create database bench_empty_dw")
+    conn.close()
+    return psycopg2.extensions.make_dsn(admin, dbname="bench_empty_dw")
+
+
+def measure(events: int, which: str, work: Path) -> dict:
+    source, data = work / "source", work / "data"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
+        "LAKEHOUSE_SOURCE": str(source),
+        "LAKEHOUSE_LAKE": str(work / "lake"),
+        "LAKEHOUSE_DATA_DIR": str(data),
+    }
+    settings = Settings(_env_file=None, source=str(source), lake=str(work / "lake"), data_dir=str(data))
+    subprocess.run([str(LAKEHOUSE), "generate", "--out", str(source), "--events", str(events)], env=env, check=True)
+    try:
+        first = _run(env, work / "first.json")
+        correction = _correct(source, which)
+        corrected = _run(env, work / "corrected.json")
+        rebuilt = _run(env, work / "rebuilt.json", "--full-refresh", "warehouse")
+        started = time.perf_counter()
+        empty = mirror(settings, dsn=_empty_database(settings))
+        into_empty = {"mirror_seconds": empty.seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
+    finally:
+        managed(settings).stop()
+    return {
+        "benchmark": "correction",
+        "events": events,
+        "first_run": first,
+        "correction": correction,
+        "corrected_run": corrected,
+        "full_refresh_warehouse": rebuilt,
+        "mirror_into_empty_dw": into_empty,
+        "rebuild_over_correction": round(rebuilt["mirror_seconds"] / corrected["mirror_seconds"], 1),
+        "empty_over_correction": round(into_empty["mirror_seconds"] / corrected["mirror_seconds"], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--delivery", choices=("last", "first"), default="last", help="the delivery corrected")
+    parser.add_argument("--workdir", type=Path, help="where the source, lake and data go (default: a temp folder)")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-correction-"))
+    result = measure(args.events, args.delivery, work)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
