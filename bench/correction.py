@@ -5,7 +5,7 @@ students.json again with one student moved (another state and city: the correcti
 `lakehouse run` again; then `lakehouse run --full-refresh warehouse` (dw rebuilt in place), and a mirror of the same
 gold into an empty database. Each figure is the mirror stage's own seconds (migrations, fingerprints, staging, load
 SQL, drift check, commit), read from the run's report; the Spark stages before it are reported apart. Its own data
-folder and PostgreSQL cluster, stopped at the end.
+folder and PostgreSQL cluster (removed at the end).
 Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--workdir DIR] [--out FILE]
 """
 
@@ -98,7 +98,7 @@ def measure(events: int, which: str, work: Path) -> dict:
         empty = mirror(settings, dsn=_empty_database(settings))
         into_empty = {"mirror_seconds": empty.seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
     finally:
-        managed(settings).stop()
+        managed(settings).remove()  # the benchmark's own cluster: its data goes with it
     return {
         "benchmark": "correction",
         "events": events,
