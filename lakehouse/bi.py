@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.security import (
     ADMIN_USER,
+    BindRefused,
     admin_password,
     check_bind,
     connect_host,
@@ -914,7 +915,7 @@ def run(settings: Settings, port: int = 8088, say: Callable[[str], None] = print
             code = superset.watch()
     except KeyboardInterrupt:
         code = 0
-    except BiError as exc:
+    except (BiError, BindRefused) as exc:
         say(f"error: {exc}")
         code = 1
     finally:

@@ -310,3 +310,14 @@ def test_sqlalchemy_uri_is_bi_user_on_the_warehouse_of_the_dsn():
         rison({"filters": [{"col": "slug", "value": "it's!"}], "n": 1})
         == "(filters:!((col:'slug',value:'it!'s!!')),n:1)"
     )
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_login_or_without_its_environment(settings, tmp_path):
+    from lakehouse import bi
+
+    said: list[str] = []
+    wide = settings.model_copy(update={"bind": "0.0.0.0"})
+    assert bi.run(wide, free_port(), said.append) == 1
+    assert "`lakehouse bi` would listen on 0.0.0.0" in said[0] and "LAKEHOUSE_ADMIN_PASSWORD" in said[0]
+    with pytest.raises(bi.BiError, match="run `make bi`"):
+        bi.check_environment(tmp_path / "no-venv")
