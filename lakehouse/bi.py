@@ -348,7 +348,7 @@ def check_environment(venv: Path = BI_VENV) -> str:
     return version
 
 
-CONFIG = '''"""Superset's settings for `lakehouse bi`: written by lakehouse/bi.py at each start (edits here are lost)."""
+CONFIG = '''"""Superset's settings for `lakehouse bi`, written by lakehouse/bi.py: edits here are lost at the next start."""
 
 import hashlib
 import os
@@ -364,8 +364,7 @@ SQLALCHEMY_DATABASE_URI = (
 SESSION_COOKIE_NAME = "superset_session"  # apart from other services on this host (cookies ignore ports)
 RATELIMIT_ENABLED = True  # the login: 5 attempts a second at most
 RATELIMIT_STORAGE_URI = "memory://"
-# offline: no image, map tile, font or script from anywhere but Superset itself (this blocks the usage pixel the
-# frontend would load from a third party); no map service, no font from the web
+# offline: the browser loads nothing but from Superset itself (not the frontend's usage pixel, map tiles, web fonts)
 MAPBOX_API_KEY = ""
 THEME_FONT_URL_ALLOWED_DOMAINS = []
 CONTENT_SECURITY_POLICY_WARNING = False
