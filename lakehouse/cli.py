@@ -417,6 +417,17 @@ def up(
     raise typer.Exit(code)
 
 
+@app.command()
+def bi(port: int = typer.Option(8088, help="Superset's port")) -> None:
+    """Start Apache Superset over the warehouse (schema dw) as the read-only bi_user, with the case study's
+    dashboard; Ctrl-C stops it. Its environment is .venv-bi (`make bi` installs it)."""
+    from lakehouse.bi import run as run_bi
+    from lakehouse.config import get_settings
+
+    code = run_bi(get_settings(), port, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    raise typer.Exit(code)
+
+
 def _row_counts(settings: Settings) -> list[tuple[str, str, int]]:
     """(layer, table, rows) for every lake table, counted by DuckDB through the catalog."""
     from lakehouse import catalog
