@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakehouse.config import PROJECT_ROOT, Settings
+from lakehouse.pgserver import PostgresError, warehouse_logins
+from lakehouse.platform import port_free, public_url
+from lakehouse.runs import writer_lock
 from lakehouse.security import (
     ADMIN_USER,
     BindRefused,
@@ -30,7 +33,8 @@ from lakehouse.security import (
     secure_dir,
     write_secret,
 )
-from lakehouse.warehouse import BI_LOGIN
+from lakehouse.warehouse.mirror import DeltaGold, mirror
+from lakehouse.warehouse.roles import BI_LOGIN, ensure_bi_login
 
 if TYPE_CHECKING:
     import httpx
@@ -148,21 +152,30 @@ CHARTS = (
         time_grain="P1D",
     ),
     Chart(
-        "Sessions by client type", "fact_session", "pie", (Metric("sessions", "COUNT(*)"),), groupby=("client_type",)
+        "Sessions per day by client type",
+        "fact_session",
+        "echarts_timeseries_bar",
+        (Metric("sessions", "COUNT(*)"),),
+        groupby=("client_type",),
+        x_axis="session_date",
+        time_grain="P1D",
+        options={"stack": "Stack"},
     ),
     Chart(
-        "Payments by plan type",
+        "Payments per month by plan type",
         "fact_subscription",
         "echarts_timeseries_bar",
         (Metric("payments", "COUNT(*)"),),
-        x_axis="plan_type",
+        groupby=("plan_type",),
+        x_axis="payment_date",
+        time_grain="P1M",
     ),
     Chart(
         "Subject follows per month",
         "fact_subject_follow",
         "echarts_timeseries_bar",
         (Metric("follows", "COUNT(*)"),),
-        x_axis="followed_at",
+        x_axis="followed_date",
         time_grain="P1M",
     ),
 )
@@ -448,9 +461,6 @@ def prepare_warehouse(settings: Settings, say: Callable[[str], None]) -> tuple[s
     when the warehouse was never loaded and the lake has gold; makes sure bi_user logs in with the password."""
     import psycopg2
 
-    from lakehouse.pgserver import PostgresError, warehouse_logins
-    from lakehouse.warehouse import DeltaGold, ensure_bi_login, mirror
-
     password, stored = bi_password(settings, create=True)
     assert password is not None
     settings = settings.model_copy(update={"bi_password": _secret(password)})  # the mirror makes the login with it
@@ -465,8 +475,6 @@ def prepare_warehouse(settings: Settings, say: Callable[[str], None]) -> tuple[s
                 f"the warehouse is empty and the lake ({settings.lake_url}) has no gold yet: run `lakehouse run`"
                 " (or `make demo`) first"
             )
-        from lakehouse.runs import writer_lock
-
         say("the warehouse was never loaded: mirroring gold into dw first")
         with writer_lock(settings):
             report = mirror(settings)
@@ -845,15 +853,11 @@ def _only_one(settings: Settings) -> Iterator[None]:
 
 
 def _port_busy(settings: Settings, port: int) -> bool:
-    from lakehouse.platform import port_free
-
     return not port_free(port, settings.bind)
 
 
 def run(settings: Settings, port: int = 8088, say: Callable[[str], None] = print) -> int:
     """Serve Superset for this data folder until Ctrl-C; every process started here is stopped on the way out."""
-    from lakehouse.platform import public_url
-
     superset = Superset(settings, port, say=say)
 
     def _terminate(signum: int, frame: object) -> NoReturn:

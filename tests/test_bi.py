@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,75 +18,54 @@ import psutil
 import psycopg2
 import pytest
 
+from lakehouse import bi, config
+from lakehouse.bi import CHARTS, DASHBOARD_SLUG, DATASETS, rison, sqlalchemy_uri
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.security import free_port
+from lakehouse.tools.generate import generate
+from tests.builders import cli
+from tests.warehouse_data import sample_gold, write_delta
 
 pytestmark = pytest.mark.bi
 
-# STAND-IN, to be replaced by a generated source and `lakehouse run` once the warehouse mirrors these objects:
-# dim_date, one current-state view per dimension, the four marts and the record facts' date columns, built here
-# from the mirrored facts and dimensions with the names and columns the warehouse will give them.
-STAND_IN_SQL = """
-alter table dw.fact_session add column if not exists session_date date;
-update dw.fact_session set session_date = (session_start_at at time zone 'UTC')::date;
-alter table dw.fact_subscription add column if not exists payment_date date;
-update dw.fact_subscription set payment_date = (payment_at at time zone 'UTC')::date;
-alter table dw.fact_subject_follow add column if not exists followed_date date;
-update dw.fact_subject_follow set followed_date = (followed_at at time zone 'UTC')::date;
-
-drop table if exists dw.dim_date;
-create table dw.dim_date as
-select
-    d::date as date, extract(year from d)::int as year, extract(quarter from d)::int as quarter,
-    extract(month from d)::int as month, to_char(d, 'FMMonth') as month_name, extract(week from d)::int as week,
-    extract(isodow from d)::int as weekday, to_char(d, 'FMDay') as weekday_name, extract(isodow from d) >= 6 as is_weekend
-from generate_series(date '2017-01-01', date '2018-12-31', interval '1 day') as d;
-alter table dw.dim_date add primary key (date);
-
-create or replace view dw.students as
-select student_sk, student_id, registered_at, state, city, university_id, university_name, course_id, course_name,
-       signup_source, is_deleted, valid_from as current_since
-from dw.dim_student where is_current and student_sk <> 0;
-create or replace view dw.courses as
-select course_sk, course_id, course_name, is_deleted, valid_from as current_since from dw.dim_course where is_current;
-create or replace view dw.universities as
-select university_sk, university_id, university_name, is_deleted, valid_from as current_since
-from dw.dim_university where is_current;
-create or replace view dw.subjects as
-select subject_sk, subject_id, subject_name, is_deleted, valid_from as current_since
-from dw.dim_subject where is_current;
-
-create or replace view dw.mart_country_access as
-select country, date_trunc('month', event_date)::date as month, sum(page_views)::bigint as page_views,
-       count(distinct student_id)::bigint as students
-from dw.fact_page_view_daily where country is not null group by 1, 2;
-create or replace view dw.mart_users_by_type as
-select case when student_id is null then 'anonymous' else 'known' end as user_type,
-       sum(page_views)::bigint as page_views, count(distinct student_id)::bigint as students
-from dw.fact_page_view_daily group by 1;
-create or replace view dw.mart_state_activity as
-select s.state, sum(f.page_views)::bigint as page_views, count(distinct f.student_id)::bigint as students
-from dw.fact_page_view_daily as f left join dw.dim_student as s using (student_sk) group by 1;
-create or replace view dw.mart_daily_activity as
-select p.event_date, p.client_type, p.page_views, p.students, coalesce(s.sessions, 0)::bigint as sessions
-from (select event_date, client_type, sum(page_views)::bigint as page_views,
-             count(distinct student_id)::bigint as students
-      from dw.fact_page_view_daily group by 1, 2) as p
-left join (select (session_start_at at time zone 'UTC')::date as event_date, client_type, count(*) as sessions
-           from dw.fact_session group by 1, 2) as s using (event_date, client_type);
-
-grant select on all tables in schema dw to bi_reader;
-"""
+# Each case-study chart and the same question asked of gold with `lakehouse query` (columns named as the chart's).
+CASE_STUDY = {
+    "Foreign countries with over 100 page views, November 2017": (
+        'select country, page_views as "page views" from gold.mart_country_access'
+        " where country <> 'br' and month = date '2017-11-01' and page_views > 100"
+    ),
+    "Page views and students by user type": (
+        'select user_type, page_views as "page views", students from gold.mart_users_by_type'
+    ),
+    "Students per state": "select state, students from gold.mart_state_activity",
+    "Page views per state": 'select state, page_views as "page views" from gold.mart_state_activity',
+    "Daily page views by client type": (
+        'select event_date, client_type, page_views as "page views" from gold.mart_daily_activity'
+    ),
+}
 
 
-def create_stand_ins(dsn: str) -> None:
-    """STAND-IN (see STAND_IN_SQL): the dw objects the warehouse does not have yet, from its facts and dimensions."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(STAND_IN_SQL)
-    finally:
-        conn.close()
+def _rows(records: list[dict], columns: list[str]) -> list[tuple]:
+    """Records as comparable rows: days as ISO dates (a chart's time axis is epoch milliseconds), numbers as ints."""
+
+    def value(v):
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 10**11:  # epoch ms of a day
+            return datetime.fromtimestamp(v / 1000, UTC).date().isoformat()
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+    return sorted((tuple(value(r[c]) for c in columns) for r in records), key=str)
+
+
+@pytest.fixture
+def lake_run(settings, pg_dsn):
+    """A small generated source through `lakehouse run`: the warehouse the mirror makes of it."""
+    generate(Path(settings.source_url), seed=7, students=300, events=15_000, deliveries=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = cli("run", env=env, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -174,17 +154,12 @@ def _sql_lab(client: httpx.Client, database_id: int, sql: str) -> httpx.Response
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_bi_serves_the_case_study_dashboard_as_bi_user(bi_env, settings, pg_dsn, tmp_path):
-    """`lakehouse bi` on a fresh warehouse: the dashboard and its charts, each chart's rows, the connection as
-    bi_user with writes refused, generated secrets 0600 and never printed; Ctrl-C stops everything; a second start
-    keeps what a person made, creates nothing twice and takes a changed admin password."""
-    from lakehouse.bi import CHARTS, DASHBOARD_SLUG, DATASETS
-    from lakehouse.warehouse import ArrowGold, mirror
-    from tests.warehouse_data import sample_gold
-
-    mirror(dsn=pg_dsn, source=ArrowGold(sample_gold()))
-    create_stand_ins(pg_dsn)
-    env = {k: v for k, v in os.environ.items() if k not in ("LAKEHOUSE_ADMIN_PASSWORD", "LAKEHOUSE_BI_PASSWORD")}
+def test_bi_serves_the_case_study_dashboard_as_bi_user(bi_env, lake_run, settings, pg_dsn, tmp_path):
+    """`lakehouse bi` on the warehouse `lakehouse run` made of a generated source: the dashboard and its charts, each
+    chart's rows, the case study's charts answering what `lakehouse query` answers on gold, the connection as bi_user
+    with writes refused, generated secrets 0600 and never printed; Ctrl-C stops everything; a second start keeps what
+    a person made, creates nothing twice and takes a changed admin password."""
+    env = {k: v for k, v in lake_run.items() if k not in ("LAKEHOUSE_ADMIN_PASSWORD", "LAKEHOUSE_BI_PASSWORD")}
     data = Path(settings.data_dir)
     state, log, port = data / "superset" / "running.json", tmp_path / "bi.log", free_port()
     url = f"http://127.0.0.1:{port}"
@@ -210,10 +185,18 @@ def test_bi_serves_the_case_study_dashboard_as_bi_user(bi_env, settings, pg_dsn,
         layout = json.loads(dashboard["position_json"]).values()
         placed = {v["meta"]["chartId"] for v in layout if isinstance(v, dict) and v.get("type") == "CHART"}
         assert {c["id"] for c in charts} <= placed
+        answered = {}
         for chart in charts:
             got = client.get(f"/api/v1/chart/{chart['id']}/data/")
             assert got.status_code == 200, (chart["slice_name"], got.text[:500])
             assert got.json()["result"][0]["rowcount"] > 0, chart["slice_name"]
+            answered[chart["slice_name"]] = got.json()["result"][0]["data"]
+        for name, sql in CASE_STUDY.items():  # the same numbers as gold's, for the same question
+            asked = cli("query", "--format", "json", sql, env=lake_run, timeout=300)
+            assert asked.returncode == 0, asked.stderr[-2000:]
+            expected = json.loads(asked.stdout)
+            columns = list(expected[0])
+            assert _rows(answered[name], columns) == _rows(expected, columns), name
 
         (database,) = client.get("/api/v1/database/").json()["result"]
         connection = client.get(f"/api/v1/database/{database['id']}/connection").json()["result"]
@@ -272,9 +255,6 @@ def test_bi_serves_the_case_study_dashboard_as_bi_user(bi_env, settings, pg_dsn,
 def test_an_empty_warehouse_is_mirrored_from_gold_first(settings, pg_dsn, spark):
     """dw never loaded and gold in the lake: `lakehouse bi` mirrors gold, then bi_user logs in with a generated
     password kept 0600; without gold it names the command to run."""
-    from lakehouse import bi, config
-    from tests.warehouse_data import sample_gold, write_delta
-
     said: list[str] = []
     with pytest.raises(bi.BiError, match="has no gold yet: run `lakehouse run`"):
         bi.prepare_warehouse(config.get_settings(), said.append)
@@ -294,8 +274,6 @@ def test_an_empty_warehouse_is_mirrored_from_gold_first(settings, pg_dsn, spark)
 def test_chart_specs_lay_out_and_query_what_they_name():
     """Every chart names a dataset of DATASETS; rows hold at most 12 columns; the saved query groups by the x axis
     (time-grained when temporal) and the series, with the filters as WHERE and HAVING."""
-    from lakehouse import bi
-
     assert {c.dataset for c in bi.CHARTS} <= set(bi.DATASETS)
     assert len({c.name for c in bi.CHARTS}) == len(bi.CHARTS)
     rows = bi.layout([(c, i) for i, c in enumerate(bi.CHARTS)])
@@ -313,8 +291,6 @@ def test_chart_specs_lay_out_and_query_what_they_name():
 
 
 def test_sqlalchemy_uri_is_bi_user_on_the_warehouse_of_the_dsn():
-    from lakehouse.bi import rison, sqlalchemy_uri
-
     uri = sqlalchemy_uri("postgresql://owner:secret@127.0.0.1:5433/lakehouse?sslmode=prefer", "bi_user", "p@ss/w:rd")
     assert uri == "postgresql+psycopg2://bi_user:p%40ss%2Fw%3Ard@127.0.0.1:5433/lakehouse?sslmode=prefer"
     assert sqlalchemy_uri("host=/run/pg dbname=dw user=x", "bi_user", "pw") == (
@@ -327,8 +303,6 @@ def test_sqlalchemy_uri_is_bi_user_on_the_warehouse_of_the_dsn():
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_login_or_without_its_environment(settings, tmp_path):
-    from lakehouse import bi
-
     said: list[str] = []
     wide = settings.model_copy(update={"bind": "0.0.0.0"})
     assert bi.run(wide, free_port(), said.append) == 1
