@@ -5,8 +5,9 @@ students.json again with one student moved (another state and city: the correcti
 `lakehouse run` again; then `lakehouse run --full-refresh warehouse` (dw rebuilt in place), and a mirror of the same
 gold into an empty database. Each figure is the mirror stage's own seconds (migrations, fingerprints, staging, load
 SQL, drift check, commit), read from the run's report; the Spark stages before it are reported apart. Its own data
-folder and PostgreSQL cluster (removed at the end).
-Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--workdir DIR] [--out FILE]
+folder and PostgreSQL cluster (removed at the end unless --keep).
+Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--workdir DIR] [--out FILE] [--keep]
+(--keep leaves the lake and a stopped warehouse in DIR: a later run on it skips generating and the first run)
 """
 
 from __future__ import annotations
@@ -68,18 +69,18 @@ def _correct(source: Path, which: str) -> dict:
     }
 
 
-def _empty_database(settings: Settings) -> str:
+def _empty_database(settings: Settings, name: str) -> str:
     """A new empty database on the benchmark's cluster; its DSN (the cluster's administrator)."""
     admin = managed(settings).admin_dsn
     conn = psycopg2.connect(admin)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("create database bench_empty_dw")
+        cur.execute(f"create database {name}")
     conn.close()
-    return psycopg2.extensions.make_dsn(admin, dbname="bench_empty_dw")
+    return psycopg2.extensions.make_dsn(admin, dbname=name)
 
 
-def measure(events: int, which: str, work: Path) -> dict:
+def measure(events: int, which: str, work: Path, keep: bool = False) -> dict:
     source, data = work / "source", work / "data"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
@@ -88,17 +89,22 @@ def measure(events: int, which: str, work: Path) -> dict:
         "LAKEHOUSE_DATA_DIR": str(data),
     }
     settings = Settings(_env_file=None, source=str(source), lake=str(work / "lake"), data_dir=str(data))
-    subprocess.run([str(LAKEHOUSE), "generate", "--out", str(source), "--events", str(events)], env=env, check=True)
+    reused = (work / "first.json").exists()  # a workdir measured before: its lake and warehouse as they are
+    if not reused:
+        subprocess.run([str(LAKEHOUSE), "generate", "--out", str(source), "--events", str(events)], env=env, check=True)
     try:
-        first = _run(env, work / "first.json")
+        first = {"reused": str(work)} if reused else _run(env, work / "first.json")
         correction = _correct(source, which)
         corrected = _run(env, work / "corrected.json")
         rebuilt = _run(env, work / "rebuilt.json", "--full-refresh", "warehouse")
         started = time.perf_counter()
-        empty = mirror(settings, dsn=_empty_database(settings))
+        empty = mirror(settings, dsn=_empty_database(settings, f"bench_empty_{int(time.time())}"))
         into_empty = {"mirror_seconds": empty.seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
     finally:
-        managed(settings).remove()  # the benchmark's own cluster: its data goes with it
+        if keep:
+            managed(settings).stop()
+        else:
+            managed(settings).remove()  # the benchmark's own cluster: its data goes with it
     return {
         "benchmark": "correction",
         "events": events,
@@ -118,9 +124,10 @@ def main() -> None:
     parser.add_argument("--delivery", choices=("last", "first"), default="last", help="the delivery corrected")
     parser.add_argument("--workdir", type=Path, help="where the source, lake and data go (default: a temp folder)")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--keep", action="store_true", help="keep the warehouse (stopped) to measure again later")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-correction-"))
-    result = measure(args.events, args.delivery, work)
+    result = measure(args.events, args.delivery, work, args.keep)  # an earlier --keep workdir: corrected again
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

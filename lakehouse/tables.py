@@ -912,6 +912,8 @@ WAREHOUSE: tuple[Table, ...] = (
             own("restated_from", "timestamptz", "the as-of the versions were restated from (dimensions)"),
             own("rows_repointed", "bigint", "rows given the surrogate keys of changed dimension versions (facts)"),
             own("staged_columns", "text[]", "the columns staged: a table whose columns changed since is loaded again"),
+            own("gold_rows", "bigint", "the rows of the gold table's state read (what the drift check compares with)"),
+            own("gold_state", "text", "the hash of that state (reused while the gold version stays the same)"),
         ),
         Kept.APPENDED,
     ),

@@ -70,21 +70,41 @@ def state_sql(load: Load) -> str:
     return render("check/state.sql", {"table": load.target, "state_columns": columns, "surrogate_key": surrogate})
 
 
+# what a gold table's state was at a version: (version, the columns staged, rows, hash), by dw table
+Known = dict[str, tuple[int | None, list[str], int, str]]
+
+
+def recorded(cur: Cursor) -> Known:
+    """The gold state each table's last load recorded (dw.load_audit): still gold's while its version is the same."""
+    cur.execute(
+        "select distinct on (table_name) table_name, gold_version, staged_columns, gold_rows, gold_state"
+        " from dw.load_audit where gold_state is not null order by table_name, load_id desc"
+    )
+    return {t: (None if v == -1 else v, list(c or []), n, h) for t, v, c, n, h in cur.fetchall()}
+
+
 def check(
-    cur: Cursor, duck: duckdb.DuckDBPyConnection, source: GoldSource, versions: dict[str, int | None] | None = None
+    cur: Cursor,
+    duck: duckdb.DuckDBPyConnection,
+    source: GoldSource,
+    versions: dict[str, int | None] | None = None,
+    known: Known | None = None,
 ) -> list[TableDrift]:
-    """Every loaded dw table against gold, gold read at `versions` (gold table -> version; latest for the others)."""
-    versions = versions or {}
+    """Every loaded dw table against gold, gold read at `versions` (gold table -> version; latest for the others);
+    a gold state in `known` at the same version and columns is not read again."""
+    versions, known = versions or {}, known or {}
     cur.execute("select relname from pg_class where relnamespace = 'dw'::regnamespace")
     present = {r[0] for r in cur.fetchall()}
     found = []
     for load in LOADS:
         version = versions[load.gold] if load.gold in versions else source.version(load.gold)
         gold_rows, gold_hash = 0, "0"
-        if version is not None:
-            gold_rows, gold_hash = duck.execute(
-                gold_state_query(load, source.relation(duck, load.gold, version))
-            ).fetchone() or (0, "0")
+        same = known.get(load.target)
+        if same is not None and same[:2] == (version, list(load.columns)):
+            gold_rows, gold_hash = same[2:]
+        elif version is not None:
+            query = gold_state_query(load, source.relation(duck, load.gold, version))
+            gold_rows, gold_hash = duck.execute(query).fetchone() or (0, "0")
         dw_rows, dw_hash = 0, "0"
         if load.target in present:
             cur.execute(state_sql(load))

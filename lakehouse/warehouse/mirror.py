@@ -20,7 +20,7 @@ from lakehouse.config import Settings, get_settings
 from lakehouse.pgserver import warehouse_logins
 from lakehouse.reports import LoadReport, StageReport
 from lakehouse.warehouse.csv_copy import copy_batches
-from lakehouse.warehouse.drift import check, row_hash
+from lakehouse.warehouse.drift import check, recorded, row_hash
 from lakehouse.warehouse.gold_tables import ArrowGold, DeltaGold, GoldSource, duckdb_connection
 from lakehouse.warehouse.loads import LOADS, Load, load_statements, repoint_statements
 from lakehouse.warehouse.migrations import migrate
@@ -318,7 +318,11 @@ def mirror(
                         loaded[load.target] = LoadReport("skipped", version)
                 if loaded[load.target].status == "applied":
                     faults.point(f"mirror.{load.target}.applied")
-            drift = check(cur, duck, source, versions)
+            drift = check(cur, duck, source, versions, recorded(cur))
+            cur.executemany(  # what gold held, for the next runs' checks
+                "update dw.load_audit set gold_rows = %s, gold_state = %s where load_id = %s and table_name = %s",
+                [(t.gold_rows, t.gold_hash, load_ids[0], t.table) for t in drift if load_ids],
+            )
             for table in drift:
                 if table.drifted:
                     log.warning(
