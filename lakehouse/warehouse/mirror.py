@@ -18,7 +18,7 @@ import psycopg2
 from lakehouse import faults, tables
 from lakehouse.config import Settings, get_settings
 from lakehouse.pgserver import warehouse_logins
-from lakehouse.reports import LoadReport, StageReport
+from lakehouse.reports import LoadReport, StageReport, TableDrift
 from lakehouse.warehouse.csv_copy import copy_batches
 from lakehouse.warehouse.drift import check, recorded, row_hash
 from lakehouse.warehouse.gold_tables import ArrowGold, DeltaGold, GoldSource, duckdb_connection
@@ -259,6 +259,29 @@ def _audit(cur: Cursor, load_id: int, load: Load, version: int | None, report: L
     )
 
 
+def _record_states(cur: Cursor, drift: list[TableDrift]) -> None:
+    """Keep what gold held in each table's last load row when it read that gold version: the next runs' checks need
+    not read it again (written once per version; a run with nothing new then writes nothing)."""
+    columns = {load.target: list(load.columns) for load in LOADS}
+    cur.executemany(
+        "update dw.load_audit as a set gold_rows = %s, gold_state = %s"
+        " where a.table_name = %s and a.load_id = (select max(load_id) from dw.load_audit where table_name = %s)"
+        " and a.gold_version = %s and a.staged_columns = %s::text[] and a.gold_state is distinct from %s",
+        [
+            (
+                t.gold_rows,
+                t.gold_hash,
+                t.table,
+                t.table,
+                -1 if t.gold_version is None else t.gold_version,
+                columns[t.table],
+                t.gold_hash,
+            )
+            for t in drift
+        ],
+    )
+
+
 # -- the mirror ------------------------------------------------------------------------------
 
 
@@ -319,10 +342,7 @@ def mirror(
                 if loaded[load.target].status == "applied":
                     faults.point(f"mirror.{load.target}.applied")
             drift = check(cur, duck, source, versions, recorded(cur))
-            cur.executemany(  # what gold held, for the next runs' checks
-                "update dw.load_audit set gold_rows = %s, gold_state = %s where load_id = %s and table_name = %s",
-                [(t.gold_rows, t.gold_hash, load_ids[0], t.table) for t in drift if load_ids],
-            )
+            _record_states(cur, drift)
             for table in drift:
                 if table.drifted:
                     log.warning(
