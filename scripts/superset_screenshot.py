@@ -29,21 +29,26 @@ def shoot(url: str, password: str, out: Path, width: int, timeout: float) -> Non
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": width, "height": 1000}, device_scale_factor=1)
+        page.set_default_timeout(timeout * 1000)
         page.goto(f"{url}/login/")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", password)
-        page.keyboard.press("Enter")
-        page.wait_for_url(lambda u: "/login" not in u, timeout=timeout * 1000)
+        page.fill("input#username", "admin")
+        page.fill("input#password", password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda u: "/login" not in u)
         page.goto(f"{url}/superset/dashboard/{DASHBOARD_SLUG}/?standalone=1")
-        page.wait_for_selector(".chart-container", timeout=timeout * 1000)
+        page.wait_for_selector(".chart-container")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # every chart drawn: no spinner, no chart still loading
             page.mouse.wheel(0, 4000)  # charts below the fold render when scrolled to
             if page.locator(".loading").count() == 0 and page.locator(".chart-container").count() > 0:
                 break
             time.sleep(1)
-        time.sleep(3)  # the charts' entry animations
-        page.screenshot(path=str(out), full_page=True)
+        # the whole dashboard in one viewport, from its top: the sticky header stays where it belongs
+        height = page.evaluate("Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+        page.set_viewport_size({"width": width, "height": int(height)})
+        page.evaluate("window.scrollTo(0, 0)")
+        time.sleep(3)  # the charts redraw at the new size; their entry animations
+        page.screenshot(path=str(out))
         browser.close()
 
 
