@@ -53,13 +53,14 @@ def _run(env: dict[str, str], report: Path, *args: str) -> dict:
 
 
 def _correct(source: Path, which: str) -> dict:
-    """Export the delivery's students.json again with its first student moved; what changed."""
+    """Export the delivery's students.json again with its first student moved (to a city never exported before:
+    landing takes content it has seen at that path as nothing new); what changed."""
     deliveries = sorted(p for p in (source / "transactional").iterdir() if (p / "students.json").exists())
     path = (deliveries[-1] if which == "last" else deliveries[0]) / "students.json"
     records = json.loads(path.read_text())
     student = records[0]
     before = (student.get("State"), student.get("City"))
-    student["State"], student["City"] = ("AM", "Manaus") if before != ("AM", "Manaus") else ("SP", "Santos")
+    student["State"], student["City"] = ("AM" if before[0] != "AM" else "PA"), f"Moved {time.time_ns()}"
     path.write_text(json.dumps(records, ensure_ascii=False))
     return {
         "delivery": path.parent.name,
