@@ -1,13 +1,16 @@
 """What the mirror costs for a one-student correction, side by side with a full rebuild of dw, on one lake.
 
-Generates a source (`lakehouse generate --events N`), runs `lakehouse run` on it, then exports one delivery's
+Generates a source (`lakehouse generate --events N`) and runs `lakehouse run` on it; exports one delivery's
 students.json again with one student moved (another state and city: the correction of docs/warehouse.md) and runs
-`lakehouse run` again; then `lakehouse run --full-refresh warehouse` (dw rebuilt in place), and a mirror of the same
-gold into an empty database. Each figure is the mirror stage's own seconds (migrations, fingerprints, staging, load
-SQL, drift check, commit), read from the run's report; the Spark stages before it are reported apart. Its own data
-folder and PostgreSQL cluster (removed at the end unless --keep).
-Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--workdir DIR] [--out FILE] [--keep]
-(--keep leaves the lake and a stopped warehouse in DIR: a later run on it skips generating and the first run)
+`lakehouse run` again, then `lakehouse run --full-refresh warehouse` (each run's mirror stage timed in its report). Then
+the three mirrors again, in this process, alternating for `--rounds` rounds, each on a fresh copy of the warehouse
+(PostgreSQL's `create database ... template`): the correction (the warehouse as before it, gold after it), the
+rebuild in place (`full_refresh`), and a mirror into an empty warehouse; medians. A mirror's seconds are its own
+(migrations, fingerprints, staging, load SQL, drift check, commit). Its own data folder and PostgreSQL cluster
+(removed at the end unless --keep).
+Usage: python -m bench.correction [--events 1000000] [--delivery last|first] [--rounds 3] [--workdir DIR]
+       [--out FILE] [--keep]   (--keep leaves the lake and a stopped warehouse in DIR: a later run on it skips
+       generating and the first run)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,7 @@ import psycopg2
 
 from bench.common import LAKEHOUSE, ROOT
 from lakehouse.config import Settings
-from lakehouse.pgserver import managed
+from lakehouse.pgserver import DATABASE, managed
 from lakehouse.warehouse.mirror import mirror
 
 
@@ -70,18 +74,42 @@ def _correct(source: Path, which: str) -> dict:
     }
 
 
-def _empty_database(settings: Settings, name: str) -> str:
-    """A new empty database on the benchmark's cluster; its DSN (the cluster's administrator)."""
+def _database(settings: Settings, name: str, template: str | None = None) -> str:
+    """A new database on the benchmark's cluster, empty or a copy of `template`; its DSN (the cluster's superuser)."""
     admin = managed(settings).admin_dsn
     conn = psycopg2.connect(admin)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(f"create database {name}")
+        cur.execute(f"drop database if exists {name} with (force)")
+        cur.execute(f"create database {name}" + (f" template {template}" if template else ""))
     conn.close()
     return psycopg2.extensions.make_dsn(admin, dbname=name)
 
 
-def measure(events: int, which: str, work: Path, keep: bool = False) -> dict:
+def _timed_mirrors(settings: Settings, rounds: int) -> dict:
+    """The three mirrors, alternating round by round (a shared machine's noise hits them alike), each on a fresh
+    copy: the correction (the warehouse before it, gold after it), the rebuild in place (the warehouse after it,
+    `full_refresh`), and a mirror into an empty warehouse; their seconds per round and medians."""
+    seconds: dict[str, list[float]] = {"correction": [], "full_refresh": [], "into_empty": []}
+    for _ in range(rounds):
+        for what, template, full in (
+            ("correction", "bench_before", False),
+            ("full_refresh", "bench_after", True),
+            ("into_empty", None, False),
+        ):
+            dsn = _database(settings, "bench_round", template)
+            seconds[what].append(mirror(settings, dsn=dsn, full_refresh=full).seconds)
+    _database(settings, "bench_round")
+    medians = {what: statistics.median(values) for what, values in seconds.items()}
+    return {
+        "rounds": seconds,
+        "median_seconds": medians,
+        "full_refresh_over_correction": round(medians["full_refresh"] / medians["correction"], 1),
+        "into_empty_over_correction": round(medians["into_empty"] / medians["correction"], 1),
+    }
+
+
+def measure(events: int, which: str, work: Path, keep: bool = False, rounds: int = 3) -> dict:
     source, data = work / "source", work / "data"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")},
@@ -95,12 +123,12 @@ def measure(events: int, which: str, work: Path, keep: bool = False) -> dict:
         subprocess.run([str(LAKEHOUSE), "generate", "--out", str(source), "--events", str(events)], env=env, check=True)
     try:
         first = {"reused": str(work)} if reused else _run(env, work / "first.json")
+        _database(settings, "bench_before", DATABASE)  # the warehouse before the correction
         correction = _correct(source, which)
         corrected = _run(env, work / "corrected.json")
+        _database(settings, "bench_after", DATABASE)
         rebuilt = _run(env, work / "rebuilt.json", "--full-refresh", "warehouse")
-        started = time.perf_counter()
-        empty = mirror(settings, dsn=_empty_database(settings, f"bench_empty_{int(time.time())}"))
-        into_empty = {"mirror_seconds": empty.seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
+        isolated = _timed_mirrors(settings, rounds)
     finally:
         if keep:
             managed(settings).stop()
@@ -112,10 +140,8 @@ def measure(events: int, which: str, work: Path, keep: bool = False) -> dict:
         "first_run": first,
         "correction": correction,
         "corrected_run": corrected,
-        "full_refresh_warehouse": rebuilt,
-        "mirror_into_empty_dw": into_empty,
-        "rebuild_over_correction": round(rebuilt["mirror_seconds"] / corrected["mirror_seconds"], 1),
-        "empty_over_correction": round(into_empty["mirror_seconds"] / corrected["mirror_seconds"], 1),
+        "full_refresh_run": rebuilt,
+        "mirrors": isolated,
     }
 
 
@@ -126,9 +152,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the source, lake and data go (default: a temp folder)")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the warehouse (stopped) to measure again later")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three mirrors timed side by side")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-correction-"))
-    result = measure(args.events, args.delivery, work, args.keep)  # an earlier --keep workdir: corrected again
+    result = measure(args.events, args.delivery, work, args.keep, args.rounds)  # an earlier --keep workdir: again
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
