@@ -1,12 +1,15 @@
-# The project's entry points: `make demo`, `make test`, `make up`, `make bench`, `make gcs-demo`.
+# The project's entry points: `make demo`, `make test`, `make up`, `make bi`, `make bench`, `make gcs-demo`.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
 VENV := .venv
 BIN := $(VENV)/bin
+BI_VENV := .venv-bi
 SAMPLE := data/sample
+# uv at the pinned version, installed when missing
+ENSURE_UV = @$(PYTHON) -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || $(PYTHON) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 
-.PHONY: setup system demo gcs-demo lint test test-fast up bench clean-data
+.PHONY: setup system demo gcs-demo lint test test-fast up bi bench clean-data
 
 # Spark's jars (Delta) are resolved once into .jars/; sessions then start from local files.
 setup: system $(VENV)/.synced
@@ -18,7 +21,7 @@ system:
 # Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, every process (CLI, Prefect server and
 # worker, Spark's Python workers) would otherwise recompile prefect, pandas and pyspark on import (2x slower starts).
 $(VENV)/.synced: pyproject.toml uv.lock
-	@$(PYTHON) -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || $(PYTHON) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(ENSURE_UV)
 	$(PYTHON) -m uv sync --frozen --all-groups --quiet --compile-bytecode
 	@touch $@
 
@@ -60,6 +63,15 @@ test-fast: setup
 
 up: setup
 	$(BIN)/lakehouse up
+
+# Apache Superset lives in its own environment (bi/pyproject.toml, bi/uv.lock): its dependencies clash with ours.
+$(BI_VENV)/.synced: bi/pyproject.toml bi/uv.lock
+	$(ENSURE_UV)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(BI_VENV) $(PYTHON) -m uv sync --project bi --frozen --quiet --compile-bytecode
+	@touch $@
+
+bi: setup $(BI_VENV)/.synced
+	$(BIN)/lakehouse bi
 
 bench: setup
 	$(BIN)/python -m bench.run $(if $(EVENTS),--events $(EVENTS),)

@@ -79,6 +79,7 @@ def load_with_copy(dsn: str, table: pa.Table) -> dict:
     started = time.perf_counter()
     with conn, conn.cursor() as cur:
         warehouse.load_session(cur)
+        warehouse.replay_from(cur, "dim_student", None)
         rows = warehouse._stage(cur, duck, load, source.relation(duck, load.gold, 0))
         staged = time.perf_counter()
         warehouse._apply(cur, "dim_student")
@@ -95,7 +96,8 @@ def load_with_inserts(dsn: str, table: pa.Table) -> dict:
     rows = 0
     with conn, conn.cursor() as cur:
         warehouse.load_session(cur)
-        cur.execute("truncate stage.dim_student_history, stage.dim_student_version")
+        warehouse.replay_from(cur, "dim_student", None)
+        cur.execute("truncate stage.dim_student_history, stage.dim_student_version, stage.dim_student_changed")
         for batch in table.to_batches(10_000):
             for row in zip(*(batch.column(c).to_pylist() for c in COLUMNS)):
                 cur.execute(sql, row)

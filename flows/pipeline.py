@@ -29,6 +29,7 @@ from lakehouse.spark import get_spark, warm_up
 from lakehouse.warehouse import mirror as mirror_stage
 
 Layer = Literal["silver", "gold"]
+Rebuilt = Literal["silver", "gold", "warehouse"]  # a layer a full pipeline rebuilds, with the layers after it
 
 
 def _run_id() -> str:
@@ -68,33 +69,35 @@ def gold(full_refresh: bool = False) -> StageReport:
 
 
 @task(name="mirror", **TASK_OPTIONS)
-def mirror() -> StageReport:
-    """Apply new gold versions to the PostgreSQL warehouse."""
+def mirror(full_refresh: bool = False) -> StageReport:
+    """Bring the PostgreSQL warehouse to what gold holds (rebuilt from gold on a full refresh)."""
     settings = settings_for()
-    return run_stage("mirror", settings, lambda: mirror_stage.mirror(settings))
+    return run_stage("mirror", settings, lambda: mirror_stage.mirror(settings, full_refresh=full_refresh))
 
 
-def _refine(full_refresh: Layer | None) -> list[StageReport]:
+def _refine(full_refresh: Rebuilt | None) -> list[StageReport]:
     return [silver(full_refresh=full_refresh == "silver"), gold(full_refresh=full_refresh in ("silver", "gold"))]
 
 
 @flow(name="full-pipeline", log_prints=True)
 def full_pipeline(
-    source: str | None = None, delivery: str | None = None, full_refresh: Layer | None = None
+    source: str | None = None, delivery: str | None = None, full_refresh: Rebuilt | None = None
 ) -> RunReport:
-    """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does)."""
+    """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does); `full_refresh`
+    rebuilds that layer and the layers after it (`warehouse`: dw alone, from gold)."""
     settings = settings_for(source)
     warehouse_dsn(settings)  # what cannot work in PostgreSQL is said in one line, before anything starts
-    if full_refresh or spark_work_expected(settings, delivery):
+    refined = full_refresh in ("silver", "gold")
+    if refined or spark_work_expected(settings, delivery):
         warm_up(settings)  # Spark starts while landing copies files
     with writer_lock(settings, get_run_logger()) as lock:
         reports = [land(source, delivery)]
-        if full_refresh or spark_work_pending(reports[0], settings):
+        if refined or spark_work_pending(reports[0], settings):
             reports += [bronze(), *_refine(full_refresh)]
         else:
             reports += [skip_stage(name, "nothing new") for name in SPARK_STAGES]
             get_run_logger().info("nothing new to process: Spark not started")
-        reports.append(mirror())
+        reports.append(mirror(full_refresh=full_refresh is not None))
     return publish_report("full-pipeline", reports, lock)
 
 
@@ -122,8 +125,8 @@ def refine(full_refresh: Layer | None = None) -> RunReport:
 
 
 @flow(name="mirror-warehouse", log_prints=True)
-def mirror_warehouse() -> RunReport:
-    """Mirror gold into the PostgreSQL warehouse (SCD2 dimensions and facts)."""
+def mirror_warehouse(full_refresh: bool = False) -> RunReport:
+    """Mirror gold into the PostgreSQL warehouse (SCD2 dimensions and facts); `full_refresh` rebuilds it from gold."""
     with writer_lock(settings_for(), get_run_logger()) as lock:
-        reports = [mirror()]
+        reports = [mirror(full_refresh=full_refresh)]
     return publish_report("mirror-warehouse", reports, lock)

@@ -256,12 +256,13 @@ def pg_status() -> None:
 
 @warehouse_app.command("sql")
 def warehouse_sql(table: str = typer.Argument(..., help="a dw target table, e.g. dim_student or fact_session")) -> None:
-    """Print the load SQL the mirror runs for a dw table (its kind's template rendered from the table's spec)."""
-    from lakehouse.warehouse.loads import LOADS_BY_TARGET, load_sql
+    """Print the SQL the mirror runs for a dw table: its load (its kind's template rendered from the table's spec),
+    and for a fact the re-pointing of its surrogate keys when only its dimensions changed."""
+    from lakehouse.warehouse.loads import LOADS_BY_TARGET, table_sql
 
     if table not in LOADS_BY_TARGET:
         fail(f"no dw table {table!r}; one of: {', '.join(LOADS_BY_TARGET)}")
-    print(load_sql(table), end="")
+    print(table_sql(table), end="")
 
 
 PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
@@ -270,6 +271,7 @@ PIPELINE_STAGES = ("land", "bronze", "silver", "gold", "mirror")
 class RefreshLayer(str, Enum):
     silver = "silver"
     gold = "gold"
+    warehouse = "warehouse"
 
 
 def _stage_note(report: StageReport) -> str:
@@ -281,7 +283,9 @@ def _stage_note(report: StageReport) -> str:
 def run(
     source: str = typer.Option(None, help="override LAKEHOUSE_SOURCE for this run"),
     delivery: str = typer.Option(None, help="land only this delivery folder"),
-    full_refresh: RefreshLayer = typer.Option(None, help="rebuild this layer and the layers after it"),
+    full_refresh: RefreshLayer = typer.Option(
+        None, help="rebuild this layer and the layers after it (warehouse: dw alone, from gold, in one transaction)"
+    ),
     report: Path = typer.Option(None, help="also write the run's JSON report to this file"),
 ) -> None:
     """Land → bronze → silver → gold → warehouse for everything new (the `full-pipeline` flow, run here)."""
@@ -322,7 +326,8 @@ def _run_pipeline(
     from lakehouse.spark import warm_up
 
     with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
-        if full_refresh or spark_work_expected(settings_for(source), delivery):
+        refined = full_refresh in (RefreshLayer.silver, RefreshLayer.gold)
+        if refined or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
     failed: dict[str, str] = {}
@@ -471,6 +476,17 @@ def up(
         say=lambda m: console.print(m, highlight=False, soft_wrap=True),
         spark_port=spark_port,
     )
+    raise typer.Exit(code)
+
+
+@app.command()
+def bi(port: int = typer.Option(8088, help="Superset's port")) -> None:
+    """Start Apache Superset over the warehouse (schema dw) as the read-only bi_user, with the case study's
+    dashboard; Ctrl-C stops it. Its environment is .venv-bi (`make bi` installs it)."""
+    from lakehouse.bi import run as run_bi
+    from lakehouse.config import get_settings
+
+    code = run_bi(get_settings(), port, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     raise typer.Exit(code)
 
 

@@ -86,6 +86,44 @@ class StageReport:
 
 
 @dataclass
+class LoadReport:
+    """One `dw` table's load within a mirror run: applied, skipped (gold as applied) or missing (no gold table); the
+    gold version read; for a dimension the deliveries new to it, those whose gold rows changed since it applied
+    them (corrected, or gone from gold), the unchanged ones re-read after them and the as-of it was restated from;
+    and the rows staged, inserted, closed (a version's end moved), removed and re-pointed (a fact's surrogate keys)."""
+
+    status: str
+    gold_version: int | None = None
+    deliveries: list[str] = field(default_factory=list)
+    corrected: list[str] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+    restated_from: str | None = None
+    rows_staged: int = 0
+    rows_inserted: int = 0
+    rows_closed: int = 0
+    rows_removed: int = 0
+    rows_repointed: int = 0
+
+
+@dataclass
+class TableDrift:
+    """A `dw` table against gold: the rows and a hash of the current state on each side (a dimension's current
+    versions, every row of a fact or mart), read at `gold_version`; `drifted` when they differ."""
+
+    table: str
+    gold_table: str
+    gold_version: int | None
+    gold_rows: int
+    dw_rows: int
+    gold_hash: str
+    dw_hash: str
+    drifted: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drifted = (self.gold_rows, self.gold_hash) != (self.dw_rows, self.dw_hash)
+
+
+@dataclass
 class LockReport:
     """How a run held the single-writer lock: when it asked, got and released it, how long it waited; `reentrant`
     when the run already held it."""

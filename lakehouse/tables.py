@@ -813,14 +813,64 @@ def _warehouse_record_fact(name: str) -> Table:
         else []
     )
     student = _pg(col("student_id"), f"the learner; {ERASED_MEMBER!r} for an erased learner; null: anonymous")
+    day = gold.column(_RECORD_FACT_DATE[entity])
     return Table(
         "dw",
         name,
         gold.grain,
         tuple(c.name for c in (student, *attrs)),
-        (*sks, student, *(_pg(c) for c in attrs)),
+        (*sks, student, *(_pg(c) for c in attrs), _pg(day, f"{day.description} (UTC): joins dw.dim_date")),
         Kept.LOADED,
         source=name,
+    )
+
+
+_CALENDAR = Table(
+    "dw",
+    "dim_date",
+    "one row per calendar day from the first to the last date of any fact",
+    ("date",),
+    (
+        own("date", "date", "the day: the facts' event_date, session_date, payment_date and followed_date join it"),
+        own("year", "integer", "its year"),
+        own("quarter", "integer", "its quarter (1-4)"),
+        own("month", "integer", "its month (1-12)"),
+        own("month_name", "text", "the month's English name"),
+        own("week", "integer", "its ISO 8601 week of the year (1-53)"),
+        own("weekday", "integer", "ISO weekday: 1 = Monday ... 7 = Sunday"),
+        own("weekday_name", "text", "the weekday's English name"),
+        own("is_weekend", "boolean", "true on Saturday and Sunday"),
+    ),
+    Kept.LOADED,
+    source="dim_date",
+)
+
+
+def _warehouse_mart(name: str) -> Table:
+    """A gold mart, row for row."""
+    gold = next(t for t in _GOLD_MARTS if t.name == name)
+    return Table("dw", name, gold.grain, gold.keys, tuple(_pg(c) for c in gold.columns), Kept.LOADED, source=name)
+
+
+_CURRENT_VIEWS = {"student": "students", "course": "courses", "university": "universities", "subject": "subjects"}
+
+
+def _current_view(entity: str) -> Table:
+    """dw.<entities>: each key's current version, under the name a person looks for."""
+    dimension = _warehouse_dimension(entity)
+    kept = [c for c in dimension.columns if c.name not in ("valid_from", "valid_to", "is_current")]
+    member = "; the erased member (student_sk 0) too" if entity == "student" else ""
+    return Table(
+        "dw",
+        _CURRENT_VIEWS[entity],
+        f"one row per {entity} ever delivered: its current version (dw.dim_{entity} where is_current){member}",
+        (f"{entity}_id",),
+        (
+            *kept,
+            own("current_since", "timestamptz", "the as-of of the delivery this state was first delivered in"),
+        ),
+        Kept.VIEW,
+        source=f"dim_{entity}",
     )
 
 
@@ -845,6 +895,12 @@ WAREHOUSE: tuple[Table, ...] = (
         Kept.LOADED,
         source="fact_page_view",
     ),
+    _CALENDAR,
+    *(
+        _warehouse_mart(n)
+        for n in ("mart_country_access", "mart_users_by_type", "mart_state_activity", "mart_daily_activity")
+    ),
+    *(_current_view(e) for e in _CURRENT_VIEWS),
     Table(
         "dw",
         "load_audit",
@@ -855,25 +911,40 @@ WAREHOUSE: tuple[Table, ...] = (
             own("table_name", "text", "the dw table loaded"),
             own("gold_table", "text", "the gold table read"),
             own("gold_version", "bigint", "the Delta version of the gold table read"),
-            own("deliveries", "text[]", "the deliveries applied (dimensions)"),
+            own(
+                "deliveries",
+                "text[]",
+                "the deliveries applied: new ones, and those whose gold rows changed (dimensions)",
+            ),
             own("rows_staged", "bigint", "rows copied from gold"),
             own("rows_inserted", "bigint", "rows inserted"),
-            own("rows_closed", "bigint", "versions closed (dimensions)"),
+            own("rows_closed", "bigint", "versions whose end moved (dimensions)"),
             own("rows_removed", "bigint", "rows removed"),
             own("loaded_at", "timestamptz", "when the load committed"),
+            own("restated_from", "timestamptz", "the as-of the versions were restated from (dimensions)"),
+            own("rows_repointed", "bigint", "rows given the surrogate keys of changed dimension versions (facts)"),
+            own("staged_columns", "text[]", "the columns staged: a table whose columns changed since is loaded again"),
+            own("gold_rows", "bigint", "the rows of the gold table's state read (what the drift check compares with)"),
+            own("gold_state", "text", "the hash of that state (reused while the gold version stays the same)"),
         ),
         Kept.APPENDED,
     ),
     Table(
         "dw",
         "load_delivery",
-        "one row per (target table, delivery) applied to the dimension history",
+        "one row per (target table, delivery) applied to the dimension history, with what gold held of it",
         ("table_name", "delivery", "as_of"),
         (
             own("table_name", "text", "the dw dimension"),
             own("delivery", "text", "the delivery applied"),
             own("as_of", "timestamptz", "its as-of"),
             own("load_id", "bigint", "the mirror run that applied it"),
+            own("rows", "bigint", "gold history rows of the delivery when applied"),
+            own(
+                "fingerprint",
+                "text",
+                "a hash of those rows: when gold's differs, the dimension is restated from this delivery on",
+            ),
         ),
         Kept.APPENDED,
     ),

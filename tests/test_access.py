@@ -141,6 +141,7 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
     the warehouse's, and its password reaches the server only as a SCRAM verifier."""
     from lakehouse.pgserver import DATABASE, OWNER, warehouse_logins
     from lakehouse.warehouse import roles
+    from lakehouse.warehouse.loads import LOADS
     from lakehouse.warehouse.migrations import migrate
     from lakehouse.warehouse.mirror import ArrowGold, mirror
     from tests.warehouse_data import sample_gold
@@ -157,7 +158,7 @@ def test_managed_warehouse_least_privilege(pg_server, managed_settings):
         dsn, roles_dsn = warehouse_logins(managed_settings)
         assert dsn == pg_server.dsn and roles_dsn == pg_server.admin_dsn
         report = mirror(managed_settings, ArrowGold(sample_gold()))
-        assert len(report.details["applied"]) == 8
+        assert len(report.details["applied"]) == len(LOADS)
     finally:
         with superuser.cursor() as cur:
             cur.execute(f"alter role lakehouse in database {DATABASE} reset log_statement")

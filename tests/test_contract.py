@@ -109,21 +109,30 @@ def test_each_table_is_kept_as_the_catalogue_says(built):
         assert seen <= _OPERATIONS[spec.kept_by], (spec.key, seen)
 
 
-def test_every_dw_table_and_column_has_the_catalogues_description(built):
+def test_every_dw_table_view_and_column_has_the_catalogues_description(built):
     with psycopg2.connect(built.pg_dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute(
-            "select c.relname, a.attname, col_description(c.oid, a.attnum), obj_description(c.oid, 'pg_class')"
+            "select c.relname, c.relkind, a.attname, col_description(c.oid, a.attnum),"
+            " obj_description(c.oid, 'pg_class')"
             " from pg_class c join pg_namespace n on n.oid = c.relnamespace"
             " join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped"
             " where n.nspname = 'dw' and c.relkind in ('r', 'v', 'm')"
+            " order by c.relname, a.attnum"
         )
         found = cur.fetchall()
     conn.close()
     assert {t for t, *_ in found} == set(tables.names("dw"))
-    for table, column, comment, table_comment in found:
+    views = {t for t, kind, *_ in found if kind == "v"}
+    assert views == {t.name for t in tables.layer("dw") if t.kept_by is tables.Kept.VIEW} and views
+    for table, _, column, comment, table_comment in found:
         spec = tables.table("dw", table)
-        assert comment == spec.column(column).description, (table, column)
+        assert comment and comment == spec.column(column).description, (table, column)
         assert table_comment and table_comment.startswith(spec.grain), table
+    for spec in tables.layer("dw"):  # every column the catalogue lists is there, views' in their order
+        columns = [c for t, _, c, *_ in found if t == spec.name]
+        assert (columns if spec.name in views else sorted(columns)) == (
+            list(spec.names) if spec.name in views else sorted(spec.names)
+        ), spec.name
 
 
 def test_a_write_that_forgets_the_catalogue_is_refused(spark, built):

@@ -13,8 +13,8 @@ import psycopg2.errors
 import pytest
 
 from lakehouse.config import PROJECT_ROOT
-from lakehouse.warehouse import csv_copy, migrations, roles
-from lakehouse.warehouse.loads import SQL_DIR
+from lakehouse.warehouse import csv_copy, drift, migrations, roles
+from lakehouse.warehouse.loads import LOADS, SQL_DIR
 from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.mirror import MIRROR_LOCK, ArrowGold, mirror
 from tests.warehouse_data import (
@@ -120,7 +120,7 @@ def test_mirror_runs_as_a_non_superuser_database_owner(pg_server, pg_dsn, settin
     config.get_settings.cache_clear()
     try:
         report = mirror(config.get_settings(), ArrowGold(sample_gold()), dsn=dsn)
-        assert len(report.details["applied"]) == 8
+        assert len(report.details["applied"]) == len(LOADS)
         with connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("select rolsuper from pg_roles where rolname = current_user")
             assert cur.fetchone()[0] is False
@@ -170,7 +170,7 @@ def test_copy_errors_reach_the_caller_and_stop_the_render_thread(pg_dsn):
 
 def test_mirror_builds_scd2_history_and_facts(pg_dsn, settings):
     report = mirror(settings, ArrowGold(sample_gold()), dsn=pg_dsn)
-    assert len(report.details["applied"]) == 8 and not report.skipped
+    assert len(report.details["applied"]) == len(LOADS) and not report.skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
@@ -225,7 +225,7 @@ def test_run_per_delivery_equals_one_run(pg_dsn, settings):
     for k in (1, 2, 3):
         tables = sample_gold(upto=k)
         report = mirror(settings, ArrowGold(tables, {name: k for name in tables}), dsn=pg_dsn)
-        assert report.details["tables"]["dim_student"]["deliveries"] == [f"2017-11-{15 + k}"]
+        assert report.details["tables"]["dim_student"].deliveries == [f"2017-11-{15 + k}"]
         with connect(pg_dsn) as conn, conn.cursor() as cur:
             for entity in DIM_ATTRS:
                 check_invariants(cur, entity)
@@ -268,8 +268,8 @@ def test_fact_loads_rewrite_only_changed_rows(pg_dsn, settings):
     gone = {tuple(r.values()) for r in sessions.slice(0, 10).to_pylist()} - {
         tuple(r.values()) for r in sessions.slice(10).to_pylist()
     }
-    assert report.details["tables"]["fact_session"]["rows_removed"] == len(gone)
-    assert report.details["tables"]["fact_session"]["rows_inserted"] == 3
+    assert report.details["tables"]["fact_session"].rows_removed == len(gone)
+    assert report.details["tables"]["fact_session"].rows_inserted == 3
     kept = set(before) & set(after)
     assert len(kept) == len(before) - len(gone) and all(before[k] == after[k] for k in kept)  # not rewritten
     with connect(pg_dsn) as conn, conn.cursor() as cur:
@@ -298,9 +298,11 @@ def test_late_delivery_rewinds_to_its_as_of(pg_dsn, settings):
 
     mirror(settings, source([0, 2], 1), dsn=pg_dsn)
     report = mirror(settings, source([0, 1, 2], 2), dsn=pg_dsn)
-    assert report.details["tables"]["dim_student"]["deliveries"] == ["2017-11-17"]
-    assert report.details["tables"]["dim_student"]["replayed"] == ["2017-11-18"]
-    assert report.details["tables"]["fact_session"]["status"] == "applied"  # same gold facts, re-resolved keys
+    assert report.details["tables"]["dim_student"].deliveries == ["2017-11-17"]
+    late = report.details["tables"]["dim_student"]
+    # the later delivery is re-read: its gold rows changed too (keys first seen in the late one are in it now)
+    assert late.restated_from == "2017-11-17T06:00:00+00:00" and late.corrected + late.replayed == ["2017-11-18"]
+    assert report.details["tables"]["fact_session"].status == "applied"  # same gold facts, re-resolved keys
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         for entity in DIM_ATTRS:
             assert dw_history(cur, entity) == reference_history(entity, exports[entity])
@@ -344,10 +346,10 @@ def test_two_mirrors_serialize(pg_dsn, settings):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert sorted(len(r.details["applied"]) for r in results) == [0, 8]
+    assert sorted(len(r.details["applied"]) for r in results) == [0, len(LOADS)]
     with connect(pg_dsn) as conn, conn.cursor() as cur:
         cur.execute("select count(distinct load_id), count(*) from dw.load_audit")
-        assert cur.fetchone() == (1, 8)
+        assert cur.fetchone() == (1, len(LOADS))
         exports = sample_deliveries()
         for entity in DIM_ATTRS:
             assert dw_history(cur, entity) == reference_history(entity, exports[entity])
@@ -385,6 +387,11 @@ def test_bi_reader_reads_dw_only(pg_dsn, settings, monkeypatch):
         "select count(*) from stage.dim_student_history",
         "insert into stage.fact_session (student_id) values ('1')",
         "select * from dw.schema_version for update",
+        "update dw.students set city = 'x'",
+        "delete from dw.courses",
+        "insert into dw.dim_date (date, year, quarter, month, month_name, week, weekday, weekday_name, is_weekend)"
+        " values ('2000-01-01', 2000, 1, 1, 'January', 52, 6, 'Saturday', true)",
+        "truncate dw.mart_daily_activity",
         "select nextval('dw.load_id_seq')",
         "create temp table mine (x int)",
         "create temporary view mine as select 1 as x",
@@ -409,12 +416,12 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
     lake = settings.lake_url
     write_delta(spark, lake, sample_gold(upto=2))
     first = mirror(settings, dsn=pg_dsn)
-    assert len(first.details["applied"]) == 8
-    assert first.details["tables"]["dim_student"]["deliveries"] == ["2017-11-16", "2017-11-17"]
+    assert len(first.details["applied"]) == len(LOADS)
+    assert first.details["tables"]["dim_student"].deliveries == ["2017-11-16", "2017-11-17"]
     write_delta(spark, lake, sample_gold(upto=3))
     second = mirror(settings, dsn=pg_dsn)
-    assert second.details["tables"]["dim_student"]["deliveries"] == ["2017-11-18"]
-    assert second.details["tables"]["dim_student"]["gold_version"] == 1
+    assert second.details["tables"]["dim_student"].deliveries == ["2017-11-18"]
+    assert second.details["tables"]["dim_student"].gold_version == 1
     assert mirror(settings, dsn=pg_dsn).skipped
     exports = sample_deliveries()
     with connect(pg_dsn) as conn, conn.cursor() as cur:
@@ -424,3 +431,140 @@ def test_mirror_reads_gold_delta_tables(pg_dsn, settings, spark):
         assert cur.fetchone()[0] == sample_gold(upto=3)["fact_page_view"].num_rows
         cur.execute("select gold_version from dw.load_audit where table_name = 'fact_session' order by load_id")
         assert [r[0] for r in cur.fetchall()] == [0, 1]
+
+
+def test_drift_names_each_table_that_differs_from_gold(pg_dsn, settings):
+    source = ArrowGold(sample_gold())
+    first = mirror(settings, source, dsn=pg_dsn)
+    assert first.details["drifted"] == [] and len(first.details["drift"]) == len(LOADS)
+    assert drift.drift(settings, source, dsn=pg_dsn) == first.details["drift"]
+    with connect(pg_dsn) as conn, conn.cursor() as cur:  # dw edited behind the mirror's back
+        cur.execute("update dw.dim_student set city = 'Atlantis' where student_id = '3' and is_current")
+        cur.execute("delete from dw.fact_session where ctid = (select min(ctid) from dw.fact_session)")
+        cur.execute("update dw.fact_page_view_daily set page_views = page_views + 1 where student_id = '5'")
+    found = {t.table: t for t in drift.drift(settings, source, dsn=pg_dsn)}
+    assert sorted(t for t, d in found.items() if d.drifted) == ["dim_student", "fact_page_view_daily", "fact_session"]
+    assert found["fact_session"].dw_rows == found["fact_session"].gold_rows - 1
+    assert found["dim_student"].dw_rows == found["dim_student"].gold_rows  # same rows, another state
+    again = mirror(settings, source, dsn=pg_dsn)  # nothing new in gold: nothing loaded, the drift reported
+    assert again.skipped and sorted(again.details["drifted"]) == ["dim_student", "fact_page_view_daily", "fact_session"]
+
+
+def test_full_refresh_rebuilds_dw_from_gold_in_one_transaction(pg_server, pg_dsn, settings, monkeypatch):
+    """A rebuild restores what was edited behind the mirror's back; BI sessions read the previous state, unblocked,
+    until it commits."""
+    from lakehouse import config
+
+    monkeypatch.setenv("LAKEHOUSE_BI_PASSWORD", "bi-secret-for-tests")
+    config.get_settings.cache_clear()
+    settings = config.get_settings()
+    source = ArrowGold(sample_gold())
+    mirror(settings, source, dsn=pg_dsn)
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        clean = canonical(cur)
+        cur.execute("select student_sk from dw.dim_student where student_id = '3' and is_current")
+        (sk,) = cur.fetchone()
+        cur.execute("update dw.dim_student set city = 'Atlantis' where student_sk = %s", (sk,))
+        cur.execute("delete from dw.fact_subscription")
+    bi = connect(psycopg2.extensions.make_dsn(pg_dsn, user="bi_user", password="bi-secret-for-tests"))
+    bi.cursor().execute("set statement_timeout = '5s'")  # a read the rebuild blocked would fail
+
+    def bi_reads():
+        with bi.cursor() as cur:
+            cur.execute("select city from dw.dim_student where student_id = '3' and is_current")
+            city = cur.fetchone()[0]
+            cur.execute("select count(*) from dw.fact_subscription")
+            return city, cur.fetchone()[0]
+
+    holder = connect(pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + psycopg2.extensions.parse_dsn(pg_dsn)["dbname"])
+    holder.autocommit = False
+    holder.cursor().execute("lock table dw.fact_page_view_daily in share mode")  # the rebuild's last table waits
+    done: list = []
+    rebuild = threading.Thread(target=lambda: done.append(mirror(settings, source, dsn=pg_dsn, full_refresh=True)))
+    rebuild.start()
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the rebuild has restated the dimensions and waits on the last fact
+            cur.execute(
+                "select count(*) from pg_locks where relation = 'dw.fact_page_view_daily'::regclass and not granted"
+            )
+            if cur.fetchone()[0]:
+                break
+            time.sleep(0.05)
+    assert rebuild.is_alive()
+    assert bi_reads() == ("Atlantis", 0)  # the state before the rebuild, read without waiting
+    holder.rollback()
+    holder.close()
+    rebuild.join(60)
+    report = done[0]
+    assert report.details["full_refresh"] and report.details["drifted"] == []
+    assert report.details["tables"]["dim_student"].restated_from == "-infinity"
+    assert (
+        report.details["tables"]["dim_student"].rows_removed
+        == 1
+        == report.details["tables"]["dim_student"].rows_inserted
+    )
+    assert bi_reads() == ("city3", sample_gold()["fact_subscription"].num_rows)
+    bi.close()
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        assert without_audit(canonical(cur)) == without_audit(clean)
+        cur.execute("select count(*) from dw.dim_student where student_sk = %s", (sk,))
+        assert cur.fetchone()[0] == 0  # the edited version was replaced; every other version kept its key
+
+
+def test_calendar_marts_and_current_views(pg_dsn, settings):
+    """dw.dim_date covers every fact's day with its derived columns, the marts hold gold's rows, and each current-state
+    view is its dimension's current versions."""
+    gold = sample_gold()
+    mirror(settings, ArrowGold(gold), dsn=pg_dsn)
+    with connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select date, year, quarter, month, month_name, week, weekday, weekday_name, is_weekend from dw.dim_date"
+        )
+        days = {r[0]: r for r in cur.fetchall()}
+        assert len(days) == gold["dim_date"].num_rows
+        for day, row in days.items():
+            iso = day.isocalendar()
+            assert row[1:] == (
+                day.year,
+                (day.month - 1) // 3 + 1,
+                day.month,
+                day.strftime("%B"),
+                iso.week,
+                iso.weekday,
+                day.strftime("%A"),
+                iso.weekday >= 6,
+            )
+        for table, column in (
+            ("fact_session", "session_date"),
+            ("fact_subscription", "payment_date"),
+            ("fact_subject_follow", "followed_date"),
+            ("fact_page_view_daily", "event_date"),
+            ("mart_daily_activity", "event_date"),
+        ):
+            cur.execute(
+                f"select count(*), count(d.date) from dw.{table} f left join dw.dim_date d on d.date = f.{column}"
+            )
+            rows, dated = cur.fetchone()
+            assert rows == dated > 0, table
+        for mart in ("mart_country_access", "mart_users_by_type", "mart_state_activity", "mart_daily_activity"):
+            names = gold[mart].column_names
+            cur.execute(f"select {', '.join(names)} from dw.{mart}")
+            assert sorted(cur.fetchall(), key=str) == sorted(
+                (tuple(r.values()) for r in gold[mart].to_pylist()), key=str
+            ), mart
+        for view, dimension in (
+            ("students", "student"),
+            ("courses", "course"),
+            ("universities", "university"),
+            ("subjects", "subject"),
+        ):
+            cur.execute(
+                f"select * from dw.{view} except all select {dimension}_sk, {dimension}_id,"
+                f" {', '.join(DIM_ATTRS[dimension])}, is_deleted, valid_from from dw.dim_{dimension} where is_current"
+            )
+            assert cur.fetchall() == [], view
+            cur.execute(f"select count(*), count(distinct {dimension}_id) from dw.{view}")
+            count, keys = cur.fetchone()
+            cur.execute(f"select count(distinct {dimension}_id) from dw.dim_{dimension}")
+            assert count == keys == cur.fetchone()[0], view

@@ -1,4 +1,5 @@
-"""The warehouse's load SQL: two templates rendered per dw table from its load spec, readable from the package,
+"""The warehouse's load SQL: one template per kind of load (a dimension's SCD2 restatement, a fact's load, a fact's
+re-pointing) rendered per dw table from its load spec, and the drift check's state query; readable from the package,
 printed by `lakehouse warehouse sql`, and in the style sqlfluff keeps."""
 
 from __future__ import annotations
@@ -8,17 +9,22 @@ from typer.testing import CliRunner
 
 from lakehouse.cli import app
 from lakehouse.config import PROJECT_ROOT
-from lakehouse.warehouse import loads, migrations
+from lakehouse.warehouse import drift, loads, migrations
 
-DIMENSION_STEPS = ["rewound", "reopened", "versions", "closed", "inserted"]
+DIMENSION_STEPS = ["versions", "changed", "removed", "closed", "inserted"]
 FACT_STEPS = ["resolved", "removed", "inserted"]
 
 
-def test_every_table_renders_from_one_of_two_templates():
-    assert sorted(p.name for p in (loads.SQL_DIR / "load").glob("*.sql")) == ["dimension.sql", "fact.sql"]
+def test_every_table_renders_from_one_template_per_kind_of_load():
+    assert sorted(p.name for p in (loads.SQL_DIR / "load").glob("*.sql")) == [
+        "dimension.sql",
+        "fact.sql",
+        "repoint.sql",
+    ]
     for load in loads.LOADS:
         sql = loads.load_sql(load.target)
-        assert sql.startswith(f"-- dw.{load.target}: {load.grain}.\n")
+        header = " ".join(ln.removeprefix("-- ") for ln in sql.splitlines()[:2])
+        assert sql.startswith(f"-- dw.{load.target}: ") and f"{load.grain}." in header, load.target
         assert "{{" not in sql and "{%" not in sql
         steps = [name for name, _ in loads.load_statements(load.target)]
         assert steps == (DIMENSION_STEPS if load.is_dimension else FACT_STEPS), load.target
@@ -28,6 +34,10 @@ def test_every_table_renders_from_one_of_two_templates():
         for dimension in load.depends:  # a fact resolves the surrogate key of every dimension it depends on
             entity = dimension.removeprefix("dim_")
             assert f"from dw.{dimension}\n" in sql and f"as {entity}_sk," in sql, (load.target, dimension)
+        repoint = loads.repoint_statements(load.target)
+        assert list(repoint) == list(load.depends), load.target  # one re-pointing per dimension it carries
+        for dimension, sql in repoint.items():
+            assert f"from stage.{dimension}_changed" in sql and f"update dw.{load.target} as f" in sql
 
 
 def test_table_options_reach_the_rendered_sql():
@@ -51,7 +61,7 @@ def test_unknown_table_is_refused_in_one_line():
 def test_cli_prints_the_rendered_sql():
     result = CliRunner().invoke(app, ["warehouse", "sql", "fact_subject_follow"])
     assert result.exit_code == 0, result.output
-    assert result.output == loads.load_sql("fact_subject_follow")
+    assert result.output == loads.load_sql("fact_subject_follow") + "\n" + loads.repoint_sql("fact_subject_follow")
 
 
 def test_sql_folder_is_the_checkout_folder_or_the_packaged_copy():
@@ -67,7 +77,8 @@ def test_rendered_sql_of_every_table_passes_sqlfluff():
     problems = {
         load.target: [
             f"L{v['start_line_no']} {v['code']} {v['description']}"
-            for v in sqlfluff.lint(loads.load_sql(load.target), config_path=config)
+            for sql in (loads.table_sql(load.target), drift.state_sql(load))
+            for v in sqlfluff.lint(sql, config_path=config)
         ]
         for load in loads.LOADS
     }

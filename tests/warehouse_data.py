@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lakehouse.warehouse.loads import SQL_DIR
+
 UTC = UTC
 TS = pa.timestamp("us", tz="UTC")
 
@@ -42,7 +44,12 @@ ARROW_TYPES = {
     "followed_at": TS,
     "event_at": TS,
     "event_date": pa.date32(),
+    "session_date": pa.date32(),
+    "payment_date": pa.date32(),
+    "followed_date": pa.date32(),
     "page_views": pa.int64(),
+    "students": pa.int64(),
+    "sessions": pa.int64(),
 }
 
 
@@ -167,18 +174,27 @@ def canonical(cur) -> dict:
         return sorted(cur.fetchall(), key=_sort_key)
 
     out["fact_session"] = facts(
-        "select f.student_id, f.session_start_at, f.client_type, d.student_id, d.valid_from"
+        "select f.student_id, f.session_start_at, f.client_type, f.session_date, d.student_id, d.valid_from"
         " from dw.fact_session f left join dw.dim_student d using (student_sk)"
     )
     out["fact_subscription"] = facts(
-        "select f.student_id, f.payment_at, f.plan_type, d.student_id, d.valid_from"
+        "select f.student_id, f.payment_at, f.plan_type, f.payment_date, d.student_id, d.valid_from"
         " from dw.fact_subscription f left join dw.dim_student d using (student_sk)"
     )
     out["fact_subject_follow"] = facts(
-        "select f.student_id, f.subject_id, f.followed_at, d.student_id, d.valid_from, s.subject_id, s.valid_from"
+        "select f.student_id, f.subject_id, f.followed_at, f.followed_date, d.student_id, d.valid_from,"
+        " s.subject_id, s.valid_from"
         " from dw.fact_subject_follow f left join dw.dim_student d using (student_sk)"
         " left join dw.dim_subject s using (subject_sk)"
     )
+    for table in (
+        "dim_date",
+        "mart_country_access",
+        "mart_users_by_type",
+        "mart_state_activity",
+        "mart_daily_activity",
+    ):
+        out[table] = facts(f"select * from dw.{table}")
     out["fact_page_view_daily"] = facts(
         "select f.event_date, f.student_id, f.client_type, f.country, f.page_views, f.first_event_at,"
         " f.last_event_at, d.student_id, d.valid_from"
@@ -190,6 +206,16 @@ def canonical(cur) -> dict:
     )
     out["load_delivery"] = facts("select table_name, delivery, as_of from dw.load_delivery")
     return out
+
+
+def empty_warehouse(cur) -> None:
+    """Every dw table emptied but the migrations' record, the erased member back: dw as a first mirror finds it."""
+    cur.execute(
+        "select string_agg(format('dw.%I', tablename), ', ') from pg_tables where schemaname = 'dw'"
+        " and tablename <> 'schema_version'"
+    )
+    cur.execute(f"truncate {cur.fetchone()[0]} restart identity cascade")
+    cur.execute((SQL_DIR / "010_erased_member.sql").read_text())
 
 
 # -- a small deterministic sample of every gold table --------------------------------------
@@ -270,6 +296,11 @@ def sample_gold(seed: int = 7, deliveries: int = 3, upto: int | None = None) -> 
     follows = [
         {"student_id": str(rnd.randrange(40)), "subject_id": rnd.randrange(8), "followed_at": when()} for _ in range(50)
     ]
+    for rows, at, day in ((sessions, "session_start_at", "session_date"), (payments, "payment_at", "payment_date")):
+        for row in rows:
+            row[day] = row[at].date()
+    for row in follows:
+        row["followed_date"] = row["followed_at"].date()
     views = []
     for i in range(400):
         at = when()
@@ -283,13 +314,73 @@ def sample_gold(seed: int = 7, deliveries: int = 3, upto: int | None = None) -> 
                 "country": rnd.choice(["Brazil", "Chile"]),
             }
         )
-    tables["fact_session"] = arrow_table(sessions, ("student_id", "session_start_at", "client_type"))
-    tables["fact_subscription"] = arrow_table(payments, ("student_id", "payment_at", "plan_type"))
-    tables["fact_subject_follow"] = arrow_table(follows, ("student_id", "subject_id", "followed_at"))
+    tables["fact_session"] = arrow_table(sessions, ("student_id", "session_start_at", "session_date", "client_type"))
+    tables["fact_subscription"] = arrow_table(payments, ("student_id", "payment_at", "payment_date", "plan_type"))
+    tables["fact_subject_follow"] = arrow_table(follows, ("student_id", "subject_id", "followed_at", "followed_date"))
     tables["fact_page_view"] = arrow_table(
         views, ("event_id", "event_at", "event_date", "student_id", "client_type", "country")
     )
+    days = [r["event_date"] for r in views] + [r["session_date"] for r in sessions]
+    days += [r["payment_date"] for r in payments] + [r["followed_date"] for r in follows]
+    tables["dim_date"] = calendar(min(days), max(days))
+    tables.update(marts(views))
     return tables
+
+
+def calendar(first: date, last: date) -> pa.Table:
+    """gold.dim_date from `first` to `last`."""
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return pa.table(
+        {
+            "date": pa.array(days, pa.date32()),
+            "year": pa.array([d.year for d in days], pa.int32()),
+            "month": pa.array([d.month for d in days], pa.int32()),
+            "day": pa.array([d.day for d in days], pa.int32()),
+            "weekday": pa.array([d.isoweekday() for d in days], pa.int32()),
+            "weekday_name": [d.strftime("%A") for d in days],
+            "month_start_date": pa.array([d.replace(day=1) for d in days], pa.date32()),
+        }
+    )
+
+
+def marts(views: list[dict]) -> dict[str, pa.Table]:
+    """The four gold marts of these page views (user type and state by the student's id: a stand-in)."""
+
+    def totals(key) -> list[tuple]:
+        views_of: dict = {}
+        students_of: dict = {}
+        for v in views:
+            views_of[key(v)] = views_of.get(key(v), 0) + 1
+            students_of.setdefault(key(v), set()).update({v["student_id"]} - {None})
+        return [(*k, n, len(students_of[k])) for k, n in views_of.items()]
+
+    def table(names: tuple, types: tuple, rows: list[tuple]) -> pa.Table:
+        return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types))})
+
+    count = (pa.int64(), pa.int64())
+    daily = totals(lambda v: (v["event_date"], v["client_type"]))
+    return {
+        "mart_country_access": table(
+            ("country", "month", "page_views", "students"),
+            (pa.string(), pa.date32(), *count),
+            totals(lambda v: (v["country"], v["event_date"].replace(day=1))),
+        ),
+        "mart_users_by_type": table(
+            ("user_type", "page_views", "students"),
+            (pa.string(), *count),
+            totals(lambda v: (None if v["student_id"] is None else "CoreUser",)),
+        ),
+        "mart_state_activity": table(
+            ("state", "page_views", "students"),
+            (pa.string(), *count),
+            totals(lambda v: (None if v["student_id"] is None else ["SP", "RJ", "MG"][int(v["student_id"]) % 3],)),
+        ),
+        "mart_daily_activity": table(
+            ("event_date", "client_type", "page_views", "students", "sessions"),
+            (pa.date32(), pa.string(), *count, pa.int64()),
+            [(*r, r[-1]) for r in daily],
+        ),
+    }
 
 
 def write_delta(spark, lake: str, tables: dict[str, pa.Table], mode: str = "overwrite") -> None:
@@ -377,6 +468,6 @@ def write_delta_files(lake: str, tables: dict[str, pa.Table]) -> None:
 
 
 # fmt: off
-__all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "history_rows",
-           "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
+__all__ = ["Delivery", "UTC", "arrow_table", "canonical", "check_invariants", "date", "dw_history", "empty_warehouse",
+           "history_rows", "reference_history", "sample_deliveries", "sample_gold", "write_delta", "write_delta_files"]
 # fmt: on

@@ -122,19 +122,45 @@ def _page_view_daily(spec: tables.Table) -> Load:
     )
 
 
+# what the warehouse adds to a gold table it mirrors row for row: column -> DuckDB expression over gold's columns
+DERIVED = {
+    "dim_date": {
+        "quarter": "cast(quarter(date) as integer)",
+        "month_name": "strftime(date, '%B')",
+        "week": "cast(weekofyear(date) as integer)",
+        "is_weekend": "weekday >= 6",
+    },
+}
+
+
+def _mirrored(spec: tables.Table) -> Load:
+    """A gold table mirrored row for row (the calendar, the marts), with the columns the warehouse derives."""
+    gold = tables.table("gold", spec.source or "")
+    derived = DERIVED.get(spec.name, {})
+    select = [f"{derived[c]} as {c}" if c in derived else _staged(gold.column(c)) for c in spec.names]
+    return Load(spec.name, gold.name, spec.grain, spec.names, f"select {', '.join(select)} from {{src}}")
+
+
+def _kind(spec: tables.Table) -> int:
+    """The order loads run in: SCD2 dimensions (facts pick their surrogate keys from them), the calendar, the facts,
+    the marts."""
+    if (spec.source or "").endswith("_history"):
+        return 0
+    return {"dim": 1, "fact": 2}.get(spec.name.split("_")[0], 3)
+
+
 def _load(spec: tables.Table) -> Load:
-    if spec.name.startswith("dim_"):
+    if _kind(spec) == 0:
         return _dimension(spec)
     if spec.name == "fact_page_view_daily":
         return _page_view_daily(spec)
-    return _record_fact(spec)
+    if _kind(spec) == 2:
+        return _record_fact(spec)
+    return _mirrored(spec)
 
 
-# dimensions first: facts pick their surrogate keys from them
 LOADS: tuple[Load, ...] = tuple(
-    _load(t)
-    for t in sorted(tables.layer("dw"), key=lambda t: not t.name.startswith("dim_"))
-    if t.kept_by is tables.Kept.LOADED
+    _load(t) for t in sorted(tables.layer("dw"), key=_kind) if t.kept_by is tables.Kept.LOADED
 )
 LOADS_BY_TARGET = {load.target: load for load in LOADS}
 
@@ -147,6 +173,7 @@ def _template_context(load: Load) -> dict[str, Any]:
             "table": load.target,
             "grain": load.grain,
             "key": load.key,
+            "surrogate_key": load.spec.keys[0],
             "attributes": attributes,
             "key_collation": load.key_collation or "",
         }
@@ -162,28 +189,67 @@ def _template_context(load: Load) -> dict[str, Any]:
     }
 
 
-def load_sql(target: str) -> str:
-    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS."""
+# the environment sqlfluff lints the templates with: trailing newline kept, the `do` statement, no escaping; each
+# template is compiled once (again when its file changes)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(SQL_DIR),
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+    extensions=["jinja2.ext.do"],
+    autoescape=False,
+)
+
+
+def render(template: str, context: dict[str, Any]) -> str:
+    """A template of warehouse_sql/ (its path under it) rendered with `context`."""
+    return _TEMPLATES.get_template(template).render(context)
+
+
+def _target(target: str) -> Load:
     load = LOADS_BY_TARGET.get(target)
     if load is None:
         raise KeyError(f"no dw target table {target!r}; targets: {', '.join(LOADS_BY_TARGET)}")
-    template = SQL_DIR / "load" / ("dimension.sql" if load.is_dimension else "fact.sql")
-    # the environment sqlfluff lints the templates with: trailing newline kept, the `do` statement, no escaping
-    env = jinja2.Environment(
-        keep_trailing_newline=True, undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.do"], autoescape=False
-    )
-    return env.from_string(template.read_text()).render(_template_context(load))
+    return load
 
 
-def load_statements(target: str) -> list[tuple[str, str]]:
-    """The statements of the target's load SQL as (name, sql); a name is the statement's leading `-- name:`."""
-    statements = []
-    for chunk in re.split(r";[ \t]*(?:\n|$)", load_sql(target)):
+def load_sql(target: str) -> str:
+    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS."""
+    load = _target(target)
+    return render("load/" + ("dimension.sql" if load.is_dimension else "fact.sql"), _template_context(load))
+
+
+def repoint_sql(target: str) -> str:
+    """The SQL re-pointing a fact's surrogate keys after its dimensions changed (warehouse_sql/load/repoint.sql); empty
+    for a table that carries none."""
+    load = _target(target)
+    return render("load/repoint.sql", _template_context(load)) if load.depends else ""
+
+
+def table_sql(target: str) -> str:
+    """Every SQL the mirror may run for a dw table: its load, then its re-pointing when it has one."""
+    repoint = repoint_sql(target)
+    return load_sql(target) + (f"\n{repoint}" if repoint else "")
+
+
+def statements(sql: str) -> list[tuple[str, str]]:
+    """The statements of a rendered load as (name, sql); a name is the statement's leading `-- name:`."""
+    found = []
+    for chunk in re.split(r";[ \t]*(?:\n|$)", sql):
         lines = chunk.strip().splitlines()
         if not any(ln.strip() and not ln.lstrip().startswith("--") for ln in lines):
             continue
         names = [m.group(1) for ln in lines if (m := re.match(r"--\s*(\w+):", ln))]
         if not names:
-            raise ValueError(f"a statement of the {target} load has no leading `-- name:` comment")
-        statements.append((names[-1], chunk.strip()))
-    return statements
+            raise ValueError("a statement of a load has no leading `-- name:` comment")
+        found.append((names[-1], chunk.strip()))
+    return found
+
+
+def load_statements(target: str) -> list[tuple[str, str]]:
+    """The statements of the target's load SQL as (name, sql)."""
+    return statements(load_sql(target))
+
+
+def repoint_statements(target: str) -> dict[str, str]:
+    """The fact's re-pointing statement per dimension it carries (`dim_<entity>` -> sql)."""
+    return {f"dim_{name.removeprefix('repointed_')}": sql for name, sql in statements(repoint_sql(target))}

@@ -34,8 +34,8 @@ def migrations() -> list[tuple[int, str, Path]]:
 
 
 def stage_tables() -> dict[str, list[tuple[str, str]]]:
-    """The unlogged stage tables of the loads, as (column, PostgreSQL type) lists: a dimension's staged gold history
-    and its computed versions, a fact's staged rows."""
+    """The unlogged stage tables of the loads, as (column, PostgreSQL type) lists: a dimension's staged gold history,
+    its computed versions and the keys whose versions changed, a fact's staged rows."""
     out: dict[str, list[tuple[str, str]]] = {}
     for load in LOADS:
         spec = load.spec
@@ -44,6 +44,7 @@ def stage_tables() -> dict[str, list[tuple[str, str]]]:
             out[f"{load.target}_history"] = [(c.name, tables.pg_type(c.type)) for c in gold.columns]
             versioned = [c for c in spec.columns if not c.name.endswith("_sk") and c.name != "is_current"]
             out[f"{load.target}_version"] = [(c.name, c.type) for c in versioned]
+            out[f"{load.target}_changed"] = [(load.key or "", spec.column(load.key or "").type)]
         else:
             out[load.target] = [(c.name, spec.column(c.name).type) for c in spec.columns if c.name in load.columns]
     return out

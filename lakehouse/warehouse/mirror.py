@@ -1,101 +1,42 @@
 """The gold → dw mirror: each `dw` table brought to what gold holds, in one transaction (COPY into unlogged stage
-tables, then the table's load template: SCD2 versions for a dimension, surrogate keys resolved for a fact)."""
+tables, then the table's load template: SCD2 versions for a dimension, surrogate keys resolved for a fact), then
+every table checked against gold (drift). A dimension follows gold's history, not delivery names: a fingerprint of
+each delivery's gold rows is kept in dw.load_delivery, and the dimension is restated from the first delivery whose
+fingerprint changed (corrected, late, erased or rebuilt), keeping the surrogate keys of the versions that did not."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import psycopg2
 
-from lakehouse import faults
-from lakehouse.catalog import extension_path, gcs_secret_sql, httpfs_path
+from lakehouse import faults, tables
 from lakehouse.config import Settings, get_settings
-from lakehouse.delta_log import latest_version
 from lakehouse.pgserver import warehouse_logins
-from lakehouse.reports import StageReport
+from lakehouse.reports import LoadReport, StageReport, TableDrift
 from lakehouse.warehouse.csv_copy import copy_batches
-from lakehouse.warehouse.loads import LOADS, Load, load_statements
+from lakehouse.warehouse.drift import check, recorded, row_hash
+from lakehouse.warehouse.gold_tables import ArrowGold, DeltaGold, GoldSource, duckdb_connection
+from lakehouse.warehouse.loads import LOADS, Load, load_statements, repoint_statements
 from lakehouse.warehouse.migrations import migrate
 from lakehouse.warehouse.roles import ensure_bi_login
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
+# where gold is read from, as the mirror's callers name it
+__all__ = ["ArrowGold", "DeltaGold", "GoldSource", "duckdb_connection", "first_value", "load_session", "mirror"]
+
 log = logging.getLogger(__name__)
 
 MIRROR_LOCK = 0x6C616B65_6D697272  # pg advisory lock key of the mirror ("lakemirr")
 BATCH_ROWS = 16_384  # rows per Arrow batch rendered as one CSV chunk
-
-
-# -- gold sources: where the mirror reads gold -------------------------------------------------
-
-
-class GoldSource(Protocol):
-    """Gold tables as DuckDB relations, each with a version number."""
-
-    def version(self, table: str) -> int | None:
-        """The table's current version (None: no such table)."""
-
-    def relation(self, con: duckdb.DuckDBPyConnection, table: str, version: int) -> str:
-        """SQL text of a relation reading `table` at `version` in DuckDB connection `con`."""
-
-
-class DeltaGold:
-    """Gold tables read from the lake's Delta tables (version = latest commit in `_delta_log`)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def path(self, table: str) -> str:
-        return self.settings.table_path("gold", table)
-
-    def version(self, table: str) -> int | None:
-        return latest_version(self.path(table), self.settings)
-
-    def relation(self, con: duckdb.DuckDBPyConnection, table: str, version: int) -> str:
-        con.execute(f"load '{extension_path()}'")  # a no-op once loaded
-        if not self.settings.lake_is_local:
-            con.execute(f"load '{httpfs_path(self.settings)}'")
-            con.execute(gcs_secret_sql(self.settings))
-        path = self.path(table).replace("'", "''")
-        return f"delta_scan('{path}', version => {int(version)})"
-
-
-class ArrowGold:
-    """Gold tables given in memory as Arrow tables (tests, benchmarks), each with a version."""
-
-    def __init__(self, tables: dict[str, Any], versions: dict[str, int] | None = None):
-        self.tables = tables
-        self.versions = versions or {name: 0 for name in tables}
-
-    def version(self, table: str) -> int | None:
-        return self.versions.get(table) if table in self.tables else None
-
-    def relation(self, con: duckdb.DuckDBPyConnection, table: str, version: int) -> str:
-        name = f"gold_{table}_v{int(version)}"
-        con.register(name, self.tables[table])
-        return name
-
-
-def duckdb_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with UTC as its time zone, and no progress bar on stdout."""
-    con = duckdb.connect()
-    con.execute("set TimeZone = 'UTC'")
-    con.execute("set enable_progress_bar = false")
-    return con
-
-
-# -- the mirror ------------------------------------------------------------------------------
-
-
-def _applied_deliveries(cur: Cursor, target: str) -> set[tuple[str, datetime]]:
-    cur.execute("select delivery, as_of from dw.load_delivery where table_name = %s", (target,))
-    return set(cur.fetchall())
+Delivery = tuple[str, datetime]  # (delivery, as_of)
 
 
 def first_value(cur: Cursor) -> Any:
@@ -105,10 +46,15 @@ def first_value(cur: Cursor) -> Any:
     return row[0]
 
 
-def _last_gold_version(cur: Cursor, target: str) -> int | None:
-    cur.execute("select gold_version from dw.load_audit where table_name = %s order by load_id desc limit 1", (target,))
+def _last_load(cur: Cursor, target: str) -> tuple[int, list[str] | None] | None:
+    """(the gold version the table's last load read, -1 when the gold table was gone; the columns it staged), or
+    None when it was never loaded."""
+    cur.execute(
+        "select gold_version, staged_columns from dw.load_audit where table_name = %s order by load_id desc limit 1",
+        (target,),
+    )
     row = cur.fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 # Settings of the load transaction. synchronous_commit off: the commit does not wait for its WAL flush, so a
@@ -143,15 +89,32 @@ def stage_query(load: Load, relation: str, where: str = "") -> str:
 
 
 def _stage(
-    cur: Cursor, duck: duckdb.DuckDBPyConnection, load: Load, relation: str, where: str = "", params: list | None = None
+    cur: Cursor,
+    duck: duckdb.DuckDBPyConnection,
+    load: Load,
+    relation: str | None,
+    where: str = "",
+    params: list | None = None,
 ) -> int:
-    """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history)."""
+    """Empty the load's stage tables and COPY the gold rows into stage.<target>(_history); no relation: no gold
+    table, nothing staged."""
     stage = f"stage.{load.target}_history" if load.is_dimension else f"stage.{load.target}"
-    extra = f", stage.{load.target}_version" if load.is_dimension else ""
+    extra = f", stage.{load.target}_version, stage.{load.target}_changed" if load.is_dimension else ""
     cur.execute(f"truncate {stage}{extra}")
+    if relation is None:
+        return 0
     reader = duck.execute(stage_query(load, relation, where), params or []).to_arrow_reader(BATCH_ROWS)
     point = f"mirror.{load.target}.copying"
     return copy_batches(cur, stage, load.columns, reader, on_batch=lambda _: faults.point(point))
+
+
+def replay_from(cur: Cursor, target: str, moment: datetime | None) -> None:
+    """Set the as-of a dimension's versions are restated from (stage.load_replay); None: from the start."""
+    cur.execute(
+        "insert into stage.load_replay (table_name, replay_from) values (%s, coalesce(%s::timestamptz, '-infinity'))"
+        " on conflict (table_name) do update set replay_from = excluded.replay_from",
+        (target, moment),
+    )
 
 
 def _apply(cur: Cursor, target: str) -> dict[str, int]:
@@ -162,46 +125,87 @@ def _apply(cur: Cursor, target: str) -> dict[str, int]:
     return counts
 
 
+# -- dimensions: restated from the first delivery whose gold rows changed -----------------------
+
+
+def gold_deliveries(duck: duckdb.DuckDBPyConnection, load: Load, relation: str | None) -> dict[Delivery, tuple]:
+    """(rows, fingerprint) of each delivery of a gold history: its row count and the sum of a hash of each row as
+    staged (the hash the drift check uses; stable across DuckDB versions)."""
+    if relation is None:
+        return {}
+    gold = tables.table("gold", load.gold)
+    typed = [(c, tables.pg_type(gold.column(c).type)) for c in load.columns]
+    query = (
+        f"select delivery, cast(as_of as timestamptz), count(*), cast(sum({row_hash(typed)}) as varchar)"
+        f" from ({load.select.format(src=relation)}) as gold({', '.join(load.columns)})"
+        " where as_of is not null group by all"
+    )
+    return {(d, a): (n, h) for d, a, n, h in duck.execute(query).fetchall()}
+
+
+def _applied(cur: Cursor, target: str) -> dict[Delivery, tuple]:
+    """(rows, fingerprint) of each delivery dw.load_delivery says the dimension holds (nulls: recorded before
+    fingerprints were)."""
+    cur.execute("select delivery, as_of, rows, fingerprint from dw.load_delivery where table_name = %s", (target,))
+    return {(d, a): (n, h) for d, a, n, h in cur.fetchall()}
+
+
+def _names(deliveries: Iterable[Delivery]) -> list[str]:
+    """Delivery names in as-of order."""
+    return [d for d, _ in sorted(deliveries, key=lambda x: (x[1], x[0]))]
+
+
 def _load_dimension(
     cur: Cursor,
     duck: duckdb.DuckDBPyConnection,
     load: Load,
     source: GoldSource,
-    version: int,
+    version: int | None,
     load_id: Callable[[], int],
-) -> dict:
-    relation = source.relation(duck, load.gold, version)
-    in_gold = {
-        (d, a)
-        for d, a in duck.execute(
-            f"select distinct cast(delivery as varchar), cast(as_of as timestamptz)"
-            f" from {relation} where as_of is not null"
-        ).fetchall()
-    }
-    new = sorted(in_gold - _applied_deliveries(cur, load.target), key=lambda x: (x[1], x[0]))
-    report: dict[str, Any] = {"status": "applied", "gold_version": version, "deliveries": [d for d, _ in new]}
-    counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
-    if new:
-        replay_from = new[0][1]
-        replayed = sorted(d for d, a in in_gold if a >= replay_from and (d, a) not in new)
-        counts["rows_staged"] = _stage(cur, duck, load, relation, "as_of >= ?", [replay_from])
-        faults.point(f"mirror.{load.target}.staged")
-        steps = _apply(cur, load.target)
-        counts.update(
-            rows_inserted=steps.get("inserted", 0),
-            rows_closed=steps.get("closed", 0),
-            rows_removed=steps.get("rewound", 0),
-        )
-        cur.executemany(
-            "insert into dw.load_delivery (table_name, delivery, as_of, load_id) values (%s, %s, %s, %s)"
-            " on conflict do nothing",
-            [(load.target, d, a, load_id()) for d, a in new],
-        )
-        if replayed:
-            report["replayed"] = replayed
-    _audit(cur, load_id(), load, version, [d for d, _ in new], counts)
-    report.update(counts)
-    return report
+    full_refresh: bool = False,
+) -> tuple[LoadReport, bool]:
+    """Restate the dimension from the first delivery whose gold rows differ from those it applied (every delivery on
+    a full refresh); (its report, whether a surrogate key changed: its facts are then re-pointed)."""
+    relation = None if version is None else source.relation(duck, load.gold, version)
+    in_gold = gold_deliveries(duck, load, relation)
+    applied = _applied(cur, load.target)
+    changed = {d for d in in_gold.keys() | applied.keys() if in_gold.get(d) != applied.get(d)}
+    if not in_gold and not applied:
+        return LoadReport("missing", version), False
+    if not changed and not full_refresh:
+        return LoadReport("skipped", version), False
+    start = None if full_refresh else min(a for _, a in changed)
+    unknown = {d for d, (_, h) in applied.items() if h is None}  # applied before fingerprints: re-read, not corrected
+    report = LoadReport(
+        "applied",
+        version,
+        deliveries=_names(d for d in changed if d not in applied),
+        corrected=_names(d for d in changed if d in applied and d not in unknown),
+        replayed=_names(d for d in in_gold if (d not in changed or d in unknown) and (start is None or d[1] >= start)),
+        restated_from=start.isoformat() if start else "-infinity",
+    )
+    replay_from(cur, load.target, start)
+    report.rows_staged = _stage(cur, duck, load, relation, *(("as_of >= ?", [start]) if start else ()))
+    faults.point(f"mirror.{load.target}.staged")
+    steps = _apply(cur, load.target)
+    report.rows_inserted, report.rows_closed, report.rows_removed = steps["inserted"], steps["closed"], steps["removed"]
+    # dw.load_delivery brought to gold's fingerprints: the changed deliveries (all of them on a full refresh)
+    redone = set(applied) | set(in_gold) if full_refresh else changed
+    cur.execute(
+        "delete from dw.load_delivery where table_name = %s and (delivery, as_of) in"
+        " (select * from unnest(%s::text[], %s::timestamptz[]))",
+        (load.target, [d for d, _ in redone], [a for _, a in redone]),
+    )
+    cur.executemany(
+        "insert into dw.load_delivery (table_name, delivery, as_of, load_id, rows, fingerprint)"
+        " values (%s, %s, %s, %s, %s, %s)",
+        [(load.target, d, a, load_id(), *in_gold[(d, a)]) for d, a in redone if (d, a) in in_gold],
+    )
+    _audit(cur, load_id(), load, version, report)
+    return report, steps["changed"] > 0
+
+
+# -- facts: restaged when their gold moved, re-pointed when only their dimensions did ----------------
 
 
 def _load_fact(
@@ -211,39 +215,85 @@ def _load_fact(
     source: GoldSource,
     version: int | None,
     load_id: Callable[[], int],
-) -> dict:
-    counts = {"rows_staged": 0, "rows_inserted": 0, "rows_closed": 0, "rows_removed": 0}
-    if version is None:  # gold table gone while its dimensions changed: the fact is empty
-        cur.execute(f"truncate stage.{load.target}")
-    else:
-        counts["rows_staged"] = _stage(cur, duck, load, source.relation(duck, load.gold, version))
+) -> LoadReport:
+    """Bring the fact to exactly gold's rows, each with the surrogate keys valid at its time (no gold table: none)."""
+    relation = None if version is None else source.relation(duck, load.gold, version)
+    report = LoadReport("applied", version, rows_staged=_stage(cur, duck, load, relation))
     faults.point(f"mirror.{load.target}.staged")
     steps = _apply(cur, load.target)
-    counts.update(rows_inserted=steps.get("inserted", 0), rows_removed=steps.get("removed", 0))
-    _audit(cur, load_id(), load, -1 if version is None else version, [], counts)
-    return {"status": "applied", "gold_version": version, **counts}
+    report.rows_inserted, report.rows_removed = steps["inserted"], steps["removed"]
+    _audit(cur, load_id(), load, version, report)
+    return report
 
 
-def _audit(cur: Cursor, load_id: int, load: Load, version: int, deliveries: list[str], counts: dict[str, int]) -> None:
+def _repoint_fact(cur: Cursor, load: Load, dimensions: set[str], version: int | None, load_id: int) -> LoadReport:
+    """Give the fact's rows of the keys whose versions changed the versions valid at their time (gold unchanged)."""
+    report = LoadReport("applied", version)
+    for dimension, sql in repoint_statements(load.target).items():
+        if dimension in dimensions:
+            cur.execute(sql)
+            report.rows_repointed += max(cur.rowcount, 0)
+    _audit(cur, load_id, load, version, report)
+    return report
+
+
+def _audit(cur: Cursor, load_id: int, load: Load, version: int | None, report: LoadReport) -> None:
     cur.execute(
         "insert into dw.load_audit (load_id, table_name, gold_table, gold_version, deliveries, rows_staged,"
-        " rows_inserted, rows_closed, rows_removed) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " rows_inserted, rows_closed, rows_removed, restated_from, rows_repointed, staged_columns)"
+        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             load_id,
             load.target,
             load.gold,
-            version,
-            deliveries,
-            counts["rows_staged"],
-            counts["rows_inserted"],
-            counts["rows_closed"],
-            counts["rows_removed"],
+            -1 if version is None else version,
+            report.deliveries + report.corrected,
+            report.rows_staged,
+            report.rows_inserted,
+            report.rows_closed,
+            report.rows_removed,
+            report.restated_from,
+            report.rows_repointed,
+            list(load.columns),
         ),
     )
 
 
-def mirror(settings: Settings | None = None, source: GoldSource | None = None, dsn: str | None = None) -> StageReport:
-    """Apply new gold versions to the PostgreSQL warehouse in one transaction; returns a report."""
+def _record_states(cur: Cursor, drift: list[TableDrift]) -> None:
+    """Keep what gold held in each table's last load row when it read that gold version: the next runs' checks need
+    not read it again (written once per version; a run with nothing new then writes nothing)."""
+    columns = {load.target: list(load.columns) for load in LOADS}
+    cur.executemany(
+        "update dw.load_audit as a set gold_rows = %s, gold_state = %s"
+        " where a.table_name = %s and a.load_id = (select max(load_id) from dw.load_audit where table_name = %s)"
+        " and a.gold_version = %s and a.staged_columns = %s::text[] and a.gold_state is distinct from %s",
+        [
+            (
+                t.gold_rows,
+                t.gold_hash,
+                t.table,
+                t.table,
+                -1 if t.gold_version is None else t.gold_version,
+                columns[t.table],
+                t.gold_hash,
+            )
+            for t in drift
+        ],
+    )
+
+
+# -- the mirror ------------------------------------------------------------------------------
+
+
+def mirror(
+    settings: Settings | None = None,
+    source: GoldSource | None = None,
+    dsn: str | None = None,
+    full_refresh: bool = False,
+) -> StageReport:
+    """Bring the PostgreSQL warehouse to what gold holds, in one transaction, and check every table against gold;
+    returns a report. `full_refresh` restates every dimension from its first delivery and reloads every table: dw
+    then equals a mirror of gold into an empty warehouse (BI sessions read the previous state until it commits)."""
     settings = settings or get_settings()
     dsn, roles_dsn = (dsn, dsn) if dsn else warehouse_logins(settings)
     source = source or DeltaGold(settings)
@@ -253,7 +303,7 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
 
     duck = duckdb_connection()
     conn = psycopg2.connect(dsn)
-    tables: dict[str, dict] = {}
+    loaded: dict[str, LoadReport] = {}
     load_ids: list[int] = []
     try:
         with conn, conn.cursor() as cur:
@@ -267,51 +317,65 @@ def mirror(settings: Settings | None = None, source: GoldSource | None = None, d
                     load_ids.append(first_value(cur))
                 return load_ids[0]
 
-            changed: set[str] = set()
+            versions: dict[str, int | None] = {}
+            repointed: set[str] = set()  # dimensions whose loads changed surrogate keys
             for load in LOADS:
-                version = source.version(load.gold)
-                last = _last_gold_version(cur, load.target)
+                version = versions[load.gold] = source.version(load.gold)
                 if load.is_dimension:
-                    if version is None or version == last:
-                        tables[load.target] = {
-                            "status": "missing" if version is None else "skipped",
-                            "gold_version": version,
-                        }
-                        continue
-                    report = _load_dimension(cur, duck, load, source, version, load_id)
-                    if report["deliveries"]:
-                        changed.add(load.target)
+                    loaded[load.target], keys_changed = _load_dimension(
+                        cur, duck, load, source, version, load_id, full_refresh
+                    )
+                    if keys_changed:
+                        repointed.add(load.target)
                 else:
-                    depends_changed = bool(changed.intersection(load.depends))
-                    if version is None and not (depends_changed and last is not None):
-                        tables[load.target] = {"status": "missing", "gold_version": None}
-                        continue
-                    if version == last and not depends_changed:
-                        tables[load.target] = {"status": "skipped", "gold_version": version}
-                        continue
-                    report = _load_fact(cur, duck, load, source, version, load_id)
-                tables[load.target] = report
-                faults.point(f"mirror.{load.target}.applied")
+                    last = _last_load(cur, load.target)
+                    seen = None if last is None or last[0] == -1 else last[0]
+                    reshaped = last is not None and last[1] != list(load.columns)  # loaded before a column was
+                    if version is None and last is None:
+                        loaded[load.target] = LoadReport("missing")
+                    elif full_refresh or version != seen or reshaped:
+                        loaded[load.target] = _load_fact(cur, duck, load, source, version, load_id)
+                    elif repointed.intersection(load.depends) and version is not None:
+                        loaded[load.target] = _repoint_fact(cur, load, repointed, version, load_id())
+                    else:
+                        loaded[load.target] = LoadReport("skipped", version)
+                if loaded[load.target].status == "applied":
+                    faults.point(f"mirror.{load.target}.applied")
+            drift = check(cur, duck, source, versions, recorded(cur))
+            _record_states(cur, drift)
+            for table in drift:
+                if table.drifted:
+                    log.warning(
+                        "dw.%s differs from gold.%s (%d rows against %d): `lakehouse run --full-refresh warehouse`"
+                        " rebuilds dw from gold",
+                        table.table,
+                        table.gold_table,
+                        table.dw_rows,
+                        table.gold_rows,
+                    )
             faults.point("mirror.before_commit")
         faults.point("mirror.committed")
     finally:
         conn.close()
         duck.close()
 
-    applied = [t for t, r in tables.items() if r["status"] == "applied"]
+    applied = [t for t, r in loaded.items() if r.status == "applied"]
     seconds = time.perf_counter() - started
-    staged = sum(r.get("rows_staged", 0) for r in tables.values())
+    staged = sum(r.rows_staged for r in loaded.values())
     return StageReport(
         "mirror",
         rows_in=staged,
-        rows_out=sum(r.get("rows_inserted", 0) for r in tables.values()),
-        deliveries=sorted({d for r in tables.values() for d in r.get("deliveries", [])}),
+        rows_out=sum(r.rows_inserted for r in loaded.values()),
+        deliveries=sorted({d for r in loaded.values() for d in (*r.deliveries, *r.corrected)}),
         skipped=not applied,
         seconds=round(seconds, 3),
         details={
             "load_id": load_ids[0] if load_ids else None,
             "applied": applied,
+            "full_refresh": full_refresh,
             "rows_per_second": round(staged / seconds) if seconds and staged else 0,
-            "tables": tables,
+            "tables": loaded,
+            "drift": drift,
+            "drifted": [t.table for t in drift if t.drifted],
         },
     )

@@ -1,46 +1,44 @@
 {#- The SCD type 2 load of one dimension, rendered per table from its load spec
     (LOADS in lakehouse/warehouse/loads.py, from the catalogue);
     `lakehouse warehouse sql dim_<entity>` prints the result.
-    table: dw.<table> and its stage tables stage.<table>_history and stage.<table>_version
+    table: dw.<table> and its stage tables stage.<table>_history, _version and _changed
     key: the business key; attributes: the versioned columns
     key_collation: the collation the key is sorted and partitioned under, or empty for the database's -#}
-{%- macro column_list(names, indent) -%}
-{{ names | join(",\n" ~ " " * indent) }}
+{%- macro column_list(names, indent, prefix="") -%}
+{{ prefix ~ names | join(",\n" ~ " " * indent ~ prefix) }}
+{%- endmacro -%}
+{%- macro same_version(a, b, indent) -%}
+{%- set pad = " " * indent -%}
+{{ a }}.{{ key }} = {{ b }}.{{ key }}
+{{ pad }}and {{ a }}.valid_from = {{ b }}.valid_from
+{{ pad }}and row(
+{{ pad }}    {{ column_list(state, indent + 4, a ~ ".") }}
+{{ pad }}) is not distinct from row(
+{{ pad }}    {{ column_list(state, indent + 4, b ~ ".") }}
+{{ pad }})
 {%- endmacro -%}
 {%- set sort_key = key ~ (' collate "' ~ key_collation ~ '"' if key_collation else "") -%}
 {%- set state = attributes + ["is_deleted"] -%}
--- dw.{{ table }}: {{ grain }}.
--- Built by replaying the staged deliveries in as-of order. stage.{{ table }}_history holds every gold history row
--- of the deliveries being applied: those not applied yet, plus any already applied delivery with a later as-of
--- (a late delivery rewinds the history to its as-of).
+-- {{ ("dw." ~ table ~ ": " ~ grain ~ ".") | wordwrap(117, wrapstring="\n-- ") }}
+-- Restated from the replay point (stage.load_replay): stage.{{ table }}_history holds every gold history row with an
+-- as-of at or after it. The versions gold gives from there (stage.{{ table }}_version) are compared with the stored
+-- versions that reach it: one with the same key, start and state stays, surrogate key included, and only its end
+-- may move; the others are removed, and the missing ones inserted. The history therefore depends only on gold,
+-- whatever the order deliveries arrived in or were corrected. Static members (surrogate key 0: the erased member)
+-- are never versioned.
 
--- rewound: drop the versions opened at or after the first delivery being replayed
-with replay as (
-    select min(as_of) as replay_from
-    from stage.{{ table }}_history
-)
-
-delete from dw.{{ table }} as d
-using replay
-where d.valid_from >= replay.replay_from;
-
--- reopened: the versions that were current at that point are current again
-with replay as (
-    select min(as_of) as replay_from
-    from stage.{{ table }}_history
-)
-
-update dw.{{ table }} as d
-set valid_to = null, is_current = true
-from replay
-where d.valid_to >= replay.replay_from;
-
--- versions: staged states that differ from the key's previous state (all attributes compared at once,
--- as one row value) start a new version
+-- versions: each key's stored version valid just before the replay point (its start kept), then every staged state
+-- that differs from the key's previous one (all attributes compared at once, as one row value) starts a version
 insert into stage.{{ table }}_version (
     {{ column_list([key] + state + ["valid_from", "valid_to"], 4) }}
 )
-with staged as (
+with replay as (
+    select replay_from
+    from stage.load_replay
+    where table_name = '{{ table }}'
+),
+
+staged as (
     select distinct on ({{ sort_key }}, as_of)
         {{ column_list([key] + attributes, 8) }},
         coalesce(is_deleted, false) as is_deleted,
@@ -51,24 +49,24 @@ with staged as (
         {{ column_list([sort_key, "as_of", "is_deleted", "delivery"] + attributes, 8) }}
 ),
 
-current_versions as (
+before_replay as (
     select
-        {{ column_list([key] + state, 8) }},
-        valid_from as as_of
-    from dw.{{ table }}
-    where is_current
+        {{ column_list([key] + state, 8, "d.") }},
+        d.valid_from as as_of
+    from dw.{{ table }} as d
+    inner join replay
+        on
+            d.valid_from < replay.replay_from
+            and (d.valid_to is null or d.valid_to >= replay.replay_from)
+    where d.{{ surrogate_key }} > 0
 ),
 
 timeline as (
-    select
-        staged.*,
-        false as is_stored
+    select *
     from staged
     union all
-    select
-        current_versions.*,
-        true as is_stored
-    from current_versions
+    select *
+    from before_replay
 ),
 
 compared as (
@@ -82,50 +80,115 @@ compared as (
     window by_key as (partition by {{ sort_key }} order by as_of)
 ),
 
-changes as (
+starts as (
     select *
     from compared
     where
-        not is_stored
-        and (
-            previous_as_of is null
-            or row(
-                {{ column_list(state, 16) }}
-            ) is distinct from previous_state
-        )
+        previous_as_of is null
+        or row(
+            {{ column_list(state, 12) }}
+        ) is distinct from previous_state
 )
 
 select
     {{ column_list([key] + state, 4) }},
     as_of as valid_from,
     lead(as_of) over (partition by {{ sort_key }} order by as_of) as valid_to
-from changes;
+from starts;
 
--- closed: a current version replaced by a new one ends where the first new one starts
-with first_changes as (
-    select
-        {{ key }},
-        min(valid_from) as closed_at
+-- changed: the keys with a stored version that is no longer wanted or a wanted version not stored yet (their facts
+-- are re-pointed)
+insert into stage.{{ table }}_changed ({{ key }})
+with replay as (
+    select replay_from
+    from stage.load_replay
+    where table_name = '{{ table }}'
+),
+
+stored as (
+    select d.*
+    from dw.{{ table }} as d
+    inner join replay on d.valid_to is null or d.valid_to >= replay.replay_from
+    where d.{{ surrogate_key }} > 0
+),
+
+wanted as (
+    select *
     from stage.{{ table }}_version
-    group by {{ key }}
+),
+
+unwanted as (
+    select s.{{ key }}
+    from stored as s
+    where not exists (
+        select
+        from wanted as w
+        where
+            {{ same_version("w", "s", 12) }}
+    )
+),
+
+missing as (
+    select w.{{ key }}
+    from wanted as w
+    where not exists (
+        select
+        from stored as s
+        where
+            {{ same_version("s", "w", 12) }}
+    )
 )
 
-update dw.{{ table }} as d
-set valid_to = c.closed_at, is_current = false
-from first_changes as c
-where d.{{ key }} = c.{{ key }} and d.is_current;
+select {{ key }}
+from unwanted
+union
+select {{ key }}
+from missing;
 
--- inserted: the new versions
+-- removed: the stored versions reaching the replay point that gold no longer gives
+with replay as (
+    select replay_from
+    from stage.load_replay
+    where table_name = '{{ table }}'
+)
+
+delete from dw.{{ table }} as d
+using replay
+where
+    d.{{ surrogate_key }} > 0
+    and (d.valid_to is null or d.valid_to >= replay.replay_from)
+    and not exists (
+        select
+        from stage.{{ table }}_version as w
+        where
+            {{ same_version("w", "d", 12) }}
+    );
+
+-- closed: a kept version whose end moved (closed by a new version, or reopened when a later one went)
+update dw.{{ table }} as d
+set valid_to = w.valid_to, is_current = w.valid_to is null
+from stage.{{ table }}_version as w
+where
+    {{ same_version("w", "d", 4) }}
+    and d.valid_to is distinct from w.valid_to;
+
+-- inserted: the wanted versions not stored yet
 insert into dw.{{ table }} (
     {{ column_list([key] + state + ["valid_from", "valid_to", "is_current"], 4) }}
 )
-with new_versions as (
-    select *
-    from stage.{{ table }}_version
+with missing as (
+    select w.*
+    from stage.{{ table }}_version as w
+    where not exists (
+        select
+        from dw.{{ table }} as d
+        where
+            {{ same_version("d", "w", 12) }}
+    )
 )
 
 select
     {{ column_list([key] + state + ["valid_from", "valid_to"], 4) }},
     valid_to is null as is_current
-from new_versions
+from missing
 order by {{ key }}, valid_from;

@@ -1,5 +1,5 @@
-{#- The load of one fact, rendered per table from its load spec
-    (LOADS in lakehouse/warehouse/loads.py, from the catalogue);
+{#- The load of one fact, or of any table mirrored row for row (the calendar, the marts: no dimensions), rendered
+    per table from its load spec (LOADS in lakehouse/warehouse/loads.py, from the catalogue);
     `lakehouse warehouse sql fact_<name>` prints the result.
     table: dw.<table>, staged in stage.<table>
     columns: the staged columns that make the grain (staged rows are distinct per grain)
@@ -27,10 +27,12 @@
 {%- set surrogate_keys = [] -%}
 {%- for d in dimensions -%}{%- do surrogate_keys.append(d.entity ~ "_sk") -%}{%- endfor -%}
 {%- set stored = surrogate_keys + columns + measure_columns -%}
--- dw.{{ table }}: {{ grain }}.
+-- {{ ("dw." ~ table ~ ": " ~ grain ~ ".") | wordwrap(117, wrapstring="\n-- ") }}
+{%- if dimensions %}
 -- Each row carries the {{ dimensions | map(attribute="entity") | join(" and ") }} version valid at its {{ fact_time }}
 -- (a row earlier than a key's first version gets that first version).
--- The fact is brought to exactly the resolved rows, touching only what differs: rows are matched on their whole
+{%- endif %}
+-- The table is brought to exactly the resolved rows, touching only what differs: rows are matched on their whole
 -- value as text (`row(...)::text`: null-safe and hashable), so a row whose surrogate key changed is replaced.
 
 -- resolved: the staged rows with their surrogate keys, as the fact must be after this load
