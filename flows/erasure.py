@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.common import TASK_OPTIONS, publish_report
+from flows.common import FLOW_HOOKS, TASK_OPTIONS, publish_report
 from lakehouse import erasure
 from lakehouse.reports import RunReport, StageReport
 from lakehouse.runs import run_stage, settings_for, writer_lock
@@ -20,7 +20,7 @@ def erase(student_ids: list[str]) -> StageReport:
     return run_stage("erase", settings, lambda: erasure.erase(get_spark(settings), settings, student_ids, run_id))
 
 
-@flow(name="erase-students", log_prints=True)
+@flow(name="erase-students", log_prints=True, **FLOW_HOOKS)
 def erase_students(student_ids: list[str] | None = None) -> RunReport:
     """Erase learners by id from every layer, every Delta version, the landed files and dw; idempotent."""
     if not student_ids:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn
@@ -11,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lakehouse.config import Settings
-from lakehouse.reports import COLUMNS, RunReport, StageReport
+from lakehouse.reports import COLUMNS, OUTCOMES, RunReport, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
@@ -255,13 +257,14 @@ def run(
         fail(str(exc))
     get_settings.cache_clear()  # the running platform's Spark, when it lends it
     settings = get_settings()
-    import contextlib
-
     from flows.pipeline import full_pipeline
+    from lakehouse import alerts
+    from lakehouse.expectations import load as load_expectations
     from lakehouse.runs import add_listener, settings_for, spark_work_expected
     from lakehouse.spark import warm_up
 
-    with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
+    with contextlib.suppress(Exception):  # a source or expectations file that cannot be read: the flow says it
+        load_expectations(settings.expectations)
         if full_refresh or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
 
@@ -306,6 +309,7 @@ def run(
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # the orchestration itself failed (e.g. Prefect's API did not start)
+        alerts.send(settings, alerts.run_failed("lakehouse run", exc, None))
         fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     finally:
         remove()
@@ -322,6 +326,44 @@ def run(
     console.print(
         f"[green]run completed[/] ({result.quarantined} quarantined records); `lakehouse summary` shows the lake"
     )
+    if result.expectations:
+        outcomes = Counter(r.outcome for r in result.expectations)
+        console.print(
+            "expectations: " + ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o]), highlight=False
+        )
+        for found in result.expectations:
+            if found.outcome != "passed":
+                console.print(f"  {found.line}", highlight=False)
+
+
+@app.command()
+def checks() -> None:
+    """Freshness of each source group (events, each export) against LAKEHOUSE_FRESHNESS_SLA and the volume of their
+    latest deliveries, from the landing ledger (no Spark); alerts once when a group turns stale, recovers, or
+    delivers an anomalous volume. Exit 1 when a group is stale or anomalous (docs/quality.md)."""
+    import os
+
+    from lakehouse import freshness
+    from lakehouse.config import get_settings
+    from lakehouse.platform import PlatformError, client_env, running_platform
+
+    settings = get_settings()
+    if running_platform(settings):  # the alerts go to its Prefect as events too
+        with contextlib.suppress(PlatformError):
+            os.environ.update(client_env(settings))
+    report = freshness.check(settings)
+    rows = report.rows()
+    table = Table(*rows[0], title=f"source groups (SLA {report.sla}, volume under {report.min_pct:g}% of the median)")
+    for row in rows:
+        style = "red" if row["freshness"] == "stale" or row["volume"] == "anomaly" else None
+        table.add_row(*row.values(), style=style)
+    console.print(table)
+    for alert in report.alerts:
+        console.print(f"alert {alert.kind}: {alert.text}", highlight=False)
+    if not report.ok:
+        bad = [g.group for g in report.groups if g.stale or g.anomaly]
+        err.print(f"[bold red]not fresh:[/] {', '.join(bad)}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("quarantine")
@@ -441,6 +483,26 @@ def _warehouse_location(settings: Settings) -> str:
     return f"{mask_dsn(cluster.dsn)} (schema dw; project-managed, {status})"
 
 
+def _print_trust(settings: Settings) -> None:
+    """The trust panel: source groups fresh or stale, tables and what their expectations found."""
+    from lakehouse import trust
+
+    try:
+        found = trust.overview(settings)
+    except Exception as exc:  # the rest of the summary stands without it
+        err.print(f"[yellow]trust not shown:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        return
+    for title, rows in (
+        (f"trust: source groups (SLA {found.sla})", found.source_rows()),
+        ("trust: tables", found.table_rows()),
+    ):
+        grid = Table(*rows[0], title=title)
+        for row in rows:
+            bad = "stale" in row.values() or "anomaly" in row.values() or "failed" in row.get("expectations", "")
+            grid.add_row(*row.values(), style="red" if bad else None)
+        console.print(grid)
+
+
 @app.command()
 def summary() -> None:
     """A short summary of the lake: rows per layer, quarantined records, locations, how to open the UIs."""
@@ -479,6 +541,7 @@ def summary() -> None:
         console.print(f"[yellow]not landed[/]           {entry['path']}: {entry['why']}", highlight=False)
     if land.get("not_landed", 0) > len(land.get("not_landed_files", [])):
         console.print(f"not landed           ... {land['not_landed']:,} in all", highlight=False)
+    _print_trust(settings)
     console.print(f"lake                 {settings.lake_url}", highlight=False)
     console.print(f"warehouse            {_warehouse_location(settings)}", highlight=False)
     state = running_platform(settings)

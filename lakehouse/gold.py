@@ -639,6 +639,12 @@ def pending(settings: Settings) -> bool:
     return any(_plan(settings, table, marks) is not None for table in ORDER)
 
 
+def lagging(settings: Settings) -> set[str]:
+    """The gold tables that lag silver (read from the Delta logs, without Spark)."""
+    marks = _silver_marks(settings)
+    return {table.name for table in ORDER if _plan(settings, table, marks) is not None}
+
+
 def _write(
     session: SparkSession,
     settings: Settings,

@@ -512,6 +512,11 @@ def pending(settings: Settings) -> bool:
     return any(_lag(settings, table) is not None for table in TABLES)
 
 
+def lagging(settings: Settings) -> set[str]:
+    """The silver tables that lag bronze (read from the Delta logs, without Spark)."""
+    return {table.name for table in TABLES if _lag(settings, table) is not None}
+
+
 def _as_of(rows: DataFrame, bound: Callable[[str], Column]) -> str | None:
     """`min`/`max` of `as_of` over `rows` as exact text in the session's time zone (None: no rows)."""
     return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]

@@ -230,9 +230,7 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
     assert rows_of(dd.selectExpr("min(date)", "max(date)", "count(*)"), "*") == [
         (date(2017, 10, 31), date(2017, 11, 16), 17)
     ]
-    before = {
-        t: commits(spark, settings, "gold", t) for t in rep.tables if not rep.tables[t].skipped
-    }
+    before = {t: commits(spark, settings, "gold", t) for t in rep.tables if not rep.tables[t].skipped}
     again = gold.refresh(spark, settings, "r3")
     assert all(r.skipped for r in again.tables.values())
     assert {t: commits(spark, settings, "gold", t) for t in before} == before
