@@ -223,7 +223,8 @@ def _check_sql(text: str, spec: tables.Table, refuse: Any) -> tuple[str, ...]:
         tree = sqlglot.parse_one(text, read="spark")
     except (ParseError, TokenError) as exc:
         errors = getattr(exc, "errors", None) or [{"description": str(exc).splitlines()[0]}]
-        raise refuse(f"the SQL does not parse: {errors[0]['description']}") from None
+        said = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(errors[0]["description"]))
+        raise refuse(f"the SQL does not parse: {said}") from None
     if tree is None or isinstance(tree, (exp.Query, exp.Alias, exp.Block)) or not isinstance(tree, exp.Condition):
         raise refuse(f"expect must be one SQL condition over the row's columns, not {text!r}")
     scopes: dict[int, dict[str, tables.Table]] = {}
