@@ -85,6 +85,7 @@ TARGETS = {
     "sixth_delivery": "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)",
     "growth": "12 daily deliveries: the 12th run at most 1.3x the 3rd",
     "complete_10m": "10M events in under 1,200 s",
+    "expectations_cost": "the project's own expectations cost at most 10% of `lakehouse run`",
 }
 
 
@@ -119,6 +120,14 @@ def targets(result: dict) -> list[dict]:
         add("vs_casestudy", f"{ratio:.2f}x faster", ratio >= 5)
     else:
         add("vs_casestudy", None, None, _why(run, case))
+    checked = c.get("expectations")
+    if _ok(checked) and checked.get("ratio") is not None:
+        with_, without = checked["with"]["wall_s"], checked["without"]["wall_s"]
+        add(
+            "expectations_cost", f"{checked['ratio']:.2f}x ({with_:.1f} s vs {without:.1f} s)", checked["ratio"] <= 1.10
+        )
+    else:
+        add("expectations_cost", None, None, _why(checked) if checked else "not measured")
     inc = c.get("incremental") or {}
     rerun = inc.get("rerun_nothing_new")
     if _ok(rerun):
@@ -291,6 +300,17 @@ def scale_rows(result: dict, events: int) -> list[dict]:
             else "",
         )
         row("full rebuild incl. the new delivery", inc.get("full_rebuild"), eps=False)
+    checked = c.get("expectations")
+    if checked is not None:
+        if not any(k in checked for k in ("with", "without")):
+            row("expectations: their cost", checked)
+        row("`lakehouse run`, no expectations", checked.get("without"))
+        ratio = checked.get("ratio")
+        row(
+            "`lakehouse run`, the project's expectations",
+            checked.get("with"),
+            note=f"{ratio:.2f}x the run without them" if ratio is not None else "",
+        )
     mirror = c.get("mirror")
     if mirror is not None:
         m = mirror_figures(mirror)

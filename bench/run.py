@@ -24,7 +24,7 @@ DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
 # fmt: off
 CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
-              "erasure", "six_deliveries", "growth")
+              "erasure", "expectations", "six_deliveries", "growth")
 # fmt: on
 # The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
 SERIES_EVENTS = 600_000
@@ -208,7 +208,12 @@ def pipeline_stages(scale: Scale, source: Path) -> dict:
 
 
 def lakehouse_run(
-    scale: Scale, source: Path, name: str = "lakehouse_run", keep: bool = False, dsn: str | None = None
+    scale: Scale,
+    source: Path,
+    name: str = "lakehouse_run",
+    keep: bool = False,
+    dsn: str | None = None,
+    env: dict | None = None,
 ) -> dict:
     folder = scale.workspace(name, keep=keep)
     db_error = None
@@ -218,7 +223,7 @@ def lakehouse_run(
     report_file = folder / f"run-report-{tag}.json"
     result = run_measured(
         [str(LAKEHOUSE), "run", "--report", str(report_file)],
-        env=scale.lakehouse_env(source, folder, dsn),
+        env={**scale.lakehouse_env(source, folder, dsn), **(env or {})},
         timeout=scale.timeout,
         log=scale.logs / f"{tag}.log",
     )
@@ -343,6 +348,34 @@ def delivery_series(scale: Scale, deliveries: int) -> dict:
     return _with_db_error(out, db_error)
 
 
+def expectations_cost(scale: Scale, source: Path) -> dict:
+    """What the project's own expectations cost: `lakehouse run` on a fresh lake with none declared, then with the
+    project's file, back to back on the same source; the second's wall time over the first's, and each stage's."""
+    empty = scale.dir / "no-expectations.yaml"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_text("expectations: []\n")
+    out: dict = {
+        "without": lakehouse_run(scale, source, name="expectations_none", env={"LAKEHOUSE_EXPECTATIONS": str(empty)}),
+        "with": lakehouse_run(scale, source, name="expectations_project"),
+    }
+    for part in ("without", "with"):
+        out[part].pop("_dsn", None)
+    out["ok"] = out["without"]["ok"] and out["with"]["ok"]
+    if not out["ok"]:
+        out["error"] = next(out[p].get("error", "failed") for p in ("without", "with") if not out[p]["ok"])
+        return out
+    out["ratio"] = round(out["with"]["wall_s"] / out["without"]["wall_s"], 3)
+    stages = {}
+    for part in ("without", "with"):
+        saved = Path(out[part]["run_report"])
+        report = json.loads((saved if saved.is_absolute() else ROOT / saved).read_text())
+        stages[part] = {name: s["seconds"] for name, s in report["stages"].items()}
+        if part == "with":
+            out["results"] = [r for s in report["stages"].values() for r in s.get("expectations", [])]
+    out["stage_seconds"] = stages
+    return out
+
+
 def gold_differences(a: Path, b: Path) -> dict[str, int]:
     """Rows each gold table of lake `a` has and `b` has not, or the reverse."""
     import duckdb
@@ -444,6 +477,7 @@ def bench_scale(
     lake_folder = scale.dir / "runs" / "lakehouse_run"
     step("mirror", external, scale, "mirror", source, lake_folder, quick)
     step("dashboard", external, scale, "dashboard", source, lake_folder, quick)
+    step("expectations", expectations_cost, scale, source)
     step("erasure", erasure, scale, source, first, first_dsn)  # last: it rewrites the first run's lake
     return out
 

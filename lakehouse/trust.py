@@ -72,7 +72,7 @@ class TableTrust:
         for name, outcome in self.outcomes.items():
             rows[outcome] += self.failed_rows.get(name, 0)
         parts = [
-            f"{counts[o]} {o}" + (f" ({rows[o]:,} rows)" if rows[o] else "")
+            f"{counts[o]} {o}" + (f" ({rows[o]:,} row{'s' if rows[o] > 1 else ''})" if rows[o] else "")
             for o in (*OUTCOMES, "unchecked")
             if counts[o]
         ]

@@ -90,9 +90,17 @@ BAD = {
     "invalid YAML": ("expectations:\n  - name: a\n    table: [silver.page_views\n", 4, "not valid YAML"),
     "not a list": ("expectations: {name: a}\n", 1, "must be a list"),
     "unknown top-level key": ("rules: []\n", 1, "unknown key 'rules'"),
-    "unknown table": (_rule(table="silver.page_view"), 3, "unknown table 'silver.page_view'; did you mean silver.page_views?"),
+    "unknown table": (
+        _rule(table="silver.page_view"),
+        3,
+        "unknown table 'silver.page_view'; did you mean silver.page_views?",
+    ),
     "a bronze table": (_rule(table="bronze.events", action="warn"), 3, "unknown table 'bronze.events'"),
-    "unknown column": (_rule(expect='"page_nam is not null"'), 4, "unknown column 'page_nam' of silver.page_views; did you mean page_name?"),
+    "unknown column": (
+        _rule(expect='"page_nam is not null"'),
+        4,
+        "unknown column 'page_nam' of silver.page_views; did you mean page_name?",
+    ),
     "SQL that does not parse": (_rule(expect='"event_at <="'), 4, "the SQL does not parse"),
     "not a condition": (_rule(expect='"select 1"'), 4, "one SQL condition"),
     "two words": (_rule(expect='"page_name present"'), 4, "one SQL condition"),
@@ -142,7 +150,10 @@ def test_every_kind_of_bad_file_is_refused_in_one_line_naming_the_rule(tmp_path,
 
 def test_a_duplicate_name_names_both_lines(tmp_path):
     path = _file(tmp_path, GOOD + GOOD.split("\n", 1)[1])
-    with pytest.raises(ExpectationsError, match=re.escape(f"{path}:6: expectation not_after_delivery: the name is already used on line 2")):
+    with pytest.raises(
+        ExpectationsError,
+        match=re.escape(f"{path}:6: expectation not_after_delivery: the name is already used on line 2"),
+    ):
         load(path)
 
 

@@ -111,9 +111,10 @@ def test_stale_is_alerted_once_until_it_recovers_and_recovery_once(settings, web
     bodies = webhook.wait(8)
     assert sorted((b["kind"], b["group"]) for b in bodies) == sorted(("stale", g) for g in ("events", *EXPORTS))
     stale = next(b for b in bodies if b["group"] == "events")
-    assert stale["text"] == (
-        "events is stale: its newest delivery (2026-03-02) landed 30 h 00 min ago, over the 26h SLA"
-    ) and stale["delivery"] == "2026-03-02"
+    assert (
+        stale["text"] == ("events is stale: its newest delivery (2026-03-02) landed 30 h 00 min ago, over the 26h SLA")
+        and stale["delivery"] == "2026-03-02"
+    )
     # another process checking (the CLI) does not say it again
     result = CliRunner().invoke(app, ["checks"])
     assert result.exit_code == 1 and "stale" in result.stdout and len(webhook.bodies) == 8
