@@ -245,13 +245,13 @@ def test_refresh_builds_every_table_then_no_op_late_event_and_full_refresh(spark
         for layer, t in tables
     }
     assert not silver.refresh(spark, settings, "full", full_refresh=True).tables["page_views"].skipped
-    rebuilt = gold.refresh(spark, settings, "full", full_refresh=True).details["tables"]
-    assert {t for t, r in rebuilt.items() if not r["skipped"]} == set(existing)  # those with silver inputs
+    rebuilt = gold.refresh(spark, settings, "full", full_refresh=True).tables
+    assert {t for t, r in rebuilt.items() if not r.skipped} == set(existing)  # those with silver inputs
     for (layer, t), (rows, n) in kept.items():
         assert commits(spark, settings, layer, t) == n + 1, (layer, t)
         assert sorted(map(repr, _snapshot(spark, settings, layer, t).collect())) == sorted(map(repr, rows)), (layer, t)
-    assert all(r["skipped"] for r in silver.refresh(spark, settings, "r4").details["tables"].values())
-    assert all(r["skipped"] for r in gold.refresh(spark, settings, "r4").details["tables"].values())
+    assert all(r.skipped for r in silver.refresh(spark, settings, "r4").tables.values())
+    assert all(r.skipped for r in gold.refresh(spark, settings, "r4").tables.values())
 
 
 def _as_an_earlier_layout_wrote(settings, table: str) -> None:
@@ -274,15 +274,15 @@ def test_tables_an_earlier_layout_wrote_are_rebuilt_once(spark, settings):
     erased rows."""
     write_bronze(spark, settings, "events", event_rows(spark, [(SPACED, "2017-11-16", "p.json", 1)], 1), 1)
     silver.refresh(spark, settings, "r1")
-    built = [t for t, r in gold.refresh(spark, settings, "r1").details["tables"].items() if not r["skipped"]]
+    built = [t for t, r in gold.refresh(spark, settings, "r1").tables.items() if not r.skipped]
     kept = {t: (_snapshot(spark, settings, "gold", t).collect(), commits(spark, settings, "gold", t)) for t in built}
     for t in built:
         _as_an_earlier_layout_wrote(settings, t)
-    assert [t for t, r in gold.refresh(spark, settings, "r2").details["tables"].items() if not r["skipped"]] == built
+    assert [t for t, r in gold.refresh(spark, settings, "r2").tables.items() if not r.skipped] == built
     for t, (rows, n) in kept.items():
         assert commits(spark, settings, "gold", t) == n + 1, t
         assert sorted(map(repr, _snapshot(spark, settings, "gold", t).collect())) == sorted(map(repr, rows)), t
-    assert all(r["skipped"] for r in gold.refresh(spark, settings, "r3").details["tables"].values())
+    assert all(r.skipped for r in gold.refresh(spark, settings, "r3").tables.values())
 
     earlier = delta.read_table(spark, "silver", "page_views", settings).drop("student_erased")
     assert rows_of(gold.fact_page_view(earlier), "student_erased") == [(False,)]

@@ -261,16 +261,16 @@ def test_refresh_entities_incremental_and_no_op(spark, settings):
         spark, settings, "students", entity_rows(spark, "students", {d: STUDENTS[d] for d in ds[1:]}, batch=3), 3
     )
     rep = silver.refresh(spark, settings, "r")
-    assert rep.tables["students"].batch == 3 and rep.tables["sessions"].skipped
+    assert rep.tables["students"].version == 3 and rep.tables["sessions"].skipped
     hist = delta.read_table(spark, "silver", "students", settings)
     assert rows_of(hist, *STUDENT_COLUMNS) == EXPECTED_STUDENTS
     assert delta_log.last_txn_version(settings.table_path("silver", "students"), "silver.students") == 3
     before = commits(spark, settings, "silver", "students")
-    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
+    assert silver.refresh(spark, settings, "r").tables["students"].skipped
     assert commits(spark, settings, "silver", "students") == before
     # a batch with no students record (a delivery without that export): no Spark job, no commit, no lag left
     write_bronze(spark, settings, "students", entity_rows(spark, "students", {}, batch=4), 4)
-    assert silver.refresh(spark, settings, "r").details["tables"]["students"]["skipped"]
+    assert silver.refresh(spark, settings, "r").tables["students"].skipped
     assert commits(spark, settings, "silver", "students") == before and not silver.pending(settings)
 
 
