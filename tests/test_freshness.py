@@ -17,6 +17,7 @@ from tests.builders import WebhookReceiver, ledger
 
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 EXPORTS = ("students", "courses", "universities", "subjects", "sessions", "subscriptions", "student_follow_subject")
+GROUPS = ("events", *EXPORTS)
 
 
 def _daily(days: int, lines: int = 100, last: int | None = None) -> list[tuple[str, str, int, datetime]]:
@@ -186,3 +187,32 @@ def test_the_alert_state_is_a_small_file_of_the_data_folder(settings, webhook):
     freshness.check(_settings(), now=T0 + timedelta(hours=30))
     state = json.loads((settings.data_dir / freshness.STATE_FILE).read_text())
     assert set(state["stale"]) == {"events", *EXPORTS} and state["volume"] == []
+
+
+@pytest.mark.e2e
+def test_the_checks_deployment_alerts_once_and_tells_prefect(settings, webhook):
+    """The `checks` flow (the deployment's entrypoint, no parameters): a stale group does not fail the run, it is
+    alerted once, and the alert is a Prefect event `lakehouse.stale` for Prefect's automations."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.checks import checks
+
+    now = datetime.now(UTC)
+    ledger(settings, [(g, "2026-03-01", 10, now - timedelta(hours=30 if g == "events" else 1)) for g in GROUPS])
+    with prefect_test_harness(server_startup_timeout=120):
+        state = checks(return_state=True)
+        assert state.is_completed(), state.message
+        assert [g.group for g in state.result().groups if g.stale] == ["events"]
+        assert checks(return_state=True).is_completed()  # a second check: nothing new to say
+        deadline, found = time.monotonic() + 60, []
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline and not found:
+                page = client.read_events(filter=EventFilter(event=EventNameFilter(prefix=["lakehouse."])), limit=50)
+                found = [(e.event, e.payload.get("group")) for e in page.events]
+                time.sleep(0.5)
+    assert found == [("lakehouse.stale", "events")]
+    assert [(b["kind"], b["group"]) for b in webhook.bodies] == [("stale", "events")]
