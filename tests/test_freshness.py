@@ -48,6 +48,16 @@ def _settings():
     return config.get_settings()
 
 
+def test_the_sla_is_a_duration_and_the_webhook_a_secret():
+    from lakehouse.config import MASK, Settings
+
+    settings = Settings(_env_file=None, freshness_sla="1h30m", alert_webhook="https://hooks.example/T0/B0/secret")
+    assert settings.sla == timedelta(minutes=90) and settings.masked()["alert_webhook"] == MASK
+    assert Settings(_env_file=None).sla == timedelta(hours=26) and Settings(_env_file=None).alert_webhook is None
+    with pytest.raises(ValueError, match="'soon' is not a duration"):
+        Settings(_env_file=None, freshness_sla="soon")
+
+
 def test_fresh_and_stale_against_the_sla():
     manifests = [{"batch_id": 1, "files": [_entry("events", "2026-03-01", 10, T0)]}]
     at = {g.group: g for g in freshness.evaluate(manifests, T0 + timedelta(hours=25), timedelta(hours=26), 50)}
