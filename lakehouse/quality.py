@@ -77,8 +77,8 @@ class Checks:
             self.results.extend(results)
 
     def record(self, spark: SparkSession, quiet: bool = False) -> None:
-        """Append the results to quality.expectation_results; `quiet` (the stage failed already) only logs a failure
-        to do so."""
+        """Append the results to quality.expectation_results, one row per (run, table, expectation): a stage retried
+        in the same run keeps its first check's row. `quiet` (the stage failed already) only logs a failure to."""
         if not self.results:
             return
         rows = [
@@ -95,7 +95,15 @@ class Checks:
             for r in self.results
         ]
         try:
-            delta.append(spark.createDataFrame(rows, RESULTS.ddl), delta.Target(RESULTS, self.settings))
+            found = spark.createDataFrame(rows, RESULTS.ddl)
+            if is_table(self.settings.table_path(RESULTS.layer, RESULTS.name)):
+                earlier = delta.read_table(spark, RESULTS.layer, RESULTS.name, self.settings).where(
+                    F.col("run_id") == self.run_id
+                )
+                found = found.join(earlier.select(*RESULTS.keys), list(RESULTS.keys), "left_anti").select(
+                    *RESULTS.names
+                )
+            delta.append(found, delta.Target(RESULTS, self.settings))
         except Exception:
             if not quiet:
                 raise
