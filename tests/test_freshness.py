@@ -226,3 +226,41 @@ def test_the_checks_deployment_alerts_once_and_tells_prefect(settings, webhook):
                 time.sleep(0.5)
     assert found == [("lakehouse.stale", "events")]
     assert [(b["kind"], b["group"]) for b in webhook.bodies] == [("stale", "events")]
+
+
+def test_a_run_failure_says_its_cause_once_in_the_fields_that_apply():
+    from lakehouse.expectations import ExpectationFailed
+    from lakehouse.reports import ExpectationResult
+
+    held = ExpectationFailed("held back", "silver.page_views", "country_present", 3, 10, "run-1")
+    try:
+        try:
+            raise held
+        except ExpectationFailed as cause:
+            raise RuntimeError("silver failed") from cause
+    except RuntimeError as wrapped:
+        alert = alerts.run_failed("full-pipeline", wrapped, "run-1", "http://ui/runs/flow-run/run-1")
+    assert alert.payload() == {
+        "kind": "expectation_failed",
+        "text": "full-pipeline failed: expectation country_present on silver.page_views failed for 3 of 10 rows; "
+        "nothing after it was published and the delivery stays pending",
+        "table": "silver.page_views",
+        "expectation": "country_present",
+        "rows_failed": 3,
+        "run_id": "run-1",
+        "flow": "full-pipeline",
+        "url": "http://ui/runs/flow-run/run-1",
+    }
+    other = alerts.run_failed("maintenance", ValueError("retention too short\nmore"), "run-2").payload()
+    assert other == {
+        "kind": "run_failed",
+        "text": "maintenance failed: ValueError: retention too short",
+        "run_id": "run-2",
+        "flow": "maintenance",
+    }
+    found = ExpectationResult(
+        "run-3", "2026-01-01T00:00:00+00:00", "gold.fact_page_view", "known", "warn", 50, 4, "warned"
+    )
+    assert alerts.warned(found, "full-pipeline").payload()["text"] == (
+        "gold.fact_page_view: expectation known warned for 4 of 50 rows (kept)"
+    )
