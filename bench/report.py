@@ -121,11 +121,9 @@ def targets(result: dict) -> list[dict]:
     else:
         add("vs_casestudy", None, None, _why(run, case))
     checked = c.get("expectations")
-    if _ok(checked) and checked.get("ratio") is not None:
-        with_, without = checked["with"]["wall_s"], checked["without"]["wall_s"]
-        add(
-            "expectations_cost", f"{checked['ratio']:.2f}x ({with_:.1f} s vs {without:.1f} s)", checked["ratio"] <= 1.10
-        )
+    if _ok(checked) and checked.get("cost_share") is not None:
+        share, cost, run_s = checked["cost_share"], checked["cost_s"], checked["run_without_s"]
+        add("expectations_cost", f"{share:+.1%} ({cost:+.1f} s on {run_s:.1f} s)", share <= 0.10)
     else:
         add("expectations_cost", None, None, _why(checked) if checked else "not measured")
     inc = c.get("incremental") or {}
@@ -302,15 +300,14 @@ def scale_rows(result: dict, events: int) -> list[dict]:
         row("full rebuild incl. the new delivery", inc.get("full_rebuild"), eps=False)
     checked = c.get("expectations")
     if checked is not None:
-        if not any(k in checked for k in ("with", "without")):
-            row("expectations: their cost", checked)
-        row("`lakehouse run`, no expectations", checked.get("without"))
-        ratio = checked.get("ratio")
-        row(
-            "`lakehouse run`, the project's expectations",
-            checked.get("with"),
-            note=f"{ratio:.2f}x the run without them" if ratio is not None else "",
+        share = checked.get("cost_share")
+        note = (
+            f"silver + gold {checked['refine_project_s']:.1f} s with the project's expectations, "
+            f"{checked['refine_none_s']:.1f} s without: {share:+.1%} of a run without them"
+            if share is not None
+            else ""
         )
+        row("expectations: their cost", checked, note=note, eps=False, ratio=False)
     mirror = c.get("mirror")
     if mirror is not None:
         m = mirror_figures(mirror)

@@ -349,31 +349,19 @@ def delivery_series(scale: Scale, deliveries: int) -> dict:
 
 
 def expectations_cost(scale: Scale, source: Path) -> dict:
-    """What the project's own expectations cost: `lakehouse run` on a fresh lake with none declared, then with the
-    project's file, back to back on the same source; the second's wall time over the first's, and each stage's."""
-    empty = scale.dir / "no-expectations.yaml"
-    empty.parent.mkdir(parents=True, exist_ok=True)
-    empty.write_text("expectations: []\n")
-    out: dict = {
-        "without": lakehouse_run(scale, source, name="expectations_none", env={"LAKEHOUSE_EXPECTATIONS": str(empty)}),
-        "with": lakehouse_run(scale, source, name="expectations_project"),
-    }
-    for part in ("without", "with"):
-        out[part].pop("_dsn", None)
-    out["ok"] = out["without"]["ok"] and out["with"]["ok"]
-    if not out["ok"]:
-        out["error"] = next(out[p].get("error", "failed") for p in ("without", "with") if not out[p]["ok"])
-        return out
-    out["ratio"] = round(out["with"]["wall_s"] / out["without"]["wall_s"], 3)
-    stages = {}
-    for part in ("without", "with"):
-        saved = Path(out[part]["run_report"])
-        report = json.loads((saved if saved.is_absolute() else ROOT / saved).read_text())
-        stages[part] = {name: s["seconds"] for name, s in report["stages"].items()}
-        if part == "with":
-            out["results"] = [r for s in report["stages"].values() for r in s.get("expectations", [])]
-    out["stage_seconds"] = stages
-    return out
+    """What the project's own expectations cost (bench/expectations.py): silver and gold from one bronze, with none
+    and with the project's file, alternating in one process; the difference as a share of the run without them."""
+    folder = scale.workspace("expectations")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.expectations"],
+        env=scale.lakehouse_env(source, folder, None),
+        timeout=scale.timeout,
+        log=scale.logs / "expectations.log",
+    )
+    report = result.pop("report", None) or {}
+    result["ok"] = result["ok"] and report.get("ok", False)
+    result.update({k: v for k, v in report.items() if k != "ok"})
+    return result
 
 
 def gold_differences(a: Path, b: Path) -> dict[str, int]:
