@@ -326,14 +326,18 @@ def run(
     console.print(
         f"[green]run completed[/] ({result.quarantined} quarantined records); `lakehouse summary` shows the lake"
     )
-    if result.expectations:
-        outcomes = Counter(r.outcome for r in result.expectations)
-        console.print(
-            "expectations: " + ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o]), highlight=False
-        )
-        for found in result.expectations:
-            if found.outcome != "passed":
-                console.print(f"  {found.line}", highlight=False)
+    _print_expectations(result)
+
+
+def _print_expectations(result: RunReport) -> None:
+    """What the run's expectations found: their outcomes, and each one that did not pass."""
+    if not result.expectations:
+        return
+    outcomes = Counter(r.outcome for r in result.expectations)
+    console.print("expectations: " + ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o]), highlight=False)
+    for found in result.expectations:
+        if found.outcome != "passed":
+            console.print(f"  {found.line}", highlight=False)
 
 
 @app.command()
