@@ -1,6 +1,7 @@
 """What the project's own expectations cost: silver and gold refreshed from the same bronze with none declared and
 with the project's `expectations.yaml`, alternating (none, project, project, none) in one process and one Spark
-session, so that a shared machine's load weighs on both alike; against the stages of a run without them.
+session, so that a shared machine's load weighs on both alike; against the stages of a run without them. Wall time,
+and the executor CPU time of each round's tasks from Spark's event log (what the load of other jobs changes least).
 
 Configuration comes from the `LAKEHOUSE_*` environment the harness sets (source, lake, data dir).
 Usage: python -m bench.expectations   (prints one BENCH_RESULT JSON line)
@@ -8,6 +9,7 @@ Usage: python -m bench.expectations   (prints one BENCH_RESULT JSON line)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -31,8 +33,33 @@ def _copy(lake: Path, to: Path) -> None:
             shutil.copytree(lake / layer, to / layer, copy_function=os.link)
 
 
+def _cpu_seconds(events: Path, windows: list[tuple[float, float]]) -> list[float]:
+    """Executor CPU seconds of the tasks that finished in each (start, end) window (epoch seconds)."""
+    totals = [0.0] * len(windows)
+    for log in events.glob("*"):
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["Event"] != "SparkListenerTaskEnd":
+                continue
+            finished = event["Task Info"]["Finish Time"] / 1000
+            cpu = (event.get("Task Metrics") or {}).get("Executor CPU Time", 0) / 1e9
+            for k, (start, end) in enumerate(windows):
+                if start <= finished <= end:
+                    totals[k] += cpu
+    return [round(t, 1) for t in totals]
+
+
 def run() -> dict:
-    settings = Settings()
+    base = Settings()
+    events = Path(base.data_dir) / "spark-events"
+    shutil.rmtree(events, ignore_errors=True)
+    events.mkdir(parents=True)
+    log_conf = {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.compress": "false",  # plain JSON lines, read back below
+        "spark.eventLog.dir": events.resolve().as_uri(),
+    }
+    settings = base.model_copy(update={"spark_conf": {**base.spark_conf, **log_conf}})
     lake = Path(settings.lake_url)
     spark = get_spark(settings)
     started = time.perf_counter()
@@ -42,16 +69,18 @@ def run() -> dict:
     ingested = time.perf_counter()
     declared = {"none": Expectations(Path("(none)")), "project": load(PROJECT_ROOT / "expectations.yaml")}
     rounds: list[dict] = []
+    windows: list[tuple[float, float]] = []
     for n, name in enumerate(ORDER):
         copy = lake.parent / f"lake-{n}-{name}"
         shutil.rmtree(copy, ignore_errors=True)
         _copy(lake, copy)
         s = settings.model_copy(update={"lake": str(copy)})
-        t0 = time.perf_counter()
+        opened, t0 = time.time(), time.perf_counter()
         refined = silver.refresh(spark, s, f"bench-{n}", expectations=declared[name])
         t1 = time.perf_counter()
         built = gold.refresh(spark, s, f"bench-{n}", expectations=declared[name])
         t2 = time.perf_counter()
+        windows.append((opened, time.time()))
         rounds.append(
             {
                 "expectations": name,
@@ -61,8 +90,20 @@ def run() -> dict:
             }
         )
         shutil.rmtree(copy, ignore_errors=True)
+    spark.stop()  # the event log is complete once the session ends
+    try:
+        for entry, seconds in zip(rounds, _cpu_seconds(events, windows)):
+            entry["executor_cpu_s"] = seconds
+    except (OSError, ValueError, KeyError) as exc:  # the wall times stand without it
+        for entry in rounds:
+            entry["executor_cpu_s"] = 0.0
+        rounds[0]["cpu_error"] = f"{type(exc).__name__}: {exc}"
     refine = {
         name: statistics.mean(float(r["silver_s"]) + float(r["gold_s"]) for r in rounds if r["expectations"] == name)
+        for name in declared
+    }
+    cpus = {
+        name: statistics.mean(float(r["executor_cpu_s"]) for r in rounds if r["expectations"] == name)
         for name in declared
     }
     before = (landed - started) + (ingested - landed)
@@ -78,6 +119,9 @@ def run() -> dict:
         "run_without_s": round(run_without, 3),
         "cost_s": round(cost, 3),
         "cost_share": round(cost / run_without, 4),
+        "executor_cpu_none_s": round(cpus["none"], 1),
+        "executor_cpu_project_s": round(cpus["project"], 1),
+        "executor_cpu_ratio": round(cpus["project"] / cpus["none"], 3) if cpus["none"] else None,
     }
 
 

@@ -303,7 +303,8 @@ def scale_rows(result: dict, events: int) -> list[dict]:
         share = checked.get("cost_share")
         note = (
             f"silver + gold {checked['refine_project_s']:.1f} s with the project's expectations, "
-            f"{checked['refine_none_s']:.1f} s without: {share:+.1%} of a run without them"
+            f"{checked['refine_none_s']:.1f} s without: {share:+.1%} of a run without them; executor CPU "
+            f"{checked.get('executor_cpu_ratio') or 0:.2f}x"
             if share is not None
             else ""
         )
