@@ -96,7 +96,7 @@ def test_stages_on_the_connect_server_equal_a_local_run(spark, server, tmp_path)
     for stage in (bronze.ingest, silver.refresh, gold.refresh):
         stage(spark, b, "r")
     con = duckdb_with_delta()
-    for layer, tables in (("silver", silver.TABLES), ("gold", gold.TABLES)):
+    for layer, tables in (("silver", tuple(silver.BY_NAME)), ("gold", gold.TABLES)):
         for table in tables:
             columns = [
                 r[0]
