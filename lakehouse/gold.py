@@ -724,6 +724,7 @@ def refresh(
         {name: reports[name] for name in TABLES},
         time.monotonic() - started,
         expectations=checks.results,
+        quarantined=checks.dropped,
         run_id=run_id,
         full_refresh=full_refresh,
     )

@@ -63,6 +63,7 @@ class Checks:
     def __init__(self, settings: Settings, expectations: Expectations, run_id: str):
         self.settings, self.expectations, self.run_id = settings, expectations, run_id
         self.results: list[ExpectationResult] = []
+        self.dropped = 0  # rows `drop` rules left out of the tables, into quarantine
         self._lock = threading.Lock()
 
     def guard(
@@ -72,9 +73,10 @@ class Checks:
         rules = self.expectations.on(table.key)
         return Guard(self, session, table, rules, version, place) if rules else None
 
-    def add(self, results: list[ExpectationResult]) -> None:
+    def add(self, results: list[ExpectationResult], dropped: int = 0) -> None:
         with self._lock:
             self.results.extend(results)
+            self.dropped += dropped
 
     def record(self, spark: SparkSession, quiet: bool = False) -> None:
         """Append the results to quality.expectation_results, one row per (run, table, expectation): a stage retried
@@ -144,8 +146,14 @@ class Guard:
                 raise ExpectationsError(f"{self._where(rule)}: expect is {kinds[flag].simpleString()}, not a condition")
         computed = flagged.persist(StorageLevel.DISK_ONLY)  # computed once: counted now, written next
         self._computed.append(computed)
+        drops = [(rule, F.col(flag)) for rule, flag in zip(self.rules, flags) if rule.action == "drop"]
+        keep = reduce(Column.__and__, (ok for _, ok in drops)) if drops else F.lit(True)
         observation = Observation(f"expectations_{uuid.uuid4().hex}")
-        aggregates = [F.count(F.lit(1)).alias("_rows"), *(F.count_if(~F.col(f)).alias(f) for f in flags)]
+        aggregates = [
+            F.count(F.lit(1)).alias("_rows"),
+            F.count_if(~keep).alias("_dropped"),
+            *(F.count_if(~F.col(f)).alias(f) for f in flags),
+        ]
         computed.observe(observation, *aggregates).write.format("noop").mode("overwrite").save()
         counts = observation.get
         checked = int(counts["_rows"])
@@ -162,15 +170,15 @@ class Guard:
             )
             for rule, flag in zip(self.rules, flags)
         ]
-        self.checks.add(results)
-        for rule, flag, result in zip(self.rules, flags, results):
-            if result.outcome == "failed":
-                raise self._failed(rule, result, computed.where(~F.col(flag)))
-        drops = [(rule, F.col(flag)) for rule, flag in zip(self.rules, flags) if rule.action == "drop"]
+        failing = next((r for r in zip(self.rules, flags, results) if r[2].outcome == "failed"), None)
+        if failing is not None:
+            self.checks.add(results)
+            rule, flag, result = failing
+            raise self._failed(rule, result, computed.where(~F.col(flag)))
+        self.checks.add(results, int(counts["_dropped"]))
         if not drops:
             return computed.select(*rows.columns)
-        keep = reduce(Column.__and__, (ok for _, ok in drops))
-        if any(r.rows_failed for r, rule in zip(results, self.rules) if rule.action == "drop"):
+        if counts["_dropped"]:
             reason = F.coalesce(*(F.when(~ok, F.lit(rule.reason)) for rule, ok in drops))
             self._quarantine(computed.where(~keep).withColumn("_reason", reason))
         return computed.where(keep).select(*rows.columns)

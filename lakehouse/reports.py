@@ -88,13 +88,15 @@ class StageReport:
         tables: dict[str, TableReport],
         seconds: float,
         expectations: list[ExpectationResult] | None = None,
+        quarantined: int = 0,
         **details: Any,
     ) -> StageReport:
-        """A layer's report from its tables' reports (and what their expectations found)."""
+        """A layer's report from its tables' reports (what their expectations found, the rows they quarantined)."""
         return cls(
             stage,
             rows_in=sum(t.rows_in for t in tables.values()),
             rows_out=sum(t.rows_out for t in tables.values()),
+            quarantined=quarantined,
             skipped=all(t.skipped for t in tables.values()),
             seconds=round(seconds, 3),
             tables=tables,

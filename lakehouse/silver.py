@@ -629,6 +629,7 @@ def refresh(
         reports,
         time.monotonic() - started,
         expectations=checks.results,
+        quarantined=checks.dropped,
         run_id=run_id,
         full_refresh=full_refresh,
     )

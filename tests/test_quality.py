@@ -135,6 +135,7 @@ def test_each_action_counts_exactly_and_dropped_rows_keep_their_place(spark, lak
         ("expectation:page_name_present", EVENTS1, 4, LINES1[3], "r1"),
     ]
     assert quarantined.where("landed_path like 'landing/events/%' and batch_id = 1").count() == 2
+    assert lake.reports["silver"].quarantined == 2 and lake.reports["gold"].quarantined == 0  # in the run's summary
     views = read_table(spark, "silver", "page_views", s)
     kept = {(r.source_file, r.line_number) for r in views.select("source_file", "line_number").collect()}
     assert kept == {(EVENTS1, n) for n in (1, 2, 5, 6, 7)}  # warned rows are kept
