@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -17,8 +19,11 @@ from apps.charts import NAMES, VegaChart, spec
 from apps.queries import Filters, Gold, to_datetime
 from lakehouse.config import PROJECT_ROOT, Settings, get_settings
 from lakehouse.platform import origins, public_url
+from lakehouse.reports import OUTCOMES
 from lakehouse.security import ADMIN_USER, BindRefused, check_bind, login_set, wait_listening
+from lakehouse.trust import Trust
 
+log = logging.getLogger(__name__)
 ALL = "All"
 # fmt: off
 REQUIRED = ("gold.fact_page_view", "gold.dim_student", "gold.fact_session", "gold.fact_subscription",
@@ -43,6 +48,41 @@ def shared_gold(settings: Settings | None = None) -> Gold:
 def _when(value) -> str:
     moment = to_datetime(value)
     return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+TRUST_REFRESH_MS = 60_000
+_BAD, _GOOD = "#c0392b", "#1e8449"
+
+
+def trust_headline(found: Trust) -> str:
+    """The trust panel's first line: sources fresh or stale, tables up to date or pending, expectations' outcomes."""
+    stale = [s.status.group for s in found.sources if s.status.stale]
+    odd = [s.status.group for s in found.sources if s.status.anomaly]
+    behind = [t.table for t in found.tables if t.behind]
+    outcomes = Counter(o for t in found.tables for o in t.outcomes.values())
+
+    def said(good: bool, text: str) -> str:
+        return f'<span style="color:{_GOOD if good else _BAD}">{"✔" if good else "✖"} {text}</span>'
+
+    sources = said(
+        not stale,
+        f"{len(stale)} of {len(found.sources)} sources stale: {', '.join(stale)}"
+        if stale
+        else f"all {len(found.sources)} sources fresh (SLA {found.sla})",
+    )
+    volume = said(not odd, f"unusually small delivery: {', '.join(odd)}" if odd else "volumes as usual")
+    tables = said(
+        not behind,
+        f"{len(behind)} tables held back: {', '.join(behind[:4])}{'...' if len(behind) > 4 else ''}"
+        if behind
+        else "every table up to date",
+    )
+    checks = said(
+        not outcomes["failed"],
+        "expectations: "
+        + (", ".join(f"{outcomes[o]} {o}" for o in (*OUTCOMES, "unchecked") if outcomes[o]) or "none declared"),
+    )
+    return " &nbsp;·&nbsp; ".join((sources, volume, tables, checks))
 
 
 class Dashboard:
@@ -92,6 +132,10 @@ class Dashboard:
         self.universities = VegaChart("universities", css_classes=["chart-universities"], **chart)
         self.courses = VegaChart("courses", css_classes=["chart-courses"], **chart)
         self.freshness = pn.pane.Markdown("", css_classes=["freshness"])
+        self.trust_headline = pn.pane.Markdown("", css_classes=["trust-headline"], margin=(0, 10))
+        table = dict(index=False, sizing_mode="stretch_width")
+        self.trust_sources = pn.pane.DataFrame(None, css_classes=["trust-sources"], **table)
+        self.trust_tables = pn.pane.DataFrame(None, css_classes=["trust-tables"], **table)
         self.quarantine = pn.pane.DataFrame(None, index=False, css_classes=["quarantine"], sizing_mode="stretch_width")
         self.timing = pn.pane.Str("", css_classes=["timing"], styles={"color": "#888", "font-size": "10px"})
         for widget in (self.dates, self.client, self.country, self.month, self.min_views):
@@ -103,6 +147,9 @@ class Dashboard:
         self.update()
         self.update_foreign()
         self.update_freshness()
+        self.update_trust()
+        if pn.state.curdoc is not None:  # a browser session: the panel follows the lake
+            pn.state.add_periodic_callback(self.update_trust, period=TRUST_REFRESH_MS)
 
     def filters(self) -> Filters:
         start, end = self.dates.value  # type: ignore[misc]  # a range widget's value is a pair
@@ -148,14 +195,37 @@ class Dashboard:
         )
         self.quarantine.object = quarantine if len(quarantine) else None
 
+    def update_trust(self) -> None:
+        """The trust panel: one line to read first, then the source groups and the tables."""
+        try:
+            found = self.gold.trust()
+        except Exception as exc:  # the charts stand without it; the next refresh tries again
+            log.warning("the trust panel could not be read: %s", exc)
+            self.trust_headline.object = f"The trust panel could not be read: {type(exc).__name__}: {exc}"
+            return
+        self.trust_headline.object = trust_headline(found)
+        self.trust_sources.object = pd.DataFrame(found.source_rows())
+        self.trust_tables.object = pd.DataFrame(found.table_rows())
+
     def view(self) -> pn.viewable.Viewable:
         card = dict(
             styles={"background": "white", "border-radius": "6px", "padding": "6px"},
             margin=6,
             sizing_mode="stretch_width",
         )
+        trust = pn.Column(
+            pn.pane.Markdown("### Can I trust the numbers?"),
+            self.trust_headline,
+            pn.Row(
+                pn.Column(pn.pane.Markdown("#### Sources"), self.trust_sources, sizing_mode="stretch_width"),
+                pn.Column(pn.pane.Markdown("#### Tables"), self.trust_tables, sizing_mode="stretch_width"),
+            ),
+            css_classes=["trust"],
+            **card,
+        )
         return pn.Column(
             pn.pane.Markdown("## Learning-platform activity", margin=(0, 10)),
+            pn.Row(trust),
             pn.Row(self.dates, self.client, self.country, self.timing),
             pn.Row(*self.kpis.values()),
             pn.Row(pn.Column(self.daily, **card), pn.Column(self.states, **card)),

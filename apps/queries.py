@@ -11,7 +11,7 @@ from datetime import date, datetime
 import duckdb
 import pandas as pd
 
-from lakehouse import catalog, tables
+from lakehouse import catalog, tables, trust
 from lakehouse.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,11 @@ class Gold:
         times = [c[1] for c in commits if c]
         out["last_run"] = max(times) if times else None
         return out
+
+    def trust(self) -> trust.Trust:
+        """The trust panel: source groups fresh or stale, each table's last refresh and expectations."""
+        with self._lock:
+            return trust.overview(self.settings, lake=self.lake)
 
 
 def _bind(name: str, params: dict | None) -> tuple[str, dict | None]:

@@ -85,6 +85,7 @@ TARGETS = {
     "sixth_delivery": "6 deliveries: the 6th alone at most 30% of a full run over all 6 (gold equal)",
     "growth": "12 daily deliveries: the 12th run at most 1.3x the 3rd",
     "complete_10m": "10M events in under 1,200 s",
+    "expectations_cost": "the project's own expectations cost at most 10% of `lakehouse run`",
 }
 
 
@@ -119,6 +120,12 @@ def targets(result: dict) -> list[dict]:
         add("vs_casestudy", f"{ratio:.2f}x faster", ratio >= 5)
     else:
         add("vs_casestudy", None, None, _why(run, case))
+    checked = c.get("expectations")
+    if _ok(checked) and checked.get("cost_share") is not None:
+        share, cost, run_s = checked["cost_share"], checked["cost_s"], checked["run_without_s"]
+        add("expectations_cost", f"{share:+.1%} ({cost:+.1f} s on {run_s:.1f} s)", share <= 0.10)
+    else:
+        add("expectations_cost", None, None, _why(checked) if checked else "not measured")
     inc = c.get("incremental") or {}
     rerun = inc.get("rerun_nothing_new")
     if _ok(rerun):
@@ -291,6 +298,17 @@ def scale_rows(result: dict, events: int) -> list[dict]:
             else "",
         )
         row("full rebuild incl. the new delivery", inc.get("full_rebuild"), eps=False)
+    checked = c.get("expectations")
+    if checked is not None:
+        share = checked.get("cost_share")
+        note = (
+            f"silver + gold {checked['refine_project_s']:.1f} s with the project's expectations, "
+            f"{checked['refine_none_s']:.1f} s without: {share:+.1%} of a run without them; executor CPU "
+            f"{checked.get('executor_cpu_ratio') or 0:.2f}x"
+            if share is not None
+            else ""
+        )
+        row("expectations: their cost", checked, note=note, eps=False, ratio=False)
     mirror = c.get("mirror")
     if mirror is not None:
         m = mirror_figures(mirror)

@@ -25,7 +25,7 @@ DEFAULT_EVENTS = (100_000, 1_000_000)
 QUICK_EVENTS = (20_000,)
 # fmt: off
 CONTENDERS = ("pipeline_stages", "lakehouse_run", "duckdb", "casestudy", "incremental", "mirror", "dashboard",
-              "erasure", "six_deliveries", "six_deliveries_dv", "growth")
+              "erasure", "expectations", "six_deliveries", "six_deliveries_dv", "growth")
 # fmt: on
 # The delivery-series scenarios run once, at their own size: deliveries fed one `lakehouse run` at a time.
 SERIES_EVENTS = 600_000
@@ -361,6 +361,22 @@ def delivery_series(scale: Scale, deliveries: int, settings: dict[str, str], nam
     return _with_db_error(out, db_error)
 
 
+def expectations_cost(scale: Scale, source: Path) -> dict:
+    """What the project's own expectations cost (bench/expectations.py): silver and gold from one bronze, with none
+    and with the project's file, alternating in one process; the difference as a share of the run without them."""
+    folder = scale.workspace("expectations")
+    result = run_measured(
+        [str(PYTHON), "-m", "bench.expectations"],
+        env=scale.lakehouse_env(source, folder, None),
+        timeout=scale.timeout,
+        log=scale.logs / "expectations.log",
+    )
+    report = result.pop("report", None) or {}
+    result["ok"] = result["ok"] and report.get("ok", False)
+    result.update({k: v for k, v in report.items() if k != "ok"})
+    return result
+
+
 def gold_differences(a: Path, b: Path) -> dict[str, int]:
     """Rows each gold table of lake `a` has and `b` has not, or the reverse."""
     import duckdb
@@ -462,6 +478,7 @@ def bench_scale(
     lake_folder = scale.dir / "runs" / "lakehouse_run"
     step("mirror", external, scale, "mirror", source, lake_folder, quick)
     step("dashboard", external, scale, "dashboard", source, lake_folder, quick)
+    step("expectations", expectations_cost, scale, source)
     step("erasure", erasure, scale, source, first, first_dsn)  # last: it rewrites the first run's lake
     for folder in (scale.dir / "runs").glob("*"):
         stop_engines(scale.lakehouse_env(source, folder, None))

@@ -1,20 +1,27 @@
-"""What every flow shares: the retry policy of its tasks and the run report it publishes."""
+"""What every flow shares: the retry policy of its tasks, the alert a failed run sends, and the run report it
+publishes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 from typing import Any
 
-from prefect import Task
+from prefect import Flow, Task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.runtime import flow_run
 from prefect.states import State
 
+from lakehouse import alerts
 from lakehouse.reports import LockReport, RunReport, StageReport
-from lakehouse.runs import is_transient
+from lakehouse.runs import is_transient, settings_for
 
 RETRY_DELAYS = [2, 10, 30]
+log = logging.getLogger(__name__)
 
 
 def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -32,8 +39,32 @@ TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
+def run_url(run_id: object | None = None) -> str | None:
+    """The Prefect UI's page of the flow run, when the platform (`make up`) serves one."""
+    ui = os.environ.get("PREFECT_UI_URL")
+    run_id = run_id or flow_run.id
+    return f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if ui and run_id else None
+
+
+def alert_failed_run(flow: Flow[Any, Any], run: FlowRun, state: State[Any]) -> None:
+    """Flow hook (failed or crashed): one alert saying so and why: `expectation_failed` when a `fail` rule held the
+    delivery back, else `run_failed`."""
+    try:
+        error: BaseException | str = state.result(raise_on_failure=False)
+    except Exception as unreadable:  # a crashed run may hold no result
+        error = state.message or str(unreadable)
+    if not isinstance(error, BaseException):
+        error = state.message or "no reason given"
+    alerts.send(settings_for(), alerts.run_failed(flow.name, error, str(run.id), run_url(run.id)))
+
+
+# every flow of the project alerts when a run of it fails
+FLOW_HOOKS: dict[str, Any] = dict(on_failure=[alert_failed_run], on_crashed=[alert_failed_run])
+
+
 def publish_report(flow: str, reports: list[StageReport], lock: LockReport) -> RunReport:
-    """Attach the run's table and markdown artifacts, and return the run's report."""
+    """Attach the run's table and markdown artifacts (the expectations' results too), alert on `warn` rules that rows
+    failed, and return the run's report."""
     run = RunReport(flow, reports, lock)
     create_table_artifact(table=run.summary, key=f"{flow}-report", description=f"{flow}: rows in and out per layer")
     body = json.dumps({k: v for k, v in run.as_dict().items() if k in ("stages", "lock")}, indent=2, default=str)
@@ -42,4 +73,14 @@ def publish_report(flow: str, reports: list[StageReport], lock: LockReport) -> R
         key=f"{flow}-details",
         description=f"{flow}: every stage's report",
     )
+    if run.expectations:
+        create_table_artifact(
+            table=[dataclasses.asdict(r) for r in run.expectations],
+            key=f"{flow}-expectations",
+            description=f"{flow}: what every expectation found in the rows written",
+        )
+    settings = settings_for()
+    for result in run.expectations:
+        if result.action == "warn" and result.outcome == "warned":
+            alerts.send(settings, alerts.warned(result, flow, run_url()))
     return run

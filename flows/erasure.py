@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.common import TASK_OPTIONS, publish_report
+from flows.common import FLOW_HOOKS, TASK_OPTIONS, publish_report
 from lakehouse import erasure
 from lakehouse.reports import RunReport, StageReport
 from lakehouse.runs import run_stage, settings_for, writer_lock
@@ -24,7 +24,7 @@ def erase(ids_file: str) -> StageReport:
     return run_stage("erase", settings, lambda: erasure.erase(get_spark(settings), settings, ids, run_id))
 
 
-@flow(name="erase-students", log_prints=True)
+@flow(name="erase-students", log_prints=True, **FLOW_HOOKS)
 def erase_students(ids_file: str | None = None) -> RunReport:
     """Erase the learners whose ids `ids_file` lists (one a line, on the machine that runs the flow) from every
     layer, every Delta log and version, the landed files and dw; idempotent."""

@@ -7,7 +7,7 @@ import dataclasses
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.common import TASK_OPTIONS
+from flows.common import FLOW_HOOKS, TASK_OPTIONS
 from lakehouse import maintenance as M
 from lakehouse.catalog import lake_tables
 from lakehouse.runs import settings_for, writer_lock
@@ -35,7 +35,7 @@ def vacuum(layer: str, name: str, retain_hours: float) -> M.Vacuum:
     return M.vacuum(get_spark(settings), settings, layer, name, retain_hours)
 
 
-@flow(name="maintenance", log_prints=True)
+@flow(name="maintenance", log_prints=True, **FLOW_HOOKS)
 def maintenance(
     layers: list[str] | None = None, retain_hours: float | None = None, compaction: bool = True, dry_run: bool = False
 ) -> M.MaintenanceReport:

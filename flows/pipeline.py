@@ -7,10 +7,10 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.common import TASK_OPTIONS, publish_report
+from flows.common import FLOW_HOOKS, TASK_OPTIONS, publish_report
 from lakehouse import bronze as bronze_stage
+from lakehouse import expectations, landing
 from lakehouse import gold as gold_stage
-from lakehouse import landing
 from lakehouse import silver as silver_stage
 from lakehouse.pgserver import warehouse_dsn
 from lakehouse.reports import RunReport, StageReport
@@ -79,14 +79,15 @@ def _refine(full_refresh: Rebuilt | None) -> list[StageReport]:
     return [silver(full_refresh=full_refresh == "silver"), gold(full_refresh=full_refresh in ("silver", "gold"))]
 
 
-@flow(name="full-pipeline", log_prints=True)
+@flow(name="full-pipeline", log_prints=True, **FLOW_HOOKS)
 def full_pipeline(
     source: str | None = None, delivery: str | None = None, full_refresh: Rebuilt | None = None
 ) -> RunReport:
     """Land, ingest, refine and mirror everything new in the source (what `lakehouse run` does); `full_refresh`
     rebuilds that layer and the layers after it (`warehouse`: dw alone, from gold)."""
     settings = settings_for(source)
-    warehouse_dsn(settings)  # what cannot work in PostgreSQL is said in one line, before anything starts
+    expectations.load(settings.expectations)  # a bad expectations file is said in one line, before anything starts
+    warehouse_dsn(settings)  # so is what cannot work in PostgreSQL
     refined = full_refresh in ("silver", "gold")
     if refined or spark_work_expected(settings, delivery):
         warm_up(settings)  # Spark starts while landing copies files
@@ -101,7 +102,7 @@ def full_pipeline(
     return publish_report("full-pipeline", reports, lock)
 
 
-@flow(name="land-bronze", log_prints=True)
+@flow(name="land-bronze", log_prints=True, **FLOW_HOOKS)
 def land_bronze(source: str | None = None, delivery: str | None = None) -> RunReport:
     """Land new source files and ingest them into bronze."""
     settings = settings_for(source)
@@ -113,10 +114,11 @@ def land_bronze(source: str | None = None, delivery: str | None = None) -> RunRe
     return publish_report("land-bronze", reports, lock)
 
 
-@flow(name="refine", log_prints=True)
+@flow(name="refine", log_prints=True, **FLOW_HOOKS)
 def refine(full_refresh: Layer | None = None) -> RunReport:
     """Refine bronze into silver, then gold; optionally rebuild a layer from scratch."""
     settings = settings_for()
+    expectations.load(settings.expectations)  # a bad expectations file is said in one line, before anything starts
     if full_refresh or stages_pending(settings):
         warm_up(settings)
     with writer_lock(settings, get_run_logger()) as lock:
@@ -124,7 +126,7 @@ def refine(full_refresh: Layer | None = None) -> RunReport:
     return publish_report("refine", reports, lock)
 
 
-@flow(name="mirror-warehouse", log_prints=True)
+@flow(name="mirror-warehouse", log_prints=True, **FLOW_HOOKS)
 def mirror_warehouse(full_refresh: bool = False) -> RunReport:
     """Mirror gold into the PostgreSQL warehouse (SCD2 dimensions and facts); `full_refresh` rebuilds it from gold."""
     with writer_lock(settings_for(), get_run_logger()) as lock:

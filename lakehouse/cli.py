@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.markup import escape as markup_escape
 from rich.table import Table
 
 from lakehouse.config import Settings
-from lakehouse.reports import COLUMNS, RunReport, StageReport
+from lakehouse.reports import COLUMNS, OUTCOMES, RunReport, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open lakehouse for learning-platform analytics.")
 pg_app = typer.Typer(no_args_is_help=True, help="The project-managed PostgreSQL cluster.")
@@ -322,10 +323,13 @@ def _run_pipeline(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.pipeline import full_pipeline
+    from lakehouse import alerts
+    from lakehouse.expectations import load as load_expectations
     from lakehouse.runs import add_listener, settings_for, spark_work_expected
     from lakehouse.spark import warm_up
 
-    with contextlib.suppress(Exception):  # a source that cannot be read is reported by landing, in its words
+    with contextlib.suppress(Exception):  # a source or expectations file that cannot be read: the flow says it
+        load_expectations(settings.expectations)
         refined = full_refresh in (RefreshLayer.silver, RefreshLayer.gold)
         if refined or spark_work_expected(settings_for(source), delivery):
             warm_up(settings)  # Spark starts while Prefect's server starts and landing copies
@@ -371,6 +375,7 @@ def _run_pipeline(
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # the orchestration itself failed (e.g. Prefect's API did not start)
+        alerts.send(settings, alerts.run_failed("lakehouse run", exc, None))
         fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     finally:
         remove()
@@ -387,6 +392,48 @@ def _run_pipeline(
     console.print(
         f"[green]run completed[/] ({result.quarantined} quarantined records); `lakehouse summary` shows the lake"
     )
+    _print_expectations(result)
+
+
+def _print_expectations(result: RunReport) -> None:
+    """What the run's expectations found: their outcomes, and each one that did not pass."""
+    if not result.expectations:
+        return
+    outcomes = Counter(r.outcome for r in result.expectations)
+    console.print("expectations: " + ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o]), highlight=False)
+    for found in result.expectations:
+        if found.outcome != "passed":
+            console.print(f"  {found.line}", highlight=False)
+
+
+@app.command()
+def checks() -> None:
+    """Freshness of each source group (events, each export) against LAKEHOUSE_FRESHNESS_SLA and the volume of their
+    latest deliveries, from the landing ledger (no Spark); alerts once when a group turns stale, recovers, or
+    delivers an anomalous volume. Exit 1 when a group is stale or anomalous (docs/quality.md)."""
+    import os
+
+    from lakehouse import freshness
+    from lakehouse.config import get_settings
+    from lakehouse.platform import PlatformError, client_env, running_platform
+
+    settings = get_settings()
+    if running_platform(settings):  # the alerts go to its Prefect as events too
+        with contextlib.suppress(PlatformError):
+            os.environ.update(client_env(settings))
+    report = freshness.check(settings)
+    rows = report.rows()
+    table = Table(*rows[0], title=f"source groups (SLA {report.sla}, volume under {report.min_pct:g}% of the median)")
+    for row in rows:
+        style = "red" if row["freshness"] == "stale" or row["volume"] == "anomaly" else None
+        table.add_row(*row.values(), style=style)
+    console.print(table)
+    for alert in report.alerts:
+        console.print(f"alert {alert.kind}: {alert.text}", highlight=False)
+    if not report.ok:
+        bad = [g.group for g in report.groups if g.stale or g.anomaly]
+        err.print(f"[bold red]not fresh:[/] {', '.join(bad)}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("quarantine")
@@ -519,6 +566,26 @@ def _warehouse_location(settings: Settings) -> str:
     return f"{mask_dsn(cluster.dsn)} (schema dw; project-managed, {status})"
 
 
+def _print_trust(settings: Settings) -> None:
+    """The trust panel: source groups fresh or stale, tables and what their expectations found."""
+    from lakehouse import trust
+
+    try:
+        found = trust.overview(settings)
+    except Exception as exc:  # the rest of the summary stands without it
+        err.print(f"[yellow]trust not shown:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        return
+    for title, rows in (
+        (f"trust: source groups (SLA {found.sla})", found.source_rows()),
+        ("trust: tables", found.table_rows()),
+    ):
+        grid = Table(*rows[0], title=title)
+        for row in rows:
+            bad = "stale" in row.values() or "anomaly" in row.values() or "failed" in row.get("expectations", "")
+            grid.add_row(*row.values(), style="red" if bad else None)
+        console.print(grid)
+
+
 @app.command()
 def summary() -> None:
     """A short summary of the lake: rows per layer, quarantined records, locations, how to open the UIs."""
@@ -562,6 +629,7 @@ def summary() -> None:
         )
     if land.get("not_landed", 0) > len(land.get("not_landed_files", [])):
         console.print(f"not landed           ... {land['not_landed']:,} in all", highlight=False)
+    _print_trust(settings)
     console.print(f"lake                 {escape_text(settings.lake_url)}", highlight=False)
     console.print(f"warehouse            {escape_text(_warehouse_location(settings))}", highlight=False)
     state = running_platform(settings)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import re
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("landing", "bronze", "silver", "gold", "quarantine")
+LAYERS = ("landing", "bronze", "silver", "gold", "quarantine", "quality")
 DELTA_LAYERS = LAYERS[1:]  # the layers that hold Delta tables
 MASK = "********"
 # Spark settings whose values are hidden by `lakehouse config`: keys, secrets, passwords, tokens, credentials.
@@ -26,15 +26,19 @@ def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as `90s`, `10m`, `26h`, `2d` or `0`; ValueError naming the forms otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration: write it as 90s, 10m, 26h or 2d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+def parse_duration(text: str) -> timedelta:
+    """`26h`, `90m`, `1s`, `2d`, `1h30m` or `0` as a timedelta; ValueError for anything else."""
+    compact = text.replace(" ", "").lower()
+    if compact == "0":
+        return timedelta(0)
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration such as 26h, 90m, 1s, 1h30m or 0")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
 def join(base: str, *parts: str) -> str:
@@ -91,6 +95,22 @@ class Settings(BaseSettings):
         None,
         description="salt of the erased ids' hashes (tombstones); unset: a random one stored 0600 under the data folder",
     )
+    expectations: Path = Field(
+        PROJECT_ROOT / "expectations.yaml",
+        description="the declared expectations silver and gold rows are checked against (docs/quality.md)",
+    )
+    freshness_sla: str = Field(
+        "26h", description="a source group is stale when its newest delivery landed longer ago (26h, 90m, 1s)"
+    )
+    volume_min_pct: float = Field(
+        50,
+        ge=0,
+        le=100,
+        description="a delivery with fewer lines than this % of the median of its group's last 7 is an anomaly",
+    )
+    alert_webhook: SecretStr | None = Field(
+        None, description="URL alerts are POSTed to as JSON (`text` for Slack's incoming webhooks); unset: none"
+    )
     bi_password: SecretStr | None = Field(None, description="password of the bi_reader login for BI tools")
     admin_password: SecretStr | None = Field(
         None, description="password of the platform login `admin` (Prefect UI/API, dashboard); unset: generated"
@@ -121,7 +141,7 @@ class Settings(BaseSettings):
     gcs_hmac_key_id: str | None = Field(None, description="GCS HMAC key id DuckDB reads a gs:// lake with")
     gcs_hmac_secret: SecretStr | None = Field(None, description="GCS HMAC secret DuckDB reads a gs:// lake with")
 
-    @field_validator("engine_idle")
+    @field_validator("engine_idle", "freshness_sla")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
@@ -129,7 +149,12 @@ class Settings(BaseSettings):
 
     @property
     def engine_idle_seconds(self) -> float:
-        return parse_duration(self.engine_idle)
+        return parse_duration(self.engine_idle).total_seconds()
+
+    @property
+    def sla(self) -> timedelta:
+        """The freshness SLA as a duration."""
+        return parse_duration(self.freshness_sla)
 
     @property
     def source_url(self) -> str:

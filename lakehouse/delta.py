@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import TypeVar
 
@@ -61,13 +61,15 @@ class SchemaMismatch(ValueError):
 class Target:
     """A table write: the table's spec (its layout: partitioning, the columns Delta keeps file statistics on), and the
     identity that lets it commit at most once (txn app id and version; `user_metadata` goes into the commit for the
-    next run to read back)."""
+    next run to read back). `expect` checks the rows about to be written against the table's declared expectations:
+    it returns the rows to write, or raises to write none."""
 
     table: tables.Table
     settings: Settings
     app_id: str | None = None
     version: int | None = None
     user_metadata: str | None = None
+    expect: Callable[[DataFrame], DataFrame] | None = None
 
     @property
     def path(self) -> str:
@@ -95,9 +97,15 @@ def check_schema(df: DataFrame, table: tables.Table) -> None:
     raise SchemaMismatch(f"{table.key}: the rows to write do not match lakehouse/tables.py: {'; '.join(problems)}")
 
 
+def _admitted(df: DataFrame, target: Target) -> DataFrame:
+    """The rows to write: of the catalogue's schema, and those the table's expectations keep."""
+    check_schema(df, target.table)
+    return target.expect(df) if target.expect is not None else df
+
+
 def _writer(df: DataFrame, target: Target, mode: str, check: bool = True) -> DataFrameWriter:
     if check:
-        check_schema(df, target.table)
+        df = _admitted(df, target)
     writer = df.write.format("delta").mode(mode)
     for key, value in _properties(target.table, target.settings).items():
         writer = writer.option(key, value)
@@ -113,6 +121,11 @@ def _writer(df: DataFrame, target: Target, mode: str, check: bool = True) -> Dat
 def append_once(df: DataFrame, target: Target) -> None:
     """Append `df` unless the target's (app_id, version) was already committed: a crash-safe, retryable append."""
     assert target.once, "append_once needs an app id and a version"
+    _writer(df, target, "append").save(target.path)
+
+
+def append(df: DataFrame, target: Target) -> None:
+    """Append `df`; at most once per (app_id, version) when the target has them."""
     _writer(df, target, "append").save(target.path)
 
 
@@ -150,14 +163,15 @@ def merge_once(
     row it would not update is left out first: it
     changes nothing, and left in it would make the MERGE rewrite that row's file (`on` matches one row at most).
     Written in SQL, so it runs the same on a local session and over Spark Connect."""
-    if insert:
-        check_schema(source, target.table)
-    if not is_table(target.path):
-        if insert:
-            append_once(source, target)
-        return
-    done = last_txn_version(target.path, target.app_id) if target.app_id else None
+    exists = is_table(target.path)
+    done = last_txn_version(target.path, target.app_id) if exists and target.app_id else None
     if done is not None and target.version is not None and done >= target.version:
+        return
+    if insert:
+        source = _admitted(source, target)
+    if not exists:
+        if insert:
+            append_once(source, replace(target, expect=None))  # admitted above
         return
     if within is not None:
         on = f"({on}) AND ({_partition_filter(within)})"

@@ -217,6 +217,11 @@ def latest_version(path: str, settings: Settings | None = None) -> int | None:
     return DeltaLog(path, settings).latest
 
 
+def commits_since(path: str, before: int | None) -> int:
+    """The commits the table at `path` got since it was at version `before` (None: it did not exist)."""
+    return (latest_version(path) or 0) - (-1 if before is None else before)
+
+
 def last_commit(path: str, settings: Settings | None = None) -> tuple[int, datetime] | None:
     """(version, commit time) of the table's latest commit."""
     log = DeltaLog(path, settings)

@@ -89,6 +89,7 @@ are in `docs/source-data.md`; the warehouse in `docs/warehouse.md`.
 | `quarantine` | what could not be read or held, with the reason (`docs/quarantine.md`) |
 | `silver` | typed, conformed, deduplicated page views, the snapshot history of the exports, the records |
 | `gold` | the star schema, the marts and the dimension histories the warehouse versions |
+| `quality` | what the declared expectations found in each refresh (`docs/quality.md`) |
 | `_system` (not a view) | the landing ledger, the erasure tombstones (salted hashes) and `_system.erasures` |
 | `dw` (PostgreSQL) | the warehouse: SCD type 2 dimensions and facts for BI tools |
 
@@ -108,6 +109,7 @@ _LAYER_TITLES = {
     "quarantine": "Quarantine",
     "silver": "Silver",
     "gold": "Gold",
+    "quality": "Quality",
     "_system": "System tables",
     "dw": "The warehouse (PostgreSQL schema `dw`)",
 }

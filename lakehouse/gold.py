@@ -13,11 +13,12 @@ from functools import partial, reduce
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import delta, silver, tables
+from lakehouse import delta, quality, silver, tables
 from lakehouse.config import Settings
 from lakehouse.delta_log import (
     DeltaLog,
     app_commits,
+    commits_since,
     data_changed,
     is_table,
     last_txn_version,
@@ -26,6 +27,7 @@ from lakehouse.delta_log import (
     rows_committed,
     rows_written,
 )
+from lakehouse.expectations import Expectations, load
 from lakehouse.reports import StageReport, TableReport
 from lakehouse.silver import latest_as_of
 
@@ -258,6 +260,7 @@ class Refresh:
     seen: dict[str, int]  # silver input -> batch this table has consumed
     marks: dict[str, int]  # silver input -> batch it must reach
     once: bool = True  # commit at most once for these marks (a full refresh at the marks reached commits anyway)
+    expect: quality.Guard | None = None  # the table's expectations, checking the rows it writes
 
     def silver(self, name: str) -> DataFrame:
         """The whole silver table (an empty one when no delivery fed it yet)."""
@@ -289,6 +292,7 @@ class Refresh:
             app_id=app_id(self.table),
             version=sum(self.marks.values()) if self.once else None,
             user_metadata=json.dumps({"marks": self.marks}),
+            expect=self.expect,
         )
 
 
@@ -644,6 +648,12 @@ def pending(settings: Settings) -> bool:
     return any(_plan(settings, table, marks) is not None for table in ORDER)
 
 
+def lagging(settings: Settings) -> set[str]:
+    """The gold tables that lag silver (read from the Delta logs, without Spark)."""
+    marks = _silver_marks(settings)
+    return {table.name for table in ORDER if _plan(settings, table, marks) is not None}
+
+
 def _write(
     session: SparkSession,
     settings: Settings,
@@ -651,16 +661,22 @@ def _write(
     reach: dict[str, int],
     seen: dict[str, int] | None,
     full_refresh: bool,
+    checks: quality.Checks,
 ) -> TableReport:
     """Refresh one gold table on `session`: built whole when new, unreadable as before, or on a full refresh;
-    otherwise kept from what changed."""
+    otherwise kept from what changed. The rows written are checked against the table's expectations on the way."""
     started = time.monotonic()
     run = Refresh(session, settings, table.name, seen or {}, reach, once=seen != reach)
     before = latest_version(run.target.path)
-    if full_refresh or seen is None or not is_table(settings.table_path("gold", table.name)):
-        delta.overwrite(table.build(run), run.target)
-    else:
-        table.update(run)
+    run.expect = guard = checks.guard(session, SPECS[table.name], run.target.version)
+    try:
+        if full_refresh or seen is None or not is_table(settings.table_path("gold", table.name)):
+            delta.overwrite(table.build(run), run.target)
+        else:
+            table.update(run)
+    finally:
+        if guard is not None:
+            guard.close()
     rows_in = sum(
         rows_committed(settings.table_path("silver", i), silver.app_id(i), (seen or {}).get(i), m)
         for i, m in reach.items()
@@ -670,14 +686,23 @@ def _write(
         rows_out=rows_written(run.target.path),
         seconds=round(time.monotonic() - started, 3),  # side by side with the other writes
         version=run.target.version,
-        commits=(latest_version(run.target.path) or 0) - (-1 if before is None else before),
+        commits=commits_since(run.target.path, before),
     )
 
 
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
+def refresh(
+    spark: SparkSession,
+    settings: Settings,
+    run_id: str,
+    full_refresh: bool = False,
+    expectations: Expectations | None = None,
+) -> StageReport:
     """Bring gold up to date with silver, each table as soon as the gold tables it reads are, side by side; a table
-    whose silver inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver."""
+    whose silver inputs did not move gets no commit. `full_refresh` rebuilds every table from the whole of silver.
+    The rows written are checked against `expectations` (default: the file of `settings.expectations`); a table whose
+    rules read other gold tables is written after them."""
     started = time.monotonic()
+    checks = quality.Checks(settings, expectations or load(settings.expectations), run_id)
     marks = _silver_marks(settings)
     reports: dict[str, TableReport] = {}
     jobs = {}
@@ -690,13 +715,36 @@ def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: 
             reports[table.name] = TableReport(skipped=True)
         else:
             jobs[table.name] = partial(
-                _write, settings=settings, table=table, reach=plan[0], seen=plan[1], full_refresh=full_refresh
+                _write,
+                settings=settings,
+                table=table,
+                reach=plan[0],
+                seen=plan[1],
+                full_refresh=full_refresh,
+                checks=checks,
             )
-    reports.update(delta.write_tables(spark, jobs, after={t.name: t.after for t in ORDER}))
+    after = {t.name: (*t.after, *_gold_reads(checks.expectations, t.name)) for t in ORDER}
+    try:
+        reports.update(delta.write_tables(spark, jobs, after=after))
+    except BaseException:
+        checks.record(spark, quiet=True)
+        raise
+    checks.record(spark)
     return StageReport.of_tables(
         "gold",
         {name: reports[name] for name in TABLES},
         time.monotonic() - started,
+        expectations=checks.results,
+        quarantined=checks.dropped,
         run_id=run_id,
         full_refresh=full_refresh,
+    )
+
+
+def _gold_reads(expectations: Expectations, table: str) -> tuple[str, ...]:
+    """The other gold tables the rules of gold.<table> read: written before it in a run."""
+    return tuple(
+        r.split(".", 1)[1]
+        for r in expectations.reads(f"gold.{table}")
+        if r.startswith("gold.") and r != f"gold.{table}"
     )

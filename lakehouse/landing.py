@@ -144,11 +144,12 @@ class _LineCap:
 
 def _copy_hashing(
     source: Source, f: SourceFile, fs: Any, tmp: str, max_line: int, max_bytes: int | None = None
-) -> tuple[str, int, bytes, list[dict[str, Any]]]:
-    """Stream a source file to `tmp` in the lake; its sha256, size, first bytes, and (events) the lines longer than
-    `max_line`, each kept whole in `<tmp>.line-<n>`. Past `max_bytes` nothing more is written (the rest is still
-    read for the hash): a file too large to land costs no disk."""
+) -> tuple[str, int, bytes, list[dict[str, Any]], int]:
+    """Stream a source file to `tmp` in the lake; its sha256, size, first bytes, (events) the lines longer than
+    `max_line`, each kept whole in `<tmp>.line-<n>`, and its number of lines. Past `max_bytes` nothing more is written
+    (the rest is still read for the hash): a file too large to land costs no disk."""
     digest, size, head = hashlib.sha256(), 0, b""
+    newlines, last = 0, b""
     try:
         src = source.open(f)
     except (PermissionError, FileNotFoundError, IsADirectoryError, SourceError) as e:
@@ -163,6 +164,8 @@ def _copy_hashing(
             if not chunk:
                 break
             digest.update(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
             if size < HEAD:
                 head += chunk[: HEAD - size]
             size += len(chunk)
@@ -173,7 +176,8 @@ def _copy_hashing(
                 lines.feed(chunk)
         if lines is not None:
             lines.close()
-    return digest.hexdigest(), size, head, lines.found if lines is not None else []
+    found = lines.found if lines is not None else []
+    return digest.hexdigest(), size, head, found, newlines + (1 if last not in (b"", b"\n") else 0)
 
 
 class _Index:
@@ -241,7 +245,9 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
         tmp = join(incoming, uuid.uuid4().hex)
         limit = settings.max_file_bytes if f.kind == "transactional" else None
         try:
-            sha256, size, head, long_lines = _copy_hashing(source, f, fs, tmp, settings.max_line_bytes, limit)
+            sha256, size, head, long_lines, line_count = _copy_hashing(
+                source, f, fs, tmp, settings.max_line_bytes, limit
+            )
         except _Unreadable as e:
             _remove(fs, [tmp])
             skipped.append({"path": f.path, "why": f"cannot be read: {e}"})
@@ -264,6 +270,7 @@ def land(settings: Settings, source: Source | None = None) -> StageReport:
             "size": f.size,
             "fingerprint": f.fingerprint,
             "bytes": size,
+            "lines": line_count,
             "sha256": sha256,
             "landed_path": target,
             "landed_at": datetime.now(UTC).isoformat(),

@@ -25,6 +25,29 @@ class TableReport:
     commits: int = 0
 
 
+OUTCOMES = ("passed", "warned", "dropped", "failed")
+
+
+@dataclass
+class ExpectationResult:
+    """What one expectation found in one refresh of its table: a row of quality.expectation_results."""
+
+    run_id: str
+    checked_at: str  # ISO 8601, UTC
+    table_name: str
+    expectation: str
+    action: str
+    rows_checked: int
+    rows_failed: int
+    outcome: str  # one of OUTCOMES
+
+    @property
+    def line(self) -> str:
+        """The result in a few words, for a person."""
+        failed = f": {self.rows_failed:,} of {self.rows_checked:,} rows" if self.rows_failed else ""
+        return f"{self.table_name} {self.expectation} {self.outcome}{failed}"
+
+
 @dataclass
 class StageReport:
     """One stage's run: files taken, rows read and written, rows quarantined, deliveries seen, whether it had nothing
@@ -44,6 +67,7 @@ class StageReport:
     jobs: int | None = None
     tables: dict[str, TableReport] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    expectations: list[ExpectationResult] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """The stage's row in a run summary."""
@@ -65,24 +89,35 @@ class StageReport:
         return dataclasses.asdict(self)
 
     @classmethod
-    def of_tables(cls, stage: str, tables: dict[str, TableReport], seconds: float, **details: Any) -> StageReport:
-        """A layer's report from its tables' reports."""
+    def of_tables(
+        cls,
+        stage: str,
+        tables: dict[str, TableReport],
+        seconds: float,
+        expectations: list[ExpectationResult] | None = None,
+        quarantined: int = 0,
+        **details: Any,
+    ) -> StageReport:
+        """A layer's report from its tables' reports (what their expectations found, the rows they quarantined)."""
         return cls(
             stage,
             rows_in=sum(t.rows_in for t in tables.values()),
             rows_out=sum(t.rows_out for t in tables.values()),
+            quarantined=quarantined,
             skipped=all(t.skipped for t in tables.values()),
             seconds=round(seconds, 3),
             commits=sum(t.commits for t in tables.values()),
             tables=tables,
             details=details,
+            expectations=list(expectations or []),
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageReport:
         """A report read back from `as_dict` (a run report on disk); unknown keys are refused."""
         tables = {name: TableReport(**t) for name, t in (data.get("tables") or {}).items()}
-        return cls(**{**data, "tables": tables})
+        checks = [ExpectationResult(**r) for r in data.get("expectations") or []]
+        return cls(**{**data, "tables": tables, "expectations": checks})
 
 
 @dataclass
@@ -155,6 +190,11 @@ class RunReport:
     @property
     def quarantined(self) -> int:
         return sum(s.quarantined for s in self.stages)
+
+    @property
+    def expectations(self) -> list[ExpectationResult]:
+        """What the run's expectations found, stage after stage."""
+        return [r for s in self.stages for r in s.expectations]
 
     def as_dict(self) -> dict[str, Any]:
         return {

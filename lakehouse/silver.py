@@ -10,10 +10,19 @@ from functools import partial
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import bronze, delta, tables
+from lakehouse import bronze, delta, quality, tables
 from lakehouse import parsing as P
 from lakehouse.config import Settings
-from lakehouse.delta_log import data_changed, is_table, last_txn_version, latest_version, rows_committed, rows_written
+from lakehouse.delta_log import (
+    commits_since,
+    data_changed,
+    is_table,
+    last_txn_version,
+    latest_version,
+    rows_committed,
+    rows_written,
+)
+from lakehouse.expectations import Expectations, load
 from lakehouse.parsing import parse_at, parse_export_time
 from lakehouse.reports import StageReport, TableReport
 from lakehouse.schemas import BR_STATES, ENTITY_RAW, PAGE_VIEW_RAW
@@ -322,14 +331,6 @@ universities = partial(_snapshot_table, "universities")
 subjects = partial(_snapshot_table, "subjects")
 
 
-# silver.students, courses, universities, subjects: one row per key per delivery of its entity from the key's first,
-# with deletion markers; each takes the bronze rows and, for an incremental refresh, the previous silver rows
-students = partial(_snapshot_table, "students")
-courses = partial(_snapshot_table, "courses")
-universities = partial(_snapshot_table, "universities")
-subjects = partial(_snapshot_table, "subjects")
-
-
 _RECORD_COLUMNS = {
     "sessions": lambda r: {
         "student_id": _blank_to_null(r.StudentId),
@@ -535,6 +536,11 @@ def pending(settings: Settings) -> bool:
     return any(_lag(settings, table) is not None for table in TABLES)
 
 
+def lagging(settings: Settings) -> set[str]:
+    """The silver tables that lag bronze (read from the Delta logs, without Spark)."""
+    return {table.name for table in TABLES if _lag(settings, table) is not None}
+
+
 def _as_of(rows: DataFrame, bound: Callable[[str], Column]) -> str | None:
     """`min`/`max` of `as_of` over `rows` as exact text in the session's time zone (None: no rows)."""
     return rows.agg(bound("as_of").alias("b")).select(F.date_format("b", "yyyy-MM-dd HH:mm:ss.SSSSSS")).collect()[0][0]
@@ -564,11 +570,24 @@ def _current(session: SparkSession, settings: Settings, table: SilverTable) -> D
     return current if tuple(current.columns) == table.spec.names else None
 
 
+def _place(rows: DataFrame, table: SilverTable) -> quality.Place:
+    """Where the table's rows come from: the bronze rows read, and the quarantine table of their group."""
+    if table.source == "events":
+        return quality.Place(rows, tables.table("quarantine", "events"), "value")
+    return quality.Place(rows, tables.table("quarantine", "transactional"), "record", table.source)
+
+
 def _write(
-    session: SparkSession, settings: Settings, table: SilverTable, run_id: str, full_refresh: bool
+    session: SparkSession,
+    settings: Settings,
+    table: SilverTable,
+    run_id: str,
+    full_refresh: bool,
+    checks: quality.Checks,
 ) -> TableReport:
     """Bring one silver table up to date on `session`: built whole when new, of an earlier layout or on a full
-    refresh; otherwise its model's update folds in the new batches."""
+    refresh; otherwise its model's update folds in the new batches. The rows written are checked against the table's
+    expectations on the way."""
     started = time.monotonic()
     bronze_path, watermark = settings.table_path("bronze", table.source), bronze.app_id("bronze", table.source)
     lag = _lag(settings, table)
@@ -584,41 +603,59 @@ def _write(
     rows = delta.read_table(session, "bronze", table.source, settings).where(
         (F.col("batch_id") > F.lit(since)) & (F.col("batch_id") <= F.lit(upto))
     )
-    target = delta.Target(
-        table.spec,
-        settings,
-        app_id=app_id(table.name),
-        version=upto if done is None or upto > done else None,  # a rebuild at the batch reached: no new txn
-    )
-    if current is None:
-        delta.overwrite(table.transform(rows, run_id), target)
-    else:
-        table.update(Refresh(session, rows, current, target, run_id))
+    version = upto if done is None or upto > done else None  # a rebuild at the batch reached: no new txn
+    guard = checks.guard(session, table.spec, version, _place(rows, table))
+    target = delta.Target(table.spec, settings, app_id=app_id(table.name), version=version, expect=guard)
+    try:
+        if current is None:
+            delta.overwrite(table.transform(rows, run_id), target)
+        else:
+            table.update(Refresh(session, rows, current, target, run_id))
+    finally:
+        if guard is not None:
+            guard.close()
     return TableReport(
         rows_in=rows_committed(bronze_path, watermark, since, upto),
         rows_out=rows_written(target.path),
         seconds=round(time.monotonic() - started, 3),  # side by side with the layer's other writes
         version=upto,
-        commits=_commits(target.path, before),
+        commits=commits_since(target.path, before),
     )
 
 
-def _commits(path: str, before: int | None) -> int:
-    """The commits a table got since it was at version `before` (None: it did not exist)."""
-    return (latest_version(path) or 0) - (-1 if before is None else before)
-
-
-def refresh(spark: SparkSession, settings: Settings, run_id: str, full_refresh: bool = False) -> StageReport:
+def refresh(
+    spark: SparkSession,
+    settings: Settings,
+    run_id: str,
+    full_refresh: bool = False,
+    expectations: Expectations | None = None,
+) -> StageReport:
     """Bring every silver table up to date with bronze, side by side; no commit for a table that has nothing new.
-    `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each)."""
+    `full_refresh` rebuilds every table from the whole of bronze (one overwrite commit each). The rows written are
+    checked against `expectations` (default: the file of `settings.expectations`); what they found is recorded in
+    quality.expectation_results, also when a `fail` rule stops the stage."""
     started = time.monotonic()
-    reports = delta.write_tables(
-        spark,
-        {
-            table.name: partial(_write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh)
-            for table in TABLES
-        },
-    )
+    checks = quality.Checks(settings, expectations or load(settings.expectations), run_id)
+    try:
+        reports = delta.write_tables(
+            spark,
+            {
+                table.name: partial(
+                    _write, settings=settings, table=table, run_id=run_id, full_refresh=full_refresh, checks=checks
+                )
+                for table in TABLES
+            },
+        )
+    except BaseException:
+        checks.record(spark, quiet=True)
+        raise
+    checks.record(spark)
     return StageReport.of_tables(
-        "silver", reports, time.monotonic() - started, run_id=run_id, full_refresh=full_refresh
+        "silver",
+        reports,
+        time.monotonic() - started,
+        expectations=checks.results,
+        quarantined=checks.dropped,
+        run_id=run_id,
+        full_refresh=full_refresh,
     )

@@ -710,6 +710,29 @@ _GOLD_MARTS = [
     ),
 ]
 
+# -- quality: what the declared expectations found ---------------------------------------------------------------
+
+_QUALITY = [
+    Table(
+        "quality",
+        "expectation_results",
+        "one row per (run, table, expectation) a refresh checked: the rows it checked, those that failed, the outcome",
+        ("run_id", "table_name", "expectation"),
+        (
+            col("run_id", "the flow run whose refresh checked the rows"),
+            own("checked_at", "timestamp", "when the rows were checked"),
+            own("table_name", "string", "the silver or gold table checked, as `<layer>.<table>`"),
+            own("expectation", "string", "the expectation's name in the expectations file"),
+            own("action", "string", "what a failing row does: warn, drop or fail"),
+            own("rows_checked", "bigint", "the rows the refresh was to write into the table"),
+            own("rows_failed", "bigint", "the rows the expectation was not true for (false or null)"),
+            own("outcome", "string", "passed (no row failed), warned, dropped or failed (the table was not written)"),
+        ),
+        Kept.APPENDED,
+        stats=("checked_at",),
+    ),
+]
+
 # -- the system tables -----------------------------------------------------------------------------------------------
 
 _SYSTEM = [
@@ -739,6 +762,7 @@ LAKE: tuple[Table, ...] = (
     *_GOLD_DIMS,
     *_GOLD_FACTS,
     *_GOLD_MARTS,
+    *_QUALITY,
     *_SYSTEM,
 )
 

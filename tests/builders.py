@@ -269,3 +269,75 @@ def new_database(pg_server: Any) -> str:
     admin.close()
     pg_server.allow_bi(name)
     return str(pg_server.admin_dsn.rsplit("/", 1)[0] + "/" + name)
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that keeps every JSON body POSTed to it and answers `status` (alert tests' webhook)."""
+
+    def __init__(self, status: int = 200):
+        import http.server
+        import threading
+
+        self.bodies: list[dict] = []
+        self.status = status
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                length = int(self.headers.get("Content-Length") or 0)
+                receiver.bodies.append(json.loads(self.rfile.read(length) or b"null"))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="webhook")
+        self.thread.start()
+
+    def kinds(self) -> list[str]:
+        return [b["kind"] for b in self.bodies]
+
+    def wait(self, count: int, seconds: float = 30.0) -> list[dict]:
+        """The bodies, once at least `count` arrived (or `seconds` passed)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while len(self.bodies) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return list(self.bodies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ledger(settings, deliveries: list[tuple[str, str, int, datetime]]) -> None:
+    """Landing manifests (the ledger's own format, design notes) for `(group, delivery, lines, landed_at)`: one batch
+    per delivery, one file each; a group is `events` or an export's entity."""
+    root = Path(settings.lake_url) / "_system" / "ledger"
+    root.mkdir(parents=True, exist_ok=True)
+    start = len(list(root.glob("batch-*.json")))
+    for n, (group, delivery, lines, landed_at) in enumerate(deliveries, start + 1):
+        kind = "events" if group == "events" else "transactional"
+        path = f"events/{delivery}/part-0.json" if kind == "events" else f"transactional/{delivery}/{group}.json"
+        entry = {
+            "path": path,
+            "kind": kind,
+            "entity": None if kind == "events" else group,
+            "delivery": delivery,
+            "as_of": datetime.fromisoformat(delivery).isoformat(),
+            "size": lines * 10,
+            "fingerprint": f"f{n}",
+            "bytes": lines * 10,
+            "lines": lines,
+            "sha256": uuid.uuid4().hex * 2,
+            "landed_path": f"landing/{kind}/{delivery}/{n:016x}/{path.rsplit('/', 1)[-1]}",
+            "landed_at": landed_at.isoformat(),
+            "batch_id": n,
+            "status": "new",
+        }
+        manifest = {"batch_id": n, "created_at": landed_at.isoformat(), "source": "test", "files": [entry]}
+        (root / f"batch-{n:06d}.json").write_text(json.dumps(manifest))

@@ -78,6 +78,10 @@ def test_dashboard_draws_filters_and_stays_local(server, browser):
     assert page.locator(CHARTS).count() >= 6, "expected the daily, state, user type, foreign, university, course charts"
     for headline in ("Page views", "Active students", "Sessions", "Paying students"):
         assert page.get_by_text(headline, exact=True).count() >= 1, headline
+    # the trust panel comes first: its line, the source groups and the tables (this lake has no landing ledger)
+    trust = page.locator(".trust-headline").inner_text()
+    assert "8 of 8 sources stale" in trust and "expectations:" in trust, trust
+    assert "gold.fact_page_view" in page.locator(".trust-tables").inner_text()
 
     before = charts_html(page, within(".chart-daily"))
     states_before = charts_html(page, within(".chart-states"))

@@ -15,7 +15,7 @@ import yaml
 from lakehouse.config import PROJECT_ROOT
 
 # the deployments README.md names
-DOCUMENTED_DEPLOYMENTS = {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance"}
+DOCUMENTED_DEPLOYMENTS = {"full-pipeline", "land-bronze", "refine", "mirror-warehouse", "maintenance", "checks"}
 
 
 def _deployments() -> list[dict]:
@@ -60,6 +60,8 @@ def test_every_entrypoint_imports_and_needs_no_parameters():
     crons = {d["name"]: [s["cron"] for s in d.get("schedules", [])] for d in deployments}
     assert crons["full-pipeline"] == ["0 6 * * *"]  # daily
     assert crons["maintenance"] == ["0 3 * * 0"]  # weekly
+    checks = next(d for d in deployments if d["name"] == "checks")
+    assert [s["interval"] for s in checks["schedules"]] == [900]  # every 15 minutes
 
 
 # -- retry policy -----------------------------------------------------------------------------
@@ -188,11 +190,15 @@ def test_full_pipeline_retries_a_transient_failure_and_reports(harness, spark, s
     assert again.is_completed()
     assert _delta_commits(settings.lake_url) == before, "a run with nothing new made a Delta commit"
 
-    # the UI's "full refresh of a layer": gold is rebuilt (a commit per table), silver is left alone
+    # the UI's "full refresh of a layer": gold is rebuilt (a commit per table; its checks recorded), silver is left
+    # alone
     rebuilt = refine(full_refresh="gold", return_state=True)
     assert rebuilt.is_completed(), rebuilt.message
     after = _delta_commits(settings.lake_url)
-    assert {t for t in after if after[t] != before[t]} == {t for t in before if t.startswith("gold/")}
+    assert {t for t in after if after[t] != before[t]} == {
+        *(t for t in before if t.startswith("gold/")),
+        "quality/expectation_results",
+    }
     assert all(after[t] == before[t] + 1 for t in before if t.startswith("gold/"))
 
 

@@ -33,6 +33,7 @@ AT = "2017-11-16 02:10:20"
 MAX_LINE = 2 * MAX_VALUE_BYTES  # room for a value over its limit on a line under the line cap
 MAX_FILE = 64 * 1024
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # type: ignore[arg-type]
+PAGE = TEXT.map(lambda t: "/" + t)  # a page name is never blank (expectation page_name_present)
 
 # class -> (line, the reason bronze must give it; None: a silver event; "blank": ignored)
 BAD: dict[str, Callable[[int], tuple[bytes | str, str | None]]] = {
@@ -60,13 +61,14 @@ BAD: dict[str, Callable[[int], tuple[bytes | str, str | None]]] = {
 
 @st.composite
 def valid_event(draw) -> dict:
-    """The fields of a valid event (its `uuid` is given when the file is written: every event is distinct)."""
-    at = draw(st.datetimes(datetime(2017, 11, 1), datetime(2017, 11, 30, 23, 59, 59))).replace(microsecond=0)
+    """The fields of a valid event (its `uuid` is given when the file is written: every event is distinct); valid for
+    the project's own expectations too: dated up to its delivery's day, a page named, a known client."""
+    at = draw(st.datetimes(datetime(2017, 11, 1), datetime(2017, 11, 16, 23, 59, 59))).replace(microsecond=0)
     fields = {
         "at": at.strftime(draw(st.sampled_from(["%Y-%m-%d %H:%M:%S", "%Y-%m-%d%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]))),
         "studentId_clientType": draw(st.sampled_from(["1@Website", "2@Android", " 3 @iOS", None])),
         "country": draw(st.sampled_from(["br", "us", None])),
-        draw(st.sampled_from(["PageName", "Page Name"])): draw(TEXT),
+        draw(st.sampled_from(["PageName", "Page Name"])): draw(PAGE),
     }
     if draw(st.booleans()):  # control characters (escaped), C1 and a lone surrogate: cleaned, still an event
         fields["custom_1"] = draw(TEXT) + "\u0000\u001f\u007f\u0085" + draw(TEXT)
@@ -246,7 +248,14 @@ def test_no_input_wedges_the_pipeline_and_every_line_is_accounted_for(
             src,
             f"events/{later}/part-0.json",
             "\n".join(
-                json.dumps({"at": f"{later} 10:00:0{k}", "uuid": f"later{k}", "studentId_clientType": "1@Website"})
+                json.dumps(
+                    {
+                        "at": f"{later} 10:00:0{k}",
+                        "uuid": f"later{k}",
+                        "studentId_clientType": "1@Website",
+                        "PageName": "/",
+                    }
+                )
                 for k in range(3)
             )
             + "\n",

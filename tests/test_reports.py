@@ -51,6 +51,7 @@ def test_summary_shows_the_last_runs_stages_and_what_was_not_landed(settings):
     from lakehouse.cli import app
 
     last = {
+        "flow": "full-pipeline",
         "summary": [r.row() for r in (LANDED, INGESTED)],
         "stages": {r.stage: r.as_dict() for r in (LANDED, INGESTED)},
     }
