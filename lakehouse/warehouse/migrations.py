@@ -81,9 +81,29 @@ def _stage_tables(cur: Cursor) -> None:
             cur.execute(f"alter table stage.{name} set ({STAGE_OPTIONS})")
 
 
+def _current_views(cur: Cursor) -> None:
+    """(Re)create each dimension's current-state view whose columns differ from the catalogue's (a column added to
+    the dimension reaches its view): the dimension's current versions, `valid_from` as `current_since`."""
+    cur.execute(
+        "select table_name, array_agg(column_name::text order by ordinal_position) from information_schema.columns"
+        " where table_schema = 'dw' group by table_name"
+    )
+    found = dict(cur.fetchall())
+    for view in (t for t in tables.layer("dw") if t.kept_by is tables.Kept.VIEW):
+        names = list(view.names)
+        if found.get(view.name) == names or view.source not in found:
+            continue
+        listed = ", ".join("valid_from as current_since" if n == "current_since" else n for n in names)
+        cur.execute(f"drop view if exists dw.{view.name}")
+        cur.execute(f"create view dw.{view.name} as select {listed} from dw.{view.source} where is_current")
+        cur.execute(f"grant select on dw.{view.name} to bi_reader")
+        log.info("dw.%s made from the catalogue", view.name)
+
+
 def sync_catalogue(cur: Cursor) -> None:
-    """Create missing stage tables, add the columns the catalogue lists that a `dw` or stage table lacks, and set
-    every `dw` comment that differs from the catalogue's description (tables, views and their columns)."""
+    """Create missing stage tables, add the columns the catalogue lists that a `dw` or stage table lacks, bring the
+    current-state views to the catalogue's columns, and set every `dw` comment that differs from the catalogue's
+    description (tables, views and their columns)."""
     _stage_tables(cur)
     wanted = {
         ("dw", t.name): [(c.name, c.type) for c in t.columns]
@@ -100,6 +120,7 @@ def sync_catalogue(cur: Cursor) -> None:
             if name not in have:
                 cur.execute(f"alter table {schema}.{table} add column {name} {pg}")
                 log.info("added %s.%s.%s (%s) from the catalogue", schema, table, name, pg)
+    _current_views(cur)
     cur.execute(
         "select c.relname, c.relkind, a.attname, coalesce(col_description(c.oid, a.attnum), ''),"
         " coalesce(obj_description(c.oid, 'pg_class'), '')"
