@@ -202,6 +202,7 @@ def world(spark, pg_server, tmp_path_factory):
     conn.close()
     before = byte_scan(settings)
     assert {p for p in before if "/_delta_log/" in p}, "the log names the learner before the erasure"
+    assert {p for p in before if "/_change_data/" in p}, "gold's change data feed holds the learner's rows"
     assert {p for p in before if "/landing/" in p and "Students" in p}, "the mis-named export names the learner"
     assert {p for p in before if p.startswith("pg_stats")}, "dw's statistics name the learner"
     totals = _totals(spark, settings)

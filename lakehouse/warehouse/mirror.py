@@ -420,9 +420,9 @@ def mirror(
                     reshaped = last is not None and last[1] != list(load.columns)  # loaded before a column was
                     if version is None and last is None:
                         loaded[load.target] = LoadReport("missing")
-                    elif full_refresh or seen is None or version is None or reshaped:
+                    elif full_refresh or seen is None or version is None or version < seen or reshaped:
                         loaded[load.target] = _load_fact(cur, duck, load, source, version, load_id)
-                    elif version != seen:  # gold's changes since the version applied, when they can be read
+                    elif version > seen:  # gold's changes since the version applied, when they can be read
                         loaded[load.target] = _load_fact(
                             cur, duck, load, source, version, load_id, since=seen, repointed=repointed
                         )
