@@ -1,13 +1,14 @@
 """What the mirror stages and costs after a 1 % change of a gold fact: read from gold's change data feed, side by side
 with a full read of the same change.
 
-Spark writes a gold.fact_session of `--rows` rows with the catalogue's layout (change data feed on), the mirror loads
-it into a scratch warehouse, then a MERGE (as gold's incremental refresh writes one) changes `--percent` % of its rows
-(the client type of some sessions updated, as many new sessions inserted). Then, alternating for `--rounds` rounds,
-each on a fresh copy of the warehouse as it was before the change (PostgreSQL's `create database ... template`): the
-mirror reading the changes, and the mirror reading gold.fact_session whole (`full_refresh`). Rows staged and changed
-are the mirror's report of dw.fact_session; seconds are the whole mirror's (migrations, staging, load SQL, the drift
-check, commit); medians. Its own temporary lake and PostgreSQL cluster, removed at the end.
+Spark writes a gold.fact_session of `--rows` rows with the catalogue's layout (change data feed on) and a calendar
+covering its days; the mirror loads them into a scratch warehouse; then a MERGE (as gold's incremental refresh writes
+one) changes `--percent` % of the rows (the client type of some sessions updated, as many new sessions inserted).
+Then, alternating for `--rounds` rounds, each on a fresh copy of the warehouse as it was before the change
+(PostgreSQL's `create database ... template`): the mirror reading the changes, and the mirror reading gold.fact_session
+whole (`full_refresh`). Rows staged and changed are the mirror's report of dw.fact_session; seconds are the whole
+mirror's (migrations, staging, load SQL, the drift check, commit); medians. Its own temporary lake and PostgreSQL
+cluster, removed at the end.
 Usage: python -m bench.change_feed [--rows 200000] [--percent 1] [--rounds 3]
 """
 
@@ -77,6 +78,16 @@ def run(rows: int = 200_000, percent: float = 1.0, rounds: int = 3) -> dict:
     admin = server.admin_dsn
     base = admin.rsplit("/", 1)[0]
     try:
+        calendar = spark.sql("select explode(sequence(date'2017-11-01', date'2018-03-31')) as date").selectExpr(
+            "date",
+            "year(date) as year",
+            "month(date) as month",
+            "day(date) as day",
+            "weekday(date) + 1 as weekday",
+            "date_format(date, 'EEEE') as weekday_name",
+            "trunc(date, 'MM') as month_start_date",
+        )
+        delta.overwrite(calendar.coalesce(1), delta.Target(tables.table("gold", "dim_date"), settings))
         target = delta.Target(tables.table("gold", "fact_session"), settings)
         delta.overwrite(_sessions(spark, 0, rows).coalesce(1), target)
         _database(admin, "create database before_change")

@@ -294,10 +294,11 @@ def _stage_changed(cur: Cursor, duck: duckdb.DuckDBPyConnection, load: Load, rel
 
 
 def _partitions_changed(duck: duckdb.DuckDBPyConnection, load: Load, relation: str) -> str:
-    """The gold relation restricted to the partitions the changed rows lie in (the whole of it when unpartitioned)."""
+    """The gold relation restricted to the partitions the changed rows lie in, by the partition columns that are
+    grain columns too (every row of a grain then lies in one partition); the whole of it otherwise."""
     gold = tables.table("gold", load.gold)
     within = []
-    for column in gold.partition_by:
+    for column in (c for c in gold.partition_by if c in load.keys):
         values = [v for (v,) in duck.execute(f"select distinct cast({column} as varchar) from {CHANGES}").fetchall()]
         literals = ", ".join(
             f"cast('{v.replace(chr(39), chr(39) * 2)}' as {gold.column(column).type})" for v in values if v is not None
