@@ -23,7 +23,8 @@ T = TypeVar("T")
 # files it removed are kept equally long, so a version the log still offers has its files (the maintenance vacuum
 # retains at least this long).
 RETENTION = "interval 7 days"
-DELETION_VECTORS = "delta.enableDeletionVectors"  # LAKEHOUSE_DELETION_VECTORS: off unless every reader has them
+DELETION_VECTORS = "delta.enableDeletionVectors"
+CHANGE_FEED = "delta.enableChangeDataFeed"  # the tables the catalogue says the mirror reads the changes of  # LAKEHOUSE_DELETION_VECTORS: off unless every reader has them
 TABLE_PROPERTIES = {
     "delta.logRetentionDuration": RETENTION,
     "delta.deletedFileRetentionDuration": RETENTION,
@@ -265,11 +266,12 @@ def write_tables(
 
 
 def _properties(table: tables.Table, settings: Settings) -> dict[str, str]:
-    """The table properties a table of this spec carries: the lake's, deletion vectors as the settings say, and its
-    statistics columns."""
+    """The table properties a table of this spec carries: the lake's, deletion vectors as the settings say, its
+    statistics columns, and its change data feed when the catalogue says the mirror reads it."""
     stats = {STATS_PROPERTY: ",".join(table.stats)} if table.stats else {NO_STATS_PROPERTY: "0"}
     vectors = {DELETION_VECTORS: str(settings.deletion_vectors).lower()}
-    return {**TABLE_PROPERTIES, **vectors, **stats}
+    changes = {CHANGE_FEED: "true"} if table.change_feed else {}
+    return {**TABLE_PROPERTIES, **vectors, **stats, **changes}
 
 
 def align_properties(spark: SparkSession, target: Target) -> bool:

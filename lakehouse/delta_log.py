@@ -1,5 +1,6 @@
 """Reading a Delta table's transaction log without Spark: commits, app watermarks (txn), operation metrics, the data
-files a version reads, and which versions can still be read. Local paths and gs:// alike."""
+files a version reads, which versions can still be read, and the rows changed between two versions (the change data
+feed). Local paths and gs:// alike."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakehouse.config import Settings
@@ -31,6 +33,23 @@ class Commit:
     metrics: dict[str, str]
     user_metadata: str | None
     touches_data: bool = True
+
+
+class ChangesGone(Exception):
+    """The rows changed between two versions of a table can no longer be read; the message says why, in one line."""
+
+
+CHANGE_TYPE = "_change_type"  # the column of a change row saying what it is: insert, delete, update_pre/postimage
+
+
+@dataclass(frozen=True)
+class ChangeFile:
+    """A file holding rows a commit changed: a change-data file (`cdc` action: each row's `_change_type` says what it
+    is), or, in a commit that wrote none, a data file it added (its rows inserted) or removed (deleted)."""
+
+    path: str  # relative to the table root
+    partition: dict[str, str | None]  # the partition values of its rows (not in the file)
+    change_type: str | None  # insert or delete for a data file; None for a change-data file
 
 
 class DeltaLog:
@@ -205,6 +224,53 @@ class DeltaLog:
             if active <= existing:
                 return version
         return None
+
+    def change_files(self, after: int, upto: int) -> list[ChangeFile]:
+        """The files holding the rows changed by the commits after version `after` up to `upto`, by the Delta
+        protocol: a commit's change-data files when it wrote some, else the data files it added and removed with
+        `dataChange` (a compaction's files change no row). Raises ChangesGone when a commit is no longer in the log,
+        replaced the whole table (a full overwrite: read the table instead), or hid rows by deletion vectors without
+        change-data files."""
+        commits = dict(self.commits)
+        gone = [v for v in range(after + 1, upto + 1) if v not in commits]
+        if gone:
+            raise ChangesGone(f"version {gone[0]} is no longer in its log (its history was compacted)")
+        found: list[ChangeFile] = []
+        for version in range(after + 1, upto + 1):
+            actions = list(self.actions(commits[version]))
+            info = next((a["commitInfo"] or {} for a in actions if "commitInfo" in a), {})
+            parameters = info.get("operationParameters") or {}
+            if parameters.get("mode") == "Overwrite" and not parameters.get("predicate"):
+                raise ChangesGone(f"version {version} replaced the whole table ({info.get('operation', 'a write')})")
+            cdc = [a["cdc"] for a in actions if "cdc" in a]
+            if cdc:
+                found += [ChangeFile(self._relative(c["path"]), c.get("partitionValues") or {}, None) for c in cdc]
+                continue
+            for kind, change in (("add", "insert"), ("remove", "delete")):
+                for file in (a[kind] for a in actions if kind in a and a[kind].get("dataChange", True)):
+                    if file.get("deletionVector"):
+                        raise ChangesGone(f"version {version} hid rows by deletion vectors without change-data files")
+                    found.append(ChangeFile(self._relative(file["path"]), file.get("partitionValues") or {}, change))
+        return found
+
+    def changes(self, after: int, upto: int) -> pa.Table | None:
+        """The rows changed by the commits after version `after` up to `upto` (change_files), partition columns and
+        `_change_type` included; None when none changed. Raises ChangesGone when they cannot be read: a file of them
+        was deleted (a vacuum), or see change_files."""
+        parts = []
+        for file in self.change_files(after, upto):
+            try:
+                with self.fs.open(f"{self.root}/{file.path}", "rb") as f:
+                    rows = pq.read_table(f)
+            except FileNotFoundError:
+                raise ChangesGone(f"{file.path} was deleted (a vacuum)") from None
+            for column, value in file.partition.items():
+                if column not in rows.column_names:
+                    rows = rows.append_column(column, pa.array([value] * rows.num_rows, pa.string()))
+            if file.change_type is not None:
+                rows = rows.append_column(CHANGE_TYPE, pa.array([file.change_type] * rows.num_rows, pa.string()))
+            parts.append(rows)
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
 
 def is_table(path: str, settings: Settings | None = None) -> bool:

@@ -125,6 +125,8 @@ def _table_md(table: tables.Table) -> list[str]:
         layout.append(f"partitioned by {', '.join(f'`{c}`' for c in table.partition_by)}")
     if table.stats:
         layout.append(f"statistics on {', '.join(f'`{c}`' for c in table.stats)}")
+    if table.change_feed:
+        layout.append("change data feed kept (the mirror reads it)")
     if table.source:
         layout.append(f"from `gold.{table.source}`")
     lines = [f"### `{table.key}`", "", f"{_cell(table.grain)}. {'; '.join(layout)}.", ""]

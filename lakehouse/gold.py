@@ -673,6 +673,7 @@ def _write(
         if full_refresh or seen is None or not is_table(settings.table_path("gold", table.name)):
             delta.overwrite(table.build(run), run.target)
         else:
+            delta.align_properties(session, run.target)  # a table an earlier layout created: its change feed on
             table.update(run)
     finally:
         if guard is not None:

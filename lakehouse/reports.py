@@ -125,7 +125,8 @@ class LoadReport:
     """One `dw` table's load within a mirror run: applied, skipped (gold as applied) or missing (no gold table); the
     gold version read; for a dimension the deliveries new to it, those whose gold rows changed since it applied
     them (corrected, or gone from gold), the unchanged ones re-read after them and the as-of it was restated from;
-    and the rows staged, inserted, closed (a version's end moved), removed and re-pointed (a fact's surrogate keys)."""
+    and the rows staged, inserted, closed (a version's end moved), removed and re-pointed (a fact's surrogate keys);
+    for a fact or mart, whether gold was read whole or only its changes since the version applied, and how many."""
 
     status: str
     gold_version: int | None = None
@@ -138,6 +139,8 @@ class LoadReport:
     rows_closed: int = 0
     rows_removed: int = 0
     rows_repointed: int = 0
+    read: str | None = None  # a fact or mart: how gold was read, "changes" (its change feed) or "full"
+    rows_changed: int = 0  # read from the changes: the change rows read (pre- and post-images, inserts, deletes)
 
 
 @dataclass

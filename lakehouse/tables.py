@@ -150,6 +150,12 @@ class Table:
         return f"{self.layer}.{self.name}"
 
     @property
+    def change_feed(self) -> bool:
+        """Whether Delta keeps the table's change data feed: a gold table the mirror loads a fact or a mart from, so
+        that it reads only the rows changed since the version it applied (CHANGE_FEED)."""
+        return self.key in CHANGE_FEED
+
+    @property
     def names(self) -> tuple[str, ...]:
         """The column names, in order."""
         return tuple(c.name for c in self.columns)
@@ -989,6 +995,15 @@ WAREHOUSE: tuple[Table, ...] = (
 
 TABLES: tuple[Table, ...] = (*LAKE, *WAREHOUSE)
 BY_KEY: dict[str, Table] = {t.key: t for t in TABLES}
+# The gold tables whose change data feed the mirror reads: those it loads facts and marts from, row by row as they
+# change; not the dimension histories (restated by delivery) nor a table rewritten whole at every change (the calendar)
+CHANGE_FEED: frozenset[str] = frozenset(
+    f"gold.{t.source}"
+    for t in WAREHOUSE
+    if t.kept_by is Kept.LOADED
+    and not (t.source or "").endswith("_history")
+    and BY_KEY[f"gold.{t.source}"].kept_by is not Kept.REBUILT
+)
 
 
 def table(layer: str, name: str) -> Table:

@@ -202,10 +202,19 @@ def world(spark, pg_server, tmp_path_factory):
     conn.close()
     before = byte_scan(settings)
     assert {p for p in before if "/_delta_log/" in p}, "the log names the learner before the erasure"
+    change_data = sorted(p for p in Path(settings.lake).rglob("*") if p.is_file() and "_change_data" in p.parts)
+    assert change_data, "gold's change data feed kept the rows its MERGEs changed"
     assert {p for p in before if "/landing/" in p and "Students" in p}, "the mis-named export names the learner"
     assert {p for p in before if p.startswith("pg_stats")}, "dw's statistics name the learner"
     totals = _totals(spark, settings)
-    return {"settings": settings, "generated": generated, "deliveries": deliveries, "model": model, "before": totals}
+    return {
+        "settings": settings,
+        "generated": generated,
+        "deliveries": deliveries,
+        "model": model,
+        "before": totals,
+        "change_data": change_data,
+    }
 
 
 def _totals(spark, settings):
@@ -262,6 +271,7 @@ def test_no_byte_anywhere_holds_the_learner_and_verify_agrees(erased):
     settings = erased["settings"]
     assert byte_scan(settings) == set()
     assert verify(settings, LEARNER) == []
+    assert [p for p in erased["change_data"] if p.exists()] == []  # the change feed's old rows went too
     assert not list((Path(settings.data_dir) / "requests").iterdir())  # the request file went with the run
     # the killed JVM's scratch folder went at the next start, the finished ones' at their exit
     assert not list((Path(settings.data_dir) / "spark-scratch").iterdir())

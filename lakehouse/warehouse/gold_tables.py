@@ -1,5 +1,5 @@
 """Where the mirror and the drift check read gold: each gold table as a DuckDB relation at a version (the lake's Delta
-tables, or Arrow tables in memory for tests and benchmarks)."""
+tables, or Arrow tables in memory for tests and benchmarks), and the rows changed between two versions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import duckdb
 
 from lakehouse.catalog import extension_path, gcs_secret_sql, httpfs_path
 from lakehouse.config import Settings
-from lakehouse.delta_log import latest_version
+from lakehouse.delta_log import ChangesGone, DeltaLog, latest_version
 
 
 class GoldSource(Protocol):
@@ -20,6 +20,10 @@ class GoldSource(Protocol):
 
     def relation(self, con: duckdb.DuckDBPyConnection, table: str, version: int) -> str:
         """SQL text of a relation reading `table` at `version` in DuckDB connection `con`."""
+
+    def changes(self, table: str, after: int, upto: int) -> Any:
+        """The rows of `table` changed after version `after` up to `upto` as an Arrow table with `_change_type`
+        (None: none changed); raises ChangesGone when they cannot be read."""
 
 
 class DeltaGold:
@@ -42,6 +46,9 @@ class DeltaGold:
         path = self.path(table).replace("'", "''")
         return f"delta_scan('{path}', version => {int(version)})"
 
+    def changes(self, table: str, after: int, upto: int) -> Any:
+        return DeltaLog(self.path(table), self.settings).changes(after, upto)
+
 
 class ArrowGold:
     """Gold tables given in memory as Arrow tables (tests, benchmarks), each with a version."""
@@ -57,6 +64,9 @@ class ArrowGold:
         name = f"gold_{table}_v{int(version)}"
         con.register(name, self.tables[table])
         return name
+
+    def changes(self, table: str, after: int, upto: int) -> Any:
+        raise ChangesGone("gold held in memory keeps no change feed")
 
 
 def duckdb_connection() -> duckdb.DuckDBPyConnection:

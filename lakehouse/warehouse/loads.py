@@ -49,6 +49,11 @@ class Load:
         return self.key is not None
 
     @property
+    def keys(self) -> tuple[str, ...]:
+        """The columns of the target's grain: its rows of one value are replaced together when gold's change."""
+        return self.spec.keys
+
+    @property
     def spec(self) -> tables.Table:
         return tables.table("dw", self.target)
 
@@ -165,8 +170,9 @@ LOADS: tuple[Load, ...] = tuple(
 LOADS_BY_TARGET = {load.target: load for load in LOADS}
 
 
-def _template_context(load: Load) -> dict[str, Any]:
-    """The variables of the load's template (their meaning is stated at the top of each template)."""
+def _template_context(load: Load, changes: bool = False) -> dict[str, Any]:
+    """The variables of the load's template (their meaning is stated at the top of each template); `changes`: the
+    fact's load of the grains whose gold rows changed."""
     if load.is_dimension:
         attributes = [c for c in load.columns if c not in (load.key, "is_deleted", "as_of", "delivery")]
         return {
@@ -186,6 +192,8 @@ def _template_context(load: Load) -> dict[str, Any]:
         "measures": measures,
         "columns": [c for c in load.columns if c not in dict(load.measures)],
         "dimensions": dimensions,
+        "keys": list(load.keys),
+        "changes": changes,
     }
 
 
@@ -212,10 +220,14 @@ def _target(target: str) -> Load:
     return load
 
 
-def load_sql(target: str) -> str:
-    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS."""
+def load_sql(target: str, changes: bool = False) -> str:
+    """The load SQL of a dw target table: its kind's template in warehouse_sql/load/, rendered from LOADS; `changes`:
+    a fact's load of only the grains whose gold rows changed (fact.sql's `changes`)."""
     load = _target(target)
-    return render("load/" + ("dimension.sql" if load.is_dimension else "fact.sql"), _template_context(load))
+    if changes and load.is_dimension:
+        raise ValueError(f"dw.{target} is a dimension: restated by delivery, never loaded from gold's changes")
+    template = "load/" + ("dimension.sql" if load.is_dimension else "fact.sql")
+    return render(template, _template_context(load, changes))
 
 
 def repoint_sql(target: str) -> str:
@@ -245,9 +257,9 @@ def statements(sql: str) -> list[tuple[str, str]]:
     return found
 
 
-def load_statements(target: str) -> list[tuple[str, str]]:
+def load_statements(target: str, changes: bool = False) -> list[tuple[str, str]]:
     """The statements of the target's load SQL as (name, sql)."""
-    return statements(load_sql(target))
+    return statements(load_sql(target, changes))
 
 
 def repoint_statements(target: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ import psycopg2
 
 from lakehouse import faults, tables
 from lakehouse.config import Settings, get_settings
+from lakehouse.delta_log import ChangesGone
 from lakehouse.pgserver import warehouse_logins
 from lakehouse.reports import LoadReport, StageReport, TableDrift
 from lakehouse.warehouse.csv_copy import copy_batches
@@ -73,19 +74,23 @@ def _is_timestamp(column: str) -> bool:
     return column.endswith("_at") or column == "as_of"
 
 
+def _copied(columns: Iterable[str]) -> str:
+    """The select list of columns as COPY reads them: timestamps leave DuckDB as UTC text with an explicit offset
+    (DuckDB renders them several times faster than Arrow's CSV writer, and PostgreSQL reads them the same whatever
+    its session time zone)."""
+    return ", ".join(
+        f"strftime(cast({c} as timestamp), '%Y-%m-%d %H:%M:%S.%f+00') as {c}" if _is_timestamp(c) else c
+        for c in columns
+    )
+
+
 def stage_query(load: Load, relation: str, where: str = "") -> str:
     """The DuckDB query whose rows are COPYed into the load's stage table."""
     columns = ", ".join(load.columns)
     query = load.select.format(src=relation)
     if where:
         query = f"select * from ({query}) as gold({columns}) where {where}"
-    # timestamps leave DuckDB as UTC text with an explicit offset: DuckDB renders them several times faster
-    # than Arrow's CSV writer, and PostgreSQL reads them the same whatever its session time zone
-    rendered = [
-        f"strftime(cast({c} as timestamp), '%Y-%m-%d %H:%M:%S.%f+00') as {c}" if _is_timestamp(c) else c
-        for c in load.columns
-    ]
-    return f"select {', '.join(rendered)} from ({query}) as staged({columns})"
+    return f"select {_copied(load.columns)} from ({query}) as staged({columns})"
 
 
 def _stage(
@@ -117,9 +122,9 @@ def replay_from(cur: Cursor, target: str, moment: datetime | None) -> None:
     )
 
 
-def _apply(cur: Cursor, target: str) -> dict[str, int]:
+def _apply(cur: Cursor, target: str, changes: bool = False) -> dict[str, int]:
     counts = {}
-    for name, sql in load_statements(target):
+    for name, sql in load_statements(target, changes):
         cur.execute(sql)
         counts[name] = max(cur.rowcount, 0)
     return counts
@@ -215,24 +220,107 @@ def _load_fact(
     source: GoldSource,
     version: int | None,
     load_id: Callable[[], int],
+    since: int | None = None,
+    repointed: set[str] | None = None,
 ) -> LoadReport:
-    """Bring the fact to exactly gold's rows, each with the surrogate keys valid at its time (no gold table: none)."""
+    """Bring the fact to exactly gold's rows, each with the surrogate keys valid at its time (no gold table: none).
+    `since`: the gold version the fact last applied; when gold's change feed since then can be read, only the grains
+    it changed are restaged and replaced (the rows of other grains then get the versions of `repointed` dimensions
+    by re-pointing); otherwise, or without `since`, the whole table is read."""
     relation = None if version is None else source.relation(duck, load.gold, version)
-    report = LoadReport("applied", version, rows_staged=_stage(cur, duck, load, relation))
+    changed = None if since is None or version is None else _changed(duck, load, source, since, version)
+    if changed is None:
+        report = LoadReport("applied", version, read="full", rows_staged=_stage(cur, duck, load, relation))
+    else:
+        report = LoadReport("applied", version, read="changes", rows_changed=changed)
+        report.rows_staged = _stage_changed(cur, duck, load, relation) if changed else _stage(cur, duck, load, None)
     faults.point(f"mirror.{load.target}.staged")
-    steps = _apply(cur, load.target)
-    report.rows_inserted, report.rows_removed = steps["inserted"], steps["removed"]
+    if changed != 0:  # no row changed (a commit of table properties, say): nothing to replace
+        steps = _apply(cur, load.target, changes=changed is not None)
+        report.rows_inserted, report.rows_removed = steps["inserted"], steps["removed"]
+    if changed is not None and repointed and version is not None:
+        report.rows_repointed = _repoint(cur, load, repointed)
     _audit(cur, load_id(), load, version, report)
     return report
 
 
-def _repoint_fact(cur: Cursor, load: Load, dimensions: set[str], version: int | None, load_id: int) -> LoadReport:
-    """Give the fact's rows of the keys whose versions changed the versions valid at their time (gold unchanged)."""
-    report = LoadReport("applied", version)
+# the DuckDB names of a changes load: gold's changed rows, the keys of the grains they touch
+CHANGES, CHANGED_KEYS = "gold_changes", "gold_changed_keys"
+
+
+def _changed(duck: duckdb.DuckDBPyConnection, load: Load, source: GoldSource, since: int, version: int) -> int | None:
+    """Read the rows of the fact's gold table changed after version `since` up to `version` (its change feed) and
+    keep the keys of the grains they touch in DuckDB (CHANGED_KEYS); the rows changed, or None when they cannot be
+    read: then the whole table is, and one warning says why."""
+    if not tables.table("gold", load.gold).change_feed:
+        return None  # rewritten whole at every change (the calendar): read whole
+    try:
+        rows = source.changes(load.gold, since, version)
+    except ChangesGone as why:
+        log.warning(
+            "dw.%s: gold.%s is read whole, its changes since version %d cannot be read: %s",
+            load.target,
+            load.gold,
+            since,
+            why,
+        )
+        return None
+    if rows is None:
+        return 0
+    duck.register(CHANGES, rows)
+    keys = ", ".join(load.keys)
+    selected = load.select.format(src=CHANGES)
+    duck.execute(
+        f"create or replace temp table {CHANGED_KEYS} as"
+        f" select distinct {keys} from ({selected}) as changed({', '.join(load.columns)})"
+    )
+    return rows.num_rows
+
+
+def _stage_changed(cur: Cursor, duck: duckdb.DuckDBPyConnection, load: Load, relation: str | None) -> int:
+    """Stage gold's current rows of the grains the changes touch (gold read only in the partitions they touch), and
+    list those grains in the temporary table <target>_changed; the rows staged."""
+    keys = load.keys
+    cur.execute(
+        f"create temporary table {load.target}_changed on commit drop as"
+        f" select {', '.join(keys)} from dw.{load.target} with no data"
+    )
+    reader = duck.execute(f"select {_copied(keys)} from {CHANGED_KEYS}").to_arrow_reader(BATCH_ROWS)
+    copy_batches(cur, f"{load.target}_changed", keys, reader)
+    if relation is not None:
+        relation = _partitions_changed(duck, load, relation)
+    matched = " and ".join(f"k.{k} is not distinct from gold.{k}" for k in keys)
+    return _stage(cur, duck, load, relation, f"exists (select 1 from {CHANGED_KEYS} as k where {matched})")
+
+
+def _partitions_changed(duck: duckdb.DuckDBPyConnection, load: Load, relation: str) -> str:
+    """The gold relation restricted to the partitions the changed rows lie in, by the partition columns that are
+    grain columns too (every row of a grain then lies in one partition); the whole of it otherwise."""
+    gold = tables.table("gold", load.gold)
+    within = []
+    for column in (c for c in gold.partition_by if c in load.keys):
+        values = [v for (v,) in duck.execute(f"select distinct cast({column} as varchar) from {CHANGES}").fetchall()]
+        literals = ", ".join(
+            f"cast('{v.replace(chr(39), chr(39) * 2)}' as {gold.column(column).type})" for v in values if v is not None
+        )
+        found = ([f"{column} in ({literals})"] if literals else []) + ([f"{column} is null"] if None in values else [])
+        within.append(f"({' or '.join(found) or 'false'})")
+    return f"(select * from {relation} where {' and '.join(within)})" if within else relation
+
+
+def _repoint(cur: Cursor, load: Load, dimensions: set[str]) -> int:
+    """Re-point the fact's rows of the dimension keys whose versions changed; the rows re-pointed."""
+    repointed = 0
     for dimension, sql in repoint_statements(load.target).items():
         if dimension in dimensions:
             cur.execute(sql)
-            report.rows_repointed += max(cur.rowcount, 0)
+            repointed += max(cur.rowcount, 0)
+    return repointed
+
+
+def _repoint_fact(cur: Cursor, load: Load, dimensions: set[str], version: int | None, load_id: int) -> LoadReport:
+    """Give the fact's rows of the keys whose versions changed the versions valid at their time (gold unchanged)."""
+    report = LoadReport("applied", version, rows_repointed=_repoint(cur, load, dimensions))
     _audit(cur, load_id, load, version, report)
     return report
 
@@ -333,8 +421,12 @@ def mirror(
                     reshaped = last is not None and last[1] != list(load.columns)  # loaded before a column was
                     if version is None and last is None:
                         loaded[load.target] = LoadReport("missing")
-                    elif full_refresh or version != seen or reshaped:
+                    elif full_refresh or seen is None or version is None or version < seen or reshaped:
                         loaded[load.target] = _load_fact(cur, duck, load, source, version, load_id)
+                    elif version > seen:  # gold's changes since the version applied, when they can be read
+                        loaded[load.target] = _load_fact(
+                            cur, duck, load, source, version, load_id, since=seen, repointed=repointed
+                        )
                     elif repointed.intersection(load.depends) and version is not None:
                         loaded[load.target] = _repoint_fact(cur, load, repointed, version, load_id())
                     else:

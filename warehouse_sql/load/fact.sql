@@ -5,7 +5,10 @@
     columns: the staged columns that make the grain (staged rows are distinct per grain)
     measures: (column, aggregate) pairs that combine the staged rows of one grain
     fact_time: the column whose time picks each dimension's version
-    dimensions: the dimensions whose surrogate keys the fact carries, as entity and business key -#}
+    dimensions: the dimensions whose surrogate keys the fact carries, as entity and business key
+    keys: the columns of the grain (one row of dw.<table> per value)
+    changes: true when stage.<table> holds only the rows of the grains whose gold rows changed, listed in the
+        temporary table <table>_changed: the rows of other grains are then left as they are -#}
 {%- macro column_list(names, indent, prefix="") -%}
 {{ prefix ~ names | join(",\n" ~ " " * indent ~ prefix) }}
 {%- endmacro -%}
@@ -81,14 +84,29 @@ select
 from resolved;
 
 -- removed: rows that are no longer in gold, or whose values (surrogate keys included) changed
+{%- if changes %}
+-- (among the rows of the grains whose gold rows changed)
+{%- endif %}
 delete from dw.{{ table }} as f
-where not exists (
-    select
-    from {{ table }}_resolved as r
-    where r.row_key = row(
-        {{ column_list(stored, 8, "f.") }}
-    )::text
-);
+where
+    not exists (
+        select
+        from {{ table }}_resolved as r
+        where r.row_key = row(
+            {{ column_list(stored, 12, "f.") }}
+        )::text
+    )
+    {%- if changes %}
+    and row(
+        {{ column_list(keys, 8, "f.") }}
+    )::text in (
+        select
+            row(
+                {{ column_list(keys, 16, "k.") }}
+            )::text
+        from {{ table }}_changed as k
+    )
+{%- endif %};
 
 -- inserted: rows that are new, or replace a removed one
 insert into dw.{{ table }} (
