@@ -17,6 +17,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from lakehouse import tables
 from lakehouse.config import Settings
+from lakehouse.delta_log import is_table
 
 Action = Literal["warn", "drop", "fail"]
 ACTIONS: tuple[str, ...] = ("warn", "drop", "fail")
@@ -72,15 +73,18 @@ class Rule:
     reads: tuple[str, ...] = ()  # <layer>.<name> of the tables its subqueries read
 
     def sql(self, settings: Settings) -> str:
-        """The expectation as Spark SQL: the tables it reads by their Delta paths, null counted as failed."""
+        """The expectation as Spark SQL: the tables it reads by their Delta paths (one not written yet, as on a lake
+        that has had no export so far, reads as empty), null counted as failed."""
         text = self.expect
         if self.reads:
 
             def by_path(node: exp.Expression) -> exp.Expression:
                 if isinstance(node, exp.Table) and node.db:
-                    path = settings.table_path(node.db, node.name).replace("`", "``")
+                    path = settings.table_path(node.db, node.name)
+                    if not is_table(path, settings):
+                        return _empty(node)
                     return exp.Table(
-                        this=exp.to_identifier(path, quoted=True),
+                        this=exp.to_identifier(path.replace("`", "``"), quoted=True),
                         db=exp.to_identifier("delta"),
                         alias=node.args.get("alias"),
                     )
@@ -93,6 +97,15 @@ class Rule:
     def reason(self) -> str:
         """The quarantine reason of the rows it drops."""
         return f"{REASON}{self.name}"
+
+
+def _empty(table: exp.Table) -> exp.Expression:
+    """A relation with the catalogue's columns of `table` and no row, under the table's alias or name."""
+    spec = tables.table(table.db, table.name)
+    listed = ", ".join(f"cast(null as {c.type}) as {c.name}" for c in spec.columns)
+    empty = sqlglot.parse_one(f"select {listed} where false", read="spark")
+    assert isinstance(empty, exp.Select)
+    return empty.subquery(table.alias_or_name)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from lakehouse import alerts, freshness
+from lakehouse import alerts, cli, freshness
 from lakehouse.cli import app
 from lakehouse.landing import land, read_ledger
 from tests.builders import WebhookReceiver, ledger
@@ -157,7 +157,7 @@ def test_an_anomalous_delivery_is_alerted_once(settings, webhook):
 def test_checks_prints_a_table_and_exits_1_when_stale(settings, monkeypatch):
     now = datetime.now(UTC)
     ledger(settings, [("events", "2026-03-01", 10, now - timedelta(minutes=5))])
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(cli.console, "width", 200)  # whatever width the console found when it was made
     result = CliRunner().invoke(app, ["checks"])  # the exports were never delivered: stale
     assert result.exit_code == 1
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
