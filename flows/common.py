@@ -80,7 +80,6 @@ def publish_report(flow: str, reports: list[StageReport], lock: LockReport) -> R
             description=f"{flow}: what every expectation found in the rows written",
         )
     settings = settings_for()
-    for result in run.expectations:
-        if result.action == "warn" and result.outcome == "warned":
-            alerts.send(settings, alerts.warned(result, flow, run_url()))
+    for alert in alerts.of_run(run, flow, str(flow_run.id) if flow_run.id else None, run_url()):
+        alerts.send(settings, alert)
     return run

@@ -16,11 +16,19 @@ import httpx
 
 from lakehouse.config import Settings
 from lakehouse.expectations import ExpectationFailed
-from lakehouse.reports import ExpectationResult
+from lakehouse.reports import ExpectationResult, RunReport, TableDrift
 
 log = logging.getLogger(__name__)
 
-KINDS = ("run_failed", "expectation_failed", "expectation_warned", "stale", "recovered", "volume_anomaly")
+KINDS = (
+    "run_failed",
+    "expectation_failed",
+    "expectation_warned",
+    "stale",
+    "recovered",
+    "volume_anomaly",
+    "warehouse_drift",
+)
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = (0.5, 2.0)  # waits between attempts
@@ -140,3 +148,24 @@ def warned(result: ExpectationResult, flow: str, url: str | None = None) -> Aler
         flow=flow,
         url=url,
     )
+
+
+def drifted(drift: TableDrift, flow: str, run_id: str | None = None, url: str | None = None) -> Alert:
+    """The alert for a `dw` table that differs from its gold table after a mirror."""
+    return Alert(
+        "warehouse_drift",
+        f"dw.{drift.table} differs from gold.{drift.gold_table} ({drift.dw_rows:,} rows against {drift.gold_rows:,}):"
+        " `lakehouse run --full-refresh warehouse` rebuilds dw from gold",
+        table=f"dw.{drift.table}",
+        run_id=run_id,
+        flow=flow,
+        url=url,
+    )
+
+
+def of_run(run: RunReport, flow: str, run_id: str | None = None, url: str | None = None) -> list[Alert]:
+    """What a finished run alerts: each `warn` rule that rows failed, each `dw` table that drifted from gold."""
+    found = [warned(r, flow, url) for r in run.expectations if r.action == "warn" and r.outcome == "warned"]
+    mirror = run.stage("mirror")
+    drift = mirror.details.get("drift", []) if mirror is not None else []
+    return found + [drifted(d, flow, run_id, url) for d in drift if isinstance(d, TableDrift) and d.drifted]

@@ -264,3 +264,30 @@ def test_a_run_failure_says_its_cause_once_in_the_fields_that_apply():
     assert alerts.warned(found, "full-pipeline").payload()["text"] == (
         "gold.fact_page_view: expectation known warned for 4 of 50 rows (kept)"
     )
+
+
+def test_a_finished_run_alerts_each_warned_rule_and_each_table_that_drifted_from_gold(settings, webhook):
+    from lakehouse.reports import ExpectationResult, LockReport, RunReport, StageReport, TableDrift
+
+    warned = ExpectationResult(
+        "r1", "2026-03-01T00:00:00+00:00", "silver.students", "state_code", "warn", 10, 2, "warned"
+    )
+    passed = ExpectationResult("r1", "2026-03-01T00:00:00+00:00", "silver.students", "other", "warn", 10, 0, "passed")
+    drift = [
+        TableDrift("dim_student", "dim_student_history", 4, 12, 11, "a", "b"),
+        TableDrift("fact_session", "fact_session", 4, 30, 30, "c", "c"),
+    ]
+    run = RunReport(
+        "full-pipeline",
+        [StageReport("silver", expectations=[warned, passed]), StageReport("mirror", details={"drift": drift})],
+        LockReport(),
+    )
+    found = alerts.of_run(run, "full-pipeline", "r1")
+    assert [(a.kind, a.table) for a in found] == [
+        ("expectation_warned", "silver.students"),
+        ("warehouse_drift", "dw.dim_student"),
+    ]
+    assert "11 rows against 12" in found[1].text and "--full-refresh warehouse" in found[1].text
+    for alert in found:
+        alerts.send(_settings(), alert)
+    assert [p["kind"] for p in webhook.wait(2)] == ["expectation_warned", "warehouse_drift"]
