@@ -80,9 +80,10 @@ def test_dashboard_draws_filters_and_stays_local(server, browser):
         assert page.get_by_text(headline, exact=True).count() >= 1, headline
     # the trust panel comes first: its line, the source groups and the tables (this lake has no landing ledger)
     page.locator(".trust-headline").get_by_text("sources stale").wait_for(timeout=60_000)  # rendered after the charts
-    trust = page.locator(".trust-headline").inner_text()
+    # the headline is Markdown, rendered in the pane's shadow root (which inner_text does not see)
+    trust = page.locator(".trust-headline").evaluate("e => (e.shadowRoot || e).textContent")
     assert "8 of 8 sources stale" in trust and "expectations:" in trust, trust
-    assert "gold.fact_page_view" in page.locator(".trust-tables").inner_text()
+    assert "gold.fact_page_view" in page.locator(".trust-tables").evaluate("e => (e.shadowRoot || e).textContent")
 
     before = charts_html(page, within(".chart-daily"))
     states_before = charts_html(page, within(".chart-states"))
