@@ -32,12 +32,12 @@ def _run(env: dict[str, str], timeout: float = 3600) -> dict:
     return {"wall_s": seconds, "stages": stages}
 
 
-def _small_delivery(source: Path, generated: Path, day: str, lines: int) -> None:
-    """A delivery folder of `lines` event lines taken from the generated source, dated `day`."""
-    events = [ln for f in sorted(generated.glob("events/*/*.json")) for ln in f.read_text().splitlines() if ln][:lines]
+def _small_delivery(source: Path, later: list[str], day: str, round_: int, lines: int) -> None:
+    """A delivery folder dated `day` of `lines` event lines the lake has not seen: the round's slice of the generated
+    sixth delivery (events of students the lake knows, pages it knows, new moments)."""
     folder = source / "events" / day
     folder.mkdir(parents=True)
-    (folder / "part-00000.json").write_text("\n".join(events) + "\n")
+    (folder / "part-00000.json").write_text("\n".join(later[round_ * lines : (round_ + 1) * lines]) + "\n")
 
 
 def measure(events: int, lines: int, rounds: int) -> dict:
@@ -49,7 +49,13 @@ def measure(events: int, lines: int, rounds: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     generated = work / "generated"
-    generate(generated, seed=13, students=max(200, events // 50), events=events, deliveries=5)
+    generate(generated, seed=13, students=max(200, events // 50), events=events, deliveries=6)
+    sixth = sorted((generated / "events").iterdir())[-1]
+    later = [ln for f in sorted(sixth.glob("*.json")) for ln in f.read_text().splitlines() if ln]
+    for kind in ("events", "transactional"):
+        shutil.rmtree(generated / kind / sixth.name)
+    if len(later) < rounds * lines:
+        raise ValueError(f"the sixth delivery has {len(later)} event lines, fewer than {rounds} x {lines}")
     cluster = ManagedPostgres(work / "pg")
     cluster.start()
     admin = cluster.admin_dsn
@@ -79,7 +85,7 @@ def measure(events: int, lines: int, rounds: int) -> dict:
         _run(env_of("warm", "30m"))  # nothing new: starts the warm copy's engines, as an earlier run would have
         out: dict = {"events": events, "lines": lines, "five_deliveries": built, "cold": [], "warm": []}
         for n in range(rounds):
-            _small_delivery(work / "source", generated, f"2017-12-{n + 1:02d}", lines)
+            _small_delivery(work / "source", later, f"2017-12-{n + 1:02d}", n, lines)
             out["cold"].append(_run(env_of("cold", "0")))
             out["warm"].append(_run(env_of("warm", "30m")))
         con = duckdb_with_delta()

@@ -1,5 +1,6 @@
-"""The warm engine of `lakehouse up`: a Spark Connect server with the lake's settings. The pipeline's stages run on it
-and equal a local run, its table writes still run side by side, and it refuses a client without its token."""
+"""The warm engine of `lakehouse up`: a Spark Connect server with the lake's settings. Its table writes still run side
+by side, and it refuses a client without its token. (That the pipeline's stages on it equal a local run is proven by
+tests/test_engine.py, whose warm engine is the same server command.)"""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ import sys
 
 import pytest
 
-from lakehouse import bronze, gold, landing, silver
 from lakehouse.config import Settings
 from lakehouse.security import free_port
 from lakehouse.spark import start_connect_server
-from lakehouse.tools.generate import generate
-from tests.builders import assert_same_rows, delta_scan_sql, duckdb_with_delta
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 TOKEN = "a-token-only-the-platform-has"
@@ -39,20 +37,7 @@ def server(tmp_path_factory):
 
 
 # A process is either a classic Spark client or a Connect client (pyspark.sql.functions builds one kind of column per
-# process), so the Connect side of each test runs where `lakehouse run` would: in a process of its own.
-STAGES = """
-import sys
-from lakehouse import bronze, gold, landing, silver
-from lakehouse.config import Settings
-from lakehouse.spark import build_session
-settings = Settings(source=sys.argv[1], lake=sys.argv[2], data_dir=sys.argv[3], spark_master=sys.argv[4],
-                    shuffle_partitions=2)
-spark = build_session(settings)
-landing.land(settings)
-for stage in (bronze.ingest, silver.refresh, gold.refresh):
-    stage(spark, settings, "r")
-"""
-
+# process), so the Connect side of a test runs where `lakehouse run` would: in a process of its own.
 SIDE_BY_SIDE = """
 import json, sys, time
 from lakehouse import delta
@@ -79,31 +64,6 @@ def _client(script: str, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
-
-
-def _lake(root, source, name: str) -> Settings:
-    return Settings(
-        source=str(source), lake=str(root / name / "lake"), data_dir=str(root / name / "data"), shuffle_partitions=2
-    )
-
-
-def test_stages_on_the_connect_server_equal_a_local_run(spark, server, tmp_path):
-    source = tmp_path / "source"
-    generate(source, seed=3, students=30, events=600, deliveries=2)
-    a, b = _lake(tmp_path, source, "connect"), _lake(tmp_path, source, "local")
-    _client(STAGES, str(source), a.lake_url, str(a.data_dir), server)
-    landing.land(b)
-    for stage in (bronze.ingest, silver.refresh, gold.refresh):
-        stage(spark, b, "r")
-    con = duckdb_with_delta()
-    for layer, tables in (("silver", tuple(silver.BY_NAME)), ("gold", gold.TABLES)):
-        for table in tables:
-            columns = [
-                r[0]
-                for r in con.execute(f"describe {delta_scan_sql(a, layer, table, ['*'])}").fetchall()
-                if r[0] not in ("run_id", "loaded_at") and not r[1].startswith("MAP")
-            ]
-            assert_same_rows(con, delta_scan_sql(b, layer, table, columns), delta_scan_sql(a, layer, table, columns))
 
 
 def test_writes_run_side_by_side_on_the_connect_server(server):
