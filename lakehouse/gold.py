@@ -468,14 +468,17 @@ def _mart(name: str, transform: Callable[[DataFrame], DataFrame], source: str, c
     return GoldTable(name, ("page_views",), rows, update, after=(source,))
 
 
-def _students_changed(run: Refresh) -> DataFrame:
+def _students_changed(run: Refresh) -> DataFrame | None:
     """Students whose enrichment attributes changed since this table's last refresh: dim_student then (read back at
-    the version this table last saw) against dim_student now; `old`/`new` hold their states. Raises LookupError when
-    that version is no longer readable."""
+    the version this table last saw) against dim_student now; `old`/`new` hold their states. None when dim_student has
+    had no commit since (a delivery of events only): no student moved, told from its log without a Spark job. Raises
+    LookupError when that version is no longer readable."""
     path = run.settings.table_path("gold", "dim_student")
     seen = _seen(path, app_id("dim_student"), run.seen)
     if seen is None or seen < (oldest_readable_version(path) or 0):  # an erasure vacuums every old version
         raise LookupError("dim_student as this table last saw it is not in the log, or no longer readable")
+    if seen == latest_version(path):
+        return None
     then = run.session.read.format("delta").option("versionAsOf", seen).load(path)
     now = run.gold("dim_student")
     attrs = F.struct(*ENRICHMENT)
@@ -496,9 +499,9 @@ def _seen(path: str, app_id: str, marks: dict[str, int]) -> int | None:
     return None
 
 
-def _students_moved(run: Refresh, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame] | None:
-    """(dim_student, the students whose attributes changed); None when those cannot be told, after rebuilding the
-    table whole with `build(dim_student)`."""
+def _students_moved(run: Refresh, build: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame | None] | None:
+    """(dim_student, the students whose attributes changed, None when none did); None when those cannot be told,
+    after rebuilding the table whole with `build(dim_student)`."""
     students = run.gold("dim_student")
     try:
         return students, _students_changed(run)
@@ -515,12 +518,11 @@ def _state_activity_update(run: Refresh) -> None:
         return
     students, moved = found
     new = fact_page_view(run.changed("page_views")).select("student_id").distinct()
-    states = (
-        new.join(students, "student_id", "left")
-        .select("state")
-        .unionByName(moved.select(F.col("old_state").alias("state")))
-        .unionByName(moved.select(F.col("new_state").alias("state")))
-    )
+    states = new.join(students, "student_id", "left").select("state")
+    if moved is not None:
+        states = states.unionByName(moved.select(F.col("old_state").alias("state"))).unionByName(
+            moved.select(F.col("new_state").alias("state"))
+        )
     rows = mart_state_activity(run.gold("activity_by_student"), students)
     _replace_groups(run, rows, "state", _touched(states, "state"))
 
@@ -532,17 +534,18 @@ def _enriched_update(run: Refresh) -> None:
     if found is None:
         return
     students, moved = found
-    restate = delta.Target(
-        SPECS[run.table], run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
-    )
-    delta.merge_once(
-        run.session,
-        moved.select("student_id", "new.*"),
-        restate,
-        on="t.student_id = s.student_id",
-        update_set={c: f"s.{c}" for c in ENRICHMENT},
-        insert=False,
-    )
+    if moved is not None:
+        restate = delta.Target(
+            SPECS[run.table], run.settings, app_id=app_id(run.table) + ".restate", version=run.target.version
+        )
+        delta.merge_once(
+            run.session,
+            moved.select("student_id", "new.*"),
+            restate,
+            on="t.student_id = s.student_id",
+            update_set={c: f"s.{c}" for c in ENRICHMENT},
+            insert=False,
+        )
     delta.append_once(page_view_enriched(fact_page_view(run.changed("page_views")), students), run.target)
 
 
