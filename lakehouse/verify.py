@@ -154,6 +154,15 @@ def _landed(needle: Needle, fs: Any, path: str, kind: str | None) -> int:
     return hits
 
 
+def _parquet(fs: Any, path: str) -> pa.Table | None:
+    """The Parquet file's rows, or None when it is not whole (a writer killed mid-file leaves one behind)."""
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f)
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
 def scan_lake(settings: Settings, needle: Needle) -> list[Found]:
     """Every file under the lake."""
     fs, root = lake_fs(settings)
@@ -172,8 +181,10 @@ def scan_lake(settings: Settings, needle: Needle) -> list[Found]:
             lines = (json.loads(ln) for ln in text.splitlines() if ln.strip().startswith("{"))
             hits = _log_actions(needle, lines, spec)
         elif relative.endswith(".parquet") and "/." not in relative:
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
+            table = _parquet(fs, path)
+            if table is None:
+                found.append(Found(f"lake {relative} (not readable as Parquet, so not shown clean)", 1))
+                continue
             if "/_delta_log/" in relative:
                 adds = [a for a in table.column("add").to_pylist() if a] if "add" in table.column_names else []
                 hits = sum(_stats(needle, a.get("stats"), spec) for a in adds)

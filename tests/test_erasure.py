@@ -418,12 +418,16 @@ def test_verify_finds_the_id_planted_back_in_each_place(erased, spark, tmp_path)
         cur.execute("analyze dw.fact_session")
     conn.close()
     planted["dw"] = "dw.fact_session"
+    # a data file cut short, as a writer killed mid-file leaves it: its bytes may hide the id, so it is not clean
+    whole = next(Path(views).glob("*.parquet"))
+    (Path(views) / "part-cut-short.parquet").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
 
     scanned = byte_scan(settings)
     places = [f.place for f in verify(settings, LEARNER)]
     for what, where in planted.items():
         assert any(where in p for p in scanned), (what, scanned)
         assert any(where in p for p in places), (what, places)
+    assert "lake silver/page_views/part-cut-short.parquet (not readable as Parquet, so not shown clean)" in places
     assert any(p.startswith("warehouse pg_stats dw.fact_session") for p in places), places
     found = cli("erase", "--verify", LEARNER, env=_env(settings), timeout=300)
     assert found.returncode == 1 and found.stdout.count("found") >= len(planted)
