@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -149,7 +150,10 @@ def byte_scan(settings, needle=LEARNER):
             if any(s.encode() in raw for s in spellings):
                 places.add(str(path))
             elif path.suffix == ".parquet" and path.stat().st_size:
-                text = json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
+                try:
+                    text = json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
+                except pa.ArrowInvalid:  # not a whole Parquet file: what it holds cannot be told
+                    text = needle
                 if any(s in text for s in spellings):
                     places.add(str(path))
     with psycopg2.connect(_dsn(settings)) as conn, conn.cursor() as cur:
@@ -258,6 +262,10 @@ def erased(world, tmp_path_factory):
     scratch = Path(settings.data_dir) / "spark-scratch"
     assert [p.name for p in scratch.iterdir() if p.name.split("-")[0].isdigit()], "the killed JVM's scratch is here"
     assert verify(settings, LEARNER), "killed mid-way: the learner is still found somewhere"
+    # what a writer killed mid-file leaves behind: a data file cut short, in no log; the re-run's vacuum deletes it
+    views = Path(settings.table_path("silver", "page_views"))
+    whole = next(views.rglob("*.parquet"))
+    (whole.parent / "part-killed-mid-file.parquet").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     ids = tmp_path_factory.mktemp("request") / "ids.txt"
     ids.write_text(f"{LEARNER}\n\n")
     done = cli("erase", "--ids-file", str(ids), env=env, timeout=900)
@@ -269,6 +277,7 @@ def erased(world, tmp_path_factory):
 
 def test_no_byte_anywhere_holds_the_learner_and_verify_agrees(erased):
     settings = erased["settings"]
+    assert not list(Path(settings.lake).rglob("part-killed-mid-file.parquet"))  # the vacuum deleted it
     assert byte_scan(settings) == set()
     assert verify(settings, LEARNER) == []
     assert [p for p in erased["change_data"] if p.exists()] == []  # the change feed's old rows went too
@@ -419,15 +428,17 @@ def test_verify_finds_the_id_planted_back_in_each_place(erased, spark, tmp_path)
     conn.close()
     planted["dw"] = "dw.fact_session"
     # a data file cut short, as a writer killed mid-file leaves it: its bytes may hide the id, so it is not clean
-    whole = next(Path(views).glob("*.parquet"))
-    (Path(views) / "part-cut-short.parquet").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole = next(Path(views).rglob("*.parquet"))
+    cut = whole.parent / "part-cut-short.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    planted["cut short"] = str(cut.relative_to(lake))
 
     scanned = byte_scan(settings)
     places = [f.place for f in verify(settings, LEARNER)]
     for what, where in planted.items():
         assert any(where in p for p in scanned), (what, scanned)
         assert any(where in p for p in places), (what, places)
-    assert "lake silver/page_views/part-cut-short.parquet (not readable as Parquet, so not shown clean)" in places
+    assert f"lake {cut.relative_to(lake)} (not readable as Parquet, so not shown clean)" in places
     assert any(p.startswith("warehouse pg_stats dw.fact_session") for p in places), places
     found = cli("erase", "--verify", LEARNER, env=_env(settings), timeout=300)
     assert found.returncode == 1 and found.stdout.count("found") >= len(planted)
