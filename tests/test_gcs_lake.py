@@ -1,7 +1,8 @@
 """The whole pipeline on a gs:// lake, against the GCS emulator: `lakehouse run` writes it through Hadoop's GCS
 connector with gold equal to the same source on a local lake, the mirror, `lakehouse query` and the dashboard's
-queries read it, a re-run commits nothing, a standalone cluster writes it, and Delta's put-if-absent commits keep two
-racing writers from losing a commit. Every test here is marked `gcs` (`pytest -m gcs`)."""
+queries read it, a re-run commits nothing, a standalone cluster writes it (silver and gold equal the local lake's),
+and Delta's put-if-absent commits keep two racing writers from losing a commit. Every test here is marked `gcs`
+(`pytest -m gcs`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tests.gcs_emulator import emulator_fs
 pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
 
 BUCKET = "gcs-lake-test"
-IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at"}
+IGNORED = {"run_id", "loaded_at", "batch_id", "landed_at", "changed_batch_id"}
 LAKEHOUSE = str(Path(sys.executable).with_name("lakehouse"))
 
 
@@ -129,14 +130,17 @@ def _duckdb(settings: Settings):
     return con
 
 
-def _assert_same_gold(local: Settings, remote: Settings) -> None:
+def _assert_same(local: Settings, remote: Settings, layers: tuple[str, ...] = ("gold",)) -> None:
+    """Every table of the layers holds the same rows in both lakes (DuckDB reads both), but for run-bound columns."""
     con = _duckdb(remote)
-    tables = [t.name for t in catalog.discover(local) if t.layer == "gold"]
-    assert len(tables) >= 10 and {t.name for t in catalog.discover(remote) if t.layer == "gold"} == set(tables)
+    tables = [(t.layer, t.name) for t in catalog.discover(local) if t.layer in layers]
+    assert len(tables) >= 10 and {(t.layer, t.name) for t in catalog.discover(remote) if t.layer in layers} == set(
+        tables
+    )
     different = []
-    for table in tables:
-        a = f"delta_scan('{local.table_path('gold', table)}')"
-        b = f"delta_scan('{remote.table_path('gold', table)}')"
+    for layer, table in tables:
+        a = f"delta_scan('{local.table_path(layer, table)}')"
+        b = f"delta_scan('{remote.table_path(layer, table)}')"
         types = {r[0]: r[1] for r in con.execute(f"describe select * from {a}").fetchall()}
         assert types == {r[0]: r[1] for r in con.execute(f"describe select * from {b}").fetchall()}, table
         cols = ", ".join(
@@ -159,7 +163,7 @@ def test_pipeline_on_gcs_lake_equals_local_lake(gcs_lake, local_lake):
     fs = emulator_fs(lake.endpoint)
     assert fs.exists(f"{BUCKET}/lake/gold/fact_page_view/_delta_log/00000000000000000000.json")
     assert fs.exists(f"{BUCKET}/lake/landing")
-    _assert_same_gold(local_lake, lake.settings)
+    _assert_same(local_lake, lake.settings)
 
 
 def test_mirror_loads_the_warehouse_from_the_gcs_lake(gcs_lake, local_lake):
@@ -224,9 +228,14 @@ def test_standalone_cluster_writes_the_gcs_lake(
     pg_server,
     tmp_path_factory,  # noqa: F811
 ):
+    """The whole run with its stages' work on the cluster's worker: silver and gold equal the local lake's."""
+    work = Path(tmp_path_factory.getbasetemp())
+    apps_before = set(work.glob("standalone*/work/app-*"))
     lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", new_database(pg_server))
     lake.run(LAKEHOUSE_SPARK_MASTER=standalone)
-    _assert_same_gold(local_lake, lake.settings)
+    ran = set(work.glob("standalone*/work/app-*")) - apps_before
+    assert ran and any(app.glob("*/stderr") for app in ran), "no executor of the run on the worker"
+    _assert_same(local_lake, lake.settings, ("silver", "gold"))
 
 
 # --- two writers, one table: Delta's commits are put-if-absent on GCS ------------------------------------------------
