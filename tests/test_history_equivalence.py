@@ -41,22 +41,25 @@ def _run(spark, settings: Settings, run_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def lakes(spark, tmp_path_factory):
-    """(source, [(full-build settings, incremental settings) after each delivery]). The incremental lake takes the
-    deliveries one run at a time (the middle one as two runs: its events, then its exports); after each, a copy of
-    it is set beside a lake built in one run from the deliveries so far."""
+    """(source, {n: (full-build settings, incremental settings) after delivery n}). The incremental lake takes the
+    deliveries one run at a time (the middle one as two runs: its events, then its exports); after each delivery but
+    the first (there both are one run over the same files), a copy of it is set beside a lake built in one run from
+    the deliveries so far."""
     root = tmp_path_factory.mktemp("history")
     source = root / "source"
     generate(source, seed=5, students=40, events=900, deliveries=3)
     deliveries = sorted(p.name for p in (source / "events").iterdir())
     step_source = root / "step-source"
     step = _settings(root / "step", step_source)
-    pairs = []
+    pairs = {}
     for n, delivery in enumerate(deliveries):
         parts = [("events",), ("transactional",)] if n == 1 else [("transactional", "events")]
         for kinds in parts:
             for kind in kinds:
                 shutil.copytree(source / kind / delivery, step_source / kind / delivery)
             _run(spark, step, f"delivery-{n}-{'-'.join(kinds)}")
+        if n == 0:
+            continue
         shutil.copytree(root / "step" / "lake", root / f"step-{n}" / "lake")
         full_source = root / f"full-source-{n}"
         for kind in ("transactional", "events"):
@@ -64,14 +67,14 @@ def lakes(spark, tmp_path_factory):
                 shutil.copytree(source / kind / d, full_source / kind / d)
         full = _settings(root / f"full-{n}", full_source)
         _run(spark, full, f"all-of-{n + 1}")
-        pairs.append((full, _settings(root / f"step-{n}", step_source)))
+        pairs[n] = (full, _settings(root / f"step-{n}", step_source))
     return source, pairs
 
 
 TABLES = [("silver", t) for t in SILVER] + [("gold", t) for t in GOLD]
 
 
-@pytest.mark.parametrize("n", [0, 1, 2], ids=lambda n: f"after-delivery-{n + 1}")
+@pytest.mark.parametrize("n", [1, 2], ids=lambda n: f"after-delivery-{n + 1}")
 @pytest.mark.parametrize("layer,table", TABLES)
 def test_incremental_equals_full_build_after_every_delivery(lakes, n, layer, table):
     """Read with DuckDB's delta extension: an independent reader of both lakes' tables."""
@@ -99,7 +102,7 @@ def _latest_commit(path: str) -> int:
 
 @pytest.mark.parametrize("kind", ["full", "incremental"])
 def test_rerun_with_nothing_new_commits_nothing(spark, lakes, kind):
-    lake = lakes[1][-1][0 if kind == "full" else 1]
+    lake = lakes[1][2][0 if kind == "full" else 1]
     paths = [lake.table_path(layer, t) for layer, ts in (("silver", SILVER), ("gold", GOLD)) for t in ts]
     before = [_latest_commit(p) for p in paths]
     report = _run(spark, lake, "again")
@@ -160,7 +163,7 @@ def _duckdb(source: Path, settings: Settings):
 
 
 def test_gold_agrees_with_independent_duckdb_sql(lakes):
-    source, one = lakes[0], lakes[1][-1][0]
+    source, one = lakes[0], lakes[1][2][0]
     con = _duckdb(source, one)
     assert con.execute("select count(*) from ev").fetchone()[0] > 800
     assert_same_rows(con, "select count(*) from ev", "select count(*) from gold_fact_page_view")
