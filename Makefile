@@ -49,12 +49,12 @@ lint: setup
 	$(BIN)/python -m lakehouse.dictionary --check
 
 # The whole suite, end-to-end tests included, after the linters; CI runs exactly this. Two workers, a test module
-# each at a time, in the order tests/conftest.py gives (the slowest modules first).
+# each at a time: much of a test's time is spent waiting on subprocesses, servers and JVM starts.
 test: lint
 	@bash scripts/system-deps.sh --test
 	@bash scripts/gcs-emulator.sh
 	@$(BIN)/python -m lakehouse.jars --gcs
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast tier: everything but the end-to-end tests.
 test-fast: setup

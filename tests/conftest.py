@@ -23,23 +23,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: each its own Pref
 # fixtures that live with what they fake: the GCS emulator, the Drive fake
 pytest_plugins = ["tests.gcs_emulator", "tests.fake_drive"]
 
-# The modules that took longest on the last clean-clone run, slowest first.
-SLOWEST = ("test_erasure", "test_engine", "test_gcs_lake", "test_history_equivalence", "test_warehouse_follows_gold")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slowest modules first, the other end-to-end ones next, the fast tier last, so that on two workers neither
-    waits idle at the end while the other runs a long module (`make test` keeps this order: --no-loadscope-reorder;
-    xdist's default order, by number of tests, put the long modules of one or two tests last)."""
-
-    e2e = {item.path for item in items if item.get_closest_marker("e2e")}
-
-    def rank(item: pytest.Item) -> tuple[int, bool]:
-        module = item.path.stem
-        return (SLOWEST.index(module) if module in SLOWEST else len(SLOWEST), item.path not in e2e)
-
-    items.sort(key=rank)  # stable, and by module: each module's own order is kept
-
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
