@@ -234,7 +234,7 @@ def test_standalone_cluster_writes_the_gcs_lake(
     lake = GcsLake(bucket, tmp_path_factory.mktemp("gcs-cluster"), "cluster-lake", new_database(pg_server))
     lake.run(LAKEHOUSE_SPARK_MASTER=standalone)
     ran = set(work.glob("standalone*/work/app-*")) - apps_before
-    assert ran and any(app.glob("*/stderr") for app in ran), "no executor of the run on the worker"
+    assert [log for app in ran for log in app.glob("*/stderr")], "no executor of the run on the worker"
     _assert_same(local_lake, lake.settings, ("silver", "gold"))
 
 
