@@ -238,6 +238,14 @@ def delta_scan_sql(settings, layer, table, columns: list[str]) -> str:
     return f"select {', '.join(columns)} from delta_scan('{settings.table_path(layer, table)}')"
 
 
+def comparable(types: dict[str, str], ignored: set[str]) -> list[str]:
+    """DuckDB select expressions to compare two lakes' rows of a table with these column types: `ignored` left out,
+    maps as JSON text (sorted keys), so set operations compare them by content."""
+    return [
+        f'to_json("{c}")' if t.startswith("MAP") else f'"{c}"' for c, t in sorted(types.items()) if c not in ignored
+    ]
+
+
 def duckdb_with_delta():
     """An in-memory DuckDB connection with the delta extension loaded and UTC as its time zone."""
     import duckdb

@@ -21,7 +21,7 @@ from lakehouse import bronze, catalog, gold, silver
 from lakehouse.config import PROJECT_ROOT, Settings
 from lakehouse.landing import land, read_ledger
 from lakehouse.tools.generate import generate
-from tests.builders import new_database
+from tests.builders import comparable, new_database
 from tests.gcs_emulator import emulator_fs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gcs, pytest.mark.timeout(1800)]
@@ -143,9 +143,7 @@ def _assert_same(local: Settings, remote: Settings, layers: tuple[str, ...] = ("
         b = f"delta_scan('{remote.table_path(layer, table)}')"
         types = {r[0]: r[1] for r in con.execute(f"describe select * from {a}").fetchall()}
         assert types == {r[0]: r[1] for r in con.execute(f"describe select * from {b}").fetchall()}, table
-        cols = ", ".join(
-            f'to_json("{c}")' if t.startswith("MAP") else f'"{c}"' for c, t in sorted(types.items()) if c not in IGNORED
-        )
+        cols = ", ".join(comparable(types, IGNORED))
         rows = con.execute(f"select count(*) from {a}").fetchone()[0]
         diff = con.execute(
             f"select (select count(*) from (select {cols} from {a} except all select {cols} from {b})),"
