@@ -32,7 +32,7 @@ from lakehouse.tools.generate import generate
 from lakehouse.verify import Needle, verify
 from lakehouse.warehouse.loads import ERASED_MEMBER, ERASED_MEMBER_SK
 from lakehouse.warehouse.mirror import first_value, mirror
-from tests.builders import assert_same_rows, cli, delta_scan_sql, duckdb_with_delta, new_database, target
+from tests.builders import assert_same_rows, cli, comparable, delta_scan_sql, duckdb_with_delta, new_database, target
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -73,6 +73,15 @@ def _events(folder: Path) -> list[str]:
 def _append(path: Path, *lines: str) -> None:
     text = path.read_text() if path.exists() else ""
     path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + "".join(ln + "\n" for ln in lines))
+
+
+def _cut_short(table: str, name: str) -> Path:
+    """What a writer killed mid-file leaves behind: a data file of the table cut short, in no log (the first half of
+    one of its files)."""
+    whole = next(Path(table).rglob("*.parquet"))
+    cut = whole.parent / name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
 
 
 def _records(path: Path) -> list[dict]:
@@ -262,10 +271,7 @@ def erased(world, tmp_path_factory):
     scratch = Path(settings.data_dir) / "spark-scratch"
     assert [p.name for p in scratch.iterdir() if p.name.split("-")[0].isdigit()], "the killed JVM's scratch is here"
     assert verify(settings, LEARNER), "killed mid-way: the learner is still found somewhere"
-    # what a writer killed mid-file leaves behind: a data file cut short, in no log; the re-run's vacuum deletes it
-    views = Path(settings.table_path("silver", "page_views"))
-    whole = next(views.rglob("*.parquet"))
-    (whole.parent / "part-killed-mid-file.parquet").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    _cut_short(settings.table_path("silver", "page_views"), "part-killed-mid-file.parquet")  # the re-run vacuums it
     ids = tmp_path_factory.mktemp("request") / "ids.txt"
     ids.write_text(f"{LEARNER}\n\n")
     done = cli("erase", "--ids-file", str(ids), env=env, timeout=900)
@@ -380,8 +386,10 @@ def test_a_later_delivery_stays_erased_and_incremental_equals_a_rebuild(erased, 
     con = duckdb_with_delta()  # an independent reader of both lakes
     for layer in ("silver", "gold"):
         for table in tables.names(layer):
-            types = con.execute(f"describe {delta_scan_sql(settings, layer, table, ['*'])}").fetchall()
-            kept = [f'to_json("{c}")' if t.startswith("MAP") else f'"{c}"' for c, t, *_ in types if c not in IGNORED]
+            types = dict(
+                r[:2] for r in con.execute(f"describe {delta_scan_sql(settings, layer, table, ['*'])}").fetchall()
+            )
+            kept = comparable(types, IGNORED)
             assert_same_rows(
                 con, delta_scan_sql(settings, layer, table, kept), delta_scan_sql(copy, layer, table, kept)
             )
@@ -427,10 +435,8 @@ def test_verify_finds_the_id_planted_back_in_each_place(erased, spark, tmp_path)
         cur.execute("analyze dw.fact_session")
     conn.close()
     planted["dw"] = "dw.fact_session"
-    # a data file cut short, as a writer killed mid-file leaves it: its bytes may hide the id, so it is not clean
-    whole = next(Path(views).rglob("*.parquet"))
-    cut = whole.parent / "part-cut-short.parquet"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    # a data file cut short: its bytes may hide the id, so it is not clean
+    cut = _cut_short(views, "part-cut-short.parquet")
     planted["cut short"] = str(cut.relative_to(lake))
 
     scanned = byte_scan(settings)
