@@ -21,7 +21,7 @@ from lakehouse.landing import land
 from lakehouse.tools.generate import generate
 from tests.builders import assert_same_rows, cli, comparable, delta_scan_sql, duckdb_with_delta, new_database
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 IDLE = 45  # seconds: long enough for the runs below, short enough to see it stop
 RUN_COLUMNS = {"run_id", "loaded_at"}  # a run's own id and load time
 
@@ -53,7 +53,7 @@ def _deliver(world, n: int) -> None:
 
 
 def _run(env: dict[str, str]) -> None:
-    done = cli("run", env=env, timeout=900)
+    done = cli("run", env=env, timeout=1800)  # a bound, not a budget: alone it takes 1-3 minutes
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
