@@ -89,7 +89,7 @@ def session_conf(settings: Settings, scratch: Path | None = None) -> dict[str, s
         # 0.85-0.90x the time it takes with 4 (bench/README.md).
         "spark.databricks.delta.snapshotPartitions": "1" if local else str(min(shuffle, 50)),
         # VACUUM lists a table's folders and deletes its files in this many tasks (Spark's default: 10,000, most
-        # of them empty): a one-row table's vacuum took 53 s on 2 cores, 9 s with 2 (bench/README.md).
+        # of them empty): a small table's vacuum took 50 s on 2 cores, 5 s with 4 tasks (bench/README.md).
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(shuffle),
     }
     if local:  # a local driver serves no other machine: loopback only

@@ -37,6 +37,14 @@ def test_mask_dsn_key_value_form():
     assert mask_dsn("host=db password=abc user=u") == "user=u password=******** host=db"
 
 
+def test_the_java_check_reads_the_version_past_the_options_the_jvm_echoes(monkeypatch):
+    from lakehouse.spark import check_java
+
+    plain = check_java()
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dlakehouse.test=1")  # the JVM prints "Picked up ..." first
+    assert check_java() == plain and ' version "' in plain
+
+
 def test_unknown_layer_is_refused(settings):
     with pytest.raises(ValueError, match="unknown layer"):
         settings.table_path("platinum", "x")
