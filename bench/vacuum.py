@@ -29,7 +29,7 @@ def measure(n_tables: int, rounds: int) -> dict:
     try:
         settings = Settings(lake=str(work / "lake"), data_dir=str(work / "data"))
         spark = get_spark(settings)
-        ours = spark.conf.get(CONF)
+        ours = str(spark.conf.get(CONF))
         variants = {f"Spark's default ({SPARK_DEFAULT} tasks)": SPARK_DEFAULT, f"the session's ({ours} tasks)": ours}
         df = spark.createDataFrame([(n, f"row {n}") for n in range(100)], "id int, name string")
         spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
